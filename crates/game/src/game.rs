@@ -1,0 +1,70 @@
+//! A game in progress: the board, the score, the seeded spawns, and the record being written.
+
+use crate::board::{Afterstate, Board, Direction, IllegalMove};
+use crate::record::{GameRecord, Step};
+use crate::spawn::{GameRng, SpawnRule, rng_from_seed};
+
+/// A live game. Every random choice comes from the seed, so the same seed and the same moves give
+/// the same game.
+#[derive(Clone, Debug)]
+pub struct Game {
+    board: Board,
+    score: u64,
+    record: GameRecord,
+    rng: GameRng,
+    rule: SpawnRule,
+}
+
+impl Game {
+    /// A new game: two tiles spawned on an empty board.
+    pub fn new(seed: u64, rule: SpawnRule) -> Game {
+        let mut rng = rng_from_seed(seed);
+        let mut board = Board::EMPTY;
+        for _ in 0..2 {
+            let spawn = rule.pick(board, &mut rng).expect("an almost empty board has room for a tile");
+            board = board.with_spawn(spawn);
+        }
+        Game { board, score: 0, record: GameRecord { start: board, steps: Vec::new() }, rng, rule }
+    }
+
+    /// The current board.
+    pub fn board(&self) -> Board {
+        self.board
+    }
+
+    /// Score so far.
+    pub fn score(&self) -> u64 {
+        self.score
+    }
+
+    /// Moves played so far.
+    pub fn moves(&self) -> u32 {
+        self.record.steps.len() as u32
+    }
+
+    /// Whether no legal move is left.
+    pub fn is_over(&self) -> bool {
+        self.board.is_game_over()
+    }
+
+    /// The record so far.
+    pub fn record(&self) -> &GameRecord {
+        &self.record
+    }
+
+    /// The finished (or abandoned) game's record.
+    pub fn into_record(self) -> GameRecord {
+        self.record
+    }
+
+    /// Plays a move, spawns a tile, and records both. Returns the afterstate and reward.
+    pub fn play(&mut self, direction: Direction) -> Result<Afterstate, IllegalMove> {
+        let moved = self.board.try_move(direction)?;
+        let spawn =
+            self.rule.pick(moved.board, &mut self.rng).expect("a move that changes the board frees a cell");
+        self.board = moved.board.with_spawn(spawn);
+        self.score += moved.reward as u64;
+        self.record.steps.push(Step { direction, spawn_cell: spawn.cell, spawn_exponent: spawn.exponent });
+        Ok(moved)
+    }
+}

@@ -1,0 +1,30 @@
+//! The rules of 2048 as a fast bitboard engine.
+//!
+//! A [`Board`] is 16 four-bit exponents in one `u64`; moves are four lookups into row tables built at
+//! compile time. Around it: seeded spawns ([`SpawnRule`], [`GameRng`]), the eight symmetries of the
+//! square ([`Symmetry`]), live games ([`Game`]), and game records ([`GameRecord`]) that anyone can
+//! replay to verify a game step by step. [`reference`] holds a plain implementation used as the
+//! oracle in tests and the baseline in benchmarks.
+//!
+//! This crate must never depend on anything heavier than a random-number generator and serde, and
+//! never allocate or branch unpredictably on the move path: every search, learner and server
+//! verification calls it billions of times.
+
+mod board;
+mod game;
+mod record;
+pub mod reference;
+mod spawn;
+mod symmetry;
+mod tables;
+
+pub use board::{
+    Afterstate, Board, Direction, IllegalMove, MAX_EXPONENT, ParseBoardError, PlaceError, Slide, tile_value,
+};
+pub use game::Game;
+pub use record::{
+    DecodeError, EncodeError, GameRecord, RECORD_FORMAT_VERSION, ReplayError, ReplaySteps, ReplaySummary,
+    ReplayedStep, Step,
+};
+pub use spawn::{BadProbability, GameRng, Spawn, SpawnRule, derive_seed, rng_from_seed};
+pub use symmetry::Symmetry;

@@ -1,0 +1,294 @@
+//! Game records: a start board and the list of (move, spawn) steps, enough for anyone to replay and
+//! verify a game. Also their compact binary encoding.
+
+use serde::{Deserialize, Serialize};
+
+use crate::board::{Board, Direction, IllegalMove, PlaceError};
+use crate::spawn::Spawn;
+
+/// One step of a game: the move played, then the tile that spawned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    /// The move.
+    pub direction: Direction,
+    /// Cell of the spawned tile, row-major 0..16.
+    pub spawn_cell: u8,
+    /// Exponent of the spawned tile: 1 (a 2) or 2 (a 4).
+    pub spawn_exponent: u8,
+}
+
+impl Step {
+    /// The spawn half of the step.
+    pub fn spawn(self) -> Spawn {
+        Spawn { cell: self.spawn_cell, exponent: self.spawn_exponent }
+    }
+}
+
+/// A whole game, as played.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GameRecord {
+    /// The board after the two opening spawns.
+    pub start: Board,
+    /// Every step, in order.
+    pub steps: Vec<Step>,
+}
+
+/// What replaying a valid record establishes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplaySummary {
+    /// The board after the last step.
+    pub final_board: Board,
+    /// Total score: the sum of every merge's tile value.
+    pub score: u64,
+    /// Number of moves.
+    pub moves: u32,
+    /// Largest tile on the final board.
+    pub max_tile: u32,
+    /// Whether the final board has no legal move.
+    pub game_over: bool,
+}
+
+/// One verified step, as the learner and the replayer see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplayedStep {
+    /// The board the move was played on.
+    pub before: Board,
+    /// The move.
+    pub direction: Direction,
+    /// The board after the move, before the spawn.
+    pub afterstate: Board,
+    /// Score gained by the move.
+    pub reward: u32,
+    /// The board after the spawn: the next step's `before`.
+    pub after: Board,
+}
+
+/// The first thing wrong with a record.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReplayError {
+    /// The start board is not two spawned tiles.
+    #[error("the start board {0:?} is not two tiles of 2 or 4 on an empty board")]
+    BadStart(Board),
+    /// A move that is not legal on its board.
+    #[error("step {step}: {reason}")]
+    IllegalMove {
+        /// Index of the step (0-based).
+        step: usize,
+        /// Why the move is illegal.
+        reason: IllegalMove,
+    },
+    /// A move played when no move was left.
+    #[error("step {step}: the game was already over, yet {direction} was played")]
+    MoveAfterGameOver {
+        /// Index of the step (0-based).
+        step: usize,
+        /// The move played.
+        direction: Direction,
+    },
+    /// A spawn that is not a 2 or 4 on an empty cell.
+    #[error("step {step}: bad spawn: {reason}")]
+    BadSpawn {
+        /// Index of the step (0-based).
+        step: usize,
+        /// What was wrong with it.
+        reason: PlaceError,
+    },
+}
+
+impl GameRecord {
+    /// An iterator that verifies the record step by step; it stops after the first error.
+    pub fn replay_steps(&self) -> ReplaySteps<'_> {
+        ReplaySteps { record: self, next: 0, board: self.start, failed: false }
+    }
+
+    /// Verifies the whole record and summarises it, or names the first illegal step.
+    pub fn replay(&self) -> Result<ReplaySummary, ReplayError> {
+        let mut board = self.start;
+        let mut score = 0u64;
+        for step in self.replay_steps() {
+            let step = step?;
+            score += step.reward as u64;
+            board = step.after;
+        }
+        if self.steps.is_empty() {
+            check_start(self.start)?;
+        }
+        Ok(ReplaySummary {
+            final_board: board,
+            score,
+            moves: self.steps.len() as u32,
+            max_tile: board.max_tile(),
+            game_over: board.is_game_over(),
+        })
+    }
+}
+
+fn check_start(start: Board) -> Result<(), ReplayError> {
+    let tiles: Vec<u8> = start.exponents().into_iter().filter(|&e| e != 0).collect();
+    if tiles.len() == 2 && tiles.iter().all(|e| (1..=2).contains(e)) {
+        Ok(())
+    } else {
+        Err(ReplayError::BadStart(start))
+    }
+}
+
+/// See [`GameRecord::replay_steps`].
+pub struct ReplaySteps<'a> {
+    record: &'a GameRecord,
+    next: usize,
+    board: Board,
+    failed: bool,
+}
+
+impl Iterator for ReplaySteps<'_> {
+    type Item = Result<ReplayedStep, ReplayError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        let step_index = self.next;
+        let step = *self.record.steps.get(step_index)?;
+        self.next += 1;
+        let result = self.verify(step_index, step);
+        self.failed = result.is_err();
+        Some(result)
+    }
+}
+
+impl ReplaySteps<'_> {
+    fn verify(&mut self, index: usize, step: Step) -> Result<ReplayedStep, ReplayError> {
+        if index == 0 {
+            check_start(self.board)?;
+        }
+        let before = self.board;
+        let moved = before.try_move(step.direction).map_err(|reason| {
+            if before.is_game_over() {
+                ReplayError::MoveAfterGameOver { step: index, direction: step.direction }
+            } else {
+                ReplayError::IllegalMove { step: index, reason }
+            }
+        })?;
+        let after = moved
+            .board
+            .place(step.spawn_cell as usize, step.spawn_exponent)
+            .map_err(|reason| ReplayError::BadSpawn { step: index, reason })?;
+        self.board = after;
+        Ok(ReplayedStep {
+            before,
+            direction: step.direction,
+            afterstate: moved.board,
+            reward: moved.reward,
+            after,
+        })
+    }
+}
+
+/// The version byte of the current binary encoding.
+pub const RECORD_FORMAT_VERSION: u8 = 1;
+
+/// Why bytes are not a game record.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// No bytes at all.
+    #[error("empty input: a game record starts with a version byte")]
+    Empty,
+    /// A version this build does not read.
+    #[error("record format version {0} is not supported (this build reads version {RECORD_FORMAT_VERSION})")]
+    UnsupportedVersion(u8),
+    /// The input ends early.
+    #[error("truncated record: {0}")]
+    Truncated(&'static str),
+    /// The step count is not a valid LEB128 number.
+    #[error("the step count is not a valid LEB128 number")]
+    BadLength,
+    /// A step byte has its reserved high bit set.
+    #[error("step {0}: reserved bit set in step byte")]
+    ReservedBit(usize),
+    /// Bytes follow the last step.
+    #[error("{0} unexpected bytes after the last step")]
+    TrailingBytes(usize),
+}
+
+/// A step that the binary form cannot hold (the JSON form can, so replay can name it).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "step {step}: cell {cell} with exponent {exponent} cannot be encoded (cells 0..=15, exponents 1 or 2)"
+)]
+pub struct EncodeError {
+    /// Index of the step.
+    pub step: usize,
+    /// Its spawn cell.
+    pub cell: u8,
+    /// Its spawn exponent.
+    pub exponent: u8,
+}
+
+impl GameRecord {
+    /// Compact binary form: version byte, start board (u64 little-endian), step count (LEB128), then
+    /// one byte per step: bits 0–3 spawn cell, bits 4–5 direction, bit 6 set for a 4, bit 7 zero.
+    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
+        let mut out = Vec::with_capacity(1 + 8 + 5 + self.steps.len());
+        out.push(RECORD_FORMAT_VERSION);
+        out.extend_from_slice(&self.start.raw().to_le_bytes());
+        let mut count = self.steps.len() as u64;
+        loop {
+            let byte = (count & 0x7F) as u8;
+            count >>= 7;
+            if count == 0 {
+                out.push(byte);
+                break;
+            }
+            out.push(byte | 0x80);
+        }
+        for (i, step) in self.steps.iter().enumerate() {
+            if step.spawn_cell > 15 || !(1..=2).contains(&step.spawn_exponent) {
+                return Err(EncodeError { step: i, cell: step.spawn_cell, exponent: step.spawn_exponent });
+            }
+            out.push(step.spawn_cell | (step.direction.index() << 4) | ((step.spawn_exponent - 1) << 6));
+        }
+        Ok(out)
+    }
+
+    /// Reads the binary form. Never allocates more than the input's length in steps.
+    pub fn decode(bytes: &[u8]) -> Result<GameRecord, DecodeError> {
+        let (&version, rest) = bytes.split_first().ok_or(DecodeError::Empty)?;
+        if version != RECORD_FORMAT_VERSION {
+            return Err(DecodeError::UnsupportedVersion(version));
+        }
+        let (start, mut rest) = rest.split_first_chunk::<8>().ok_or(DecodeError::Truncated("start board"))?;
+        let mut count = 0u64;
+        for shift in (0..).step_by(7) {
+            let (&byte, tail) = rest.split_first().ok_or(DecodeError::Truncated("step count"))?;
+            rest = tail;
+            if shift > 56 {
+                return Err(DecodeError::BadLength);
+            }
+            count |= ((byte & 0x7F) as u64) << shift;
+            if byte & 0x80 == 0 {
+                break;
+            }
+        }
+        if count > rest.len() as u64 {
+            return Err(DecodeError::Truncated("steps"));
+        }
+        let (step_bytes, trailing) = rest.split_at(count as usize);
+        if !trailing.is_empty() {
+            return Err(DecodeError::TrailingBytes(trailing.len()));
+        }
+        let steps = step_bytes
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| {
+                if b & 0x80 != 0 {
+                    return Err(DecodeError::ReservedBit(i));
+                }
+                let direction = Direction::from_index((b >> 4) & 0b11).ok_or(DecodeError::ReservedBit(i))?;
+                Ok(Step { direction, spawn_cell: b & 0xF, spawn_exponent: 1 + ((b >> 6) & 1) })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(GameRecord { start: Board::from_raw(u64::from_le_bytes(*start)), steps })
+    }
+}

@@ -1,0 +1,203 @@
+//! Game records: encode/decode/replay round trips and every kind of illegal record.
+
+use proptest::prelude::*;
+use zero2048_game::{
+    Board, DecodeError, Direction, Game, GameRecord, IllegalMove, PlaceError, ReplayError, SpawnRule, Step,
+    derive_seed, rng_from_seed,
+};
+
+/// A finished game from `seed`, played by a seeded random player.
+fn random_game(seed: u64) -> (GameRecord, u64, Board) {
+    let mut game = Game::new(seed, SpawnRule::STANDARD);
+    let mut rng = rng_from_seed(!seed);
+    while !game.is_over() {
+        let legal: Vec<Direction> =
+            Direction::ALL.into_iter().filter(|&d| game.board().legal_move(d).is_some()).collect();
+        let pick = legal[(rand_core::Rng::next_u32(&mut rng) as usize) % legal.len()];
+        game.play(pick).unwrap();
+    }
+    let (score, board) = (game.score(), game.board());
+    (game.into_record(), score, board)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn played_games_round_trip_and_replay(seed in any::<u64>()) {
+        let (record, score, board) = random_game(seed);
+        let summary = record.replay().unwrap();
+        prop_assert_eq!(summary.score, score);
+        prop_assert_eq!(summary.final_board, board);
+        prop_assert_eq!(summary.moves as usize, record.steps.len());
+        prop_assert_eq!(summary.max_tile, board.max_tile());
+        prop_assert!(summary.game_over);
+
+        let bytes = record.encode().unwrap();
+        prop_assert_eq!(bytes.len(), 1 + 8 + leb128_len(record.steps.len()) + record.steps.len());
+        prop_assert_eq!(&GameRecord::decode(&bytes).unwrap(), &record);
+
+        let json = serde_json::to_string(&record).unwrap();
+        prop_assert_eq!(&serde_json::from_str::<GameRecord>(&json).unwrap(), &record);
+    }
+
+    #[test]
+    fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+        let _ = GameRecord::decode(&bytes);
+    }
+}
+
+fn leb128_len(mut n: usize) -> usize {
+    let mut len = 1;
+    while n >= 128 {
+        n >>= 7;
+        len += 1;
+    }
+    len
+}
+
+fn start() -> Board {
+    "2 0 0 0  0 0 0 0  0 0 0 0  0 0 0 2".parse().unwrap()
+}
+
+#[test]
+fn move_that_changes_nothing_is_named() {
+    // Both tiles sit against the left wall and the top/bottom: moving left changes nothing.
+    let start: Board = "2 0 0 0  0 0 0 0  0 0 0 0  4 0 0 0".parse().unwrap();
+    let record = GameRecord {
+        start,
+        steps: vec![Step { direction: Direction::Left, spawn_cell: 5, spawn_exponent: 1 }],
+    };
+    assert_eq!(
+        record.replay(),
+        Err(ReplayError::IllegalMove { step: 0, reason: IllegalMove::Unchanged(Direction::Left) })
+    );
+    assert_eq!(record.replay().unwrap_err().to_string(), "step 0: moving left changes nothing");
+}
+
+#[test]
+fn spawn_on_occupied_cell_is_named() {
+    // After moving right, the tiles are in cells 3 and 15; spawning on 3 is illegal.
+    let record = GameRecord {
+        start: start(),
+        steps: vec![Step { direction: Direction::Right, spawn_cell: 3, spawn_exponent: 1 }],
+    };
+    assert_eq!(record.replay(), Err(ReplayError::BadSpawn { step: 0, reason: PlaceError::Occupied(3) }));
+}
+
+#[test]
+fn exponent_other_than_1_or_2_is_named() {
+    for exponent in [0, 3, 15] {
+        let record = GameRecord {
+            start: start(),
+            steps: vec![Step { direction: Direction::Right, spawn_cell: 0, spawn_exponent: exponent }],
+        };
+        assert_eq!(
+            record.replay(),
+            Err(ReplayError::BadSpawn { step: 0, reason: PlaceError::BadExponent(exponent) })
+        );
+        assert!(record.encode().is_err(), "exponent {exponent} must not be encodable");
+    }
+    let record = GameRecord {
+        start: start(),
+        steps: vec![Step { direction: Direction::Right, spawn_cell: 16, spawn_exponent: 1 }],
+    };
+    assert_eq!(record.replay(), Err(ReplayError::BadSpawn { step: 0, reason: PlaceError::NoSuchCell(16) }));
+}
+
+#[test]
+fn moves_after_game_over_are_named() {
+    let (mut record, _, _) = random_game(derive_seed(1, 1));
+    let last = record.steps.len();
+    record.steps.push(Step { direction: Direction::Up, spawn_cell: 0, spawn_exponent: 1 });
+    assert_eq!(record.replay(), Err(ReplayError::MoveAfterGameOver { step: last, direction: Direction::Up }));
+}
+
+#[test]
+fn later_step_errors_name_their_index() {
+    let (mut record, _, _) = random_game(derive_seed(1, 2));
+    let bad = record.steps.len() / 2;
+    let replayed: Vec<_> = record.replay_steps().collect::<Result<_, _>>().unwrap();
+    // Put the spawn of step `bad` on a cell its afterstate occupies.
+    let occupied = (0..16).find(|&c| replayed[bad].afterstate.get(c) != 0).unwrap();
+    record.steps[bad].spawn_cell = occupied as u8;
+    let err = record.replay().unwrap_err();
+    assert_eq!(err, ReplayError::BadSpawn { step: bad, reason: PlaceError::Occupied(occupied) });
+    // Iteration stops at the first error.
+    assert_eq!(record.replay_steps().count(), bad + 1);
+}
+
+#[test]
+fn start_board_must_be_two_spawned_tiles() {
+    for start in ["0", "2 4 8 0 0 0 0 0 0 0 0 0 0 0 0 0", "8 0 0 0 0 0 0 0 0 0 0 0 0 0 0 2"] {
+        let board: Board = if start == "0" { Board::EMPTY } else { start.parse().unwrap() };
+        let record = GameRecord { start: board, steps: vec![] };
+        assert_eq!(record.replay(), Err(ReplayError::BadStart(board)));
+    }
+}
+
+#[test]
+fn malformed_bytes_are_refused_with_the_reason() {
+    let (record, _, _) = random_game(7);
+    let bytes = record.encode().unwrap();
+    assert_eq!(GameRecord::decode(&[]), Err(DecodeError::Empty));
+    assert_eq!(GameRecord::decode(&[9]), Err(DecodeError::UnsupportedVersion(9)));
+    assert_eq!(GameRecord::decode(&bytes[..5]), Err(DecodeError::Truncated("start board")));
+    assert_eq!(GameRecord::decode(&bytes[..9]), Err(DecodeError::Truncated("step count")));
+    assert_eq!(GameRecord::decode(&bytes[..bytes.len() - 1]), Err(DecodeError::Truncated("steps")));
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert_eq!(GameRecord::decode(&longer), Err(DecodeError::TrailingBytes(1)));
+    let mut reserved = bytes.clone();
+    let last = reserved.len() - 1;
+    reserved[last] |= 0x80;
+    assert!(matches!(GameRecord::decode(&reserved), Err(DecodeError::ReservedBit(_))));
+    // A huge claimed step count is refused before anything is allocated for it.
+    let mut huge = vec![1u8];
+    huge.extend_from_slice(&record.start.raw().to_le_bytes());
+    huge.extend_from_slice(&[0xFF, 0xFF, 0xFF, 0xFF, 0x0F]);
+    assert_eq!(GameRecord::decode(&huge), Err(DecodeError::Truncated("steps")));
+    let mut endless = vec![1u8];
+    endless.extend_from_slice(&record.start.raw().to_le_bytes());
+    endless.extend_from_slice(&[0xFF; 11]);
+    assert_eq!(GameRecord::decode(&endless), Err(DecodeError::BadLength));
+}
+
+#[test]
+fn json_form_is_readable_and_strict() {
+    let record = GameRecord {
+        start: start(),
+        steps: vec![Step { direction: Direction::Right, spawn_cell: 0, spawn_exponent: 2 }],
+    };
+    let json = serde_json::to_string(&record).unwrap();
+    assert_eq!(
+        json,
+        r#"{"start":"1000000000000001","steps":[{"direction":"right","spawn_cell":0,"spawn_exponent":2}]}"#
+    );
+    assert!(serde_json::from_str::<GameRecord>(r#"{"start":"12","steps":[]}"#).is_err());
+    assert!(
+        serde_json::from_str::<GameRecord>(r#"{"start":"1000000000000001","steps":[],"extra":1}"#).is_err()
+    );
+}
+
+#[test]
+fn boards_parse_and_print() {
+    let board: Board = "2 4 . 8 | 0 0 0 0 | 16 0 0 0 | 0 0 0 32768".parse().unwrap();
+    assert_eq!(board.to_hex(), "120300004000000f");
+    assert_eq!(board.to_hex().parse::<Board>().unwrap(), board);
+    assert_eq!("1203/0000/4000/000f".parse::<Board>().unwrap(), board);
+    assert_eq!(board.to_string().parse::<Board>().unwrap(), board);
+    assert_eq!(board.max_tile(), 32768);
+    assert_eq!(board.empty_count(), 11);
+    for bad in [
+        "",
+        "1 2 3",
+        "3 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0",
+        "65536 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0",
+        "12g4000000000000",
+    ] {
+        assert!(bad.parse::<Board>().is_err(), "{bad:?} parsed");
+    }
+    let message = "3 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0".parse::<Board>().unwrap_err().to_string();
+    assert!(message.contains("`3` is not a tile"), "{message}");
+}

@@ -1,1 +1,22 @@
-//! placeholder
+//! Searching 2048 positions and playing whole games.
+//!
+//! [`Expectimax`] searches over afterstates (max over moves, expectation over spawns) with leaves
+//! valued by any [`Evaluator`]; [`Heuristic`] is the hand-written baseline evaluator. [`Player`] is
+//! the one interface every player implements (random, greedy, expectimax here; learned players in
+//! later crates), and [`arena`] plays seeded series of games and summarises them as a [`Strength`].
+//!
+//! This crate must never know about model files, training or the network: it sees an evaluator
+//! only through the trait, so learned models plug in without the search changing.
+
+pub mod arena;
+mod evaluator;
+mod expectimax;
+mod heuristic;
+mod player;
+pub mod reference;
+
+pub use arena::{GameResult, MILESTONE_TILES, Series, Strength, TileRate, play_game};
+pub use evaluator::Evaluator;
+pub use expectimax::{Decision, Expectimax, ExpectimaxConfig};
+pub use heuristic::{Heuristic, HeuristicWeights};
+pub use player::{ExpectimaxPlayer, GreedyPlayer, Player, RandomPlayer};

@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::tables::{COLUMN_DOWN, COLUMN_UP, REWARD_MASK, ROWS};
+use crate::tables::{COLUMNS, REWARD_MASK, ROWS};
 
 /// The highest exponent a cell holds: 2^15 = 32768.
 pub const MAX_EXPONENT: u8 = 15;
@@ -77,6 +77,17 @@ pub struct Slide {
     pub reward: u32,
     /// Some merge would have produced a tile beyond 32768.
     pub overflow: bool,
+}
+
+impl Slide {
+    #[inline]
+    fn from_parts(board: u64, summed_reward: u32) -> Slide {
+        Slide {
+            board: Board(board),
+            reward: summed_reward & REWARD_MASK,
+            overflow: summed_reward & !REWARD_MASK != 0,
+        }
+    }
 }
 
 /// A legal move's result: the afterstate (before the spawn) and the score it gained.
@@ -182,7 +193,7 @@ impl Board {
         )
     }
 
-    /// Slides the board, whether or not that is a legal move. The hot path of every search.
+    /// Slides the board, whether or not that is a legal move.
     #[inline]
     pub fn slide(self, direction: Direction) -> Slide {
         let mut board = self.0;
@@ -197,16 +208,43 @@ impl Board {
                 }
             }
             Direction::Up | Direction::Down => {
+                // In the transposed board a column is a row read top to bottom, so up is left.
                 let columns = self.transpose().0;
-                let table = if direction == Direction::Up { &COLUMN_UP } else { &COLUMN_DOWN };
                 for c in 0..4 {
                     let column = ((columns >> (16 * c)) & 0xFFFF) as usize;
-                    board ^= table[column] << (4 * c);
+                    let spread = &COLUMNS[column];
+                    board ^= if direction == Direction::Up { spread.up } else { spread.down } << (4 * c);
                     reward += ROWS[column].reward;
                 }
             }
         }
-        Slide { board: Board(board), reward: reward & REWARD_MASK, overflow: reward & !REWARD_MASK != 0 }
+        Slide::from_parts(board, reward)
+    }
+
+    /// All four slides, in [`Direction::ALL`] order. Cheaper than four calls to [`Board::slide`]:
+    /// each row and column is looked up once for both of its directions. The hot path of search.
+    #[inline]
+    pub fn slides(self) -> [Slide; 4] {
+        let (mut up, mut down, mut left, mut right) = (0u64, 0u64, 0u64, 0u64);
+        let (mut vertical_reward, mut horizontal_reward) = (0u32, 0u32);
+        let columns = self.transpose().0;
+        for i in 0..4 {
+            let row = &ROWS[((self.0 >> (16 * i)) & 0xFFFF) as usize];
+            left |= (row.left as u64) << (16 * i);
+            right |= (row.right as u64) << (16 * i);
+            horizontal_reward += row.reward;
+            let column_index = ((columns >> (16 * i)) & 0xFFFF) as usize;
+            let spread = &COLUMNS[column_index];
+            up |= spread.up << (4 * i);
+            down |= spread.down << (4 * i);
+            vertical_reward += ROWS[column_index].reward;
+        }
+        [
+            Slide::from_parts(self.0 ^ up, vertical_reward),
+            Slide::from_parts(self.0 ^ down, vertical_reward),
+            Slide::from_parts(self.0 ^ left, horizontal_reward),
+            Slide::from_parts(self.0 ^ right, horizontal_reward),
+        ]
     }
 
     /// The move in `direction` if it is legal: it changes the board and every merge fits a cell.

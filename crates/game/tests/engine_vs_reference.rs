@@ -7,7 +7,9 @@ use zero2048_game::{Board, Direction, Game, SpawnRule, derive_seed, rng_from_see
 
 fn check_against_reference(board: Board) {
     let grid = Grid::from_board(board);
-    for direction in Direction::ALL {
+    let all = board.slides();
+    for (i, direction) in Direction::ALL.into_iter().enumerate() {
+        assert_eq!(all[i], board.slide(direction), "slides() and slide({direction}) differ on {board:?}");
         let fast = board.slide(direction);
         let plain = grid.slide(direction);
         assert_eq!(fast.overflow, plain.overflow, "overflow of {direction} on {board:?}");

@@ -64,7 +64,11 @@ struct TranspositionTable {
 impl TranspositionTable {
     fn new(bits: u8) -> TranspositionTable {
         let bits = bits.clamp(4, 30);
-        TranspositionTable { entries: vec![Entry::default(); 1 << bits], shift: 64 - bits as u32, generation: 0 }
+        TranspositionTable {
+            entries: vec![Entry::default(); 1 << bits],
+            shift: 64 - bits as u32,
+            generation: 0,
+        }
     }
 
     #[inline]
@@ -75,13 +79,15 @@ impl TranspositionTable {
     #[inline]
     fn get(&self, board: Board, plies: u32) -> Option<f32> {
         let e = &self.entries[self.slot(board)];
-        (e.board == board.raw() && e.generation == self.generation && e.plies as u32 >= plies).then_some(e.value)
+        (e.board == board.raw() && e.generation == self.generation && e.plies as u32 >= plies)
+            .then_some(e.value)
     }
 
     #[inline]
     fn put(&mut self, board: Board, plies: u32, value: f32) {
         let slot = self.slot(board);
-        self.entries[slot] = Entry { board: board.raw(), plies: plies as u8, generation: self.generation, value };
+        self.entries[slot] =
+            Entry { board: board.raw(), plies: plies as u8, generation: self.generation, value };
     }
 }
 
@@ -97,7 +103,12 @@ impl<E: Evaluator> Expectimax<E> {
     /// A searcher with `evaluator` at the leaves. `config.depth` must be at least 1.
     pub fn new(evaluator: E, config: ExpectimaxConfig) -> Expectimax<E> {
         let table = config.transposition_bits.map(TranspositionTable::new);
-        Expectimax { evaluator, config: ExpectimaxConfig { depth: config.depth.max(1), ..config }, table, nodes: 0 }
+        Expectimax {
+            evaluator,
+            config: ExpectimaxConfig { depth: config.depth.max(1), ..config },
+            table,
+            nodes: 0,
+        }
     }
 
     /// The configuration in use.
@@ -122,7 +133,8 @@ impl<E: Evaluator> Expectimax<E> {
         for (i, direction) in Direction::ALL.into_iter().enumerate() {
             self.nodes += 1;
             let Some(moved) = board.legal_move(direction) else { continue };
-            let value = reward_weight * moved.reward as f32 + self.chance(moved.board, self.config.depth - 1, 1.0);
+            let value =
+                reward_weight * moved.reward as f32 + self.chance(moved.board, self.config.depth - 1, 1.0);
             values[i] = Some(value);
             if best.is_none_or(|(_, v)| value > v) {
                 best = Some((direction, value));
@@ -169,7 +181,8 @@ impl<E: Evaluator> Expectimax<E> {
         for direction in Direction::ALL {
             self.nodes += 1;
             if let Some(moved) = board.legal_move(direction) {
-                let value = reward_weight * moved.reward as f32 + self.chance(moved.board, plies - 1, probability);
+                let value =
+                    reward_weight * moved.reward as f32 + self.chance(moved.board, plies - 1, probability);
                 best = best.max(value);
             }
         }

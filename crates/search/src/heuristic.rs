@@ -50,7 +50,10 @@ impl HeuristicWeights {
         let sum: f32 = line.iter().map(|&e| (e as f32).powf(self.sum_power)).sum();
         let (mut decreasing, mut increasing) = (0.0f32, 0.0f32);
         for pair in line.windows(2) {
-            let (a, b) = ((pair[0] as f32).powf(self.monotonicity_power), (pair[1] as f32).powf(self.monotonicity_power));
+            let (a, b) = (
+                (pair[0] as f32).powf(self.monotonicity_power),
+                (pair[1] as f32).powf(self.monotonicity_power),
+            );
             if a > b {
                 increasing += a - b;
             } else {
@@ -69,7 +72,8 @@ pub struct Heuristic {
     lines: &'static [f32; 65536],
 }
 
-static DEFAULT_LINES: LazyLock<Box<[f32; 65536]>> = LazyLock::new(|| line_table(&HeuristicWeights::default()));
+static DEFAULT_LINES: LazyLock<Box<[f32; 65536]>> =
+    LazyLock::new(|| line_table(&HeuristicWeights::default()));
 
 fn line_table(weights: &HeuristicWeights) -> Box<[f32; 65536]> {
     let mut table = Box::new([0.0f32; 65536]);

@@ -29,7 +29,12 @@ impl PlainExpectimax {
             value += self.weights.line_value(grid.cells[i]);
         }
         for c in 0..4 {
-            value += self.weights.line_value([grid.cells[0][c], grid.cells[1][c], grid.cells[2][c], grid.cells[3][c]]);
+            value += self.weights.line_value([
+                grid.cells[0][c],
+                grid.cells[1][c],
+                grid.cells[2][c],
+                grid.cells[3][c],
+            ]);
         }
         value
     }

@@ -1,0 +1,150 @@
+//! The command line, as clap sees it.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use zero2048_game::Board;
+
+/// 2048-Zero: train 2048 agents from zero by distributed self-play.
+#[derive(Parser, Debug)]
+#[command(name = "zero2048", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Watch one agent play one game in the terminal.
+    Play(PlayArgs),
+    /// Play N seeded games in parallel and print a strength table.
+    Eval(EvalArgs),
+    /// Measure engine and search throughput against plain reference implementations.
+    Bench(BenchArgs),
+    /// Verify a game record file step by step and print what it establishes.
+    Replay(ReplayArgs),
+    /// Search one position and print the value of every move.
+    Analyze(AnalyzeArgs),
+}
+
+/// Which player, and how it searches.
+#[derive(Args, Debug, Clone)]
+pub struct PlayerArgs {
+    /// The player.
+    #[arg(long, value_enum, default_value_t = PlayerKind::Expectimax)]
+    pub player: PlayerKind,
+    /// Own moves the expectimax player searches (1 = greedy on the heuristic value of the afterstate).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=8))]
+    pub depth: u32,
+    /// Chance branches less likely than this are cut (expectimax).
+    #[arg(long, default_value_t = 1e-4, value_parser = probability)]
+    pub prune_below: f32,
+    /// Use a transposition table of 2^BITS entries (expectimax; 16 bytes each).
+    #[arg(long, value_name = "BITS", value_parser = clap::value_parser!(u8).range(4..=30))]
+    pub transposition_bits: Option<u8>,
+    /// Probability that a spawned tile is a 4.
+    #[arg(long, default_value_t = 0.1, value_parser = probability)]
+    pub four_probability: f32,
+}
+
+/// The players this build knows.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlayerKind {
+    /// A uniformly random legal move.
+    Random,
+    /// The move with the largest immediate score.
+    Greedy,
+    /// Expectimax search on the hand-written heuristic.
+    Expectimax,
+}
+
+fn probability(s: &str) -> Result<f32, String> {
+    let p: f32 = s.parse().map_err(|_| format!("`{s}` is not a number; expected a probability in 0..=1"))?;
+    if (0.0..=1.0).contains(&p) { Ok(p) } else { Err(format!("{p} is outside 0..=1")) }
+}
+
+/// `zero2048 play`.
+#[derive(Args, Debug)]
+pub struct PlayArgs {
+    #[command(flatten)]
+    pub player: PlayerArgs,
+    /// Seed of the game (spawns and the player's own random choices).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Milliseconds to wait after each move.
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    pub delay: u64,
+    /// Print only the result.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Save the game record here (`.json` for JSON, anything else for the compact binary form).
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+}
+
+/// `zero2048 eval`.
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub player: PlayerArgs,
+    /// Number of games.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub games: u64,
+    /// Game i is played on a seed derived from this one and i.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Games played at once (default: every core).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub threads: Option<u64>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Write every game's record here, one JSON object per line.
+    #[arg(long, value_name = "FILE")]
+    pub records: Option<PathBuf>,
+}
+
+/// `zero2048 bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Tiny runs that only check every benchmark works (figures are meaningless).
+    #[arg(long)]
+    pub quick: bool,
+    /// Depth of the expectimax benchmark.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=6))]
+    pub depth: u32,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `zero2048 replay`.
+#[derive(Args, Debug)]
+pub struct ReplayArgs {
+    /// A game record: JSON (as `eval --records` or `play --record x.json` write) or the binary form.
+    pub file: PathBuf,
+    /// Print the final board after the summary.
+    #[arg(long)]
+    pub show: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `zero2048 analyze`.
+#[derive(Args, Debug)]
+pub struct AnalyzeArgs {
+    /// The position: 16 tile values row by row ("2 4 0 0 ...", `.` or 0 for empty), or 16 hex
+    /// exponents ("1200/0000/0000/0001").
+    #[arg(long, value_parser = parse_board)]
+    pub board: Board,
+    /// Own moves to search.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=8))]
+    pub depth: u32,
+}
+
+fn parse_board(s: &str) -> Result<Board, String> {
+    s.parse().map_err(|e: zero2048_game::ParseBoardError| e.to_string())
+}

@@ -1,0 +1,66 @@
+//! `zero2048 bench`: engine and search throughput against the plain reference, same run.
+
+use anyhow::Result;
+use serde::Serialize;
+use zero2048_bench::{Comparison, Effort};
+
+use crate::args::BenchArgs;
+use crate::render;
+
+#[derive(Serialize)]
+struct Row<'a> {
+    #[serde(flatten)]
+    comparison: &'a Comparison,
+    fast_per_cpu_second: f64,
+    fast_per_wall_second: f64,
+    reference_per_cpu_second: f64,
+    reference_per_wall_second: f64,
+    speedup_per_cpu_second: f64,
+}
+
+/// Runs the command.
+pub fn run(args: BenchArgs) -> Result<()> {
+    let effort = if args.quick { Effort::Quick } else { Effort::Full };
+    if !args.json {
+        eprintln!(
+            "measuring on one thread; each figure is also taken on the plain reference in the same run"
+        );
+    }
+    let results = zero2048_bench::run_all(effort, args.depth);
+    let rows: Vec<Row> = results
+        .iter()
+        .map(|c| Row {
+            comparison: c,
+            fast_per_cpu_second: c.fast.per_cpu_second(),
+            fast_per_wall_second: c.fast.per_wall_second(),
+            reference_per_cpu_second: c.reference.per_cpu_second(),
+            reference_per_wall_second: c.reference.per_wall_second(),
+            speedup_per_cpu_second: c.speedup(),
+        })
+        .collect();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "{:<36} {:>16} {:>16} {:>16} {:>16} {:>9}",
+        "benchmark", "fast /CPU-s", "fast /wall-s", "reference /CPU-s", "reference /wall-s", "speedup"
+    );
+    for row in &rows {
+        let name = if row.comparison.name.starts_with("expectimax") {
+            format!("{} d{}", row.comparison.name, args.depth)
+        } else {
+            row.comparison.name.to_string()
+        };
+        let unit = row.comparison.unit;
+        println!(
+            "{name:<36} {:>16} {:>16} {:>16} {:>16} {:>8.1}×",
+            format!("{} {unit}", render::rate(row.fast_per_cpu_second)),
+            format!("{} {unit}", render::rate(row.fast_per_wall_second)),
+            format!("{} {unit}", render::rate(row.reference_per_cpu_second)),
+            format!("{} {unit}", render::rate(row.reference_per_wall_second)),
+            row.speedup_per_cpu_second
+        );
+    }
+    Ok(())
+}

@@ -201,8 +201,8 @@ pub enum DecodeError {
     /// The input ends early.
     #[error("truncated record: {0}")]
     Truncated(&'static str),
-    /// The step count is not a valid LEB128 number.
-    #[error("the step count is not a valid LEB128 number")]
+    /// The step count is not a minimal LEB128 number of at most 64 bits.
+    #[error("the step count is not a minimal LEB128 number")]
     BadLength,
     /// A step byte has its reserved high bit set.
     #[error("step {0}: reserved bit set in step byte")]
@@ -252,7 +252,8 @@ impl GameRecord {
         Ok(out)
     }
 
-    /// Reads the binary form. Never allocates more than the input's length in steps.
+    /// Reads the binary form. Never allocates more than the input's length in steps, and accepts
+    /// only the one encoding `encode` produces, so `decode(b).encode() == b`.
     pub fn decode(bytes: &[u8]) -> Result<GameRecord, DecodeError> {
         let (&version, rest) = bytes.split_first().ok_or(DecodeError::Empty)?;
         if version != RECORD_FORMAT_VERSION {
@@ -268,6 +269,10 @@ impl GameRecord {
             }
             count |= ((byte & 0x7F) as u64) << shift;
             if byte & 0x80 == 0 {
+                // One encoding per record: a final zero group after the first byte is padding.
+                if byte == 0 && shift > 0 {
+                    return Err(DecodeError::BadLength);
+                }
                 break;
             }
         }

@@ -42,8 +42,10 @@ proptest! {
     }
 
     #[test]
-    fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
-        let _ = GameRecord::decode(&bytes);
+    fn decoding_arbitrary_bytes_never_panics_and_is_canonical(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+        if let Ok(record) = GameRecord::decode(&bytes) {
+            prop_assert_eq!(record.encode().unwrap(), bytes);
+        }
     }
 }
 
@@ -161,6 +163,11 @@ fn malformed_bytes_are_refused_with_the_reason() {
     endless.extend_from_slice(&record.start.raw().to_le_bytes());
     endless.extend_from_slice(&[0xFF; 11]);
     assert_eq!(GameRecord::decode(&endless), Err(DecodeError::BadLength));
+    // A padded step count (0 written as 0x80 0x00) has another encoding: refused.
+    let mut padded = vec![1u8];
+    padded.extend_from_slice(&record.start.raw().to_le_bytes());
+    padded.extend_from_slice(&[0x80, 0x00]);
+    assert_eq!(GameRecord::decode(&padded), Err(DecodeError::BadLength));
 }
 
 #[test]

@@ -15,7 +15,7 @@ pub struct HeuristicWeights {
     pub alive_bonus: f32,
     /// Per empty cell.
     pub empty: f32,
-    /// Per pair of equal neighbouring tiles (gaps ignored).
+    /// Per possible merge: a run of k ≥ 2 equal neighbouring tiles (gaps ignored) counts 1 + (k − 1).
     pub merges: f32,
     /// Penalty per unit of non-monotonicity (the smaller of the two directions' violations).
     pub monotonicity: f32,
@@ -45,8 +45,25 @@ impl HeuristicWeights {
     /// The value of one line of four exponents, read from one side to the other.
     pub fn line_value(&self, line: [u8; 4]) -> f32 {
         let empty = line.iter().filter(|&&e| e == 0).count() as f32;
-        let tiles: Vec<u8> = line.iter().copied().filter(|&e| e != 0).collect();
-        let merges = tiles.windows(2).filter(|pair| pair[0] == pair[1]).count() as f32;
+        // A run of k ≥ 2 equal tiles (gaps ignored) counts 1 + k: runs are rewarded more than
+        // their pairs alone, as in the classic bots.
+        let mut merges = 0.0f32;
+        let mut run = 0;
+        let mut previous = 0u8;
+        for &tile in line.iter().filter(|&&e| e != 0) {
+            if tile == previous {
+                run += 1;
+            } else {
+                if run > 0 {
+                    merges += 1.0 + run as f32;
+                }
+                run = 0;
+            }
+            previous = tile;
+        }
+        if run > 0 {
+            merges += 1.0 + run as f32;
+        }
         let sum: f32 = line.iter().map(|&e| (e as f32).powf(self.sum_power)).sum();
         let (mut decreasing, mut increasing) = (0.0f32, 0.0f32);
         for pair in line.windows(2) {

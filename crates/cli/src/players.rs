@@ -9,7 +9,7 @@ pub fn expectimax_config(args: &PlayerArgs) -> ExpectimaxConfig {
     ExpectimaxConfig {
         depth: args.depth,
         probability_threshold: args.prune_below,
-        transposition_bits: args.transposition_bits,
+        transposition_bits: args.table_bits(),
         four_probability: args.four_probability,
     }
 }
@@ -29,7 +29,7 @@ pub fn describe(args: &PlayerArgs) -> String {
         PlayerKind::Random => "random".to_string(),
         PlayerKind::Greedy => "greedy".to_string(),
         PlayerKind::Expectimax => {
-            let table = args.transposition_bits.map(|b| format!(", table 2^{b}")).unwrap_or_default();
+            let table = args.table_bits().map(|b| format!(", table 2^{b}")).unwrap_or_default();
             format!("expectimax depth {} (heuristic, prune < {}{table})", args.depth, args.prune_below)
         }
     }

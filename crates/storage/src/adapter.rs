@@ -1,0 +1,384 @@
+//! The `StorageAdapter`: picks the backend from configuration and applies the storage guide's
+//! fallbacks.
+//!
+//! - Local storage always holds every revision (it is the cache when a bucket is used).
+//! - R2 configured but misconfigured or missing credentials → local storage, loudly, in a
+//!   `degraded` state that status shows. Nothing to catch up to until the configuration is fixed.
+//! - R2 configured but unreachable or failing → local storage, `degraded`, and a background
+//!   catch-up that uploads every revision the bucket missed (and the latest record) once it
+//!   answers again, then returns to normal. Nothing published is ever lost.
+//! - Presigning fails → the local URL (HTTP if the server serves weights, else file://).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::backend::{
+    StorageBackend, StorageError, StorageResult, StoredWeights, UrlKind, WeightsData, WeightsUrl,
+};
+use crate::config::Config;
+use crate::latest::{LatestDetails, LatestInfo};
+use crate::local::{LocalStorageBackend, LocalUrls};
+use crate::r2::R2StorageBackend;
+
+/// What the adapter is doing, for status pages. Never contains a credential or a signed URL.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StorageStatus {
+    /// The backend weights are published through now: `local` or `r2`.
+    pub backend: &'static str,
+    /// The backend the configuration asked for.
+    pub configured: &'static str,
+    /// Why the configured backend is not in use, if it is not.
+    pub degraded: Option<String>,
+    /// How the latest weights URL is served.
+    pub served_as: Option<UrlKind>,
+    /// The bucket, when one is configured.
+    pub bucket: Option<String>,
+    /// Revisions stored locally but not yet in the bucket.
+    pub pending_catch_up: usize,
+    /// When the last catch-up attempt ran, and what it said.
+    pub last_catch_up: Option<String>,
+}
+
+#[derive(Debug)]
+enum Remote {
+    /// No bucket configured.
+    None,
+    /// Configured, but the configuration cannot work (missing credentials, bad endpoint).
+    Misconfigured(String),
+    /// A usable client; `degraded` holds the last failure while the bucket is behind.
+    Ready { backend: R2StorageBackend, degraded: Option<String> },
+}
+
+#[derive(Debug)]
+struct State {
+    remote: Remote,
+    served_as: Option<UrlKind>,
+    pending: usize,
+    last_catch_up: Option<String>,
+}
+
+/// See the module documentation.
+pub struct StorageAdapter {
+    local: LocalStorageBackend,
+    state: Mutex<State>,
+    url_grace: time::Duration,
+    keep_revisions: usize,
+    catch_up_interval: Duration,
+}
+
+impl StorageAdapter {
+    /// Builds the adapter. Fails only if local storage cannot be used; any trouble with the bucket
+    /// degrades to local storage instead (with a warning), as the guide's fallback rules say.
+    pub async fn from_config(config: &Config) -> StorageResult<StorageAdapter> {
+        let urls = if config.server.localhost_weights {
+            let base = config
+                .server
+                .public_base_url()
+                .map_err(|e| StorageError::Remote { operation: "configuration", message: e.to_string() })?;
+            LocalUrls::Http { base }
+        } else {
+            LocalUrls::File
+        };
+        let local = LocalStorageBackend::new(&config.storage.weights_dir, urls)?;
+        local.remove_leftovers()?;
+        let remote = if !config.storage.use_r2 {
+            Remote::None
+        } else {
+            match config.r2_settings().and_then(|s| R2StorageBackend::new(s).map_err(|e| e.to_string())) {
+                Err(reason) => {
+                    tracing::warn!("R2 storage is unusable, falling back to local storage: {reason}");
+                    Remote::Misconfigured(reason)
+                }
+                Ok(backend) => {
+                    let degraded = match backend.probe().await {
+                        Ok(()) => None,
+                        Err(e) => {
+                            tracing::warn!(
+                                "bucket {} is unreachable, publishing to local storage until it answers: {e}",
+                                backend.bucket()
+                            );
+                            Some(e.to_string())
+                        }
+                    };
+                    Remote::Ready { backend, degraded }
+                }
+            }
+        };
+        let adapter = StorageAdapter {
+            local,
+            state: Mutex::new(State { remote, served_as: None, pending: 0, last_catch_up: None }),
+            url_grace: time::Duration::seconds(config.storage.url_grace_seconds as i64),
+            keep_revisions: config.storage.keep_revisions,
+            catch_up_interval: Duration::from_secs(config.storage.catch_up_interval_seconds.max(1)),
+        };
+        if let Some(latest) = adapter.local.read_latest_info().await? {
+            adapter.lock().served_as = Some(url_kind_of(&latest.weights_url));
+        }
+        if adapter.is_degraded() {
+            adapter.catch_up().await;
+        }
+        Ok(adapter)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The local backend (always present: the store or the cache).
+    pub fn local(&self) -> &LocalStorageBackend {
+        &self.local
+    }
+
+    /// The bucket backend, if one is configured and usable (even while it is behind).
+    pub fn remote(&self) -> Option<R2StorageBackend> {
+        match &self.lock().remote {
+            Remote::Ready { backend, .. } => Some(backend.clone()),
+            _ => None,
+        }
+    }
+
+    /// The bucket backend if it is configured and up to date.
+    fn healthy_remote(&self) -> Option<R2StorageBackend> {
+        match &self.lock().remote {
+            Remote::Ready { backend, degraded: None } => Some(backend.clone()),
+            _ => None,
+        }
+    }
+
+    /// Whether the configured backend is not the one in use.
+    pub fn is_degraded(&self) -> bool {
+        matches!(self.lock().remote, Remote::Misconfigured(_) | Remote::Ready { degraded: Some(_), .. })
+    }
+
+    fn degrade(&self, reason: String) {
+        let mut state = self.lock();
+        if let Remote::Ready { backend, degraded } = &mut state.remote {
+            if degraded.is_none() {
+                tracing::warn!(
+                    "bucket {} failed, publishing to local storage until it answers: {reason}",
+                    backend.bucket()
+                );
+            }
+            *degraded = Some(reason);
+        }
+    }
+
+    /// The status, for `/api/v1/status` and the dashboard.
+    pub fn status(&self) -> StorageStatus {
+        let state = self.lock();
+        let (configured, degraded, bucket) = match &state.remote {
+            Remote::None => ("local", None, None),
+            Remote::Misconfigured(reason) => ("r2", Some(reason.clone()), None),
+            Remote::Ready { backend, degraded } => {
+                ("r2", degraded.clone(), Some(backend.bucket().to_string()))
+            }
+        };
+        StorageStatus {
+            backend: if configured == "r2" && degraded.is_none() { "r2" } else { "local" },
+            configured,
+            degraded,
+            served_as: state.served_as,
+            bucket,
+            pending_catch_up: state.pending,
+            last_catch_up: state.last_catch_up.clone(),
+        }
+    }
+
+    /// Stores `data` as `revision` and points the latest record at it, valid until `deadline`.
+    /// The weights are fully stored (locally, and in the bucket when it is up) before any record
+    /// names them.
+    pub async fn publish(
+        &self,
+        data: WeightsData,
+        revision: u64,
+        deadline: OffsetDateTime,
+        details: &LatestDetails,
+    ) -> StorageResult<LatestInfo> {
+        let stored = self.local.save_weights(data, revision).await?;
+        let mut remote = self.healthy_remote();
+        if let Some(bucket) = &remote
+            && let Err(e) =
+                bucket.save_weights(WeightsData::File(self.local.path_of(&stored.name)), revision).await
+        {
+            self.degrade(e.to_string());
+            remote = None;
+        }
+        let url = self.url_for(&stored, remote.as_ref(), deadline).await?;
+        let info =
+            self.local.update_latest_info_with(revision, &url.url, &stored.sha256, deadline, details).await?;
+        if let Some(bucket) = &remote
+            && let Err(e) = bucket.write_latest(&info).await
+        {
+            self.degrade(e.to_string());
+        }
+        self.lock().served_as = Some(url.kind);
+        if !self.is_degraded() {
+            self.prune().await;
+        } else {
+            self.lock().pending += 1;
+        }
+        Ok(info)
+    }
+
+    /// A URL for stored weights: from the bucket if it is up (presigned past the deadline, or
+    /// public), else local; a presigning failure falls back to the local URL.
+    async fn url_for(
+        &self,
+        stored: &StoredWeights,
+        remote: Option<&R2StorageBackend>,
+        deadline: OffsetDateTime,
+    ) -> StorageResult<WeightsUrl> {
+        let name = stored.name.to_string();
+        let revision = stored.name.revision();
+        if let Some(bucket) = remote {
+            match bucket.get_weights_url_until(&name, revision, deadline + self.url_grace).await {
+                Ok(url) => return Ok(url),
+                Err(e) => tracing::warn!("presigning {name} failed, handing out the local URL instead: {e}"),
+            }
+        }
+        self.local.get_weights_url_until(&name, revision, deadline).await
+    }
+
+    /// Brings the bucket up to date after a fallback: uploads every local revision it lacks, then
+    /// the latest record (re-pointed at a bucket URL). Returns to normal on success. Safe to call
+    /// at any time; does nothing when there is no usable bucket.
+    pub async fn catch_up(&self) -> Option<StorageResult<usize>> {
+        let bucket = self.remote()?;
+        let result = self.catch_up_with(&bucket).await;
+        let mut state = self.lock();
+        let now = OffsetDateTime::now_utc();
+        match &result {
+            Ok(uploaded) => {
+                if let Remote::Ready { degraded, .. } = &mut state.remote
+                    && degraded.take().is_some()
+                {
+                    tracing::info!("bucket {} is back: {uploaded} revisions caught up", bucket.bucket());
+                }
+                state.pending = 0;
+                state.last_catch_up = Some(format!("{now}: ok, {uploaded} uploaded"));
+            }
+            Err(e) => {
+                if let Remote::Ready { degraded, .. } = &mut state.remote {
+                    *degraded = Some(e.to_string());
+                }
+                state.last_catch_up = Some(format!("{now}: {e}"));
+            }
+        }
+        Some(result)
+    }
+
+    async fn catch_up_with(&self, bucket: &R2StorageBackend) -> StorageResult<usize> {
+        bucket.probe().await?;
+        let in_bucket: Vec<String> =
+            bucket.list_revisions().await?.into_iter().map(|w| w.name.to_string()).collect();
+        let mut uploaded = 0;
+        let local = self.local.list_revisions().await?;
+        {
+            self.lock().pending = local.iter().filter(|w| !in_bucket.contains(&w.name.to_string())).count();
+        }
+        for weights in &local {
+            if in_bucket.contains(&weights.name.to_string()) {
+                continue;
+            }
+            bucket
+                .save_weights(WeightsData::File(self.local.path_of(&weights.name)), weights.name.revision())
+                .await?;
+            uploaded += 1;
+            self.lock().pending -= 1;
+        }
+        if let Some(mut latest) = self.local.read_latest_info().await? {
+            let bucket_latest = bucket.read_latest_info().await?;
+            if bucket_latest
+                .as_ref()
+                .is_none_or(|b| b.revision < latest.revision || b.weights_url != latest.weights_url)
+            {
+                let url = bucket
+                    .get_weights_url_until(
+                        &latest.weights_file,
+                        latest.revision,
+                        latest.deadline + self.url_grace,
+                    )
+                    .await;
+                if let Ok(url) = url {
+                    latest.weights_url = url.url;
+                    self.local.write_latest(&latest).await?;
+                    self.lock().served_as = Some(url.kind);
+                }
+                bucket.write_latest(&latest).await?;
+            }
+        }
+        Ok(uploaded)
+    }
+
+    /// Runs [`StorageAdapter::catch_up`] every `catch_up_interval_seconds` while degraded.
+    pub fn spawn_catch_up(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let adapter = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(adapter.catch_up_interval).await;
+                if adapter.remote().is_some() && adapter.is_degraded() {
+                    adapter.catch_up().await;
+                }
+            }
+        })
+    }
+
+    /// Applies `keep_revisions` to local storage and the bucket; failures are logged, not fatal.
+    pub async fn prune(&self) {
+        if let Err(e) = self.local.prune(self.keep_revisions).await {
+            tracing::warn!("pruning local revisions failed: {e}");
+        }
+        if let Some(bucket) = self.healthy_remote()
+            && let Err(e) = bucket.prune(self.keep_revisions).await
+        {
+            tracing::warn!("pruning bucket revisions failed: {e}");
+        }
+    }
+
+    /// The latest record (from local storage, which always has it).
+    pub async fn read_latest_info(&self) -> StorageResult<Option<LatestInfo>> {
+        self.local.read_latest_info().await
+    }
+
+    /// A fresh URL for the latest weights valid past `deadline`, for re-issuing the record
+    /// before a presigned URL expires.
+    pub async fn refresh_latest(&self, deadline: OffsetDateTime) -> StorageResult<Option<LatestInfo>> {
+        let Some(mut latest) = self.local.read_latest_info().await? else { return Ok(None) };
+        let Some(stored) = self
+            .local
+            .list_revisions()
+            .await?
+            .into_iter()
+            .find(|w| w.name.to_string() == latest.weights_file)
+        else {
+            return Ok(Some(latest));
+        };
+        let remote = self.healthy_remote();
+        let url = self.url_for(&stored, remote.as_ref(), deadline).await?;
+        latest.weights_url = url.url;
+        latest.deadline = deadline;
+        self.local.write_latest(&latest).await?;
+        if let Some(bucket) = &remote
+            && let Err(e) = bucket.write_latest(&latest).await
+        {
+            self.degrade(e.to_string());
+        }
+        self.lock().served_as = Some(url.kind);
+        Ok(Some(latest))
+    }
+}
+
+fn url_kind_of(url: &str) -> UrlKind {
+    if url.starts_with("file:") {
+        UrlKind::File
+    } else if url.contains("X-Amz-Signature") {
+        UrlKind::Presigned
+    } else if url.contains("/weights/r") && url.starts_with("http://") {
+        UrlKind::Http
+    } else {
+        UrlKind::Public
+    }
+}

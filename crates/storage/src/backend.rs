@@ -1,0 +1,266 @@
+//! The interface every storage backend implements (the guide's `StorageBackend`), and its types.
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use tokio::io::AsyncRead;
+
+use crate::latest::{LatestDetails, LatestInfo};
+use crate::naming::WeightsName;
+
+/// Weights to store: a file on local disk (streamed, never read whole) or bytes in memory.
+#[derive(Clone, Debug)]
+pub enum WeightsData {
+    /// A file to stream from.
+    File(PathBuf),
+    /// Bytes already in memory (small files, tests).
+    Bytes(Bytes),
+}
+
+/// A stored weights file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredWeights {
+    /// Its name (revision and hash prefix).
+    #[serde(with = "name_as_string")]
+    pub name: WeightsName,
+    /// Full SHA-256 of its bytes, as recorded when it was stored.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// When it was stored, if the backend knows.
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub stored_at: Option<OffsetDateTime>,
+}
+
+mod name_as_string {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::naming::WeightsName;
+
+    pub fn serialize<S: Serializer>(name: &WeightsName, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(name)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<WeightsName, D::Error> {
+        let s = String::deserialize(d)?;
+        WeightsName::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// How a weights URL is served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UrlKind {
+    /// `file://` on the server's own disk.
+    File,
+    /// `http://host:port/weights/...` from the server.
+    Http,
+    /// A presigned S3 GET URL, valid until a time.
+    Presigned,
+    /// The bucket's public base URL.
+    Public,
+}
+
+/// A URL for downloading a weights file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WeightsUrl {
+    /// The URL.
+    pub url: String,
+    /// How it is served.
+    pub kind: UrlKind,
+    /// When it stops working (presigned URLs only).
+    pub valid_until: Option<OffsetDateTime>,
+}
+
+/// A streaming reader over a stored file.
+pub type WeightsReader = Box<dyn AsyncRead + Send + Unpin>;
+
+/// Why a storage operation failed. Messages never contain credentials or signatures.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// Local file-system trouble.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A name that is not a weights file name (possibly an attempt to escape the directory).
+    #[error(transparent)]
+    BadName(#[from] crate::naming::BadName),
+    /// Nothing stored under that name or revision.
+    #[error("{0} is not in storage")]
+    NotFound(String),
+    /// The latest record names weights that are not fully stored.
+    #[error("refusing to publish revision {revision}: its weights {sha256} are not stored")]
+    NotStored {
+        /// The revision.
+        revision: u64,
+        /// The hash the record would name.
+        sha256: String,
+    },
+    /// Deleting the file the latest record names.
+    #[error("refusing to delete {0}: the latest record names it")]
+    InUse(String),
+    /// A stored latest record that does not parse.
+    #[error("the latest record at {location} is corrupt: {reason}")]
+    CorruptLatest {
+        /// Where it was read.
+        location: String,
+        /// Why it does not parse.
+        reason: String,
+    },
+    /// A stored file whose bytes do not match its recorded hash or size.
+    #[error("{name}: {check} check failed: expected {expected}, found {actual}")]
+    Corrupt {
+        /// The file.
+        name: String,
+        /// `sha256` or `size`.
+        check: &'static str,
+        /// Recorded value.
+        expected: String,
+        /// Actual value.
+        actual: String,
+    },
+    /// The bucket could not be used (unreachable, refused, misconfigured).
+    #[error("bucket {operation} failed: {message}")]
+    Remote {
+        /// The operation.
+        operation: &'static str,
+        /// What went wrong, redacted.
+        message: String,
+    },
+    /// A presigned URL could not be made.
+    #[error("presigning a URL failed: {0}")]
+    Presign(String),
+}
+
+/// Result of a storage operation.
+pub type StorageResult<T> = Result<T, StorageError>;
+
+/// A place where weights revisions and the latest record are stored. The first three methods are
+/// the storage guide's interface; the rest are what a running system also needs.
+#[async_trait]
+pub trait StorageBackend: Send + Sync {
+    /// `local` or `r2`.
+    fn kind(&self) -> &'static str;
+
+    /// Stores a weights file for `revision` under its content-addressed name. Idempotent: storing
+    /// the same bytes again is a no-op that returns the same name.
+    async fn save_weights(&self, weights_data: WeightsData, revision: u64) -> StorageResult<StoredWeights>;
+
+    /// A URL for the stored file `weights_path` (a file name, or `weights/<file name>`), valid for
+    /// the backend's default time.
+    async fn get_weights_url(&self, weights_path: &str, revision: u64) -> StorageResult<WeightsUrl> {
+        let until = OffsetDateTime::now_utc() + time::Duration::days(1);
+        self.get_weights_url_until(weights_path, revision, until).await
+    }
+
+    /// A URL for `weights_path` that still works at `valid_until`.
+    async fn get_weights_url_until(
+        &self,
+        weights_path: &str,
+        revision: u64,
+        valid_until: OffsetDateTime,
+    ) -> StorageResult<WeightsUrl>;
+
+    /// Points the latest record at `revision` (the guide's signature; no trainer details).
+    async fn update_latest_info(
+        &self,
+        revision: u64,
+        weights_url: &str,
+        weights_sha256: &str,
+        deadline: OffsetDateTime,
+    ) -> StorageResult<LatestInfo> {
+        self.update_latest_info_with(
+            revision,
+            weights_url,
+            weights_sha256,
+            deadline,
+            &LatestDetails::default(),
+        )
+        .await
+    }
+
+    /// Points the latest record at `revision`, with the trainer's details. Refuses a revision whose
+    /// weights are not fully stored, so a record never names a missing or partial file.
+    async fn update_latest_info_with(
+        &self,
+        revision: u64,
+        weights_url: &str,
+        weights_sha256: &str,
+        deadline: OffsetDateTime,
+        details: &LatestDetails,
+    ) -> StorageResult<LatestInfo> {
+        let stored = self
+            .list_revisions()
+            .await?
+            .into_iter()
+            .find(|w| w.name.revision() == revision && w.sha256 == weights_sha256)
+            .ok_or_else(|| StorageError::NotStored { revision, sha256: weights_sha256.to_string() })?;
+        let info = LatestInfo {
+            revision,
+            weights_url: weights_url.to_string(),
+            weights_sha256: weights_sha256.to_string(),
+            weights_size: stored.size,
+            deadline,
+            model: details.model.clone(),
+            selfplay: details.selfplay.clone(),
+            accepted_revisions: if details.accepted_revisions.is_empty() {
+                vec![revision]
+            } else {
+                details.accepted_revisions.clone()
+            },
+            min_worker_version: details.min_worker_version.clone(),
+            weights_file: stored.name.to_string(),
+            published_at: OffsetDateTime::now_utc(),
+        };
+        self.write_latest(&info).await?;
+        Ok(info)
+    }
+
+    /// Writes a latest record as it is, atomically.
+    async fn write_latest(&self, info: &LatestInfo) -> StorageResult<()>;
+
+    /// The latest record, if one was written.
+    async fn read_latest_info(&self) -> StorageResult<Option<LatestInfo>>;
+
+    /// Every stored weights file, oldest revision first.
+    async fn list_revisions(&self) -> StorageResult<Vec<StoredWeights>>;
+
+    /// Streams a stored file's bytes.
+    async fn open_weights(&self, name: &WeightsName) -> StorageResult<WeightsReader>;
+
+    /// Deletes a stored file. Refuses the one the latest record names.
+    async fn delete_weights(&self, name: &WeightsName) -> StorageResult<()>;
+
+    /// Deletes all but the newest `keep` revisions (0 keeps everything), never the latest one.
+    async fn prune(&self, keep: usize) -> StorageResult<Vec<WeightsName>> {
+        if keep == 0 {
+            return Ok(Vec::new());
+        }
+        let latest = self.read_latest_info().await?.map(|l| l.weights_file);
+        let stored = self.list_revisions().await?;
+        let excess = stored.len().saturating_sub(keep);
+        let mut deleted = Vec::new();
+        for weights in stored.into_iter().take(excess) {
+            if latest.as_deref() == Some(&weights.name.to_string()) {
+                continue;
+            }
+            self.delete_weights(&weights.name).await?;
+            deleted.push(weights.name);
+        }
+        Ok(deleted)
+    }
+}
+
+/// Accepts `name` or `weights/name`, and nothing else.
+pub fn parse_weights_path(weights_path: &str) -> StorageResult<WeightsName> {
+    let bare = weights_path.strip_prefix("weights/").unwrap_or(weights_path);
+    Ok(WeightsName::parse(bare)?)
+}

@@ -1,0 +1,371 @@
+//! Downloading weights for workers: any `file://`, `http://` or `https://` URL into a cache keyed
+//! by SHA-256. A download streams into a temp file, hashing as it goes; it is renamed into the
+//! cache only if both its size and its SHA-256 match the latest record. Otherwise it is deleted and
+//! the error says which check failed. An interrupted HTTP download resumes with `Range`. A URL the
+//! server refuses with 400 or 403 (an expired or tampered presigned URL) is reported as such, so
+//! the caller fetches the latest record again instead of retrying a dead URL.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::hashing::CHUNK;
+use crate::naming::is_sha256_hex;
+use crate::secret::redact_signed_queries;
+
+/// What the latest record promises about a file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Expected {
+    /// SHA-256, lower-case hex.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// How often and how patiently to retry.
+#[derive(Clone, Copy, Debug)]
+pub struct RetryPolicy {
+    /// Attempts in all (at least 1).
+    pub attempts: u32,
+    /// Delay before the second attempt; doubles each time, with ±50% jitter.
+    pub base_delay: Duration,
+    /// The longest delay.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> RetryPolicy {
+        RetryPolicy {
+            attempts: 5,
+            base_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why a download was not accepted. URLs in messages have their signatures removed.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The bytes did not match the record; the download was deleted.
+    #[error(
+        "download of {url} failed the {check} check: expected {expected}, got {actual}; the file was deleted"
+    )]
+    Mismatch {
+        /// The URL (redacted).
+        url: String,
+        /// `size` or `sha256`.
+        check: &'static str,
+        /// What the record said.
+        expected: String,
+        /// What arrived.
+        actual: String,
+    },
+    /// The server refused the URL itself: an expired or tampered presigned URL.
+    #[error(
+        "{url} was refused with HTTP {status}: the URL has expired or is not valid; fetch the latest record again"
+    )]
+    UrlRejected {
+        /// The URL (redacted).
+        url: String,
+        /// 400 or 403.
+        status: u16,
+    },
+    /// Another HTTP status.
+    #[error("{url}: HTTP {status}")]
+    Status {
+        /// The URL (redacted).
+        url: String,
+        /// The status.
+        status: u16,
+    },
+    /// The connection failed or ended early (a partial download is kept for resuming).
+    #[error("{url}: {message}")]
+    Network {
+        /// The URL (redacted).
+        url: String,
+        /// What happened.
+        message: String,
+    },
+    /// Local disk trouble.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A URL scheme other than file, http and https.
+    #[error("unsupported URL `{0}`: weights URLs are file://, http:// or https://")]
+    UnsupportedUrl(String),
+    /// The record's hash is not a SHA-256.
+    #[error("the expected SHA-256 `{0}` is not 64 lower-case hex digits")]
+    BadExpectedHash(String),
+}
+
+impl FetchError {
+    /// Worth trying the same URL again after a pause.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            FetchError::Network { .. } | FetchError::Mismatch { .. } => true,
+            FetchError::Status { status, .. } => *status >= 500 || *status == 429 || *status == 408,
+            _ => false,
+        }
+    }
+}
+
+fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> FetchError + 'a {
+    move |source| FetchError::Io { action, path: path.to_path_buf(), source }
+}
+
+/// A download cache with a disk budget.
+pub struct Fetcher {
+    cache_dir: PathBuf,
+    budget_bytes: u64,
+    client: reqwest::Client,
+    policy: RetryPolicy,
+    in_use: Mutex<HashSet<String>>,
+}
+
+impl Fetcher {
+    /// A fetcher caching under `cache_dir`, keeping at most `budget_bytes` of weights (the files in
+    /// use are never evicted, even over budget).
+    pub fn new(cache_dir: &Path, budget_bytes: u64, policy: RetryPolicy) -> Result<Fetcher, FetchError> {
+        std::fs::create_dir_all(cache_dir).map_err(io_error("creating the cache directory", cache_dir))?;
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(Duration::from_secs(60))
+            .user_agent(concat!("zero2048/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| FetchError::Network { url: String::new(), message: e.to_string() })?;
+        Ok(Fetcher {
+            cache_dir: cache_dir.to_path_buf(),
+            budget_bytes,
+            client,
+            policy,
+            in_use: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// The cached path for a hash, if present.
+    pub fn cached(&self, sha256: &str) -> Option<PathBuf> {
+        let path = self.cache_dir.join(sha256);
+        (is_sha256_hex(sha256) && path.is_file()).then_some(path)
+    }
+
+    /// Marks the files a worker is using now; eviction never removes them.
+    pub fn set_in_use(&self, hashes: &[&str]) {
+        let mut in_use = self.in_use.lock().unwrap_or_else(|e| e.into_inner());
+        in_use.clear();
+        in_use.extend(hashes.iter().map(|h| h.to_string()));
+    }
+
+    /// Downloads and verifies, retrying transient failures with jittered exponential backoff.
+    /// A cached file with the expected hash is returned without a download.
+    pub async fn fetch(&self, url: &str, expected: &Expected) -> Result<PathBuf, FetchError> {
+        let mut delay = self.policy.base_delay;
+        let mut attempt = 1;
+        loop {
+            match self.fetch_once(url, expected).await {
+                Ok(path) => return Ok(path),
+                Err(error) if error.is_transient() && attempt < self.policy.attempts.max(1) => {
+                    tracing::warn!("weights download attempt {attempt} failed, retrying: {error}");
+                    let jitter = 0.5 + rand::random::<f64>();
+                    tokio::time::sleep(delay.mul_f64(jitter)).await;
+                    delay = (delay * 2).min(self.policy.max_delay);
+                    attempt += 1;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// One attempt, no retry.
+    pub async fn fetch_once(&self, url: &str, expected: &Expected) -> Result<PathBuf, FetchError> {
+        if !is_sha256_hex(&expected.sha256) {
+            return Err(FetchError::BadExpectedHash(expected.sha256.clone()));
+        }
+        if let Some(path) = self.cached(&expected.sha256) {
+            let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            if size == expected.size {
+                let _ = std::fs::File::open(&path).and_then(|f| f.set_modified(SystemTime::now()));
+                return Ok(path);
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+        let partial = self.cache_dir.join(format!("{}.partial", expected.sha256));
+        let parsed =
+            url::Url::parse(url).map_err(|_| FetchError::UnsupportedUrl(redact_signed_queries(url)))?;
+        match parsed.scheme() {
+            "file" => {
+                let source =
+                    parsed.to_file_path().map_err(|_| FetchError::UnsupportedUrl(url.to_string()))?;
+                self.copy_file(&source, &partial).await?;
+            }
+            "http" | "https" => self.download(url, &partial, expected.size).await?,
+            _ => return Err(FetchError::UnsupportedUrl(redact_signed_queries(url))),
+        }
+        self.accept(url, &partial, expected).await
+    }
+
+    async fn copy_file(&self, source: &Path, partial: &Path) -> Result<(), FetchError> {
+        tokio::fs::copy(source, partial).await.map_err(io_error("copying", source)).map(|_| ())
+    }
+
+    /// Streams `url` into `partial`, resuming from what is already there.
+    async fn download(&self, url: &str, partial: &Path, size: u64) -> Result<(), FetchError> {
+        let shown = redact_signed_queries(url);
+        let mut have = tokio::fs::metadata(partial).await.map(|m| m.len()).unwrap_or(0);
+        if have >= size {
+            let _ = tokio::fs::remove_file(partial).await;
+            have = 0;
+        }
+        let mut request = self.client.get(url);
+        if have > 0 {
+            request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
+        }
+        let response = request.send().await.map_err(|e| FetchError::Network {
+            url: shown.clone(),
+            message: redact_signed_queries(&e.to_string()),
+        })?;
+        let status = response.status().as_u16();
+        let append = match status {
+            206 => true,
+            200 => false,
+            400 | 403 => return Err(FetchError::UrlRejected { url: shown, status }),
+            416 => {
+                let _ = tokio::fs::remove_file(partial).await;
+                return Err(FetchError::Network {
+                    url: shown,
+                    message: "range not satisfiable; restarting".into(),
+                });
+            }
+            _ => return Err(FetchError::Status { url: shown, status }),
+        };
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(partial)
+            .await
+            .map_err(io_error("opening", partial))?;
+        let mut written = if append { have } else { 0 };
+        let mut body = response.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| FetchError::Network {
+                url: shown.clone(),
+                message: format!(
+                    "connection failed after {written} of {size} bytes: {}",
+                    redact_signed_queries(&e.to_string())
+                ),
+            })?;
+            if written + chunk.len() as u64 > size {
+                drop(file);
+                let _ = tokio::fs::remove_file(partial).await;
+                return Err(FetchError::Mismatch {
+                    url: shown,
+                    check: "size",
+                    expected: format!("{size} bytes"),
+                    actual: format!("more than {size} bytes"),
+                });
+            }
+            file.write_all(&chunk).await.map_err(io_error("writing", partial))?;
+            written += chunk.len() as u64;
+        }
+        file.sync_all().await.map_err(io_error("syncing", partial))?;
+        if written < size {
+            return Err(FetchError::Network {
+                url: shown,
+                message: format!("the download ended after {written} of {size} bytes; it will resume"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks size and hash of `partial`; renames it into the cache or deletes it.
+    async fn accept(&self, url: &str, partial: &Path, expected: &Expected) -> Result<PathBuf, FetchError> {
+        let shown = redact_signed_queries(url);
+        let reject = |check: &'static str, expected: String, actual: String| {
+            let _ = std::fs::remove_file(partial);
+            FetchError::Mismatch { url: shown.clone(), check, expected, actual }
+        };
+        let (sha256, size) = hash_async(partial).await.map_err(io_error("hashing", partial))?;
+        if size != expected.size {
+            return Err(reject("size", format!("{} bytes", expected.size), format!("{size} bytes")));
+        }
+        if sha256 != expected.sha256 {
+            return Err(reject("sha256", expected.sha256.clone(), sha256));
+        }
+        let target = self.cache_dir.join(&expected.sha256);
+        tokio::fs::rename(partial, &target).await.map_err(io_error("renaming into the cache", &target))?;
+        if let Ok(dir) = std::fs::File::open(&self.cache_dir) {
+            let _ = dir.sync_all();
+        }
+        self.evict(&expected.sha256).map_err(io_error("evicting from", &self.cache_dir))?;
+        Ok(target)
+    }
+
+    /// Deletes the least recently used cached files until the cache fits its budget, never
+    /// `keep` nor a file marked in use. Returns the bytes freed.
+    pub fn evict(&self, keep: &str) -> std::io::Result<u64> {
+        let protected = {
+            let in_use = self.in_use.lock().unwrap_or_else(|e| e.into_inner());
+            let mut p = in_use.clone();
+            p.insert(keep.to_string());
+            p
+        };
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(&self.cache_dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !is_sha256_hex(&name) {
+                continue;
+            }
+            let metadata = entry.metadata()?;
+            files.push((
+                metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                metadata.len(),
+                name,
+                entry.path(),
+            ));
+        }
+        let mut total: u64 = files.iter().map(|f| f.1).sum();
+        files.sort();
+        let mut freed = 0;
+        for (_, size, name, path) in files {
+            if total <= self.budget_bytes {
+                break;
+            }
+            if protected.contains(&name) {
+                continue;
+            }
+            std::fs::remove_file(&path)?;
+            total -= size;
+            freed += size;
+        }
+        Ok(freed)
+    }
+}
+
+async fn hash_async(path: &Path) -> std::io::Result<(String, u64)> {
+    let mut file = tokio::fs::File::open(path).await?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; CHUNK];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buffer).await?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+        size += n as u64;
+    }
+    Ok((hex::encode(hasher.finalize()), size))
+}

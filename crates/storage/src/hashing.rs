@@ -1,0 +1,54 @@
+//! Streaming SHA-256: files are hashed and copied in fixed-size chunks, never loaded whole.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+/// Chunk size for streaming copies and hashing.
+pub const CHUNK: usize = 1 << 20;
+
+/// SHA-256 (hex) and size of a file, read in chunks.
+pub fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
+    let mut file = File::open(path)?;
+    hash_reader(&mut file)
+}
+
+/// SHA-256 (hex) and size of everything a reader yields.
+pub fn hash_reader(reader: &mut impl Read) -> std::io::Result<(String, u64)> {
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; CHUNK];
+    let mut size = 0u64;
+    loop {
+        let n = reader.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+        size += n as u64;
+    }
+    Ok((hex::encode(hasher.finalize()), size))
+}
+
+/// Copies `reader` into `writer`, hashing as it goes; returns SHA-256 (hex) and size.
+pub fn copy_hashing(reader: &mut impl Read, writer: &mut impl Write) -> std::io::Result<(String, u64)> {
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; CHUNK];
+    let mut size = 0u64;
+    loop {
+        let n = reader.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+        writer.write_all(&buffer[..n])?;
+        size += n as u64;
+    }
+    Ok((hex::encode(hasher.finalize()), size))
+}
+
+/// SHA-256 (hex) of a byte slice.
+pub fn hash_bytes(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}

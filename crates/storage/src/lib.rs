@@ -1,0 +1,37 @@
+//! Where model revisions live, and how workers get them.
+//!
+//! [`StorageBackend`] is the storage guide's interface (`save_weights`, `get_weights_url`,
+//! `update_latest_info`, and what a running system also needs); [`LocalStorageBackend`] and
+//! [`R2StorageBackend`] implement it; [`StorageAdapter`] picks one from [`Config`] and applies the
+//! guide's fallback rules. [`Fetcher`] is the worker side: verified, resumable, cached downloads.
+//! [`http::weights_router`] serves a weights directory over HTTP.
+//!
+//! This crate knows nothing of the game or of models: a weights file is bytes with a revision and
+//! a SHA-256. It must never hold a whole weights file in memory, never hand out a URL to a file that
+//! is not completely stored, and never print a credential or a request signature.
+
+mod adapter;
+mod backend;
+pub mod config;
+pub mod fetch;
+mod hashing;
+pub mod http;
+mod latest;
+mod local;
+pub mod naming;
+mod r2;
+mod secret;
+
+pub use adapter::{StorageAdapter, StorageStatus};
+pub use backend::{
+    StorageBackend, StorageError, StorageResult, StoredWeights, UrlKind, WeightsData, WeightsReader,
+    WeightsUrl,
+};
+pub use config::{Config, ConfigError, Overrides, R2Settings, ServerConfig, StorageConfig};
+pub use fetch::{Expected, FetchError, Fetcher, RetryPolicy};
+pub use hashing::{hash_bytes, hash_file};
+pub use latest::{LatestDetails, LatestInfo};
+pub use local::{LocalStorageBackend, LocalUrls};
+pub use naming::WeightsName;
+pub use r2::R2StorageBackend;
+pub use secret::{REDACTED, Secret, redact};

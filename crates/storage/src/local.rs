@@ -1,0 +1,293 @@
+//! Weights on local disk, served as `file://` URLs or over the server's HTTP.
+//!
+//! Every write is temp file → fsync → rename → fsync of the directory, so a crash leaves either the
+//! old file or the new one, never part of one. A weights file's sidecar (`<name>.sha256`, holding
+//! the full hash and size) is written before the file itself is renamed into place, and the latest
+//! record is written last of all.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+use crate::backend::{
+    StorageBackend, StorageError, StorageResult, StoredWeights, UrlKind, WeightsData, WeightsReader,
+    WeightsUrl, parse_weights_path,
+};
+use crate::hashing::copy_hashing;
+use crate::latest::LatestInfo;
+use crate::naming::{LATEST_FILE, SIDECAR_SUFFIX, WeightsName, is_sha256_hex};
+
+/// How local weights URLs are formed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LocalUrls {
+    /// `file:///absolute/path`.
+    File,
+    /// `<base>/weights/<file>`, base being `http://host:port`.
+    Http {
+        /// `http://host:port`.
+        base: String,
+    },
+}
+
+/// The local backend.
+#[derive(Clone, Debug)]
+pub struct LocalStorageBackend {
+    dir: PathBuf,
+    urls: LocalUrls,
+}
+
+fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StorageError + 'a {
+    move |source| StorageError::Io { action, path: path.to_path_buf(), source }
+}
+
+impl LocalStorageBackend {
+    /// A backend storing under `dir` (created if missing; made absolute so file:// URLs work from
+    /// anywhere).
+    pub fn new(dir: &Path, urls: LocalUrls) -> StorageResult<LocalStorageBackend> {
+        fs::create_dir_all(dir).map_err(io("creating the weights directory", dir))?;
+        let dir = dir.canonicalize().map_err(io("resolving the weights directory", dir))?;
+        Ok(LocalStorageBackend { dir, urls })
+    }
+
+    /// The weights directory (absolute).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// How URLs are formed.
+    pub fn urls(&self) -> &LocalUrls {
+        &self.urls
+    }
+
+    /// The path of a stored file.
+    pub fn path_of(&self, name: &WeightsName) -> PathBuf {
+        self.dir.join(name.to_string())
+    }
+
+    /// The stored file for `name`, with its recorded hash and size, if it is there.
+    pub fn stat(&self, name: &WeightsName) -> StorageResult<Option<StoredWeights>> {
+        let path = self.path_of(name);
+        let metadata = match fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io("reading", &path)(e)),
+        };
+        let sidecar = self.dir.join(name.sidecar());
+        let (sha256, size) = read_sidecar(&sidecar)?;
+        Ok(Some(StoredWeights {
+            name: name.clone(),
+            sha256,
+            size,
+            stored_at: metadata.modified().ok().map(OffsetDateTime::from),
+        }))
+    }
+
+    fn save_blocking(&self, data: WeightsData, revision: u64) -> StorageResult<StoredWeights> {
+        let temp = self.temp_path("weights");
+        let result = (|| {
+            let mut out = File::create(&temp).map_err(io("creating", &temp))?;
+            let (sha256, size) = match &data {
+                WeightsData::File(source) => {
+                    let mut input = File::open(source).map_err(io("opening", source))?;
+                    copy_hashing(&mut input, &mut out).map_err(io("copying weights to", &temp))?
+                }
+                WeightsData::Bytes(bytes) => {
+                    copy_hashing(&mut bytes.as_ref(), &mut out).map_err(io("writing", &temp))?
+                }
+            };
+            out.sync_all().map_err(io("syncing", &temp))?;
+            drop(out);
+            let name = WeightsName::new(revision, &sha256);
+            let final_path = self.path_of(&name);
+            self.write_atomically(&name.sidecar(), format!("{sha256} {size}\n").as_bytes())?;
+            fs::rename(&temp, &final_path).map_err(io("renaming into place", &final_path))?;
+            self.sync_dir()?;
+            let stored_at =
+                fs::metadata(&final_path).ok().and_then(|m| m.modified().ok()).map(OffsetDateTime::from);
+            Ok(StoredWeights { name, sha256, size, stored_at })
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&temp);
+        }
+        result
+    }
+
+    fn temp_path(&self, what: &str) -> PathBuf {
+        self.dir.join(format!(".tmp-{what}-{}-{}", std::process::id(), rand::random::<u64>()))
+    }
+
+    /// Writes `bytes` to `file_name` in the directory: temp, fsync, rename, fsync directory.
+    fn write_atomically(&self, file_name: &str, bytes: &[u8]) -> StorageResult<()> {
+        let temp = self.temp_path("write");
+        let target = self.dir.join(file_name);
+        let result = (|| {
+            let mut out =
+                OpenOptions::new().write(true).create_new(true).open(&temp).map_err(io("creating", &temp))?;
+            out.write_all(bytes).map_err(io("writing", &temp))?;
+            out.sync_all().map_err(io("syncing", &temp))?;
+            fs::rename(&temp, &target).map_err(io("renaming into place", &target))?;
+            self.sync_dir()
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&temp);
+        }
+        result
+    }
+
+    fn sync_dir(&self) -> StorageResult<()> {
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io("syncing", &self.dir))
+    }
+
+    /// Removes temp files a crash may have left behind.
+    pub fn remove_leftovers(&self) -> StorageResult<usize> {
+        let mut removed = 0;
+        for entry in fs::read_dir(&self.dir).map_err(io("listing", &self.dir))? {
+            let entry = entry.map_err(io("listing", &self.dir))?;
+            if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+                fs::remove_file(entry.path()).map_err(io("removing", &entry.path()))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    fn url_for(&self, name: &WeightsName) -> StorageResult<WeightsUrl> {
+        let url = match &self.urls {
+            LocalUrls::File => url::Url::from_file_path(self.path_of(name))
+                .map_err(|_| StorageError::NotFound(name.to_string()))?
+                .to_string(),
+            LocalUrls::Http { base } => format!("{}/weights/{name}", base.trim_end_matches('/')),
+        };
+        let kind = if self.urls == LocalUrls::File { UrlKind::File } else { UrlKind::Http };
+        Ok(WeightsUrl { url, kind, valid_until: None })
+    }
+}
+
+fn read_sidecar(path: &Path) -> StorageResult<(String, u64)> {
+    let text = fs::read_to_string(path).map_err(io("reading the hash sidecar", path))?;
+    let mut parts = text.split_whitespace();
+    match (parts.next(), parts.next().and_then(|s| s.parse::<u64>().ok())) {
+        (Some(sha), Some(size)) if is_sha256_hex(sha) => Ok((sha.to_string(), size)),
+        _ => Err(StorageError::Corrupt {
+            name: path.display().to_string(),
+            check: "sidecar",
+            expected: "<sha256> <size>".into(),
+            actual: text.chars().take(100).collect(),
+        }),
+    }
+}
+
+/// Runs blocking file-system work off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> StorageResult<T> + Send + 'static,
+) -> StorageResult<T> {
+    tokio::task::spawn_blocking(work).await.unwrap_or_else(|join| {
+        Err(StorageError::Io {
+            action: "running",
+            path: PathBuf::new(),
+            source: std::io::Error::other(join.to_string()),
+        })
+    })
+}
+
+#[async_trait]
+impl StorageBackend for LocalStorageBackend {
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+
+    async fn save_weights(&self, weights_data: WeightsData, revision: u64) -> StorageResult<StoredWeights> {
+        let this = self.clone();
+        blocking(move || this.save_blocking(weights_data, revision)).await
+    }
+
+    async fn get_weights_url_until(
+        &self,
+        weights_path: &str,
+        _revision: u64,
+        _valid_until: OffsetDateTime,
+    ) -> StorageResult<WeightsUrl> {
+        let name = parse_weights_path(weights_path)?;
+        if !self.path_of(&name).is_file() {
+            return Err(StorageError::NotFound(name.to_string()));
+        }
+        self.url_for(&name)
+    }
+
+    async fn write_latest(&self, info: &LatestInfo) -> StorageResult<()> {
+        let bytes = serde_json::to_vec_pretty(info).expect("a latest record always serializes");
+        let this = self.clone();
+        blocking(move || this.write_atomically(LATEST_FILE, &bytes)).await
+    }
+
+    async fn read_latest_info(&self) -> StorageResult<Option<LatestInfo>> {
+        let path = self.dir.join(LATEST_FILE);
+        match tokio::fs::read(&path).await {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| StorageError::CorruptLatest {
+                location: path.display().to_string(),
+                reason: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io("reading", &path)(e)),
+        }
+    }
+
+    async fn list_revisions(&self) -> StorageResult<Vec<StoredWeights>> {
+        let this = self.clone();
+        blocking(move || {
+            let mut stored = Vec::new();
+            for entry in fs::read_dir(&this.dir).map_err(io("listing", &this.dir))? {
+                let entry = entry.map_err(io("listing", &this.dir))?;
+                let file_name = entry.file_name().to_string_lossy().into_owned();
+                if file_name.ends_with(SIDECAR_SUFFIX) {
+                    continue;
+                }
+                if let Ok(name) = WeightsName::parse(&file_name)
+                    && let Some(weights) = this.stat(&name)?
+                {
+                    stored.push(weights);
+                }
+            }
+            stored.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(stored)
+        })
+        .await
+    }
+
+    async fn open_weights(&self, name: &WeightsName) -> StorageResult<WeightsReader> {
+        let path = self.path_of(name);
+        match tokio::fs::File::open(&path).await {
+            Ok(file) => Ok(Box::new(file)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(StorageError::NotFound(name.to_string()))
+            }
+            Err(e) => Err(io("opening", &path)(e)),
+        }
+    }
+
+    async fn delete_weights(&self, name: &WeightsName) -> StorageResult<()> {
+        if let Some(latest) = self.read_latest_info().await?
+            && latest.weights_file == name.to_string()
+        {
+            return Err(StorageError::InUse(name.to_string()));
+        }
+        let this = self.clone();
+        let name = name.clone();
+        blocking(move || {
+            let path = this.path_of(&name);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(StorageError::NotFound(name.to_string()));
+                }
+                Err(e) => return Err(io("deleting", &path)(e)),
+            }
+            let _ = fs::remove_file(this.dir.join(name.sidecar()));
+            this.sync_dir()
+        })
+        .await
+    }
+}

@@ -42,7 +42,7 @@ pub struct StorageConfig {
     pub url_grace_seconds: u64,
     /// Seconds between attempts to bring the bucket up to date after a fallback.
     pub catch_up_interval_seconds: u64,
-    /// Revisions kept in storage (0 keeps all). The one the latest record names is always kept.
+    /// Newest revisions kept in storage (0 keeps all); the one the latest record names is kept too.
     pub keep_revisions: usize,
 }
 

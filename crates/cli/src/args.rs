@@ -27,6 +27,68 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Search one position and print the value of every move.
     Analyze(AnalyzeArgs),
+    /// List, download or verify the weights revisions in the configured storage.
+    Weights(WeightsArgs),
+}
+
+/// Where weights are stored: the configuration file and the storage guide's flags.
+#[derive(Args, Debug, Clone, Default)]
+pub struct StorageArgs {
+    /// Configuration file (YAML; see config.example.yaml).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+    /// Use Cloudflare R2 or another S3-compatible bucket.
+    #[arg(long, global = true)]
+    pub use_r2: bool,
+    /// The bucket.
+    #[arg(long, value_name = "NAME", global = true)]
+    pub r2_bucket: Option<String>,
+    /// Access key ID (prefer the R2_ACCESS_KEY environment variable: flags show in `ps`).
+    #[arg(long, value_name = "KEY", global = true)]
+    pub r2_access_key: Option<String>,
+    /// Secret access key (prefer the R2_SECRET_KEY environment variable).
+    #[arg(long, value_name = "SECRET", global = true)]
+    pub r2_secret_key: Option<String>,
+    /// The S3 API endpoint URL (or R2_ENDPOINT).
+    #[arg(long, value_name = "URL", global = true)]
+    pub r2_endpoint: Option<String>,
+    /// Public base URL of the bucket: hand out unsigned URLs under it.
+    #[arg(long, value_name = "URL", global = true)]
+    pub r2_public_url: Option<String>,
+    /// Local weights directory (the store, or the cache when a bucket is used).
+    #[arg(long, value_name = "DIR", global = true)]
+    pub weights_dir: Option<PathBuf>,
+}
+
+/// `zero2048 weights`.
+#[derive(Args, Debug)]
+pub struct WeightsArgs {
+    #[command(flatten)]
+    pub storage: StorageArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub action: WeightsAction,
+}
+
+/// `zero2048 weights …`.
+#[derive(Subcommand, Debug)]
+pub enum WeightsAction {
+    /// Every stored revision with its size, SHA-256 and date, and the storage state.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download one revision through its URL, verified against its recorded size and SHA-256.
+    Pull {
+        /// The revision.
+        revision: u64,
+        /// Directory to put it in.
+        #[arg(long, default_value = ".", value_name = "DIR")]
+        output: PathBuf,
+    },
+    /// Re-hash every stored file and compare it with its recorded SHA-256 and size.
+    Verify,
 }
 
 /// Which player, and how it searches.

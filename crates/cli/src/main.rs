@@ -5,6 +5,7 @@ mod args;
 mod commands;
 mod players;
 mod render;
+mod storage;
 
 use std::process::ExitCode;
 
@@ -35,12 +36,14 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) => return report_usage_error(error),
     };
+    init_logging();
     let result = match cli.command {
         Command::Play(args) => commands::play::run(args),
         Command::Eval(args) => commands::eval::run(args),
         Command::Bench(args) => commands::bench::run(args),
         Command::Replay(args) => commands::replay::run(args),
         Command::Analyze(args) => commands::analyze::run(args),
+        Command::Weights(args) => commands::weights::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -55,6 +58,21 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Warnings and errors from the libraries (a bucket falling back to local storage, say) go to
+/// stderr as plain lines; `RUST_LOG` changes the level.
+fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .without_time()
+        .try_init();
 }
 
 /// Help and version print as clap renders them; every other parse error becomes one line naming

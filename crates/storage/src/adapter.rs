@@ -49,7 +49,7 @@ enum Remote {
     /// Configured, but the configuration cannot work (missing credentials, bad endpoint).
     Misconfigured(String),
     /// A usable client; `degraded` holds the last failure while the bucket is behind.
-    Ready { backend: R2StorageBackend, degraded: Option<String> },
+    Ready { backend: Box<R2StorageBackend>, degraded: Option<String> },
 }
 
 #[derive(Debug)]
@@ -103,7 +103,7 @@ impl StorageAdapter {
                             Some(e.to_string())
                         }
                     };
-                    Remote::Ready { backend, degraded }
+                    Remote::Ready { backend: Box::new(backend), degraded }
                 }
             }
         };
@@ -135,7 +135,7 @@ impl StorageAdapter {
     /// The bucket backend, if one is configured and usable (even while it is behind).
     pub fn remote(&self) -> Option<R2StorageBackend> {
         match &self.lock().remote {
-            Remote::Ready { backend, .. } => Some(backend.clone()),
+            Remote::Ready { backend, .. } => Some(backend.as_ref().clone()),
             _ => None,
         }
     }
@@ -143,7 +143,7 @@ impl StorageAdapter {
     /// The bucket backend if it is configured and up to date.
     fn healthy_remote(&self) -> Option<R2StorageBackend> {
         match &self.lock().remote {
-            Remote::Ready { backend, degraded: None } => Some(backend.clone()),
+            Remote::Ready { backend, degraded: None } => Some(backend.as_ref().clone()),
             _ => None,
         }
     }

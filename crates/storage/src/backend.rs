@@ -264,3 +264,54 @@ pub fn parse_weights_path(weights_path: &str) -> StorageResult<WeightsName> {
     let bare = weights_path.strip_prefix("weights/").unwrap_or(weights_path);
     Ok(WeightsName::parse(bare)?)
 }
+
+/// Streams a stored file and checks it against its recorded size and SHA-256, and the hash prefix
+/// in its name. Names the first check that fails.
+pub async fn verify_stored(backend: &dyn StorageBackend, stored: &StoredWeights) -> StorageResult<()> {
+    use sha2::Digest;
+    use tokio::io::AsyncReadExt;
+
+    let name = stored.name.to_string();
+    if !stored.name.matches_hash(&stored.sha256) {
+        return Err(StorageError::Corrupt {
+            name,
+            check: "name",
+            expected: format!("a hash starting {}", stored.name.hash_prefix()),
+            actual: stored.sha256.clone(),
+        });
+    }
+    let mut reader = backend.open_weights(&stored.name).await?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buffer = vec![0u8; crate::hashing::CHUNK];
+    let mut size = 0u64;
+    loop {
+        let n = reader.read(&mut buffer).await.map_err(|source| StorageError::Io {
+            action: "reading",
+            path: PathBuf::from(&name),
+            source,
+        })?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+        size += n as u64;
+    }
+    if size != stored.size {
+        return Err(StorageError::Corrupt {
+            name,
+            check: "size",
+            expected: format!("{} bytes", stored.size),
+            actual: format!("{size} bytes"),
+        });
+    }
+    let sha256 = hex::encode(hasher.finalize());
+    if sha256 != stored.sha256 {
+        return Err(StorageError::Corrupt {
+            name,
+            check: "sha256",
+            expected: stored.sha256.clone(),
+            actual: sha256,
+        });
+    }
+    Ok(())
+}

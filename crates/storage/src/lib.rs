@@ -25,7 +25,7 @@ mod secret;
 pub use adapter::{StorageAdapter, StorageStatus};
 pub use backend::{
     StorageBackend, StorageError, StorageResult, StoredWeights, UrlKind, WeightsData, WeightsReader,
-    WeightsUrl,
+    WeightsUrl, verify_stored,
 };
 pub use config::{Config, ConfigError, Overrides, R2Settings, ServerConfig, StorageConfig};
 pub use fetch::{Expected, FetchError, Fetcher, RetryPolicy};

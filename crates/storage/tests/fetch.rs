@@ -200,7 +200,7 @@ async fn eviction_keeps_the_budget_and_the_file_in_use() {
         if name == "b" {
             f.set_in_use(&[hashes[0].as_str()]);
         }
-        f.fetch(&url::Url::from_file_path(&source).unwrap().to_string(), &expected).await.unwrap();
+        f.fetch(url::Url::from_file_path(&source).unwrap().as_ref(), &expected).await.unwrap();
         hashes.push(expected.sha256);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

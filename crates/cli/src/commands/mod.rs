@@ -5,3 +5,4 @@ pub mod bench;
 pub mod eval;
 pub mod play;
 pub mod replay;
+pub mod weights;

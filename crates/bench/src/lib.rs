@@ -6,6 +6,8 @@
 //!
 //! This crate must never be used to assert on speed in tests: it measures, it does not judge.
 
+pub mod storage;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 

@@ -191,6 +191,17 @@ pub struct EvalArgs {
 /// `zero2048 bench`.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
+    /// What to measure: the engine and search, or uploads and downloads to the configured bucket.
+    #[arg(long, value_enum, default_value_t = BenchSuite::Engine)]
+    pub suite: BenchSuite,
+    /// File size for the storage suite, in MiB.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub size_mib: u64,
+    /// Scratch directory for the storage suite (removed afterwards).
+    #[arg(long, default_value = "bench-storage.tmp", value_name = "DIR")]
+    pub work_dir: PathBuf,
+    #[command(flatten)]
+    pub storage: StorageArgs,
     /// Tiny runs that only check every benchmark works (figures are meaningless).
     #[arg(long)]
     pub quick: bool,
@@ -200,6 +211,15 @@ pub struct BenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Benchmark suites.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchSuite {
+    /// Move generation, random games and expectimax against plain references.
+    Engine,
+    /// Bucket upload and download throughput, peak memory, fallback time (needs --use-r2 …).
+    Storage,
 }
 
 /// `zero2048 replay`.

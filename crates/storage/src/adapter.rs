@@ -200,8 +200,7 @@ impl StorageAdapter {
         let stored = self.local.save_weights(data, revision).await?;
         let mut remote = self.healthy_remote();
         if let Some(bucket) = &remote
-            && let Err(e) =
-                bucket.save_weights(WeightsData::File(self.local.path_of(&stored.name)), revision).await
+            && let Err(e) = bucket.save_weights(self.stored_data(&stored), revision).await
         {
             self.degrade(e.to_string());
             remote = None;
@@ -221,6 +220,15 @@ impl StorageAdapter {
             self.lock().pending += 1;
         }
         Ok(info)
+    }
+
+    /// A locally stored file, with its recorded hash, for uploading without re-hashing.
+    fn stored_data(&self, stored: &StoredWeights) -> WeightsData {
+        WeightsData::Stored {
+            path: self.local.path_of(&stored.name),
+            sha256: stored.sha256.clone(),
+            size: stored.size,
+        }
     }
 
     /// A URL for stored weights: from the bucket if it is up (presigned past the deadline, or
@@ -283,9 +291,7 @@ impl StorageAdapter {
             if in_bucket.contains(&weights.name.to_string()) {
                 continue;
             }
-            bucket
-                .save_weights(WeightsData::File(self.local.path_of(&weights.name)), weights.name.revision())
-                .await?;
+            bucket.save_weights(self.stored_data(weights), weights.name.revision()).await?;
             uploaded += 1;
             self.lock().pending -= 1;
         }

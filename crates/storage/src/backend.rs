@@ -18,6 +18,16 @@ pub enum WeightsData {
     File(PathBuf),
     /// Bytes already in memory (small files, tests).
     Bytes(Bytes),
+    /// A file already stored locally, whose SHA-256 and size were recorded when it was stored:
+    /// uploading it to a bucket needs no second hashing pass.
+    Stored {
+        /// The local file.
+        path: PathBuf,
+        /// Its recorded SHA-256.
+        sha256: String,
+        /// Its recorded size.
+        size: u64,
+    },
 }
 
 /// A stored weights file.

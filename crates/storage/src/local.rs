@@ -90,7 +90,8 @@ impl LocalStorageBackend {
         let result = (|| {
             let mut out = File::create(&temp).map_err(io("creating", &temp))?;
             let (sha256, size) = match &data {
-                WeightsData::File(source) => {
+                // Copied and hashed again: the local store never trusts a claimed hash.
+                WeightsData::File(source) | WeightsData::Stored { path: source, .. } => {
                     let mut input = File::open(source).map_err(io("opening", source))?;
                     copy_hashing(&mut input, &mut out).map_err(io("copying weights to", &temp))?
                 }

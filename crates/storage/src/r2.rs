@@ -184,7 +184,8 @@ impl StorageBackend for R2StorageBackend {
     }
 
     async fn save_weights(&self, weights_data: WeightsData, revision: u64) -> StorageResult<StoredWeights> {
-        // The name depends on the hash, so a file is read twice: once to hash, once to upload.
+        // The name depends on the hash, so a new file is read twice: once to hash, once to upload.
+        // A locally stored file comes with its recorded hash and is read once.
         let (sha256, size) = match &weights_data {
             WeightsData::File(path) => {
                 let path = path.clone();
@@ -195,6 +196,7 @@ impl StorageBackend for R2StorageBackend {
                 .map_err(|e| StorageError::Remote { operation: "hashing", message: e.to_string() })??
             }
             WeightsData::Bytes(bytes) => (hash_bytes(bytes), bytes.len() as u64),
+            WeightsData::Stored { sha256, size, .. } => (sha256.clone(), *size),
         };
         let name = WeightsName::new(revision, &sha256);
         let key = self.key(&name.key());
@@ -203,7 +205,9 @@ impl StorageBackend for R2StorageBackend {
             return Ok(StoredWeights { name, sha256, size, stored_at: None });
         }
         match weights_data {
-            WeightsData::File(path) => self.upload_file(&path, &key, size).await?,
+            WeightsData::File(path) | WeightsData::Stored { path, .. } => {
+                self.upload_file(&path, &key, size).await?
+            }
             WeightsData::Bytes(bytes) => self.put_small(&key, bytes, "upload").await?,
         }
         let sidecar = self.sidecar_key(&name);

@@ -4,8 +4,8 @@ use anyhow::Result;
 use serde::Serialize;
 use zero2048_bench::{Comparison, Effort};
 
-use crate::args::BenchArgs;
-use crate::render;
+use crate::args::{BenchArgs, BenchSuite};
+use crate::{render, storage};
 
 #[derive(Serialize)]
 struct Row<'a> {
@@ -20,6 +20,9 @@ struct Row<'a> {
 
 /// Runs the command.
 pub fn run(args: BenchArgs) -> Result<()> {
+    if args.suite == BenchSuite::Storage {
+        return run_storage(&args);
+    }
     let effort = if args.quick { Effort::Quick } else { Effort::Full };
     if !args.json {
         eprintln!(
@@ -62,5 +65,28 @@ pub fn run(args: BenchArgs) -> Result<()> {
             row.speedup_per_cpu_second
         );
     }
+    Ok(())
+}
+
+fn run_storage(args: &BenchArgs) -> Result<()> {
+    let config = storage::load_config(&args.storage)?;
+    let size = args.size_mib << 20;
+    let report = storage::runtime()?
+        .block_on(zero2048_bench::storage::run(&config, size, &args.work_dir))
+        .map_err(anyhow::Error::msg)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!("storage benchmark, {} MiB file", args.size_mib);
+    for t in &report.transfers {
+        println!("{:<56} {:>9.1} MB/s  {:>7.2} s", t.name, t.megabytes_per_second, t.seconds);
+    }
+    println!(
+        "{:<56} {:>9.1} MiB",
+        "peak resident memory of the process",
+        report.peak_rss_bytes as f64 / (1 << 20) as f64
+    );
+    println!("{:<56} {:>9.3} s", "fallback decision, bucket port closed", report.fallback_decision_seconds);
     Ok(())
 }

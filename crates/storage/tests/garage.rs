@@ -35,6 +35,26 @@ async fn s3_backend_against_real_garage() {
     a_64_mb_file_streams_both_ways(&garage).await;
     adapter_publishes_to_the_bucket_and_keeps_a_local_copy(&garage).await;
     wrong_credentials_fall_back_to_local_without_leaking_them(&garage).await;
+    a_failed_presign_hands_out_the_local_url(&garage).await;
+}
+
+async fn a_failed_presign_hands_out_the_local_url(garage: &Garage) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = garage.config(dir.path(), "presignfail");
+    config.server.localhost_weights = true;
+    config.server.port = 8123;
+    let adapter = StorageAdapter::from_config(&config).await.unwrap();
+    // Eight days is past the longest a presigned URL may live, so presigning fails.
+    let deadline = OffsetDateTime::now_utc() + time::Duration::days(8);
+    let info = adapter
+        .publish(WeightsData::Bytes(Bytes::from_static(b"long deadline")), 1, deadline, &LatestDetails::default())
+        .await
+        .unwrap();
+    assert_eq!(info.weights_url, format!("http://127.0.0.1:8123/weights/{}", info.weights_file));
+    assert_eq!(adapter.status().served_as, Some(UrlKind::Http));
+    assert!(!adapter.is_degraded(), "the bucket itself is fine");
+    let bucket = adapter.remote().unwrap();
+    assert_eq!(bucket.read_latest_info().await.unwrap().unwrap().revision, 1, "the weights and record still reach the bucket");
 }
 
 async fn save_list_read_delete(garage: &Garage) {

@@ -47,14 +47,23 @@ async fn a_failed_presign_hands_out_the_local_url(garage: &Garage) {
     // Eight days is past the longest a presigned URL may live, so presigning fails.
     let deadline = OffsetDateTime::now_utc() + time::Duration::days(8);
     let info = adapter
-        .publish(WeightsData::Bytes(Bytes::from_static(b"long deadline")), 1, deadline, &LatestDetails::default())
+        .publish(
+            WeightsData::Bytes(Bytes::from_static(b"long deadline")),
+            1,
+            deadline,
+            &LatestDetails::default(),
+        )
         .await
         .unwrap();
     assert_eq!(info.weights_url, format!("http://127.0.0.1:8123/weights/{}", info.weights_file));
     assert_eq!(adapter.status().served_as, Some(UrlKind::Http));
     assert!(!adapter.is_degraded(), "the bucket itself is fine");
     let bucket = adapter.remote().unwrap();
-    assert_eq!(bucket.read_latest_info().await.unwrap().unwrap().revision, 1, "the weights and record still reach the bucket");
+    assert_eq!(
+        bucket.read_latest_info().await.unwrap().unwrap().revision,
+        1,
+        "the weights and record still reach the bucket"
+    );
 }
 
 async fn save_list_read_delete(garage: &Garage) {

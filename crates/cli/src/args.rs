@@ -17,6 +17,9 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// The main job: learn from zero by self-play on this machine (or resume), publishing
+    /// revisions to the configured storage, until Ctrl-C or a budget.
+    Train(TrainArgs),
     /// Watch one agent play one game in the terminal.
     Play(PlayArgs),
     /// Play N seeded games in parallel and print a strength table.
@@ -91,13 +94,74 @@ pub enum WeightsAction {
     Verify,
 }
 
+/// `zero2048 train`.
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub storage: StorageArgs,
+    /// Stop after learning from this many games in this session.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub games: Option<u64>,
+    /// Stop after this long (e.g. `90s`, `1h`, `2h 30m`).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub time: Option<std::time::Duration>,
+    /// Self-play threads (default: one per core, less one for the learner; at least one).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub threads: Option<u64>,
+    /// The run database.
+    #[arg(long, default_value = "zero2048.db", value_name = "FILE")]
+    pub db: PathBuf,
+    /// Start over from zero: delete the run database and the local weights directory first.
+    #[arg(long)]
+    pub reset: bool,
+    /// Start from this weights file (a path or file:// URL) instead of the latest revision.
+    #[arg(long, value_name = "PATH")]
+    pub resume_from: Option<String>,
+    /// The network for a new run.
+    #[arg(long, value_enum)]
+    pub network: Option<NetworkShape>,
+    /// TD step size.
+    #[arg(long)]
+    pub learning_rate: Option<f32>,
+    /// Temporal-coherence learning (adaptive per-weight steps; three times the memory).
+    #[arg(long)]
+    pub coherence: bool,
+    /// Publish a revision every this many games.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub revision_every_games: Option<u64>,
+    /// ...or every this many seconds.
+    #[arg(long)]
+    pub revision_every_seconds: Option<f64>,
+    /// Games in each revision's evaluation on the fixed seeds (0 = no evaluation).
+    #[arg(long)]
+    pub eval_games: Option<usize>,
+    /// Run seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Network shapes.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetworkShape {
+    /// Four 6-cell tuples, 256 MiB: the standard strong network.
+    #[value(name = "4x6")]
+    Standard4x6,
+    /// Four 4-cell tuples, 1 MiB: for quick runs and tests.
+    #[value(name = "4x4")]
+    Small4x4,
+}
+
 /// Which player, and how it searches.
 #[derive(Args, Debug, Clone)]
 pub struct PlayerArgs {
     /// The player.
     #[arg(long, value_enum, default_value_t = PlayerKind::Expectimax)]
     pub player: PlayerKind,
-    /// Own moves the expectimax player searches (1 = greedy on the heuristic value of the afterstate).
+    /// Own moves searched (1 = greedy on the value of the afterstate: the heuristic's, or the
+    /// network's for ntuple).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=8))]
     pub depth: u32,
     /// Chance branches less likely than this are cut (expectimax).
@@ -110,6 +174,10 @@ pub struct PlayerArgs {
     /// Probability that a spawned tile is a 4.
     #[arg(long, default_value_t = 0.1, value_parser = probability)]
     pub four_probability: f32,
+    /// Weights of the ntuple player: a .safetensors file, a weights directory (its latest
+    /// revision), or `latest` (./weights).
+    #[arg(long, value_name = "FILE|DIR|latest")]
+    pub weights: Option<String>,
 }
 
 /// The players this build knows.
@@ -121,6 +189,8 @@ pub enum PlayerKind {
     Greedy,
     /// Expectimax search on the hand-written heuristic.
     Expectimax,
+    /// The learned n-tuple network (`--weights`), greedy at depth 1 or expectimax deeper.
+    Ntuple,
 }
 
 fn table_bits(s: &str) -> Result<u8, String> {

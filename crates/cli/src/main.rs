@@ -38,6 +38,7 @@ fn main() -> ExitCode {
     };
     init_logging();
     let result = match cli.command {
+        Command::Train(args) => commands::train::run(args),
         Command::Play(args) => commands::play::run(args),
         Command::Eval(args) => commands::eval::run(args),
         Command::Bench(args) => commands::bench::run(args),

@@ -1,36 +1,114 @@
 //! Turning `--player …` options into players.
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use zero2048_model::{NTupleNetwork, weights_file};
 use zero2048_search::{ExpectimaxConfig, ExpectimaxPlayer, GreedyPlayer, Player, RandomPlayer};
+use zero2048_storage::{LocalStorageBackend, LocalUrls, StorageBackend, WeightsName, hash_file};
 
 use crate::args::{PlayerArgs, PlayerKind};
+use crate::bad_input;
 
-/// The search configuration the options describe.
-pub fn expectimax_config(args: &PlayerArgs) -> ExpectimaxConfig {
-    ExpectimaxConfig {
-        depth: args.depth,
-        probability_threshold: args.prune_below,
-        transposition_bits: args.table_bits(),
-        four_probability: args.four_probability,
-    }
+/// Makes a player per game; holds what all games share (a loaded network).
+pub struct PlayerFactory {
+    args: PlayerArgs,
+    network: Option<Arc<NTupleNetwork>>,
+    source: Option<PathBuf>,
 }
 
-/// A player for one game; `seed` drives its own random choices.
-pub fn build(args: &PlayerArgs, seed: u64) -> Box<dyn Player> {
-    match args.player {
-        PlayerKind::Random => Box::new(RandomPlayer::new(seed)),
-        PlayerKind::Greedy => Box::new(GreedyPlayer::new(seed)),
-        PlayerKind::Expectimax => Box::new(ExpectimaxPlayer::heuristic(expectimax_config(args))),
+impl PlayerFactory {
+    /// Checks the options and loads what they name.
+    pub fn new(args: &PlayerArgs) -> Result<PlayerFactory> {
+        let (network, source) = match args.player {
+            PlayerKind::Ntuple => {
+                let spec = args
+                    .weights
+                    .as_deref()
+                    .ok_or_else(|| bad_input("the ntuple player needs --weights FILE|DIR|latest"))?;
+                let path = resolve_weights(spec)?;
+                let (network, _) = weights_file::load(&path, None).map_err(|e| bad_input(e.to_string()))?;
+                (Some(Arc::new(network)), Some(path))
+            }
+            _ => (None, None),
+        };
+        Ok(PlayerFactory { args: args.clone(), network, source })
     }
-}
 
-/// How the player is named in tables: "expectimax depth 3 (heuristic)".
-pub fn describe(args: &PlayerArgs) -> String {
-    match args.player {
-        PlayerKind::Random => "random".to_string(),
-        PlayerKind::Greedy => "greedy".to_string(),
-        PlayerKind::Expectimax => {
-            let table = args.table_bits().map(|b| format!(", table 2^{b}")).unwrap_or_default();
-            format!("expectimax depth {} (heuristic, prune < {}{table})", args.depth, args.prune_below)
+    fn search(&self) -> ExpectimaxConfig {
+        ExpectimaxConfig {
+            depth: self.args.depth,
+            probability_threshold: self.args.prune_below,
+            transposition_bits: self.args.table_bits(),
+            four_probability: self.args.four_probability,
         }
     }
+
+    /// A player for one game; `seed` drives its own random choices.
+    pub fn build(&self, seed: u64) -> Box<dyn Player> {
+        match (&self.args.player, &self.network) {
+            (PlayerKind::Random, _) => Box::new(RandomPlayer::new(seed)),
+            (PlayerKind::Greedy, _) => Box::new(GreedyPlayer::new(seed)),
+            (PlayerKind::Ntuple, Some(network)) => {
+                Box::new(ExpectimaxPlayer::new(Arc::clone(network), self.search()))
+            }
+            _ => Box::new(ExpectimaxPlayer::heuristic(self.search())),
+        }
+    }
+
+    /// How the player is named in tables: "expectimax depth 3 (heuristic, …)".
+    pub fn describe(&self) -> String {
+        let table = self.args.table_bits().map(|b| format!(", table 2^{b}")).unwrap_or_default();
+        match self.args.player {
+            PlayerKind::Random => "random".to_string(),
+            PlayerKind::Greedy => "greedy".to_string(),
+            PlayerKind::Expectimax => {
+                format!(
+                    "expectimax depth {} (heuristic, prune < {}{table})",
+                    self.args.depth, self.args.prune_below
+                )
+            }
+            PlayerKind::Ntuple => format!(
+                "ntuple depth {} ({}{table})",
+                self.args.depth,
+                self.source.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+            ),
+        }
+    }
+}
+
+/// `latest` → ./weights; a directory → its latest revision (hash checked); else a file.
+fn resolve_weights(spec: &str) -> Result<PathBuf> {
+    let path = if spec == "latest" { PathBuf::from("weights") } else { PathBuf::from(spec) };
+    if !path.is_dir() {
+        if !path.is_file() {
+            return Err(bad_input(format!(
+                "{} is neither a weights file nor a weights directory",
+                path.display()
+            )));
+        }
+        return Ok(path);
+    }
+    latest_in(&path)
+}
+
+fn latest_in(dir: &Path) -> Result<PathBuf> {
+    let local = LocalStorageBackend::new(dir, LocalUrls::File)?;
+    let runtime = crate::storage::runtime()?;
+    let latest = runtime.block_on(local.read_latest_info())?.ok_or_else(|| {
+        bad_input(format!("{} has no latest.json: no revision was published there", dir.display()))
+    })?;
+    let name = WeightsName::parse(&latest.weights_file).map_err(|e| bad_input(e.to_string()))?;
+    let path = local.path_of(&name);
+    let (sha256, size) = hash_file(&path).with_context(|| format!("reading {}", path.display()))?;
+    if sha256 != latest.weights_sha256 || size != latest.weights_size {
+        return Err(bad_input(format!(
+            "{} fails the sha256 check against latest.json (found {sha256}, {size} bytes; expected {}, {} bytes)",
+            path.display(),
+            latest.weights_sha256,
+            latest.weights_size
+        )));
+    }
+    Ok(path)
 }

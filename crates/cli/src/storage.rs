@@ -1,13 +1,38 @@
 //! Turning `--config` and the storage flags into a configuration.
 
+use std::path::Path;
+
 use anyhow::Result;
-use zero2048_storage::{Config, Overrides, Secret};
+use serde::Deserialize;
+use zero2048_storage::{Config, Overrides, Secret, ServerConfig, StorageConfig, parse_yaml};
+use zero2048_train::TrainConfig;
 
 use crate::args::StorageArgs;
 use crate::bad_input;
 
-/// Loads the configuration: flags over environment over file over defaults.
-pub fn load_config(args: &StorageArgs) -> Result<Config> {
+/// The whole configuration file: every section any command reads. Unknown keys are errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    /// `storage:`.
+    pub storage: StorageConfig,
+    /// `server:`.
+    pub server: ServerConfig,
+    /// `train:`.
+    pub train: TrainConfig,
+}
+
+/// Loads the file (if any), then flags over environment over file over defaults.
+pub fn load(args: &StorageArgs) -> Result<(Config, TrainConfig)> {
+    let file: FileConfig = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                bad_input(format!("cannot read the configuration file {}: {e}", path.display()))
+            })?;
+            parse_yaml(&text, path).map_err(|e| bad_input(e.to_string()))?
+        }
+        None => FileConfig::default(),
+    };
     let overrides = Overrides {
         use_r2: args.use_r2,
         r2_bucket: args.r2_bucket.clone(),
@@ -19,11 +44,27 @@ pub fn load_config(args: &StorageArgs) -> Result<Config> {
         host: None,
         port: None,
     };
+    let mut config = Config { storage: file.storage, server: file.server };
     let env = |key: &str| std::env::var(key).ok();
-    Config::load(args.config.as_deref(), &env, &overrides).map_err(|e| bad_input(e.to_string()))
+    config.apply(&env, &overrides);
+    config.validate().map_err(|e| bad_input(e.to_string()))?;
+    Ok((config, file.train))
+}
+
+/// The storage part only.
+pub fn load_config(args: &StorageArgs) -> Result<Config> {
+    load(args).map(|(config, _)| config)
 }
 
 /// A runtime for the async storage code.
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+}
+
+/// Whether `path` looks like an unversioned weights directory we may clear on `--reset`.
+pub fn is_weights_entry(path: &Path) -> bool {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    name == "latest.json"
+        || name.starts_with(".tmp-")
+        || zero2048_storage::WeightsName::parse(name.trim_end_matches(".sha256")).is_ok()
 }

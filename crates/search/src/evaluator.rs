@@ -30,3 +30,15 @@ impl<E: Evaluator + ?Sized> Evaluator for &E {
         (**self).name()
     }
 }
+
+impl<E: Evaluator + ?Sized> Evaluator for std::sync::Arc<E> {
+    fn evaluate(&self, afterstate: Board) -> f32 {
+        (**self).evaluate(afterstate)
+    }
+    fn reward_weight(&self) -> f32 {
+        (**self).reward_weight()
+    }
+    fn name(&self) -> String {
+        (**self).name()
+    }
+}

@@ -213,19 +213,7 @@ impl Config {
 
     /// Parses YAML text; `path` is only used in error messages.
     pub fn parse_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        if text.trim().is_empty() {
-            return Ok(Config::default());
-        }
-        let deserializer = serde_yaml_ng::Deserializer::from_str(text);
-        serde_path_to_error::deserialize(deserializer).map_err(|error| {
-            let key = error.path().to_string();
-            let inner = error.into_inner();
-            let (line, column) = inner.location().map_or((0, 0), |l| (l.line(), l.column()));
-            let message = inner.to_string();
-            // serde_yaml_ng appends " at line L column C"; the location is already in front.
-            let message = message.split(" at line ").next().unwrap_or(&message).to_string();
-            ConfigError::Parse { path: path.to_path_buf(), line, column, key, message }
-        })
+        parse_yaml(text, path)
     }
 
     /// Layers the environment and then the flags over what the file said.
@@ -339,6 +327,27 @@ impl Config {
             _ => Err(format!("R2 is enabled but not configured: missing {}", missing.join(", "))),
         }
     }
+}
+
+/// Parses YAML into any configuration type (one with more sections than storage's, say), with the
+/// same errors: file, line, column and dotted key. Empty text gives the type's default.
+pub fn parse_yaml<T: serde::de::DeserializeOwned + Default>(
+    text: &str,
+    path: &Path,
+) -> Result<T, ConfigError> {
+    if text.trim().is_empty() {
+        return Ok(T::default());
+    }
+    let deserializer = serde_yaml_ng::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(deserializer).map_err(|error| {
+        let key = error.path().to_string();
+        let inner = error.into_inner();
+        let (line, column) = inner.location().map_or((0, 0), |l| (l.line(), l.column()));
+        let message = inner.to_string();
+        // serde_yaml_ng appends " at line L column C"; the location is already in front.
+        let message = message.split(" at line ").next().unwrap_or(&message).to_string();
+        ConfigError::Parse { path: path.to_path_buf(), line, column, key, message }
+    })
 }
 
 /// Everything needed to reach a bucket.

@@ -27,7 +27,7 @@ pub use backend::{
     StorageBackend, StorageError, StorageResult, StoredWeights, UrlKind, WeightsData, WeightsReader,
     WeightsUrl, verify_stored,
 };
-pub use config::{Config, ConfigError, Overrides, R2Settings, ServerConfig, StorageConfig};
+pub use config::{Config, ConfigError, Overrides, R2Settings, ServerConfig, StorageConfig, parse_yaml};
 pub use fetch::{Expected, FetchError, Fetcher, RetryPolicy};
 pub use hashing::{hash_bytes, hash_file};
 pub use latest::{LatestDetails, LatestInfo};

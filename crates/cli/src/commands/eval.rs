@@ -38,8 +38,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let threads = args
         .threads
         .map_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()), |t| t as usize);
-    let player_args = args.player.clone();
-    let make_player = move |seed: u64| -> Box<dyn Player> { players::build(&player_args, seed) };
+    let factory = players::PlayerFactory::new(&args.player)?;
+    let make_player = |seed: u64| -> Box<dyn Player> { factory.build(seed) };
     let series = Series {
         games: args.games as usize,
         base_seed: args.seed,
@@ -59,7 +59,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let moves: u64 = results.iter().map(|r| r.moves as u64).sum();
     let nodes: u64 = results.iter().map(|r| r.nodes).sum();
     let report = Report {
-        player: players::describe(&args.player),
+        player: factory.describe(),
         games: args.games,
         seed: args.seed,
         threads,

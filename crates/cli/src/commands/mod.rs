@@ -5,4 +5,5 @@ pub mod bench;
 pub mod eval;
 pub mod play;
 pub mod replay;
+pub mod train;
 pub mod weights;

@@ -13,7 +13,8 @@ use crate::{players, render};
 pub fn run(args: PlayArgs) -> Result<()> {
     let rule = SpawnRule::new(args.player.four_probability as f64)?;
     // The same player seed as game 0 of an eval series would use for this game seed.
-    let mut player = players::build(&args.player, derive_seed(args.seed, u64::MAX));
+    let factory = players::PlayerFactory::new(&args.player)?;
+    let mut player = factory.build(derive_seed(args.seed, u64::MAX));
     let mut game = Game::new(args.seed, rule);
     let terminal = std::io::stdout().is_terminal();
     let mut out = std::io::stdout().lock();
@@ -22,7 +23,7 @@ pub fn run(args: PlayArgs) -> Result<()> {
         if !args.quiet {
             let header = format!(
                 "{} · seed {} · move {} · score {}{}",
-                players::describe(&args.player),
+                factory.describe(),
                 args.seed,
                 game.moves(),
                 render::thousands(game.score() as f64),

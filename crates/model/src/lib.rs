@@ -1,0 +1,18 @@
+//! Learned evaluators for 2048.
+//!
+//! [`NTupleNetwork`] values afterstates with tables of weights looked up by the tiles under a few
+//! cell tuples, under all 8 symmetries; it implements `zero2048_search::Evaluator`, so every search
+//! and player can use it. [`weights_file`] reads and writes it as safetensors with the metadata of
+//! design.md §4.
+//!
+//! This crate must never download, cache or trust files by itself: it reads a path it is given,
+//! after the storage layer has checked the file's SHA-256, and refuses any file whose metadata,
+//! shapes or values do not match.
+
+mod ntuple;
+mod table;
+pub mod weights_file;
+
+pub use ntuple::{Feature, MAX_TUPLE_LEN, NTupleConfig, NTupleNetwork, NetworkError};
+pub use table::Table;
+pub use weights_file::{WeightsFileError, WeightsInfo};

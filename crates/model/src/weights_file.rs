@@ -1,0 +1,246 @@
+//! N-tuple weights as a safetensors file (design.md §4): one F32 tensor per table, named
+//! `stage{s}.tuple{t}`, and metadata naming `format_version`, `kind` = `ntuple`, the tuples, the
+//! stages and the `revision`. Loading checks every one of those against what the file holds and
+//! streams the tensors straight into the tables, so a 256 MiB network never sits in memory twice.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::{Dtype, View};
+use serde::Deserialize;
+
+use crate::ntuple::{NTupleConfig, NTupleNetwork, NetworkError};
+
+/// The metadata version this build writes and reads.
+pub const FORMAT_VERSION: &str = "1";
+/// The model kind of n-tuple networks.
+pub const KIND: &str = "ntuple";
+
+/// What a weights file says about itself, beyond the tables.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WeightsInfo {
+    /// The network's shape.
+    pub config: NTupleConfig,
+    /// The revision the file was published as.
+    pub revision: u64,
+    /// Any other metadata (training counters and the like), as stored.
+    pub extra: BTreeMap<String, String>,
+}
+
+/// Why a weights file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsFileError {
+    /// Reading or writing failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The file is not what it claims, or not what was expected.
+    #[error("{path}: {check}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Which check failed (header, kind, format_version, tuples, tensor, size).
+        check: &'static str,
+        /// Details.
+        message: String,
+    },
+    /// The network could not be allocated.
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+}
+
+struct TableView<'a>(&'a [u8], [usize; 1]);
+
+impl View for TableView<'_> {
+    fn dtype(&self) -> Dtype {
+        Dtype::F32
+    }
+    fn shape(&self) -> &[usize] {
+        &self.1
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(self.0)
+    }
+    fn data_len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+fn tensor_name(stage: usize, tuple: usize) -> String {
+    format!("stage{stage}.tuple{tuple}")
+}
+
+/// Writes the network to `path` (the caller makes the write atomic, e.g. a temp name then rename).
+pub fn save(
+    network: &NTupleNetwork,
+    path: &Path,
+    revision: u64,
+    extra: &BTreeMap<String, String>,
+) -> Result<(), WeightsFileError> {
+    let config = network.config();
+    let mut metadata: HashMap<String, String> = extra.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    metadata.insert("format_version".into(), FORMAT_VERSION.into());
+    metadata.insert("kind".into(), KIND.into());
+    metadata.insert("tuples".into(), serde_json::to_string(&config.tuples).unwrap_or_default());
+    metadata.insert("stages".into(), config.stages.to_string());
+    metadata.insert("stage_tile".into(), config.stage_tile.to_string());
+    metadata.insert("revision".into(), revision.to_string());
+    let tuples = config.tuples.len();
+    let views: Vec<(String, TableView)> = network
+        .tables()
+        .iter()
+        .enumerate()
+        .map(|(i, table)| (tensor_name(i / tuples, i % tuples), TableView(table.bytes(), [table.len()])))
+        .collect();
+    safetensors::serialize_to_file(views, Some(metadata), path).map_err(|e| WeightsFileError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    })
+}
+
+#[derive(Deserialize)]
+struct TensorHeader {
+    dtype: String,
+    shape: Vec<usize>,
+    data_offsets: [usize; 2],
+}
+
+/// Reads only the metadata of a weights file.
+pub fn read_info(path: &Path) -> Result<WeightsInfo, WeightsFileError> {
+    read_header(path).map(|(info, _, _)| info)
+}
+
+type Header = (WeightsInfo, BTreeMap<String, TensorHeader>, u64);
+
+fn read_header(path: &Path) -> Result<Header, WeightsFileError> {
+    let io = |source| WeightsFileError::Io { path: path.to_path_buf(), source };
+    let invalid =
+        |check, message: String| WeightsFileError::Invalid { path: path.to_path_buf(), check, message };
+    let mut file = File::open(path).map_err(io)?;
+    let file_len = file.metadata().map_err(io)?.len();
+    let mut len_bytes = [0u8; 8];
+    file.read_exact(&mut len_bytes)
+        .map_err(|_| invalid("header", "shorter than a safetensors header".into()))?;
+    let header_len = u64::from_le_bytes(len_bytes);
+    if header_len > 100 << 20 || 8 + header_len > file_len {
+        return Err(invalid(
+            "header",
+            format!("claims a {header_len}-byte header in a {file_len}-byte file"),
+        ));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    file.read_exact(&mut header).map_err(io)?;
+    let mut entries: BTreeMap<String, serde_json::Value> = serde_json::from_slice(&header)
+        .map_err(|e| invalid("header", format!("not safetensors JSON: {e}")))?;
+    let metadata: BTreeMap<String, String> = entries
+        .remove("__metadata__")
+        .map(serde_json::from_value)
+        .transpose()
+        .map_err(|e| invalid("header", format!("__metadata__ is not a string map: {e}")))?
+        .ok_or_else(|| invalid("header", "no __metadata__: not a 2048-Zero weights file".into()))?;
+    let get = |key: &'static str| {
+        metadata.get(key).cloned().ok_or_else(|| invalid("metadata", format!("`{key}` is missing")))
+    };
+    let kind = get("kind")?;
+    if kind != KIND {
+        return Err(invalid("kind", format!("the file holds a `{kind}` model, not `{KIND}`")));
+    }
+    let version = get("format_version")?;
+    if version != FORMAT_VERSION {
+        return Err(invalid(
+            "format_version",
+            format!("version {version}; this build reads {FORMAT_VERSION}"),
+        ));
+    }
+    let tuples: Vec<Vec<u8>> =
+        serde_json::from_str(&get("tuples")?).map_err(|e| invalid("tuples", e.to_string()))?;
+    let stages: u8 = get("stages")?.parse().map_err(|_| invalid("stages", "not a number".into()))?;
+    let stage_tile: u8 =
+        get("stage_tile")?.parse().map_err(|_| invalid("stage_tile", "not a number".into()))?;
+    let revision: u64 = get("revision")?.parse().map_err(|_| invalid("revision", "not a number".into()))?;
+    let config = NTupleConfig { tuples, stages, stage_tile };
+    config.validate().map_err(|e| invalid("tuples", e))?;
+    let tensors = entries
+        .into_iter()
+        .map(|(name, value)| {
+            serde_json::from_value::<TensorHeader>(value)
+                .map(|t| (name.clone(), t))
+                .map_err(|e| invalid("tensor", format!("`{name}`: {e}")))
+        })
+        .collect::<Result<BTreeMap<_, _>, _>>()?;
+    let extra = metadata
+        .into_iter()
+        .filter(|(k, _)| {
+            !["kind", "format_version", "tuples", "stages", "stage_tile", "revision"].contains(&k.as_str())
+        })
+        .collect();
+    Ok((WeightsInfo { config, revision, extra }, tensors, 8 + header_len))
+}
+
+/// Loads a weights file. With `expected`, refuses a file of another shape.
+pub fn load(
+    path: &Path,
+    expected: Option<&NTupleConfig>,
+) -> Result<(NTupleNetwork, WeightsInfo), WeightsFileError> {
+    let (info, tensors, data_start) = read_header(path)?;
+    let invalid =
+        |check, message: String| WeightsFileError::Invalid { path: path.to_path_buf(), check, message };
+    if let Some(expected) = expected
+        && *expected != info.config
+    {
+        return Err(invalid(
+            "tuples",
+            format!("the file's network {:?} is not the expected {:?}", info.config, expected),
+        ));
+    }
+    let config = info.config.clone();
+    let tuples = config.tuples.len();
+    let table_count = tuples * config.stages as usize;
+    if tensors.len() != table_count {
+        return Err(invalid(
+            "tensor",
+            format!("{} tensors; the network has {table_count} tables", tensors.len()),
+        ));
+    }
+    let mut network = NTupleNetwork::zeroed(config.clone())?;
+    let mut file =
+        File::open(path).map_err(|source| WeightsFileError::Io { path: path.to_path_buf(), source })?;
+    let data_len = file.metadata().map(|m| m.len()).unwrap_or(0) - data_start;
+    for (i, table) in network.tables_mut().iter_mut().enumerate() {
+        let name = tensor_name(i / tuples, i % tuples);
+        let header = tensors.get(&name).ok_or_else(|| invalid("tensor", format!("`{name}` is missing")))?;
+        let want = config.table_len(i % tuples);
+        if header.dtype != "F32" || header.shape != [want] {
+            return Err(invalid(
+                "tensor",
+                format!("`{name}` is {} {:?}; expected F32 [{want}]", header.dtype, header.shape),
+            ));
+        }
+        let [begin, end] = header.data_offsets;
+        if end < begin || end - begin != want * 4 || end as u64 > data_len {
+            return Err(invalid(
+                "size",
+                format!("`{name}` has offsets {begin}..{end} in {data_len} bytes of data"),
+            ));
+        }
+        file.seek(SeekFrom::Start(data_start + begin as u64))
+            .and_then(|_| file.read_exact(table.bytes_mut()))
+            .map_err(|source| WeightsFileError::Io { path: path.to_path_buf(), source })?;
+    }
+    for table in network.tables() {
+        if let Some(bad) = table.weights().iter().find(|w| !w.is_finite()) {
+            return Err(invalid(
+                "values",
+                format!("a weight is {bad}: the network diverged or the file is damaged"),
+            ));
+        }
+    }
+    Ok((network, info))
+}

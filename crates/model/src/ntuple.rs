@@ -108,9 +108,38 @@ pub enum NetworkError {
     },
 }
 
+/// A run of consecutive cells of a tuple: `width` cells starting at board cell `first`, landing at
+/// tuple position `position`. Extracting a run is one shift and one mask.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    board_shift: u32,
+    mask: u64,
+    tuple_shift: u32,
+}
+
+fn runs_of(cells: &[u8]) -> Vec<Run> {
+    let mut runs: Vec<Run> = Vec::new();
+    let mut k = 0;
+    while k < cells.len() {
+        let mut width = 1;
+        while k + width < cells.len() && cells[k + width] == cells[k] + width as u8 {
+            width += 1;
+        }
+        runs.push(Run {
+            board_shift: 4 * cells[k] as u32,
+            mask: if width == 16 { u64::MAX } else { (1u64 << (4 * width)) - 1 },
+            tuple_shift: 4 * k as u32,
+        });
+        k += width;
+    }
+    runs
+}
+
 /// See the module documentation.
 pub struct NTupleNetwork {
     config: NTupleConfig,
+    /// Each tuple's cells as runs of consecutive cells.
+    runs: Vec<Vec<Run>>,
     /// `tables[stage * tuples + tuple]`.
     tables: Vec<Table>,
     /// Weights read per evaluation (tuples × 8).
@@ -141,7 +170,8 @@ impl NTupleNetwork {
             }
         }
         let features = config.tuples.len() * 8;
-        Ok(NTupleNetwork { config, tables, features })
+        let runs = config.tuples.iter().map(|t| runs_of(t)).collect();
+        Ok(NTupleNetwork { config, runs, tables, features })
     }
 
     /// The shape.
@@ -166,13 +196,13 @@ impl NTupleNetwork {
     }
 
     #[inline]
-    fn index(board: Board, cells: &[u8]) -> usize {
+    fn index(board: Board, runs: &[Run]) -> usize {
         let raw = board.raw();
-        let mut index = 0usize;
-        for (k, &cell) in cells.iter().enumerate() {
-            index |= (((raw >> (4 * cell as u32)) & 0xF) as usize) << (4 * k);
+        let mut index = 0u64;
+        for run in runs {
+            index |= ((raw >> run.board_shift) & run.mask) << run.tuple_shift;
         }
-        index
+        index as usize
     }
 
     /// Calls `visit` with every feature of `board` (tuples × 8 symmetries).
@@ -180,9 +210,9 @@ impl NTupleNetwork {
     pub fn for_each_feature(&self, board: Board, mut visit: impl FnMut(Feature)) {
         let boards = board.symmetries();
         let base = self.stage(board) * self.config.tuples.len();
-        for (t, cells) in self.config.tuples.iter().enumerate() {
+        for (t, runs) in self.runs.iter().enumerate() {
             for symmetric in boards {
-                visit(Feature { table: (base + t) as u32, index: Self::index(symmetric, cells) as u32 });
+                visit(Feature { table: (base + t) as u32, index: Self::index(symmetric, runs) as u32 });
             }
         }
     }
@@ -193,10 +223,10 @@ impl NTupleNetwork {
         let boards = board.symmetries();
         let base = self.stage(board) * self.config.tuples.len();
         let mut value = 0.0;
-        for (t, cells) in self.config.tuples.iter().enumerate() {
+        for (t, runs) in self.runs.iter().enumerate() {
             let weights = self.tables[base + t].weights();
             for symmetric in boards {
-                value += weights[Self::index(symmetric, cells)];
+                value += weights[Self::index(symmetric, runs)];
             }
         }
         value
@@ -207,11 +237,11 @@ impl NTupleNetwork {
     pub fn add(&mut self, board: Board, step: f32) {
         let boards = board.symmetries();
         let base = self.stage(board) * self.config.tuples.len();
-        let NTupleNetwork { config, tables, .. } = self;
-        for (t, cells) in config.tuples.iter().enumerate() {
+        let NTupleNetwork { runs, tables, .. } = self;
+        for (t, runs) in runs.iter().enumerate() {
             let weights = tables[base + t].weights_mut();
             for symmetric in boards {
-                weights[Self::index(symmetric, cells)] += step;
+                weights[Self::index(symmetric, runs)] += step;
             }
         }
     }
@@ -245,7 +275,12 @@ impl NTupleNetwork {
             .iter()
             .map(|t| t.try_clone().map_err(|source| NetworkError::Allocation { bytes: t.len() * 4, source }))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(NTupleNetwork { config: self.config.clone(), tables, features: self.features })
+        Ok(NTupleNetwork {
+            config: self.config.clone(),
+            runs: self.runs.clone(),
+            tables,
+            features: self.features,
+        })
     }
 }
 

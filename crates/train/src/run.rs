@@ -37,6 +37,9 @@ pub struct TrainConfig {
     pub revision_every_games: u64,
     /// ...or this many seconds, whichever comes first.
     pub revision_every_seconds: f64,
+    /// Hand self-play a fresh copy of the learner's weights every this many games (without
+    /// publishing), so the games it plays follow the policy being learned.
+    pub selfplay_sync_games: u64,
     /// Evaluate every this many revisions (0 = never), and always the last one.
     pub evaluate_every_revisions: u64,
     /// The evaluation suite.
@@ -54,6 +57,7 @@ impl Default for TrainConfig {
             seed: 2048,
             revision_every_games: 20_000,
             revision_every_seconds: 300.0,
+            selfplay_sync_games: 1000,
             evaluate_every_revisions: 1,
             evaluation: EvalConfig::default(),
             deadline_seconds: 24 * 3600,
@@ -236,6 +240,7 @@ impl TrainingRun {
         let mut session_games = 0u64;
         let mut session_moves = 0u64;
         let mut since_revision = 0u64;
+        let mut since_sync = 0u64;
         let mut revision_clock = Instant::now();
         let mut recent: VecDeque<(u64, u32)> = VecDeque::with_capacity(1000);
         let mut revisions = Vec::new();
@@ -281,6 +286,7 @@ impl TrainingRun {
                         session_games += 1;
                         session_moves += learned.moves as u64;
                         since_revision += 1;
+                        since_sync += 1;
                         if recent.len() == 1000 {
                             recent.pop_front();
                         }
@@ -305,6 +311,10 @@ impl TrainingRun {
                     last_evaluation = Some(evaluation.clone());
                     evaluations.push(evaluation);
                 }
+            }
+            if since_sync >= self.config.selfplay_sync_games.max(1) && !stopping {
+                model.set(self.counters.revision, Arc::new(self.learner.network().try_clone()?));
+                since_sync = 0;
             }
             if last_report.elapsed() >= Duration::from_millis(250) {
                 on_progress(&progress(

@@ -26,13 +26,13 @@ fn every_subcommand_has_help_and_there_is_a_version() {
     let version = zero2048(&["--version"]);
     assert!(version.status.success());
     assert!(stdout(&version).starts_with("zero2048 "));
-    for command in ["play", "eval", "bench", "replay", "analyze", "weights"] {
+    for command in ["train", "play", "eval", "bench", "replay", "analyze", "weights"] {
         let help = zero2048(&[command, "--help"]);
         assert!(help.status.success(), "{command} --help failed");
         assert!(stdout(&help).contains("Usage: zero2048 "), "{command} --help: {}", stdout(&help));
     }
     let help = zero2048(&["--help"]);
-    for command in ["play", "eval", "bench", "replay", "analyze", "weights"] {
+    for command in ["train", "play", "eval", "bench", "replay", "analyze", "weights"] {
         assert!(stdout(&help).contains(command));
     }
 }

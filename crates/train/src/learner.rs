@@ -89,6 +89,10 @@ impl TdLearner {
     /// and is reported.
     pub fn learn(&mut self, record: &GameRecord) -> Result<GameLearned, ReplayError> {
         self.afterstates.clear();
+        if record.steps.is_empty() {
+            // No step to check the start board with: check it on its own.
+            record.replay()?;
+        }
         let mut board = record.start;
         let mut score = 0u64;
         for step in record.replay_steps() {

@@ -1,0 +1,158 @@
+//! `zero2048 train`, the main job, as a user runs it: budgets, resuming, Ctrl-C and kill -9.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+fn zero2048(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_zero2048")).current_dir(dir).args(args).output().unwrap()
+}
+
+const SMALL: [&str; 6] = ["--network", "4x4", "--eval-games", "20", "--threads", "1"];
+
+fn train(dir: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["train"];
+    args.extend_from_slice(&SMALL);
+    args.extend_from_slice(extra);
+    zero2048(dir, &args)
+}
+
+fn latest_revision(dir: &Path) -> u64 {
+    let latest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("weights/latest.json")).unwrap()).unwrap();
+    latest["revision"].as_u64().unwrap()
+}
+
+fn assert_storage_is_whole(dir: &Path) {
+    let verify = zero2048(dir, &["weights", "verify"]);
+    assert!(
+        verify.status.success(),
+        "storage damaged:\n{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+}
+
+#[test]
+fn train_publishes_revisions_and_resumes_where_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = train(dir.path(), &["--games", "300", "--revision-every-games", "100", "--json"]);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+    let revision = summary["progress"]["revision"].as_u64().unwrap();
+    assert!(revision >= 3, "{summary}");
+    assert_eq!(latest_revision(dir.path()), revision);
+    assert!(dir.path().join("zero2048.db").is_file());
+    assert_storage_is_whole(dir.path());
+
+    let second = train(dir.path(), &["--games", "100", "--revision-every-games", "100", "--json"]);
+    assert!(second.status.success());
+    let resumed: serde_json::Value = serde_json::from_slice(&second.stdout).unwrap();
+    assert_eq!(resumed["revisions"][0]["revision"].as_u64().unwrap(), revision + 1, "{resumed}");
+    assert!(resumed["progress"]["games"].as_u64().unwrap() >= 400);
+    assert!(String::from_utf8_lossy(&second.stderr).contains(&format!("revision {revision} ·")));
+
+    // The ntuple player plays the trained weights, reproducibly.
+    let eval = |dir: &Path| {
+        let out = zero2048(
+            dir,
+            &["eval", "--player", "ntuple", "--weights", "latest", "--depth", "1", "--games", "10", "--json"],
+        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["strength"].clone()
+    };
+    assert_eq!(eval(dir.path()), eval(dir.path()));
+
+    // --reset starts again from zero.
+    let reset = train(dir.path(), &["--games", "50", "--revision-every-games", "50", "--reset", "--json"]);
+    assert!(reset.status.success());
+    let fresh: serde_json::Value = serde_json::from_slice(&reset.stdout).unwrap();
+    assert_eq!(fresh["revisions"][0]["revision"], 1);
+}
+
+#[test]
+fn kill_9_at_any_point_leaves_only_whole_files_and_a_run_that_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut last_revision = 0;
+    for (i, delay_ms) in [150u64, 400, 650, 900, 1200, 1500, 1900, 2400].into_iter().enumerate() {
+        let mut args = vec!["train".to_string()];
+        args.extend(SMALL.iter().map(|s| s.to_string()));
+        args.extend(["--time", "30s", "--revision-every-games", "10"].map(String::from));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_zero2048"))
+            .current_dir(dir.path())
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        if dir.path().join("weights/latest.json").exists() {
+            assert_storage_is_whole(dir.path());
+            let revision = latest_revision(dir.path());
+            assert!(
+                revision >= last_revision,
+                "kill {i}: revision went back from {last_revision} to {revision}"
+            );
+            last_revision = revision;
+        }
+    }
+    assert!(last_revision > 0, "no revision was published in 8 runs");
+    let resumed = train(dir.path(), &["--games", "20", "--revision-every-games", "10", "--json"]);
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&resumed.stdout).unwrap();
+    assert!(summary["revisions"][0]["revision"].as_u64().unwrap() > last_revision);
+    assert_storage_is_whole(dir.path());
+}
+
+#[test]
+fn one_ctrl_c_stops_cleanly_and_publishes_what_was_learned() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec!["train".to_string()];
+    args.extend(SMALL.iter().map(|s| s.to_string()));
+    args.extend(["--revision-every-games", "1000000", "--json"].map(String::from));
+    let child = Command::new(env!("CARGO_BIN_EXE_zero2048"))
+        .current_dir(dir.path())
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("stopping"));
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        summary["revisions"].as_array().unwrap().len(),
+        1,
+        "the games learned before Ctrl-C are published"
+    );
+    assert_eq!(latest_revision(dir.path()), 1);
+    assert_storage_is_whole(dir.path());
+}
+
+#[test]
+fn bad_train_input_is_one_line_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, expected) in [
+        (vec!["train", "--games", "0"], "0 is not in 1.."),
+        (vec!["train", "--time", "soon"], "--time"),
+        (vec!["train", "--network", "9x9"], "possible values: 4x6, 4x4"),
+        (vec!["train", "--resume-from", "missing.safetensors"], "no such file"),
+        (vec!["train", "--resume-from", "https://example.org/w.safetensors"], "not supported yet"),
+    ] {
+        let output = zero2048(dir.path(), &args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    let eval = zero2048(dir.path(), &["eval", "--player", "ntuple"]);
+    assert_eq!(eval.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&eval.stderr).contains("needs --weights"));
+}

@@ -1,0 +1,174 @@
+//! The n-tuple network and its weights files.
+
+use std::collections::{BTreeMap, HashMap};
+
+use proptest::prelude::*;
+use zero2048_game::{Board, Symmetry, rng_from_seed};
+use zero2048_model::weights_file::{self, WeightsFileError};
+use zero2048_model::{NTupleConfig, NTupleNetwork};
+use zero2048_search::Evaluator;
+
+/// A small network with pseudo-random weights on every table.
+fn trained_small(seed: u64) -> NTupleNetwork {
+    let mut network = NTupleNetwork::zeroed(NTupleConfig::small_4x4()).unwrap();
+    let mut rng = rng_from_seed(seed);
+    for table in network.tables_mut() {
+        for w in table.weights_mut() {
+            *w = (rand_core::Rng::next_u32(&mut rng) % 2001) as f32 - 1000.0;
+        }
+    }
+    network
+}
+
+/// The value computed the plain way: every symmetry of the board, every tuple, cell by cell.
+fn plain_value(network: &NTupleNetwork, board: Board) -> f32 {
+    let mut value = 0.0;
+    for s in Symmetry::ALL {
+        let b = s.apply(board);
+        for (t, cells) in network.config().tuples.iter().enumerate() {
+            let index = cells
+                .iter()
+                .enumerate()
+                .map(|(k, &c)| (b.get(c as usize) as usize) << (4 * k))
+                .sum::<usize>();
+            value += network.tables()[t].weights()[index];
+        }
+    }
+    value
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+    #[test]
+    fn value_is_the_plain_sum_and_symmetric(raw in any::<u64>()) {
+        let network = trained_small(3);
+        let board = Board::from_raw(raw);
+        let value = network.value(board);
+        let plain = plain_value(&network, board);
+        prop_assert!((value - plain).abs() <= 1e-3 * plain.abs().max(1.0), "{value} vs {plain}");
+        for s in Symmetry::ALL {
+            prop_assert!((network.value(s.apply(board)) - value).abs() <= 1e-3 * value.abs().max(1.0));
+        }
+    }
+}
+
+#[test]
+fn add_moves_every_feature_of_the_board() {
+    let mut network = NTupleNetwork::zeroed(NTupleConfig::small_4x4()).unwrap();
+    let board: Board = "2 4 8 16 0 2 0 0 0 0 4 0 0 0 0 2".parse().unwrap();
+    network.add(board, 0.5);
+    // A weight that k symmetric features share is moved k times and read k times: k² × step.
+    let mut multiplicity: HashMap<(u32, u32), u32> = HashMap::new();
+    network.for_each_feature(board, |f| *multiplicity.entry((f.table, f.index)).or_default() += 1);
+    assert_eq!(multiplicity.values().sum::<u32>() as usize, network.feature_count());
+    let expected: f32 = multiplicity.values().map(|&k| 0.5 * (k * k) as f32).sum();
+    assert_eq!(network.value(board), expected);
+    assert_eq!(network.evaluate(board), network.value(board));
+    assert_eq!(network.reward_weight(), 1.0);
+}
+
+#[test]
+fn the_standard_network_is_four_six_tuples_of_256_mib() {
+    let config = NTupleConfig::standard_4x6();
+    assert_eq!(config.weight_count() * 4, 256 << 20);
+    for bad in [
+        NTupleConfig { tuples: vec![], stages: 1, stage_tile: 14 },
+        NTupleConfig { tuples: vec![vec![0, 16]], stages: 1, stage_tile: 14 },
+        NTupleConfig { tuples: vec![vec![1, 1]], stages: 1, stage_tile: 14 },
+        NTupleConfig { tuples: vec![vec![0; 9]], stages: 1, stage_tile: 14 },
+        NTupleConfig { tuples: vec![vec![0]], stages: 0, stage_tile: 14 },
+    ] {
+        assert!(NTupleNetwork::zeroed(bad).is_err());
+    }
+}
+
+#[test]
+fn stages_split_the_weights_by_largest_tile() {
+    let config = NTupleConfig { stages: 2, stage_tile: 11, ..NTupleConfig::small_4x4() };
+    let mut network = NTupleNetwork::zeroed(config).unwrap();
+    let early: Board = "1024 0 0 0 0 0 0 0 0 0 0 0 0 0 0 2".parse().unwrap();
+    let late: Board = "2048 0 0 0 0 0 0 0 0 0 0 0 0 0 0 2".parse().unwrap();
+    assert_eq!((network.stage(early), network.stage(late)), (0, 1));
+    network.add(late, 1.0);
+    assert_eq!(network.value(early), 0.0, "stage 0 weights untouched");
+    assert!(network.value(late) > 0.0);
+}
+
+#[test]
+fn save_and_load_are_bit_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.safetensors");
+    let network = trained_small(9);
+    let mut extra = BTreeMap::new();
+    extra.insert("games_trained".to_string(), "123".to_string());
+    weights_file::save(&network, &path, 42, &extra).unwrap();
+    let (loaded, info) = weights_file::load(&path, Some(network.config())).unwrap();
+    assert_eq!(info.revision, 42);
+    assert_eq!(info.extra.get("games_trained").map(String::as_str), Some("123"));
+    for (a, b) in network.tables().iter().zip(loaded.tables()) {
+        assert_eq!(a.bytes(), b.bytes());
+    }
+    // Any safetensors reader sees the same tensors and the design's metadata.
+    let bytes = std::fs::read(&path).unwrap();
+    let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = metadata.metadata().as_ref().unwrap();
+    assert_eq!(meta["kind"], "ntuple");
+    assert_eq!(meta["format_version"], "1");
+    assert_eq!(meta["revision"], "42");
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(tensors.tensor("stage0.tuple2").unwrap().shape(), &[65536]);
+}
+
+fn expect_invalid(result: Result<(NTupleNetwork, weights_file::WeightsInfo), WeightsFileError>, check: &str) {
+    match result {
+        Err(WeightsFileError::Invalid { check: c, path, message }) => {
+            assert_eq!(c, check, "{message}");
+            assert!(!path.as_os_str().is_empty());
+        }
+        Err(other) => panic!("expected a `{check}` failure, got {other}"),
+        Ok(_) => panic!("expected a `{check}` failure, but the file loaded"),
+    }
+}
+
+#[test]
+fn bad_files_are_refused_naming_the_file_and_the_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.safetensors");
+    let network = trained_small(1);
+    weights_file::save(&network, &good, 1, &BTreeMap::new()).unwrap();
+    let bytes = std::fs::read(&good).unwrap();
+
+    // Another shape than expected.
+    expect_invalid(weights_file::load(&good, Some(&NTupleConfig::standard_4x6())), "tuples");
+
+    // Truncated: the last tensor runs past the end.
+    let truncated = dir.path().join("truncated.safetensors");
+    std::fs::write(&truncated, &bytes[..bytes.len() - 1000]).unwrap();
+    expect_invalid(weights_file::load(&truncated, None), "size");
+
+    // Not safetensors at all.
+    let garbage = dir.path().join("garbage.safetensors");
+    std::fs::write(&garbage, b"definitely not a weights file").unwrap();
+    expect_invalid(weights_file::load(&garbage, None), "header");
+
+    // Another model kind, written by a generic safetensors writer.
+    let other = dir.path().join("policy.safetensors");
+    let data = vec![0u8; 16];
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![4], &data).unwrap();
+    let mut meta = HashMap::new();
+    meta.insert("kind".to_string(), "policy_value".to_string());
+    meta.insert("format_version".to_string(), "1".to_string());
+    safetensors::serialize_to_file(vec![("w", view)], Some(meta), &other).unwrap();
+    expect_invalid(weights_file::load(&other, None), "kind");
+
+    // A weight that is not a number.
+    let mut nan = trained_small(2);
+    nan.tables_mut()[0].weights_mut()[7] = f32::NAN;
+    let nan_path = dir.path().join("nan.safetensors");
+    weights_file::save(&nan, &nan_path, 1, &BTreeMap::new()).unwrap();
+    expect_invalid(weights_file::load(&nan_path, None), "values");
+
+    let message = weights_file::load(&garbage, None).err().unwrap().to_string();
+    assert!(message.contains("garbage.safetensors") && message.contains("header"), "{message}");
+}

@@ -268,6 +268,18 @@ impl NTupleNetwork {
         &mut self.tables
     }
 
+    /// Overwrites this network's weights with `other`'s (same shape), reusing the memory: no
+    /// allocation and no page faults, unlike [`NTupleNetwork::try_clone`].
+    pub fn copy_from(&mut self, other: &NTupleNetwork) -> Result<(), NetworkError> {
+        if self.config != other.config {
+            return Err(NetworkError::Shape("copy_from needs two networks of the same shape".into()));
+        }
+        for (mine, theirs) in self.tables.iter_mut().zip(&other.tables) {
+            mine.bytes_mut().copy_from_slice(theirs.bytes());
+        }
+        Ok(())
+    }
+
     /// A deep copy (a snapshot for self-play while the learner goes on).
     pub fn try_clone(&self) -> Result<NTupleNetwork, NetworkError> {
         let tables = self

@@ -34,9 +34,10 @@ impl CurrentModel {
         (slot.0, Arc::clone(&slot.1))
     }
 
-    /// Publishes a new network to the players.
-    pub fn set(&self, revision: u64, network: Arc<NTupleNetwork>) {
-        *self.slot.write().unwrap_or_else(|e| e.into_inner()) = (revision, network);
+    /// Publishes a new network to the players; returns the one it replaces (players may still
+    /// hold it until their current game ends).
+    pub fn set(&self, revision: u64, network: Arc<NTupleNetwork>) -> Arc<NTupleNetwork> {
+        std::mem::replace(&mut *self.slot.write().unwrap_or_else(|e| e.into_inner()), (revision, network)).1
     }
 }
 

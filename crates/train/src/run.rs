@@ -241,6 +241,8 @@ impl TrainingRun {
         let mut session_moves = 0u64;
         let mut since_revision = 0u64;
         let mut since_sync = 0u64;
+        // The snapshot self-play used before the current one, reused once no player holds it.
+        let mut spare: Option<Arc<NTupleNetwork>> = None;
         let mut revision_clock = Instant::now();
         let mut recent: VecDeque<(u64, u32)> = VecDeque::with_capacity(1000);
         let mut revisions = Vec::new();
@@ -313,7 +315,17 @@ impl TrainingRun {
                 }
             }
             if since_sync >= self.config.selfplay_sync_games.max(1) && !stopping {
-                model.set(self.counters.revision, Arc::new(self.learner.network().try_clone()?));
+                let snapshot = match spare
+                    .take()
+                    .map(|mut old| Arc::get_mut(&mut old).is_some().then_some(old))
+                {
+                    Some(Some(mut old)) => {
+                        Arc::get_mut(&mut old).expect("checked unique").copy_from(self.learner.network())?;
+                        old
+                    }
+                    _ => Arc::new(self.learner.network().try_clone()?),
+                };
+                spare = Some(model.set(self.counters.revision, snapshot));
                 since_sync = 0;
             }
             if last_report.elapsed() >= Duration::from_millis(250) {
@@ -383,7 +395,7 @@ impl TrainingRun {
                 .unwrap_or_default(),
         };
         self.db.record_revision(&row, &self.counters)?;
-        model.set(revision, Arc::new(snapshot));
+        let _ = model.set(revision, Arc::new(snapshot));
         Ok(row)
     }
 

@@ -6,6 +6,7 @@
 //!
 //! This crate must never be used to assert on speed in tests: it measures, it does not judge.
 
+pub mod learning;
 pub mod storage;
 
 use std::hint::black_box;
@@ -31,7 +32,7 @@ pub enum Effort {
 }
 
 impl Effort {
-    fn budget(self) -> Duration {
+    pub(crate) fn budget(self) -> Duration {
         match self {
             Effort::Full => Duration::from_millis(1500),
             Effort::Quick => Duration::from_millis(20),
@@ -88,7 +89,7 @@ impl Comparison {
 }
 
 /// Runs `work` (which returns the items it did) repeatedly until the budget is spent.
-fn measure(budget: Duration, mut work: impl FnMut() -> u64) -> Measurement {
+pub(crate) fn measure(budget: Duration, mut work: impl FnMut() -> u64) -> Measurement {
     let wall = Instant::now();
     let cpu = ThreadTime::now();
     let mut items = 0;

@@ -290,6 +290,8 @@ pub enum BenchSuite {
     Engine,
     /// Bucket upload and download throughput, peak memory, fallback time (needs --use-r2 …).
     Storage,
+    /// TD learning and 1-ply self-play moves on the 4×6 n-tuple network against plain code.
+    Learn,
 }
 
 /// `zero2048 replay`.

@@ -177,6 +177,19 @@ fn analyze_values_each_move() {
 }
 
 #[test]
+fn the_learning_bench_runs_against_its_reference() {
+    let output = zero2048(&["bench", "--suite", "learn", "--quick", "--json"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(
+        rows.iter().all(
+            |r| r["fast"]["items"].as_u64().unwrap() > 0 && r["reference"]["items"].as_u64().unwrap() > 0
+        )
+    );
+}
+
+#[test]
 fn bench_runs_every_benchmark_against_its_reference() {
     let output = zero2048(&["bench", "--quick", "--json", "--depth", "2"]);
     assert!(output.status.success(), "{}", stderr(&output));

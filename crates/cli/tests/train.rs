@@ -156,3 +156,17 @@ fn bad_train_input_is_one_line_and_exit_2() {
     assert_eq!(eval.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&eval.stderr).contains("needs --weights"));
 }
+
+#[test]
+fn the_example_configuration_is_accepted_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config.example.yaml");
+    let output = zero2048(dir.path(), &["weights", "list", "--config", example.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "train:\n  td:\n    learning_rat: 0.2\n").unwrap();
+    let output = zero2048(dir.path(), &["train", "--config", bad.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("bad.yaml:3:") && stderr.contains("learning_rat"), "{stderr}");
+}

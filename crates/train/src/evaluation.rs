@@ -18,13 +18,13 @@ pub struct EvalConfig {
     pub seed: u64,
     /// Own moves searched (1 = greedy on the learned value).
     pub depth: u32,
-    /// Threads.
+    /// Threads (0 = one per core).
     pub threads: usize,
 }
 
 impl Default for EvalConfig {
     fn default() -> EvalConfig {
-        EvalConfig { games: 200, seed: 7, depth: 1, threads: 1 }
+        EvalConfig { games: 200, seed: 7, depth: 1, threads: 0 }
     }
 }
 
@@ -42,7 +42,11 @@ pub fn evaluate(network: Arc<NTupleNetwork>, config: &EvalConfig, rule: SpawnRul
     let series = Series {
         games: config.games.max(1),
         base_seed: config.seed,
-        threads: config.threads.max(1),
+        threads: if config.threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            config.threads
+        },
         rule,
         keep_records: false,
         player: &make,

@@ -29,7 +29,7 @@ pub struct TrainConfig {
     pub network: NTupleConfig,
     /// The learner.
     pub td: TdConfig,
-    /// Self-play threads.
+    /// Self-play threads (0 = one per core, less one for the learner).
     pub selfplay_threads: usize,
     /// Run seed.
     pub seed: u64,
@@ -53,7 +53,7 @@ impl Default for TrainConfig {
         TrainConfig {
             network: NTupleConfig::standard_4x6(),
             td: TdConfig::default(),
-            selfplay_threads: 1,
+            selfplay_threads: 0,
             seed: 2048,
             revision_every_games: 20_000,
             revision_every_seconds: 300.0,
@@ -226,9 +226,14 @@ impl TrainingRun {
         let model = CurrentModel::new(self.counters.revision, Arc::new(self.learner.network().try_clone()?));
         let selfplay_stop = Arc::new(AtomicBool::new(false));
         let (sender, games) = sync_channel(64);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let threads = zero2048_selfplay::spawn(
             SelfPlayConfig {
-                threads: self.config.selfplay_threads,
+                threads: if self.config.selfplay_threads == 0 {
+                    (cores - 1).max(1)
+                } else {
+                    self.config.selfplay_threads
+                },
                 depth: 1,
                 rule,
                 seed: zero2048_game::derive_seed(self.config.seed, self.counters.revision),

@@ -29,7 +29,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "measuring on one thread; each figure is also taken on the plain reference in the same run"
         );
     }
-    let results = zero2048_bench::run_all(effort, args.depth);
+    let results = match args.suite {
+        BenchSuite::Learn => {
+            let network = if args.quick {
+                zero2048_model::NTupleConfig::small_4x4()
+            } else {
+                zero2048_model::NTupleConfig::standard_4x6()
+            };
+            zero2048_bench::learning::run(effort, &network)
+        }
+        _ => zero2048_bench::run_all(effort, args.depth),
+    };
     let rows: Vec<Row> = results
         .iter()
         .map(|c| Row {

@@ -43,9 +43,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if let Some(seed) = args.seed {
         config.seed = seed;
     }
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    config.selfplay_threads = args.threads.map_or((cores - 1).max(1), |t| t as usize);
-    config.evaluation.threads = cores;
+    if let Some(threads) = args.threads {
+        config.selfplay_threads = threads as usize;
+    }
 
     if args.reset {
         reset(&args.db, &storage_config.storage.weights_dir)?;

@@ -17,18 +17,7 @@ pub fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
 
 /// SHA-256 (hex) and size of everything a reader yields.
 pub fn hash_reader(reader: &mut impl Read) -> std::io::Result<(String, u64)> {
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; CHUNK];
-    let mut size = 0u64;
-    loop {
-        let n = reader.read(&mut buffer)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-        size += n as u64;
-    }
-    Ok((hex::encode(hasher.finalize()), size))
+    copy_hashing(reader, &mut std::io::sink())
 }
 
 /// Copies `reader` into `writer`, hashing as it goes; returns SHA-256 (hex) and size.

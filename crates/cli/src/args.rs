@@ -114,8 +114,9 @@ pub struct TrainArgs {
     /// Start over from zero: delete the run database and the local weights directory first.
     #[arg(long)]
     pub reset: bool,
-    /// Start from this weights file (a path or file:// URL) instead of the latest revision.
-    #[arg(long, value_name = "PATH")]
+    /// Start from this weights file instead of the latest revision: a path, a file://, http:// or
+    /// https:// URL, or r2://bucket/key (with the configured R2 credentials).
+    #[arg(long, value_name = "PATH|URL|r2://bucket/key")]
     pub resume_from: Option<String>,
     /// The network for a new run.
     #[arg(long, value_enum)]
@@ -174,9 +175,9 @@ pub struct PlayerArgs {
     /// Probability that a spawned tile is a 4.
     #[arg(long, default_value_t = 0.1, value_parser = probability)]
     pub four_probability: f32,
-    /// Weights of the ntuple player: a .safetensors file, a weights directory (its latest
-    /// revision), or `latest` (./weights).
-    #[arg(long, value_name = "FILE|DIR|latest")]
+    /// Weights of the ntuple player: a .safetensors file or URL (file://, http://, https://), a
+    /// weights directory (its latest revision), or `latest` (./weights).
+    #[arg(long, value_name = "FILE|URL|DIR|latest")]
     pub weights: Option<String>,
 }
 

@@ -80,6 +80,9 @@ impl PlayerFactory {
 
 /// `latest` → ./weights; a directory → its latest revision (hash checked); else a file.
 fn resolve_weights(spec: &str) -> Result<PathBuf> {
+    if spec.contains("://") {
+        return crate::storage::fetch_weights(spec, &zero2048_storage::Config::default());
+    }
     let path = if spec == "latest" { PathBuf::from("weights") } else { PathBuf::from(spec) };
     if !path.is_dir() {
         if !path.is_file() {

@@ -144,7 +144,8 @@ fn bad_train_input_is_one_line_and_exit_2() {
         (vec!["train", "--time", "soon"], "--time"),
         (vec!["train", "--network", "9x9"], "possible values: 4x6, 4x4"),
         (vec!["train", "--resume-from", "missing.safetensors"], "no such file"),
-        (vec!["train", "--resume-from", "https://example.org/w.safetensors"], "not supported yet"),
+        (vec!["train", "--resume-from", "ftp://example.org/w.safetensors"], "is not a weights location"),
+        (vec!["train", "--resume-from", "r2://no-key"], "is not r2://<bucket>/<key>"),
     ] {
         let output = zero2048(dir.path(), &args);
         assert_eq!(output.status.code(), Some(2), "{args:?}");
@@ -169,4 +170,54 @@ fn the_example_configuration_is_accepted_whole() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("bad.yaml:3:") && stderr.contains("learning_rat"), "{stderr}");
+}
+
+#[test]
+fn resume_from_a_file_url_or_over_http() {
+    let source = tempfile::tempdir().unwrap();
+    let trained = train(source.path(), &["--games", "100", "--revision-every-games", "100"]);
+    assert!(trained.status.success());
+    let weights = std::fs::read_dir(source.path().join("weights"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .unwrap();
+
+    let from_file = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", weights.display());
+    let output = train(
+        from_file.path(),
+        &["--games", "20", "--revision-every-games", "20", "--resume-from", &url, "--json"],
+    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+
+    // Real HTTP on loopback: Python's static file server.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut server = Command::new("python3")
+        .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory"])
+        .arg(source.path().join("weights"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+        && started.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let from_http = tempfile::tempdir().unwrap();
+    let url = format!("http://127.0.0.1:{port}/{}", weights.file_name().unwrap().to_string_lossy());
+    let output =
+        train(from_http.path(), &["--games", "20", "--revision-every-games", "20", "--resume-from", &url]);
+    let missing = train(
+        from_http.path(),
+        &["--games", "20", "--resume-from", &format!("http://127.0.0.1:{port}/nope.safetensors")],
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("downloaded http://127.0.0.1"));
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("HTTP 404"));
 }

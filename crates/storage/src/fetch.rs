@@ -289,6 +289,57 @@ impl Fetcher {
         Ok(())
     }
 
+    /// Downloads a URL whose hash nobody has recorded (a file someone points `--resume-from` at):
+    /// streams it into the cache under its own SHA-256 and returns the path and hash. The caller
+    /// must check the content itself (a weights file's metadata and shapes, say).
+    pub async fn fetch_unpinned(&self, url: &str) -> Result<(PathBuf, String), FetchError> {
+        let shown = redact_signed_queries(url);
+        let partial = self.cache_dir.join(format!(".unpinned-{}.partial", rand::random::<u64>()));
+        let parsed = url::Url::parse(url).map_err(|_| FetchError::UnsupportedUrl(shown.clone()))?;
+        let result = async {
+            match parsed.scheme() {
+                "file" => {
+                    let source =
+                        parsed.to_file_path().map_err(|_| FetchError::UnsupportedUrl(shown.clone()))?;
+                    self.copy_file(&source, &partial).await
+                }
+                "http" | "https" => {
+                    let response = self.client.get(url).send().await.map_err(|e| FetchError::Network {
+                        url: shown.clone(),
+                        message: redact_signed_queries(&e.to_string()),
+                    })?;
+                    let status = response.status().as_u16();
+                    match status {
+                        200 => {}
+                        400 | 403 => return Err(FetchError::UrlRejected { url: shown.clone(), status }),
+                        _ => return Err(FetchError::Status { url: shown.clone(), status }),
+                    }
+                    let mut file =
+                        tokio::fs::File::create(&partial).await.map_err(io_error("creating", &partial))?;
+                    let mut body = response.bytes_stream();
+                    while let Some(chunk) = body.next().await {
+                        let chunk = chunk.map_err(|e| FetchError::Network {
+                            url: shown.clone(),
+                            message: e.to_string(),
+                        })?;
+                        file.write_all(&chunk).await.map_err(io_error("writing", &partial))?;
+                    }
+                    file.sync_all().await.map_err(io_error("syncing", &partial))
+                }
+                _ => Err(FetchError::UnsupportedUrl(shown.clone())),
+            }
+        }
+        .await;
+        if let Err(e) = result {
+            let _ = tokio::fs::remove_file(&partial).await;
+            return Err(e);
+        }
+        let (sha256, _) = hash_async(&partial).await.map_err(io_error("hashing", &partial))?;
+        let target = self.cache_dir.join(&sha256);
+        tokio::fs::rename(&partial, &target).await.map_err(io_error("renaming into the cache", &target))?;
+        Ok((target, sha256))
+    }
+
     /// Checks size and hash of `partial`; renames it into the cache or deletes it.
     async fn accept(&self, url: &str, partial: &Path, expected: &Expected) -> Result<PathBuf, FetchError> {
         let shown = redact_signed_queries(url);

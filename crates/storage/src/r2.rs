@@ -320,6 +320,29 @@ impl StorageBackend for R2StorageBackend {
 }
 
 impl R2StorageBackend {
+    /// Streams any object of the bucket (`r2://bucket/key` as given to `--resume-from`) into a
+    /// local file, never whole in memory.
+    pub async fn download_key(&self, key: &str, destination: &std::path::Path) -> StorageResult<u64> {
+        let io = |source| StorageError::Io { action: "writing", path: destination.to_path_buf(), source };
+        let result = match self.store.get(&KeyPath::from(key)).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(StorageError::NotFound(format!("r2://{}/{key}", self.settings.bucket)));
+            }
+            Err(e) => return Err(self.remote("download", &e)),
+        };
+        let mut file = tokio::fs::File::create(destination).await.map_err(io)?;
+        let mut stream = result.into_stream();
+        let mut written = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.remote("download", &e))?;
+            tokio::io::AsyncWriteExt::write_all(&mut file, &chunk).await.map_err(io)?;
+            written += chunk.len() as u64;
+        }
+        file.sync_all().await.map_err(io)?;
+        Ok(written)
+    }
+
     /// Whether `weights_path` names a file stored in the bucket.
     pub async fn contains(&self, weights_path: &str) -> StorageResult<bool> {
         let name = parse_weights_path(weights_path)?;

@@ -90,6 +90,12 @@ async fn save_list_read_delete(garage: &Garage) {
     assert_eq!(r2.list_revisions().await.unwrap().len(), 1);
     assert!(matches!(r2.open_weights(&first.name).await, Err(StorageError::NotFound(_))));
     assert!(r2.contains(&second.name.to_string()).await.unwrap());
+    // Any key can be streamed to a file (what `--resume-from r2://bucket/key` does).
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("copy");
+    let written = r2.download_key(&format!("crud/weights/{}", second.name), &path).await.unwrap();
+    assert_eq!((written, std::fs::read(&path).unwrap()), (12, b"revision two".to_vec()));
+    assert!(matches!(r2.download_key("crud/nothing-here", &path).await, Err(StorageError::NotFound(_))));
     // Names that try to leave the weights prefix never reach the bucket.
     for bad in ["../latest.json", "weights/../../x", "/etc/passwd", "r000001-..%2f.safetensors"] {
         assert!(matches!(r2.get_weights_url(bad, 1).await, Err(StorageError::BadName(_))), "{bad}");

@@ -13,7 +13,7 @@ use zero2048_storage::StorageAdapter;
 use zero2048_train::{Budget, Progress, Summary, TrainingRun};
 
 use crate::args::{NetworkShape, TrainArgs};
-use crate::{bad_input, render, storage};
+use crate::{render, storage};
 
 /// Runs the command.
 pub fn run(args: TrainArgs) -> Result<()> {
@@ -50,7 +50,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if args.reset {
         reset(&args.db, &storage_config.storage.weights_dir)?;
     }
-    let resume_from = args.resume_from.as_deref().map(resume_path).transpose()?;
+    let resume_from =
+        args.resume_from.as_deref().map(|spec| storage::fetch_weights(spec, &storage_config)).transpose()?;
 
     let runtime = storage::runtime()?;
     let adapter =
@@ -109,24 +110,6 @@ pub fn run(args: TrainArgs) -> Result<()> {
         print_summary(&summary);
     }
     Ok(())
-}
-
-fn resume_path(spec: &str) -> Result<PathBuf> {
-    if let Ok(url) = url::Url::parse(spec)
-        && url.scheme().len() > 1
-    {
-        return match url.scheme() {
-            "file" => url.to_file_path().map_err(|_| bad_input(format!("`{spec}` is not a local file URL"))),
-            other => Err(bad_input(format!(
-                "--resume-from {other}:// is not supported yet; download it with `zero2048 weights pull` and pass the file"
-            ))),
-        };
-    }
-    let path = PathBuf::from(spec);
-    if !path.is_file() {
-        return Err(bad_input(format!("--resume-from {}: no such file", path.display())));
-    }
-    Ok(path)
 }
 
 /// Deletes the run database and the weights directory's revisions, nothing else.

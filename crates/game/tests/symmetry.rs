@@ -56,6 +56,7 @@ proptest! {
     #[test]
     fn composition_matches_application(raw in any::<u64>()) {
         let board = Board::from_raw(raw);
+        prop_assert_eq!(board.symmetries(), Symmetry::ALL.map(|s| s.apply(board)));
         for a in Symmetry::ALL {
             prop_assert_eq!(a.inverse().apply(a.apply(board)), board);
             for b in Symmetry::ALL {

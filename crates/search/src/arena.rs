@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::{Deserialize, Serialize};
-use zero2048_game::{Game, GameRecord, SpawnRule, derive_seed};
+use zero2048_game::{Board, Game, GameRecord, SpawnRule, derive_seed};
 
 use crate::player::Player;
 
@@ -33,7 +33,14 @@ pub struct GameResult {
 }
 
 /// Plays one game to the end. The player sees every board; the game's spawns come from `seed`.
+/// Returns the record and the score.
 pub fn play_game(player: &mut dyn Player, seed: u64, rule: SpawnRule) -> (GameRecord, u64) {
+    let (record, score, _) = play_game_to_end(player, seed, rule);
+    (record, score)
+}
+
+/// [`play_game`], also returning the final board.
+pub fn play_game_to_end(player: &mut dyn Player, seed: u64, rule: SpawnRule) -> (GameRecord, u64, Board) {
     let mut game = Game::new(seed, rule);
     while let Some(direction) = player.choose(game.board()) {
         if game.play(direction).is_err() {
@@ -41,8 +48,8 @@ pub fn play_game(player: &mut dyn Player, seed: u64, rule: SpawnRule) -> (GameRe
             break;
         }
     }
-    let score = game.score();
-    (game.into_record(), score)
+    let (score, board) = (game.score(), game.board());
+    (game.into_record(), score, board)
 }
 
 /// Seeds and players for a series of games.
@@ -77,13 +84,9 @@ impl Series<'_> {
                         }
                         let seed = derive_seed(self.base_seed, index as u64);
                         let mut player = (self.player)(derive_seed(seed, u64::MAX));
-                        let (record, score) = play_game(player.as_mut(), seed, self.rule);
+                        let (record, score, final_board) = play_game_to_end(player.as_mut(), seed, self.rule);
                         let moves = record.steps.len() as u32;
-                        let max_tile = record
-                            .replay_steps()
-                            .last()
-                            .and_then(|step| step.ok())
-                            .map_or(record.start.max_tile(), |step| step.after.max_tile());
+                        let max_tile = final_board.max_tile();
                         let result = GameResult {
                             index,
                             seed,

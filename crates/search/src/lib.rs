@@ -15,7 +15,7 @@ mod heuristic;
 mod player;
 pub mod reference;
 
-pub use arena::{GameResult, MILESTONE_TILES, Series, Strength, TileRate, play_game};
+pub use arena::{GameResult, MILESTONE_TILES, Series, Strength, TileRate, play_game, play_game_to_end};
 pub use evaluator::Evaluator;
 pub use expectimax::{Decision, Expectimax, ExpectimaxConfig};
 pub use heuristic::{Heuristic, HeuristicWeights};

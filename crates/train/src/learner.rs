@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 use zero2048_game::{Board, GameRecord, ReplayError};
-use zero2048_model::{NTupleNetwork, NetworkError, Table};
+use zero2048_model::{Feature, NTupleNetwork, NetworkError, Table};
 
 /// How the learner steps.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -53,6 +53,7 @@ pub struct TdLearner {
     config: TdConfig,
     coherence: Option<Coherence>,
     afterstates: Vec<(Board, u32)>,
+    features: Vec<Feature>,
 }
 
 impl TdLearner {
@@ -72,7 +73,8 @@ impl TdLearner {
         } else {
             None
         };
-        Ok(TdLearner { network, config, coherence, afterstates: Vec::with_capacity(4096) })
+        let features = Vec::with_capacity(network.feature_count());
+        Ok(TdLearner { network, config, coherence, afterstates: Vec::with_capacity(4096), features })
     }
 
     /// The network being trained.
@@ -124,9 +126,10 @@ impl TdLearner {
                 None => self.network.add(afterstate, step_size * error),
                 Some(tc) => {
                     let network = &mut self.network;
-                    let mut features_of = Vec::with_capacity(network.feature_count());
-                    network.for_each_feature(afterstate, |f| features_of.push(f));
-                    for f in features_of {
+                    let features = &mut self.features;
+                    features.clear();
+                    network.for_each_feature(afterstate, |f| features.push(f));
+                    for &f in features.iter() {
                         let (t, i) = (f.table as usize, f.index as usize);
                         let e = &mut tc.errors[t].weights_mut()[i];
                         let a = &mut tc.magnitudes[t].weights_mut()[i];

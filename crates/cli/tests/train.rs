@@ -113,19 +113,35 @@ fn one_ctrl_c_stops_cleanly_and_publishes_what_was_learned() {
     let mut args = vec!["train".to_string()];
     args.extend(SMALL.iter().map(|s| s.to_string()));
     args.extend(["--revision-every-games", "1000000", "--json"].map(String::from));
-    let child = Command::new(env!("CARGO_BIN_EXE_zero2048"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_zero2048"))
         .current_dir(dir.path())
         .args(&args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    // Wait until the handler is installed (the run says so), however slow the machine is.
+    let stderr = child.stderr.take().unwrap();
+    let (said, hear) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut lines = Vec::new();
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("press Ctrl-C") {
+                let _ = said.send(());
+            }
+            lines.push(line);
+        }
+        lines.join("\n")
+    });
+    hear.recv_timeout(Duration::from_secs(60)).expect("the run started");
+    std::thread::sleep(Duration::from_millis(700));
     let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
     let output = child.wait_with_output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("stopping"));
+    let stderr = reader.join().unwrap();
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("stopping"), "{stderr}");
     let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(
         summary["revisions"].as_array().unwrap().len(),

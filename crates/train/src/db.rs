@@ -1,5 +1,11 @@
-//! The run database (`zero2048.db`, SQLite in WAL mode): revisions, training counters and
-//! evaluations, so a stopped run resumes with its numbers and a status page can show its history.
+//! The run database (`zero2048.db`, SQLite in WAL mode): revisions, training counters,
+//! evaluations, every accepted game and who contributed it, so a stopped run resumes exactly (same
+//! revision, same counters, the games not yet in a published revision learned again) and a status
+//! page can show its history.
+//!
+//! The `games` table is also the queue between the ingest (local self-play, or the server's
+//! upload endpoint) and the learner: a game is acknowledged once its row is committed, and the
+//! learner reads rows after its cursor, which is stored with each revision.
 
 use std::path::Path;
 
@@ -18,6 +24,67 @@ pub struct Counters {
     pub score_sum: u64,
     /// Last published revision (0 = none).
     pub revision: u64,
+    /// The id of the last game (in the `games` table) learned into the latest revision.
+    pub learned_through: u64,
+}
+
+/// A verified game, ready to be stored.
+#[derive(Clone, Copy, Debug)]
+pub struct NewGame<'a> {
+    /// The worker's UUID for it.
+    pub uuid: [u8; 16],
+    /// The revision that played it.
+    pub revision: u64,
+    /// Its score (from the replay).
+    pub score: u64,
+    /// Its moves (from the replay).
+    pub moves: u32,
+    /// Its largest tile (from the replay).
+    pub max_tile: u32,
+    /// The record's canonical encoding.
+    pub record: &'a [u8],
+}
+
+/// A stored game.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredGame {
+    /// Row id: the order of arrival.
+    pub id: u64,
+    /// The worker's UUID for it.
+    pub uuid: [u8; 16],
+    /// Who sent it.
+    pub worker: String,
+    /// The revision that played it.
+    pub revision: u64,
+    /// Its score.
+    pub score: u64,
+    /// Its moves.
+    pub moves: u32,
+    /// Its largest tile.
+    pub max_tile: u32,
+    /// The record's canonical encoding.
+    pub record: Vec<u8>,
+}
+
+/// What one worker contributed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct WorkerRow {
+    /// The worker (its token's name; `local` for in-process self-play).
+    pub name: String,
+    /// Games accepted from it.
+    pub games: u64,
+    /// Moves in those games.
+    pub moves: u64,
+    /// Games refused.
+    pub rejected: u64,
+    /// The last reason a game was refused.
+    pub last_rejection: Option<String>,
+    /// First time seen (Unix seconds).
+    pub first_seen: i64,
+    /// Last time seen (Unix seconds).
+    pub last_seen: i64,
+    /// Games quarantined (their token was revoked with `--purge-games`).
+    pub quarantined: u64,
 }
 
 /// A published revision.
@@ -85,7 +152,18 @@ impl RunDb {
                  games INTEGER NOT NULL, moves INTEGER NOT NULL, published_at TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS evaluations (
                  revision INTEGER NOT NULL, depth INTEGER NOT NULL, seed INTEGER NOT NULL,
-                 games_trained INTEGER NOT NULL, strength TEXT NOT NULL, PRIMARY KEY (revision, depth));",
+                 games_trained INTEGER NOT NULL, strength TEXT NOT NULL, PRIMARY KEY (revision, depth));
+             CREATE TABLE IF NOT EXISTS games (
+                 id INTEGER PRIMARY KEY, uuid BLOB NOT NULL UNIQUE, worker TEXT NOT NULL,
+                 revision INTEGER NOT NULL, score INTEGER NOT NULL, moves INTEGER NOT NULL,
+                 max_tile INTEGER NOT NULL, record BLOB NOT NULL, received_at INTEGER NOT NULL,
+                 quarantined INTEGER NOT NULL DEFAULT 0);
+             CREATE INDEX IF NOT EXISTS games_by_revision ON games (revision, score);
+             CREATE INDEX IF NOT EXISTS games_by_worker ON games (worker);
+             CREATE TABLE IF NOT EXISTS workers (
+                 name TEXT PRIMARY KEY, games INTEGER NOT NULL DEFAULT 0, moves INTEGER NOT NULL DEFAULT 0,
+                 rejected INTEGER NOT NULL DEFAULT 0, last_rejection TEXT,
+                 first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL);",
         )
         .map_err(ctx("create tables"))?;
         Ok(RunDb { conn })
@@ -120,6 +198,7 @@ impl RunDb {
             moves: get("moves")?,
             score_sum: get("score_sum")?,
             revision: get("revision")?,
+            learned_through: get("learned_through")?,
         })
     }
 
@@ -145,6 +224,7 @@ impl RunDb {
             ("moves", counters.moves),
             ("score_sum", counters.score_sum),
             ("revision", counters.revision),
+            ("learned_through", counters.learned_through),
         ] {
             tx.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
@@ -222,4 +302,185 @@ impl RunDb {
             })
             .collect())
     }
+
+    /// Stores games from `worker` in one transaction and counts `rejected` refusals against it.
+    /// Returns, per game, whether it was new (`false`: its UUID was already stored, which counts
+    /// as success for an idempotent retry). Once this returns, every game is durable.
+    pub fn insert_games(
+        &mut self,
+        worker: &str,
+        games: &[NewGame<'_>],
+        rejected: u64,
+        last_rejection: Option<&str>,
+    ) -> Result<Vec<bool>, DbError> {
+        let now = unix_now();
+        let tx = self.conn.transaction().map_err(ctx("begin storing games"))?;
+        let mut fresh = Vec::with_capacity(games.len());
+        let (mut new_games, mut new_moves) = (0i64, 0i64);
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO games (uuid, worker, revision, score, moves, max_tile, record, received_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .map_err(ctx("store games"))?;
+            for game in games {
+                let changed = insert
+                    .execute(params![
+                        &game.uuid[..],
+                        worker,
+                        game.revision as i64,
+                        game.score as i64,
+                        game.moves,
+                        game.max_tile,
+                        game.record,
+                        now
+                    ])
+                    .map_err(ctx("store a game"))?;
+                fresh.push(changed == 1);
+                if changed == 1 {
+                    new_games += 1;
+                    new_moves += game.moves as i64;
+                }
+            }
+        }
+        tx.execute(
+            "INSERT INTO workers (name, games, moves, rejected, last_rejection, first_seen, last_seen)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
+             ON CONFLICT (name) DO UPDATE SET games = games + ?2, moves = moves + ?3, rejected = rejected + ?4,
+                 last_rejection = coalesce(?5, last_rejection), last_seen = ?6",
+            params![worker, new_games, new_moves, rejected as i64, last_rejection, now],
+        )
+        .map_err(ctx("update worker totals"))?;
+        tx.commit().map_err(ctx("commit games"))?;
+        Ok(fresh)
+    }
+
+    /// Which of these UUIDs are already stored.
+    pub fn known_games(&self, uuids: &[[u8; 16]]) -> Result<Vec<bool>, DbError> {
+        let mut query =
+            self.conn.prepare_cached("SELECT 1 FROM games WHERE uuid = ?1").map_err(ctx("look up games"))?;
+        uuids.iter().map(|u| query.exists([&u[..]]).map_err(ctx("look up a game"))).collect()
+    }
+
+    /// Up to `limit` games stored after row `after`, oldest first, skipping quarantined ones.
+    pub fn games_after(&self, after: u64, limit: usize) -> Result<Vec<StoredGame>, DbError> {
+        let mut query = self
+            .conn
+            .prepare_cached(
+                "SELECT id, uuid, worker, revision, score, moves, max_tile, record FROM games
+                 WHERE id > ?1 AND quarantined = 0 ORDER BY id LIMIT ?2",
+            )
+            .map_err(ctx("read games"))?;
+        query
+            .query_map(params![after as i64, limit as i64], stored_game)
+            .map_err(ctx("read games"))?
+            .collect::<Result<_, _>>()
+            .map_err(ctx("read games"))
+    }
+
+    /// The games played by one revision, best first (for the game viewer and exports).
+    pub fn games_of_revision(&self, revision: u64, limit: usize) -> Result<Vec<StoredGame>, DbError> {
+        let mut query = self
+            .conn
+            .prepare_cached(
+                "SELECT id, uuid, worker, revision, score, moves, max_tile, record FROM games
+                 WHERE revision = ?1 ORDER BY score DESC, id LIMIT ?2",
+            )
+            .map_err(ctx("read games"))?;
+        query
+            .query_map(params![revision as i64, limit as i64], stored_game)
+            .map_err(ctx("read games"))?
+            .collect::<Result<_, _>>()
+            .map_err(ctx("read games"))
+    }
+
+    /// The id of the last stored game (0 when none).
+    pub fn last_game_id(&self) -> Result<u64, DbError> {
+        self.conn
+            .query_row("SELECT coalesce(max(id), 0) FROM games", [], |r| r.get::<_, i64>(0))
+            .map(|id| id as u64)
+            .map_err(ctx("count games"))
+    }
+
+    /// Number of stored games.
+    pub fn game_count(&self) -> Result<u64, DbError> {
+        self.conn
+            .query_row("SELECT count(*) FROM games", [], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .map_err(ctx("count games"))
+    }
+
+    /// Marks every game of `worker` as quarantined: the learner skips them from now on. Returns
+    /// how many games were marked.
+    pub fn quarantine_worker(&self, worker: &str) -> Result<u64, DbError> {
+        self.conn
+            .execute("UPDATE games SET quarantined = 1 WHERE worker = ?1 AND quarantined = 0", [worker])
+            .map(|n| n as u64)
+            .map_err(ctx("quarantine games"))
+    }
+
+    /// Every worker that sent games, most recently seen first.
+    pub fn workers(&self) -> Result<Vec<WorkerRow>, DbError> {
+        let mut query = self
+            .conn
+            .prepare_cached(
+                "SELECT name, games, moves, rejected, last_rejection, first_seen, last_seen,
+                        (SELECT count(*) FROM games g WHERE g.worker = w.name AND g.quarantined = 1)
+                 FROM workers w ORDER BY last_seen DESC, name",
+            )
+            .map_err(ctx("list workers"))?;
+        query
+            .query_map([], |r| {
+                Ok(WorkerRow {
+                    name: r.get(0)?,
+                    games: r.get::<_, i64>(1)? as u64,
+                    moves: r.get::<_, i64>(2)? as u64,
+                    rejected: r.get::<_, i64>(3)? as u64,
+                    last_rejection: r.get(4)?,
+                    first_seen: r.get(5)?,
+                    last_seen: r.get(6)?,
+                    quarantined: r.get::<_, i64>(7)? as u64,
+                })
+            })
+            .map_err(ctx("list workers"))?
+            .collect::<Result<_, _>>()
+            .map_err(ctx("list workers"))
+    }
+
+    /// Counts refusals against a worker that sent no acceptable game.
+    pub fn record_rejections(
+        &self,
+        worker: &str,
+        rejected: u64,
+        last_rejection: &str,
+    ) -> Result<(), DbError> {
+        let now = unix_now();
+        self.conn
+            .execute(
+                "INSERT INTO workers (name, rejected, last_rejection, first_seen, last_seen) VALUES (?1, ?2, ?3, ?4, ?4)
+                 ON CONFLICT (name) DO UPDATE SET rejected = rejected + ?2, last_rejection = ?3, last_seen = ?4",
+                params![worker, rejected as i64, last_rejection, now],
+            )
+            .map(|_| ())
+            .map_err(ctx("record rejections"))
+    }
+}
+
+fn stored_game(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredGame> {
+    let uuid: Vec<u8> = r.get(1)?;
+    Ok(StoredGame {
+        id: r.get::<_, i64>(0)? as u64,
+        uuid: uuid.try_into().unwrap_or([0; 16]),
+        worker: r.get(2)?,
+        revision: r.get::<_, i64>(3)? as u64,
+        score: r.get::<_, i64>(4)? as u64,
+        moves: r.get(5)?,
+        max_tile: r.get(6)?,
+        record: r.get(7)?,
+    })
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }

@@ -1,8 +1,9 @@
 //! Learning 2048 from self-play game records.
 //!
 //! [`TdLearner`] learns afterstate values by temporal differences from verified game records (the
-//! same records remote workers will upload), [`TrainingRun`] runs self-play threads, the learner,
-//! revisions published through the storage adapter, the run database ([`RunDb`]) and the
+//! same records remote workers upload); [`ingest`] verifies and stores games in the run database
+//! ([`RunDb`]), which is also the queue the learner reads; [`TrainingRun`] runs the learner, the
+//! optional in-process self-play threads, revisions published through the storage adapter, and the
 //! evaluation suite ([`evaluate`]) on fixed seeds.
 //!
 //! This crate must never learn from a record it has not replayed and verified, and never name a
@@ -10,10 +11,14 @@
 
 pub mod db;
 mod evaluation;
+mod ingest;
 mod learner;
 mod run;
 
-pub use db::{Counters, EvaluationRow, RevisionRow, RunDb};
+pub use db::{Counters, EvaluationRow, NewGame, RevisionRow, RunDb, StoredGame, WorkerRow};
 pub use evaluation::{EvalConfig, evaluate};
+pub use ingest::{accepted_revisions, ingest};
 pub use learner::{GameLearned, TdConfig, TdLearner};
-pub use run::{Budget, Progress, Summary, TrainConfig, TrainError, TrainingRun};
+pub use run::{
+    Budget, LOCAL_WORKER, LiveState, Progress, RunObserver, Summary, TrainConfig, TrainError, TrainingRun,
+};

@@ -4,21 +4,27 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{RecvTimeoutError, sync_channel};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::sync_channel;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use zero2048_game::SpawnRule;
+use zero2048_game::{GameRecord, SpawnRule};
 use zero2048_model::{NTupleConfig, NTupleNetwork, weights_file};
+use zero2048_protocol::{BatchEntry, Claims, new_game_uuid};
 use zero2048_search::Strength;
-use zero2048_selfplay::{CurrentModel, SelfPlayConfig};
-use zero2048_storage::{LatestDetails, StorageAdapter, WeightsData, hash_file};
+use zero2048_selfplay::{CurrentModel, PlayedGame, SelfPlayConfig};
+use zero2048_storage::{LatestDetails, LatestInfo, StorageAdapter, WeightsData, hash_file};
 
 use crate::db::{Counters, EvaluationRow, RevisionRow, RunDb};
 use crate::evaluation::{EvalConfig, evaluate};
+use crate::ingest::{accepted_revisions, ingest};
+
+/// The worker name under which in-process self-play games are stored.
+pub const LOCAL_WORKER: &str = "local";
 use crate::learner::{TdConfig, TdLearner};
 
 /// Everything a run is configured with.
@@ -46,6 +52,10 @@ pub struct TrainConfig {
     pub evaluation: EvalConfig,
     /// Seconds the latest record stays valid.
     pub deadline_seconds: u64,
+    /// Games from this many latest revisions are accepted (the latest record lists them).
+    pub accepted_revisions_window: u64,
+    /// In-process self-play pauses while this many of its games wait to be learned.
+    pub local_backlog_games: u64,
 }
 
 impl Default for TrainConfig {
@@ -61,6 +71,8 @@ impl Default for TrainConfig {
             evaluate_every_revisions: 1,
             evaluation: EvalConfig::default(),
             deadline_seconds: 24 * 3600,
+            accepted_revisions_window: 3,
+            local_backlog_games: 256,
         }
     }
 }
@@ -87,6 +99,10 @@ pub struct Progress {
     pub revision: u64,
     /// Learned moves per second this session.
     pub moves_per_second: f64,
+    /// Learned games per second this session.
+    pub games_per_second: f64,
+    /// Games stored but not learned yet.
+    pub backlog: u64,
     /// Mean score of the last 1000 games learned.
     pub recent_mean_score: f64,
     /// Share of those that reached 2048.
@@ -140,12 +156,60 @@ pub enum TrainError {
     },
 }
 
+/// Receives what a run does as it does it.
+pub trait RunObserver {
+    /// A progress snapshot, a few times a second.
+    fn progress(&mut self, _progress: &Progress) {}
+}
+
+/// What a running run shares with the threads around it (the server's handlers, the local uplink):
+/// lock-free counters and the latest snapshots.
+#[derive(Default)]
+pub struct LiveState {
+    /// The latest published revision.
+    pub revision: AtomicU64,
+    /// The id of the last game learned.
+    pub learned_through: AtomicU64,
+    /// The id of the last game stored (as far as the writers report it).
+    pub stored_through: AtomicU64,
+    latest: Mutex<Option<LatestInfo>>,
+    progress: Mutex<Progress>,
+}
+
+impl LiveState {
+    /// The latest record, as last published.
+    pub fn latest(&self) -> Option<LatestInfo> {
+        self.latest.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces the latest record (after a publication or a refresh of its URL).
+    pub fn set_latest(&self, latest: LatestInfo) {
+        *self.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(latest);
+    }
+
+    /// The last progress snapshot.
+    pub fn progress(&self) -> Progress {
+        self.progress.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_progress(&self, progress: &Progress) {
+        *self.progress.lock().unwrap_or_else(|e| e.into_inner()) = progress.clone();
+    }
+}
+
+struct LocalWorkers {
+    selfplay: Vec<JoinHandle<u64>>,
+    uplink: JoinHandle<Result<(), TrainError>>,
+}
+
 /// A run, opened and ready to train.
 pub struct TrainingRun {
     config: TrainConfig,
     adapter: Arc<StorageAdapter>,
     runtime: tokio::runtime::Handle,
     db: RunDb,
+    db_path: PathBuf,
+    live: Arc<LiveState>,
     learner: TdLearner,
     counters: Counters,
     scratch: PathBuf,
@@ -195,7 +259,30 @@ impl TrainingRun {
         db.set_setting("network", &serde_json::to_string(network.config()).unwrap_or_default())?;
         let learner = TdLearner::new(network, config.td)?;
         let scratch = adapter.local().dir().to_path_buf();
-        Ok(TrainingRun { config, adapter, runtime, db, learner, counters, scratch })
+        let live = Arc::new(LiveState::default());
+        live.revision.store(counters.revision, Ordering::Relaxed);
+        live.learned_through.store(counters.learned_through, Ordering::Relaxed);
+        live.stored_through.store(db.last_game_id()?, Ordering::Relaxed);
+        if let Some(latest) = latest {
+            live.set_latest(latest);
+        }
+        let db_path = db_path.to_path_buf();
+        Ok(TrainingRun { config, adapter, runtime, db, db_path, live, learner, counters, scratch })
+    }
+
+    /// What the run shares with other threads while it runs.
+    pub fn live(&self) -> Arc<LiveState> {
+        Arc::clone(&self.live)
+    }
+
+    /// The run's configuration.
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    /// Where the run database is.
+    pub fn db_path(&self) -> &Path {
+        &self.db_path
     }
 
     /// The totals so far.
@@ -214,34 +301,42 @@ impl TrainingRun {
     }
 
     /// Trains until the budget is spent or `stop` is set, then publishes what was learned since
-    /// the last revision. Games already played when stopping are learned, not thrown away.
+    /// the last revision, with self-play threads in this process feeding the learner (the local
+    /// main job). Games already played when stopping are learned, not thrown away.
     pub fn run(
         &mut self,
         budget: Budget,
         stop: &AtomicBool,
         on_progress: &mut dyn FnMut(&Progress),
     ) -> Result<Summary, TrainError> {
+        struct Callback<'a>(&'a mut dyn FnMut(&Progress));
+        impl RunObserver for Callback<'_> {
+            fn progress(&mut self, progress: &Progress) {
+                (self.0)(progress)
+            }
+        }
+        self.run_with(budget, stop, true, &mut Callback(on_progress))
+    }
+
+    /// The learner loop. It learns every stored game after its cursor, in arrival order, whoever
+    /// sent it: in-process self-play threads when `local_selfplay` is set, and the server's upload
+    /// endpoint writing to the same database. With local self-play, stopping learns the games
+    /// in flight first; without, it stops at once (the games not learned yet stay stored and are
+    /// learned after the next start). Either way it publishes what it learned since the last
+    /// revision.
+    pub fn run_with(
+        &mut self,
+        budget: Budget,
+        stop: &AtomicBool,
+        local_selfplay: bool,
+        observer: &mut dyn RunObserver,
+    ) -> Result<Summary, TrainError> {
         let started = Instant::now();
-        let rule = SpawnRule::STANDARD;
         let model = CurrentModel::new(self.counters.revision, Arc::new(self.learner.network().try_clone()?));
         let selfplay_stop = Arc::new(AtomicBool::new(false));
-        let (sender, games) = sync_channel(64);
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let threads = zero2048_selfplay::spawn(
-            SelfPlayConfig {
-                threads: if self.config.selfplay_threads == 0 {
-                    (cores - 1).max(1)
-                } else {
-                    self.config.selfplay_threads
-                },
-                depth: 1,
-                rule,
-                seed: zero2048_game::derive_seed(self.config.seed, self.counters.revision),
-            },
-            model.clone(),
-            sender,
-            Arc::clone(&selfplay_stop),
-        );
+        let local =
+            if local_selfplay { Some(self.start_local_workers(&model, &selfplay_stop)?) } else { None };
+        let mut cursor = self.counters.learned_through;
         let mut session_games = 0u64;
         let mut session_moves = 0u64;
         let mut since_revision = 0u64;
@@ -260,6 +355,7 @@ impl TrainingRun {
                         session_games,
                         session_moves,
                         since_revision,
+                        backlog,
                         recent: &VecDeque<(u64, u32)>,
                         last_evaluation: &Option<EvaluationRow>| {
             let elapsed = started.elapsed().as_secs_f64();
@@ -270,9 +366,11 @@ impl TrainingRun {
                 session_games,
                 revision: counters.revision,
                 moves_per_second: session_moves as f64 / elapsed.max(1e-9),
+                games_per_second: session_games as f64 / elapsed.max(1e-9),
                 recent_mean_score: recent.iter().map(|r| r.0 as f64).sum::<f64>() / n,
                 recent_2048_rate: recent.iter().filter(|r| r.1 >= 2048).count() as f64 / n,
                 games_to_next_revision: every_games.saturating_sub(since_revision),
+                backlog,
                 last_evaluation: last_evaluation.clone(),
                 elapsed_seconds: elapsed,
             }
@@ -284,8 +382,23 @@ impl TrainingRun {
                 stopping = true;
                 selfplay_stop.store(true, Ordering::Relaxed);
             }
-            match games.recv_timeout(Duration::from_millis(100)) {
-                Ok(game) => match self.learner.learn(&game.record) {
+            if stopping && local.is_none() {
+                break;
+            }
+            let games = self.db.games_after(cursor, 256)?;
+            if games.is_empty() {
+                let producers_done = local.as_ref().is_none_or(|l| l.uplink.is_finished());
+                if stopping && producers_done && self.db.games_after(cursor, 1)?.is_empty() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            for game in &games {
+                cursor = game.id;
+                let learned = GameRecord::decode(&game.record)
+                    .map_err(|e| e.to_string())
+                    .and_then(|record| self.learner.learn(&record).map_err(|e| e.to_string()));
+                match learned {
                     Ok(learned) => {
                         self.counters.games += 1;
                         self.counters.moves += learned.moves as u64;
@@ -299,16 +412,18 @@ impl TrainingRun {
                         }
                         recent.push_back((learned.score, learned.max_tile));
                     }
-                    Err(e) => tracing::warn!("a self-play record failed verification and was skipped: {e}"),
-                },
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+                    Err(e) => {
+                        tracing::warn!("stored game {} could not be learned and was skipped: {e}", game.id)
+                    }
+                }
             }
+            self.counters.learned_through = cursor;
+            self.live.learned_through.store(cursor, Ordering::Relaxed);
             let due = since_revision >= self.config.revision_every_games
                 || (since_revision > 0
                     && revision_clock.elapsed().as_secs_f64() >= self.config.revision_every_seconds);
             if due && !stopping {
-                let row = self.publish(&model)?;
+                let row = self.publish(Some(&model))?;
                 revisions.push(row);
                 since_revision = 0;
                 revision_clock = Instant::now();
@@ -319,7 +434,7 @@ impl TrainingRun {
                     evaluations.push(evaluation);
                 }
             }
-            if since_sync >= self.config.selfplay_sync_games.max(1) && !stopping {
+            if local.is_some() && since_sync >= self.config.selfplay_sync_games.max(1) && !stopping {
                 let snapshot = match spare
                     .take()
                     .map(|mut old| Arc::get_mut(&mut old).is_some().then_some(old))
@@ -334,36 +449,138 @@ impl TrainingRun {
                 since_sync = 0;
             }
             if last_report.elapsed() >= Duration::from_millis(250) {
-                on_progress(&progress(
+                let backlog = self.live.stored_through.load(Ordering::Relaxed).saturating_sub(cursor);
+                let now = progress(
                     &self.counters,
                     session_games,
                     session_moves,
                     since_revision,
+                    backlog,
                     &recent,
                     &last_evaluation,
-                ));
+                );
+                self.live.set_progress(&now);
+                observer.progress(&now);
                 last_report = Instant::now();
             }
         }
-        for thread in threads {
-            let _ = thread.join();
+        selfplay_stop.store(true, Ordering::Relaxed);
+        if let Some(local) = local {
+            for thread in local.selfplay {
+                let _ = thread.join();
+            }
+            match local.uplink.join() {
+                Ok(result) => result?,
+                Err(_) => tracing::error!("the local uplink thread panicked"),
+            }
         }
         if since_revision > 0 {
-            revisions.push(self.publish(&model)?);
+            revisions.push(self.publish(Some(&model))?);
             if self.config.evaluate_every_revisions > 0 {
                 let evaluation = self.evaluate(&model)?;
                 last_evaluation = Some(evaluation.clone());
                 evaluations.push(evaluation);
             }
         }
+        let backlog = self.db.last_game_id()?.saturating_sub(cursor);
         let final_progress =
-            progress(&self.counters, session_games, session_moves, 0, &recent, &last_evaluation);
-        on_progress(&final_progress);
+            progress(&self.counters, session_games, session_moves, 0, backlog, &recent, &last_evaluation);
+        self.live.set_progress(&final_progress);
+        observer.progress(&final_progress);
         Ok(Summary { progress: final_progress, revisions, evaluations })
     }
 
+    /// Publishes the network as revision 1 when the run has none, so remote workers have
+    /// something to play before any game is learned. Returns the revision if it published one.
+    pub fn publish_initial(&mut self) -> Result<Option<RevisionRow>, TrainError> {
+        if self.counters.revision > 0 {
+            return Ok(None);
+        }
+        self.publish(None).map(Some)
+    }
+
+    /// Self-play threads and the uplink thread that verifies and stores their games.
+    fn start_local_workers(
+        &mut self,
+        model: &CurrentModel,
+        stop: &Arc<AtomicBool>,
+    ) -> Result<LocalWorkers, TrainError> {
+        let (sender, games) = sync_channel::<PlayedGame>(256);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let selfplay = zero2048_selfplay::spawn(
+            SelfPlayConfig {
+                threads: if self.config.selfplay_threads == 0 {
+                    (cores - 1).max(1)
+                } else {
+                    self.config.selfplay_threads
+                },
+                depth: 1,
+                rule: SpawnRule::STANDARD,
+                seed: zero2048_game::derive_seed(
+                    self.config.seed,
+                    (self.counters.revision << 32) ^ self.counters.learned_through,
+                ),
+            },
+            model.clone(),
+            sender,
+            Arc::clone(stop),
+        );
+        let mut db = RunDb::open(&self.db_path)?;
+        let live = Arc::clone(&self.live);
+        let window = self.config.accepted_revisions_window;
+        let max_backlog = self.config.local_backlog_games.max(1);
+        let stop = Arc::clone(stop);
+        let uplink = std::thread::Builder::new()
+            .name("local-uplink".into())
+            .spawn(move || -> Result<(), TrainError> {
+                let mut batch = Vec::with_capacity(64);
+                while let Ok(game) = games.recv() {
+                    batch.push(game);
+                    while batch.len() < 64 {
+                        match games.try_recv() {
+                            Ok(game) => batch.push(game),
+                            Err(_) => break,
+                        }
+                    }
+                    let entries: Vec<BatchEntry> = batch
+                        .drain(..)
+                        .map(|game| {
+                            let claims = game.record.replay().map_or(Claims::default(), |s| Claims {
+                                score: s.score,
+                                moves: s.moves,
+                                max_tile: s.max_tile,
+                            });
+                            BatchEntry {
+                                uuid: new_game_uuid(rand::random()),
+                                revision: game.revision,
+                                claims,
+                                record: Ok(game.record),
+                            }
+                        })
+                        .collect();
+                    let accepted = accepted_revisions(live.revision.load(Ordering::Relaxed), window);
+                    let reply = ingest(&mut db, LOCAL_WORKER, &entries, &accepted)?;
+                    for rejection in &reply.rejected {
+                        tracing::warn!("a local self-play game was refused: {}", rejection.reason);
+                    }
+                    let stored = db.last_game_id()?;
+                    live.stored_through.fetch_max(stored, Ordering::Relaxed);
+                    // Self-play must not run far ahead of learning: its games would come from an
+                    // ever older snapshot.
+                    while stored.saturating_sub(live.learned_through.load(Ordering::Relaxed)) > max_backlog
+                        && !stop.load(Ordering::Relaxed)
+                    {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+                Ok(())
+            })
+            .map_err(|source| TrainError::Io { action: "starting", path: "local-uplink".into(), source })?;
+        Ok(LocalWorkers { selfplay, uplink })
+    }
+
     /// Snapshots the weights as the next revision and publishes them.
-    fn publish(&mut self, model: &CurrentModel) -> Result<RevisionRow, TrainError> {
+    fn publish(&mut self, model: Option<&CurrentModel>) -> Result<RevisionRow, TrainError> {
         let revision = self.counters.revision + 1;
         let snapshot = self.learner.network().try_clone()?;
         let temp = self.scratch.join(format!(".tmp-train-r{revision}-{}.safetensors", std::process::id()));
@@ -379,7 +596,7 @@ impl TrainingRun {
                 model: serde_json::json!({ "kind": "ntuple", "tuples": snapshot.config().tuples,
                                            "stages": snapshot.config().stages, "stage_tile": snapshot.config().stage_tile }),
                 selfplay: serde_json::json!({ "depth": 1, "four_probability": SpawnRule::STANDARD.four_probability() }),
-                accepted_revisions: (revision.saturating_sub(2).max(1)..=revision).collect(),
+                accepted_revisions: accepted_revisions(revision, self.config.accepted_revisions_window),
                 min_worker_version: env!("CARGO_PKG_VERSION").to_string(),
             };
             Ok(self.runtime.block_on(self.adapter.publish(WeightsData::File(temp.clone()), revision, deadline, &details))?)
@@ -400,7 +617,11 @@ impl TrainingRun {
                 .unwrap_or_default(),
         };
         self.db.record_revision(&row, &self.counters)?;
-        let _ = model.set(revision, Arc::new(snapshot));
+        self.live.revision.store(revision, Ordering::Relaxed);
+        self.live.set_latest(latest.clone());
+        if let Some(model) = model {
+            let _ = model.set(revision, Arc::new(snapshot));
+        }
         Ok(row)
     }
 

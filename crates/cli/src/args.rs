@@ -32,6 +32,156 @@ pub enum Command {
     Analyze(AnalyzeArgs),
     /// List, download or verify the weights revisions in the configured storage.
     Weights(WeightsArgs),
+    /// The training server alone: the /api/v1 protocol for remote workers, with the learner
+    /// inside, publishing revisions to the configured storage.
+    Server(ServerArgs),
+    /// A self-play worker: plays games with the server's latest revision and uploads them.
+    Worker(WorkerArgs),
+    /// Issue, list and revoke worker tokens.
+    Token(TokenArgs),
+}
+
+/// Where the server listens (`server.host` / `server.port` in the configuration file).
+#[derive(Args, Debug, Clone, Default)]
+pub struct ListenArgs {
+    /// Address to listen on (0.0.0.0 to accept remote workers; set server.advertised_host then).
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
+    /// Port to listen on (0 picks a free one).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Serve the weights over HTTP from this server (server.localhost_weights).
+    #[arg(long)]
+    pub localhost_weights: bool,
+}
+
+/// How the learner learns (the `train:` section, overridden).
+#[derive(Args, Debug, Clone, Default)]
+pub struct LearnArgs {
+    /// The run database.
+    #[arg(long, default_value = "zero2048.db", value_name = "FILE")]
+    pub db: PathBuf,
+    /// Start from this weights file instead of the latest revision: a path, a file://, http:// or
+    /// https:// URL, or r2://bucket/key (with the configured R2 credentials).
+    #[arg(long, value_name = "PATH|URL|r2://bucket/key")]
+    pub resume_from: Option<String>,
+    /// The network for a new run.
+    #[arg(long, value_enum)]
+    pub network: Option<NetworkShape>,
+    /// TD step size.
+    #[arg(long)]
+    pub learning_rate: Option<f32>,
+    /// Temporal-coherence learning (adaptive per-weight steps; three times the memory).
+    #[arg(long)]
+    pub coherence: bool,
+    /// Publish a revision every this many games.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub revision_every_games: Option<u64>,
+    /// ...or every this many seconds.
+    #[arg(long)]
+    pub revision_every_seconds: Option<f64>,
+    /// Games in each revision's evaluation on the fixed seeds (0 = no evaluation).
+    #[arg(long)]
+    pub eval_games: Option<usize>,
+    /// Run seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Seconds each latest record stays valid (presigned URLs outlive it).
+    #[arg(long)]
+    pub deadline_seconds: Option<u64>,
+}
+
+/// `zero2048 server`.
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    #[command(flatten)]
+    pub storage: StorageArgs,
+    #[command(flatten)]
+    pub listen: ListenArgs,
+    #[command(flatten)]
+    pub learn: LearnArgs,
+    /// Tokens are needed for `GET /api/v1/latest` and the weights too (api.require_token_for_latest).
+    #[arg(long)]
+    pub require_token_for_latest: bool,
+}
+
+/// `zero2048 worker`.
+#[derive(Args, Debug)]
+pub struct WorkerArgs {
+    /// The server's URL (http://host:port).
+    #[arg(long, value_name = "URL")]
+    pub server: String,
+    /// The worker token (`zero2048 token add NAME` on the server); or ZERO2048_TOKEN.
+    #[arg(long, value_name = "TOKEN", env = "ZERO2048_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Playing threads (default: one per core).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub threads: Option<u64>,
+    /// Where finished games wait for the server's acknowledgement.
+    #[arg(long, default_value = "zero2048-spool", value_name = "DIR")]
+    pub spool: PathBuf,
+    /// Where downloaded weights are cached (by SHA-256).
+    #[arg(long, default_value = "zero2048-cache", value_name = "DIR")]
+    pub cache: PathBuf,
+    /// Read the latest record from this URL (a bucket's public latest.json) instead of the server.
+    #[arg(long, value_name = "URL")]
+    pub latest_url: Option<String>,
+    /// Games per upload.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10000))]
+    pub batch_games: u64,
+    /// Upload a smaller batch after this long.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub upload_interval: std::time::Duration,
+    /// Read the latest record this often.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub poll_interval: std::time::Duration,
+    /// Adopt a new revision after a random delay of up to this long.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub adopt_delay: std::time::Duration,
+    /// Stop after this many games (and upload them).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub games: Option<u64>,
+    /// Seed of this worker's games (default: random).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `zero2048 token`.
+#[derive(Args, Debug)]
+pub struct TokenArgs {
+    /// The run database (the server's).
+    #[arg(long, default_value = "zero2048.db", value_name = "FILE", global = true)]
+    pub db: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub action: TokenAction,
+}
+
+/// `zero2048 token …`.
+#[derive(Subcommand, Debug)]
+pub enum TokenAction {
+    /// Issue a token for a worker; it is printed once and stored only as a hash.
+    Add {
+        /// The worker's name (letters, digits, '.', '_', '-').
+        name: String,
+    },
+    /// Every token: name, fingerprint, created, revoked.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Refuse a worker's token from now on.
+    Revoke {
+        /// The worker's name.
+        name: String,
+        /// Also quarantine every game it sent: the learner skips those not yet learned.
+        #[arg(long)]
+        purge_games: bool,
+    },
 }
 
 /// Where weights are stored: the configuration file and the storage guide's flags.
@@ -108,37 +258,13 @@ pub struct TrainArgs {
     /// Self-play threads (default: one per core, less one for the learner; at least one).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub threads: Option<u64>,
-    /// The run database.
-    #[arg(long, default_value = "zero2048.db", value_name = "FILE")]
-    pub db: PathBuf,
     /// Start over from zero: delete the run database and the local weights directory first.
     #[arg(long)]
     pub reset: bool,
-    /// Start from this weights file instead of the latest revision: a path, a file://, http:// or
-    /// https:// URL, or r2://bucket/key (with the configured R2 credentials).
-    #[arg(long, value_name = "PATH|URL|r2://bucket/key")]
-    pub resume_from: Option<String>,
-    /// The network for a new run.
-    #[arg(long, value_enum)]
-    pub network: Option<NetworkShape>,
-    /// TD step size.
-    #[arg(long)]
-    pub learning_rate: Option<f32>,
-    /// Temporal-coherence learning (adaptive per-weight steps; three times the memory).
-    #[arg(long)]
-    pub coherence: bool,
-    /// Publish a revision every this many games.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    pub revision_every_games: Option<u64>,
-    /// ...or every this many seconds.
-    #[arg(long)]
-    pub revision_every_seconds: Option<f64>,
-    /// Games in each revision's evaluation on the fixed seeds (0 = no evaluation).
-    #[arg(long)]
-    pub eval_games: Option<usize>,
-    /// Run seed.
-    #[arg(long)]
-    pub seed: Option<u64>,
+    #[command(flatten)]
+    pub listen: ListenArgs,
+    #[command(flatten)]
+    pub learn: LearnArgs,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,

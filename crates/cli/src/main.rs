@@ -26,6 +26,18 @@ impl std::fmt::Display for BadInput {
 
 impl std::error::Error for BadInput {}
 
+/// An error with its own exit code (a worker refused by its server, say), reported on one line.
+#[derive(Debug)]
+pub struct Exit(pub u8, pub String);
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.1)
+    }
+}
+
+impl std::error::Error for Exit {}
+
 /// Shorthand for returning a [`BadInput`].
 pub fn bad_input(message: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(BadInput(message.into()))
@@ -45,9 +57,17 @@ fn main() -> ExitCode {
         Command::Replay(args) => commands::replay::run(args),
         Command::Analyze(args) => commands::analyze::run(args),
         Command::Weights(args) => commands::weights::run(args),
+        Command::Server(args) => commands::server::run(args),
+        Command::Worker(args) => commands::worker::run(args),
+        Command::Token(args) => commands::token::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(error) if error.downcast_ref::<Exit>().is_some() => {
+            let exit = error.downcast_ref::<Exit>().expect("checked");
+            eprintln!("error: {}", exit.1);
+            ExitCode::from(exit.0)
+        }
         Err(error) => {
             // `{:#}` prints the context chain on one line: "reading x.game: No such file".
             let message = format!("{error:#}").replace('\n', " ");

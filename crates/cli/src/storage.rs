@@ -4,10 +4,11 @@ use std::path::Path;
 
 use anyhow::Result;
 use serde::Deserialize;
+use zero2048_server::ApiConfig;
 use zero2048_storage::{Config, Overrides, Secret, ServerConfig, StorageConfig, parse_yaml};
 use zero2048_train::TrainConfig;
 
-use crate::args::StorageArgs;
+use crate::args::{ListenArgs, StorageArgs};
 use crate::bad_input;
 
 /// The whole configuration file: every section any command reads. Unknown keys are errors.
@@ -20,10 +21,27 @@ pub struct FileConfig {
     pub server: ServerConfig,
     /// `train:`.
     pub train: TrainConfig,
+    /// `api:`.
+    pub api: ApiConfig,
+}
+
+/// Everything a server-side command reads from the file, flags and environment.
+pub struct Loaded {
+    /// Storage and the `server:` section.
+    pub config: Config,
+    /// `train:`.
+    pub train: TrainConfig,
+    /// `api:`.
+    pub api: ApiConfig,
 }
 
 /// Loads the file (if any), then flags over environment over file over defaults.
 pub fn load(args: &StorageArgs) -> Result<(Config, TrainConfig)> {
+    load_all(args, &ListenArgs::default()).map(|loaded| (loaded.config, loaded.train))
+}
+
+/// [`load`], with the listening flags, and the `api:` section too.
+pub fn load_all(args: &StorageArgs, listen: &ListenArgs) -> Result<Loaded> {
     let file: FileConfig = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| {
@@ -41,14 +59,15 @@ pub fn load(args: &StorageArgs) -> Result<(Config, TrainConfig)> {
         r2_endpoint: args.r2_endpoint.clone(),
         r2_public_url: args.r2_public_url.clone(),
         weights_dir: args.weights_dir.clone(),
-        host: None,
-        port: None,
+        host: listen.host.clone(),
+        port: listen.port,
     };
     let mut config = Config { storage: file.storage, server: file.server };
     let env = |key: &str| std::env::var(key).ok();
     config.apply(&env, &overrides);
+    config.server.localhost_weights |= listen.localhost_weights;
     config.validate().map_err(|e| bad_input(e.to_string()))?;
-    Ok((config, file.train))
+    Ok(Loaded { config, train: file.train, api: file.api })
 }
 
 /// The storage part only.

@@ -1,7 +1,7 @@
 //! A game in progress: the board, the score, the seeded spawns, and the record being written.
 
 use crate::board::{Afterstate, Board, Direction, IllegalMove};
-use crate::record::{GameRecord, Step};
+use crate::record::{GameRecord, ReplayError, Step};
 use crate::spawn::{GameRng, SpawnRule, rng_from_seed};
 
 /// A live game. Every random choice comes from the seed, so the same seed and the same moves give
@@ -25,6 +25,13 @@ impl Game {
             board = board.with_spawn(spawn);
         }
         Game { board, score: 0, record: GameRecord { start: board, steps: Vec::new() }, rng, rule }
+    }
+
+    /// Continues a game from its record so far (checked by replay), with spawns from now on drawn
+    /// from `seed`: how an interrupted game is finished later without breaking its record.
+    pub fn resume(record: GameRecord, seed: u64, rule: SpawnRule) -> Result<Game, ReplayError> {
+        let summary = record.replay()?;
+        Ok(Game { board: summary.final_board, score: summary.score, record, rng: rng_from_seed(seed), rule })
     }
 
     /// The current board.

@@ -17,7 +17,7 @@ mod run;
 
 pub use db::{Counters, EvaluationRow, NewGame, RevisionRow, RunDb, StoredGame, WorkerRow};
 pub use evaluation::{EvalConfig, evaluate};
-pub use ingest::{accepted_revisions, ingest};
+pub use ingest::{Checked, accepted_revisions, check_batch, ingest, store_checked};
 pub use learner::{GameLearned, TdConfig, TdLearner};
 pub use run::{
     Budget, LOCAL_WORKER, LiveState, Progress, RunObserver, Summary, TrainConfig, TrainError, TrainingRun,

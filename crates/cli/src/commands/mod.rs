@@ -3,7 +3,11 @@
 pub mod analyze;
 pub mod bench;
 pub mod eval;
+pub mod learn;
 pub mod play;
 pub mod replay;
+pub mod server;
+pub mod token;
 pub mod train;
 pub mod weights;
+pub mod worker;

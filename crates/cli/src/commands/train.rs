@@ -1,109 +1,61 @@
-//! `zero2048 train`: the main job.
+//! `zero2048 train`: the main job: the training server with its workers in this process.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use zero2048_model::NTupleConfig;
-use zero2048_storage::StorageAdapter;
-use zero2048_train::{Budget, Progress, Summary, TrainingRun};
+use zero2048_train::{Budget, Progress, RunObserver, Summary};
 
-use crate::args::{NetworkShape, TrainArgs};
+use crate::args::TrainArgs;
+use crate::commands::learn;
 use crate::{render, storage};
 
-/// Runs the command.
+/// Runs the command: the server with in-process self-play workers.
 pub fn run(args: TrainArgs) -> Result<()> {
-    let (storage_config, mut config) = storage::load(&args.storage)?;
-    if let Some(shape) = args.network {
-        config.network = match shape {
-            NetworkShape::Standard4x6 => NTupleConfig::standard_4x6(),
-            NetworkShape::Small4x4 => NTupleConfig::small_4x4(),
-        };
-    }
-    if let Some(rate) = args.learning_rate {
-        config.td.learning_rate = rate;
-    }
-    config.td.coherence |= args.coherence;
-    if let Some(n) = args.revision_every_games {
-        config.revision_every_games = n;
-    }
-    if let Some(s) = args.revision_every_seconds {
-        config.revision_every_seconds = s;
-    }
-    if let Some(games) = args.eval_games {
-        config.evaluation.games = games;
-        if games == 0 {
-            config.evaluate_every_revisions = 0;
-        }
-    }
-    if let Some(seed) = args.seed {
-        config.seed = seed;
-    }
+    let mut options = learn::options(&args.storage, &args.listen, &args.learn)?;
     if let Some(threads) = args.threads {
-        config.selfplay_threads = threads as usize;
+        options.train.selfplay_threads = threads as usize;
     }
-
     if args.reset {
-        reset(&args.db, &storage_config.storage.weights_dir)?;
+        reset(&args.learn.db, &options.storage.storage.weights_dir)?;
     }
-    let resume_from =
-        args.resume_from.as_deref().map(|spec| storage::fetch_weights(spec, &storage_config)).transpose()?;
-
     let runtime = storage::runtime()?;
-    let adapter =
-        Arc::new(runtime.block_on(StorageAdapter::from_config(&storage_config)).context("opening storage")?);
-    let _catch_up = {
-        let _entered = runtime.enter();
-        adapter.spawn_catch_up()
-    };
-    let mut run = TrainingRun::open(
-        config.clone(),
-        Arc::clone(&adapter),
-        runtime.handle().clone(),
-        &args.db,
-        resume_from.as_deref(),
-    )
-    .map_err(|e| anyhow::anyhow!(e))?;
-    let start = run.counters();
-    let status = adapter.status();
+    let fallback_port = args.listen.port.is_none();
+    let mut server = learn::start(options, &runtime, fallback_port)?;
+    let start = server.run().counters();
+    let status = server.adapter().status();
     eprintln!(
         "training {} · revision {} · {} games learned so far · weights in {}{}{}",
-        zero2048_search::Evaluator::name(run.network()),
+        zero2048_search::Evaluator::name(server.run().network()),
         start.revision,
         start.games,
-        adapter.local().dir().display(),
+        server.adapter().local().dir().display(),
         status.bucket.as_ref().map(|b| format!(" and bucket {b}")).unwrap_or_default(),
         status.degraded.as_ref().map(|d| format!(" (degraded: {d})")).unwrap_or_default(),
     );
     eprintln!(
+        "status at {url}/api/v1/status · remote workers: `zero2048 worker --server {url} --token T` (tokens: `zero2048 token add NAME`)",
+        url = server.local_url()
+    );
+    eprintln!(
         "press Ctrl-C to stop cleanly (the games in flight are learned and published); twice to quit at once"
     );
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let presses = Arc::new(AtomicUsize::new(0));
-    {
-        let (stop, presses) = (Arc::clone(&stop), Arc::clone(&presses));
-        ctrlc::set_handler(move || {
-            if presses.fetch_add(1, Ordering::SeqCst) == 0 {
-                eprintln!("\nstopping: learning the games in flight and publishing a last revision…");
-                stop.store(true, Ordering::SeqCst);
-            } else {
-                // Every file is written atomically, so leaving now leaves only whole files.
-                eprintln!("\nquitting now");
-                std::process::exit(130);
-            }
-        })
-        .context("installing the Ctrl-C handler")?;
-    }
+    let stop =
+        learn::two_stage_ctrl_c("stopping: learning the games in flight and publishing a last revision…")?;
 
     let display = Display::new();
     let budget = Budget { games: args.games, time: args.time };
-    let summary = run.run(budget, &stop, &mut |p| display.show(p)).map_err(|e| anyhow::anyhow!(e))?;
+    struct Show<'a>(&'a Display);
+    impl RunObserver for Show<'_> {
+        fn progress(&mut self, progress: &Progress) {
+            self.0.show(progress)
+        }
+    }
+    let summary = server.train(budget, &stop, true, &mut Show(&display)).map_err(|e| anyhow::anyhow!(e))?;
     display.finish();
+    server.shutdown();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
@@ -135,13 +87,13 @@ fn reset(db: &std::path::Path, weights_dir: &std::path::Path) -> Result<()> {
 }
 
 /// A progress bar on a terminal; a plain line every 10 s elsewhere.
-struct Display {
+pub(crate) struct Display {
     bar: Option<ProgressBar>,
     last_line: std::sync::Mutex<Instant>,
 }
 
 impl Display {
-    fn new() -> Display {
+    pub(crate) fn new() -> Display {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new_spinner();
             bar.set_style(
@@ -178,7 +130,7 @@ impl Display {
         )
     }
 
-    fn show(&self, p: &Progress) {
+    pub(crate) fn show(&self, p: &Progress) {
         match &self.bar {
             Some(bar) => bar.set_message(Display::line(p)),
             None => {
@@ -191,14 +143,14 @@ impl Display {
         }
     }
 
-    fn finish(&self) {
+    pub(crate) fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
     }
 }
 
-fn print_summary(summary: &Summary) {
+pub(crate) fn print_summary(summary: &Summary) {
     let p = &summary.progress;
     println!("{:<24}{} ({} this session)", "games learned", p.games, p.session_games);
     println!("{:<24}{}", "moves learned", p.moves);

@@ -1,0 +1,108 @@
+//! What `train` and `server` share: turning the learning flags and the file into a server's
+//! options, and a two-stage Ctrl-C.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use anyhow::{Context, Result};
+use zero2048_model::NTupleConfig;
+use zero2048_server::{Server, ServerError, ServerOptions};
+
+use crate::args::{LearnArgs, ListenArgs, NetworkShape, StorageArgs};
+use crate::{bad_input, storage};
+
+/// Options for a server from the file, the environment and the flags.
+pub fn options(storage_args: &StorageArgs, listen: &ListenArgs, learn: &LearnArgs) -> Result<ServerOptions> {
+    let loaded = storage::load_all(storage_args, listen)?;
+    let mut train = loaded.train;
+    if let Some(shape) = learn.network {
+        train.network = match shape {
+            NetworkShape::Standard4x6 => NTupleConfig::standard_4x6(),
+            NetworkShape::Small4x4 => NTupleConfig::small_4x4(),
+        };
+    }
+    if let Some(rate) = learn.learning_rate {
+        train.td.learning_rate = rate;
+    }
+    train.td.coherence |= learn.coherence;
+    if let Some(n) = learn.revision_every_games {
+        train.revision_every_games = n;
+    }
+    if let Some(s) = learn.revision_every_seconds {
+        train.revision_every_seconds = s;
+    }
+    if let Some(games) = learn.eval_games {
+        train.evaluation.games = games;
+        if games == 0 {
+            train.evaluate_every_revisions = 0;
+        }
+    }
+    if let Some(seed) = learn.seed {
+        train.seed = seed;
+    }
+    if let Some(seconds) = learn.deadline_seconds {
+        train.deadline_seconds = seconds.max(1);
+    }
+    let resume_from =
+        learn.resume_from.as_deref().map(|spec| storage::fetch_weights(spec, &loaded.config)).transpose()?;
+    Ok(ServerOptions {
+        storage: loaded.config,
+        api: loaded.api,
+        train,
+        db_path: learn.db.clone(),
+        resume_from,
+        publish_initial: false,
+    })
+}
+
+/// Starts the server; a port that is busy is a usage error, unless `fallback_port` allows
+/// taking a free one instead (the local main job, whose port nobody chose).
+pub fn start(
+    mut options: ServerOptions,
+    runtime: &tokio::runtime::Runtime,
+    fallback_port: bool,
+) -> Result<Server> {
+    let port = options.storage.server.port;
+    let host = options.storage.server.host.clone();
+    let reopen = ServerOptions {
+        storage: options.storage.clone(),
+        api: options.api.clone(),
+        train: options.train.clone(),
+        db_path: options.db_path.clone(),
+        resume_from: options.resume_from.clone(),
+        publish_initial: options.publish_initial,
+    };
+    match Server::start(reopen, runtime) {
+        Ok(server) => Ok(server),
+        Err(ServerError::Bind { source, .. })
+            if fallback_port && source.kind() == std::io::ErrorKind::AddrInUse && port != 0 =>
+        {
+            options.storage.server.port = 0;
+            let server = Server::start(options, runtime).map_err(|e| anyhow::anyhow!(e))?;
+            eprintln!("port {port} on {host} is in use; serving on {} instead", server.address());
+            Ok(server)
+        }
+        Err(e @ ServerError::Bind { .. }) => Err(bad_input(e.to_string())),
+        Err(e) => Err(anyhow::anyhow!(e)),
+    }
+}
+
+/// First Ctrl-C sets the returned flag (with `first` printed); the second exits with 130.
+pub fn two_stage_ctrl_c(first: &'static str) -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let presses = Arc::new(AtomicUsize::new(0));
+    let flag = Arc::clone(&stop);
+    ctrlc::set_handler(move || {
+        if presses.fetch_add(1, Ordering::SeqCst) == 0 {
+            eprintln!("\n{first}");
+            flag.store(true, Ordering::SeqCst);
+        } else {
+            // Every file is written atomically and every acknowledged game is committed, so
+            // leaving now leaves only whole files.
+            eprintln!("\nquitting now");
+            std::process::exit(130);
+        }
+    })
+    .context("installing the Ctrl-C handler")?;
+    Ok(stop)
+}

@@ -1,0 +1,49 @@
+//! `zero2048 server`: the training server for remote workers.
+
+use anyhow::Result;
+use zero2048_train::{Budget, Progress, RunObserver};
+
+use crate::args::ServerArgs;
+use crate::commands::learn;
+use crate::commands::train::{Display, print_summary};
+use crate::storage;
+
+/// Runs the command until Ctrl-C.
+pub fn run(args: ServerArgs) -> Result<()> {
+    let mut options = learn::options(&args.storage, &args.listen, &args.learn)?;
+    options.publish_initial = true;
+    options.api.require_token_for_latest |= args.require_token_for_latest;
+    let runtime = storage::runtime()?;
+    let mut server = learn::start(options, &runtime, false)?;
+    let counters = server.run().counters();
+    let status = server.adapter().status();
+    eprintln!(
+        "zero2048 server {} (protocol {}) on {} · revision {} · {} games learned · storage {}{}",
+        zero2048_protocol::BUILD_VERSION,
+        zero2048_protocol::PROTOCOL_VERSION,
+        server.local_url(),
+        counters.revision,
+        counters.games,
+        status.backend,
+        status.degraded.as_ref().map(|d| format!(" (degraded: {d})")).unwrap_or_default(),
+    );
+    eprintln!(
+        "workers: `zero2048 worker --server {} --token T` · tokens: `zero2048 token add NAME`",
+        server.local_url()
+    );
+    let stop =
+        learn::two_stage_ctrl_c("stopping: publishing what was learned; press Ctrl-C again to quit at once")?;
+    let display = Display::new();
+    struct Show<'a>(&'a Display);
+    impl RunObserver for Show<'_> {
+        fn progress(&mut self, progress: &Progress) {
+            self.0.show(progress)
+        }
+    }
+    let summary =
+        server.train(Budget::default(), &stop, false, &mut Show(&display)).map_err(|e| anyhow::anyhow!(e))?;
+    display.finish();
+    server.shutdown();
+    print_summary(&summary);
+    Ok(())
+}

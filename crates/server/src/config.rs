@@ -1,0 +1,34 @@
+//! The `api:` section of the configuration file: who may call what, and how much.
+
+use serde::{Deserialize, Serialize};
+
+/// Access and limits of the HTTP API.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// `GET /api/v1/latest` and `/weights/…` need a worker token too (uploads always do).
+    pub require_token_for_latest: bool,
+    /// Largest accepted upload body (compressed), in bytes.
+    pub max_upload_bytes: usize,
+    /// Largest batch once decompressed, in bytes (a zstd bomb stops here).
+    pub max_batch_bytes: usize,
+    /// Most games in one batch.
+    pub max_batch_games: usize,
+    /// Uploads per minute allowed per token (bursts up to this many).
+    pub uploads_per_minute: u32,
+    /// Uploads are refused with 503 (retry later) while this many stored games wait for the learner.
+    pub max_backlog_games: u64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> ApiConfig {
+        ApiConfig {
+            require_token_for_latest: false,
+            max_upload_bytes: 16 << 20,
+            max_batch_bytes: 64 << 20,
+            max_batch_games: 10_000,
+            uploads_per_minute: 600,
+            max_backlog_games: 200_000,
+        }
+    }
+}

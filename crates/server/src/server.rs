@@ -1,0 +1,230 @@
+//! Wiring a server together: listener, storage, run, API, and the background tasks that keep the
+//! latest record's URL valid.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use time::OffsetDateTime;
+use tokio::sync::oneshot;
+use zero2048_storage::StorageAdapter;
+use zero2048_train::{Budget, LiveState, RunDb, RunObserver, Summary, TrainConfig, TrainError, TrainingRun};
+
+use crate::api::{self, AppState};
+use crate::config::ApiConfig;
+use crate::metrics::Metrics;
+use crate::rate::RateLimiter;
+use crate::tokens::{TokenStore, TokenStoreError};
+
+/// How to start a server.
+pub struct ServerOptions {
+    /// Storage and the `server:` section (host, port, `localhost_weights`).
+    pub storage: zero2048_storage::Config,
+    /// The `api:` section.
+    pub api: ApiConfig,
+    /// The `train:` section.
+    pub train: TrainConfig,
+    /// The run database.
+    pub db_path: PathBuf,
+    /// Start a new run from this weights file instead of zero.
+    pub resume_from: Option<PathBuf>,
+    /// Publish the starting network as revision 1 when the run has none (a server whose games
+    /// all come from remote workers needs one for them to play).
+    pub publish_initial: bool,
+}
+
+/// A server failing to start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The address cannot be bound.
+    #[error("cannot listen on {address}: {source} (choose another with --port; --port 0 picks a free one)")]
+    Bind {
+        /// host:port.
+        address: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Storage could not be opened.
+    #[error("opening storage: {0}")]
+    Storage(#[from] zero2048_storage::StorageError),
+    /// The run could not be opened or failed.
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    /// The tokens table could not be opened.
+    #[error(transparent)]
+    Tokens(#[from] TokenStoreError),
+    /// The run database could not be opened.
+    #[error(transparent)]
+    Db(#[from] zero2048_train::db::DbError),
+}
+
+/// A running server: the HTTP API serves in the background; the learner runs in [`Server::train`].
+pub struct Server {
+    run: TrainingRun,
+    address: SocketAddr,
+    adapter: Arc<StorageAdapter>,
+    shutdown: Option<oneshot::Sender<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    runtime: tokio::runtime::Handle,
+    state: Arc<AppState>,
+}
+
+impl Server {
+    /// Binds the listener, opens storage and the run, and starts serving.
+    pub fn start(
+        mut options: ServerOptions,
+        runtime: &tokio::runtime::Runtime,
+    ) -> Result<Server, ServerError> {
+        let host = options.storage.server.host.clone();
+        let port = options.storage.server.port;
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind((host.as_str(), port)))
+            .map_err(|source| ServerError::Bind { address: format!("{host}:{port}"), source })?;
+        let address =
+            listener.local_addr().map_err(|source| ServerError::Bind { address: host.clone(), source })?;
+        // The weights URLs handed to workers name the port actually bound.
+        options.storage.server.port = address.port();
+        let adapter = Arc::new(runtime.block_on(StorageAdapter::from_config(&options.storage))?);
+        let catch_up = {
+            let _entered = runtime.enter();
+            adapter.spawn_catch_up()
+        };
+        let deadline_seconds = options.train.deadline_seconds;
+        let accepted_window = options.train.accepted_revisions_window;
+        let mut run = TrainingRun::open(
+            options.train,
+            Arc::clone(&adapter),
+            runtime.handle().clone(),
+            &options.db_path,
+            options.resume_from.as_deref(),
+        )?;
+        if options.publish_initial
+            && let Some(row) = run.publish_initial()?
+        {
+            tracing::info!("published the starting network as revision {}", row.revision);
+        }
+        let state = Arc::new(AppState {
+            live: run.live(),
+            adapter: Arc::clone(&adapter),
+            limiter: RateLimiter::new(options.api.uploads_per_minute),
+            api: options.api,
+            accepted_window,
+            ingest_db: Mutex::new(RunDb::open(&options.db_path)?),
+            read_db: Mutex::new(RunDb::open(&options.db_path)?),
+            tokens: Mutex::new(TokenStore::open(&options.db_path)?),
+            metrics: Metrics::default(),
+            started: Instant::now(),
+        });
+        let weights_dir =
+            options.storage.server.localhost_weights.then(|| adapter.local().dir().to_path_buf());
+        let app = api::router(Arc::clone(&state), weights_dir);
+        let (shutdown, signal) = oneshot::channel::<()>();
+        let http = runtime.spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = signal.await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!("the HTTP server stopped: {e}");
+            }
+        });
+        let refresher = runtime.spawn(keep_latest_fresh(Arc::clone(&adapter), run.live(), deadline_seconds));
+        Ok(Server {
+            run,
+            address,
+            adapter,
+            shutdown: Some(shutdown),
+            tasks: vec![http, refresher, catch_up],
+            runtime: runtime.handle().clone(),
+            state,
+        })
+    }
+
+    /// The address the API listens on.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// The base URL to reach the API from this machine.
+    pub fn local_url(&self) -> String {
+        let ip = if self.address.ip().is_unspecified() {
+            std::net::IpAddr::from([127, 0, 0, 1])
+        } else {
+            self.address.ip()
+        };
+        format!("http://{}", SocketAddr::new(ip, self.address.port()))
+    }
+
+    /// The run.
+    pub fn run(&self) -> &TrainingRun {
+        &self.run
+    }
+
+    /// The run's live state.
+    pub fn live(&self) -> Arc<LiveState> {
+        self.run.live()
+    }
+
+    /// Storage.
+    pub fn adapter(&self) -> &Arc<StorageAdapter> {
+        &self.adapter
+    }
+
+    /// The API's counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.state.metrics
+    }
+
+    /// Runs the learner in this thread until `stop` is set or the budget is spent (see
+    /// [`TrainingRun::run_with`]); the API keeps serving meanwhile.
+    pub fn train(
+        &mut self,
+        budget: Budget,
+        stop: &AtomicBool,
+        local_selfplay: bool,
+        observer: &mut dyn RunObserver,
+    ) -> Result<Summary, ServerError> {
+        Ok(self.run.run_with(budget, stop, local_selfplay, observer)?)
+    }
+
+    /// Stops serving: requests in progress are answered first (for at most 10 s).
+    pub fn shutdown(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        let mut tasks = std::mem::take(&mut self.tasks).into_iter();
+        if let Some(http) = tasks.next() {
+            let _ =
+                self.runtime.block_on(async { tokio::time::timeout(Duration::from_secs(10), http).await });
+        }
+        for task in tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Re-issues the latest record (a fresh URL, a later deadline) once half its validity has passed,
+/// so a worker never holds a record whose presigned URL has expired.
+async fn keep_latest_fresh(adapter: Arc<StorageAdapter>, live: Arc<LiveState>, deadline_seconds: u64) {
+    let period = Duration::from_secs((deadline_seconds / 8).clamp(1, 60));
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(latest) = live.latest() else { continue };
+        let left = latest.deadline - OffsetDateTime::now_utc();
+        if left.whole_seconds() > (deadline_seconds / 2) as i64 {
+            continue;
+        }
+        let deadline = OffsetDateTime::now_utc() + time::Duration::seconds(deadline_seconds as i64);
+        match adapter.refresh_latest(deadline).await {
+            // Publication may have raced ahead; keep whichever record is newer.
+            Ok(Some(fresh)) if live.latest().is_none_or(|l| l.revision <= fresh.revision) => {
+                live.set_latest(fresh)
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("refreshing the latest record failed (will retry): {e}"),
+        }
+    }
+}

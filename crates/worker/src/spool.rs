@@ -1,0 +1,207 @@
+//! The spool: finished games on disk until the server acknowledges them.
+//!
+//! One file per game, `<uuid>.game`: magic `Z2KSPOOL`, version byte, revision (u64 LE), then the
+//! record's canonical encoding. Files are written to a temporary name, synced, then renamed, so a
+//! crash leaves either the whole game or nothing. Interrupted games wait in `partial/` to be
+//! finished after a restart; refused games are kept in `rejected/` with the server's reason.
+
+use std::path::{Path, PathBuf};
+
+use zero2048_game::GameRecord;
+use zero2048_protocol::Uuid;
+
+const MAGIC: &[u8; 8] = b"Z2KSPOOL";
+const VERSION: u8 = 1;
+
+/// Spool trouble.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// File system trouble.
+    #[error("spool: {action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A spool file that is not one.
+    #[error("spool file {path} is damaged: {reason}")]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// A game in the spool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpooledGame {
+    /// Its UUID (the file name).
+    pub uuid: Uuid,
+    /// The revision that played it.
+    pub revision: u64,
+    /// The record.
+    pub record: GameRecord,
+}
+
+/// The spool directory.
+#[derive(Clone, Debug)]
+pub struct Spool {
+    dir: PathBuf,
+}
+
+fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SpoolError + 'a {
+    move |source| SpoolError::Io { action, path: path.to_path_buf(), source }
+}
+
+impl Spool {
+    /// Opens (creating) a spool and removes temporary files a crash left behind.
+    pub fn open(dir: &Path) -> Result<Spool, SpoolError> {
+        for sub in ["", "partial", "rejected"] {
+            let path = dir.join(sub);
+            std::fs::create_dir_all(&path).map_err(io("creating", &path))?;
+            for entry in std::fs::read_dir(&path).map_err(io("reading", &path))? {
+                let entry = entry.map_err(io("reading", &path))?;
+                if entry.file_name().to_string_lossy().ends_with(".tmp") {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        Ok(Spool { dir: dir.to_path_buf() })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn write(&self, dir: &Path, game: &SpooledGame) -> Result<(), SpoolError> {
+        let record = game.record.encode().map_err(|e| SpoolError::Damaged {
+            path: dir.join(format!("{}.game", game.uuid)),
+            reason: e.to_string(),
+        })?;
+        let mut bytes = Vec::with_capacity(17 + record.len());
+        bytes.extend_from_slice(MAGIC);
+        bytes.push(VERSION);
+        bytes.extend_from_slice(&game.revision.to_le_bytes());
+        bytes.extend_from_slice(&record);
+        let path = dir.join(format!("{}.game", game.uuid));
+        let temp = dir.join(format!("{}.game.tmp", game.uuid));
+        {
+            use std::io::Write;
+            let mut file = std::fs::File::create(&temp).map_err(io("creating", &temp))?;
+            file.write_all(&bytes).map_err(io("writing", &temp))?;
+            file.sync_all().map_err(io("syncing", &temp))?;
+        }
+        std::fs::rename(&temp, &path).map_err(io("renaming", &temp))?;
+        if let Ok(dir) = std::fs::File::open(dir) {
+            let _ = dir.sync_all();
+        }
+        Ok(())
+    }
+
+    /// Stores a finished game durably.
+    pub fn put(&self, game: &SpooledGame) -> Result<(), SpoolError> {
+        self.write(&self.dir, game)
+    }
+
+    /// Stores an interrupted game, to be finished after a restart.
+    pub fn put_partial(&self, game: &SpooledGame) -> Result<(), SpoolError> {
+        self.write(&self.dir.join("partial"), game)
+    }
+
+    fn read(path: &Path) -> Result<SpooledGame, SpoolError> {
+        let damaged = |reason: String| SpoolError::Damaged { path: path.to_path_buf(), reason };
+        let bytes = std::fs::read(path).map_err(io("reading", path))?;
+        let uuid = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|s| Uuid::parse_str(s).ok())
+            .ok_or_else(|| damaged("the file name is not a UUID".into()))?;
+        if bytes.len() < 17 || &bytes[..8] != MAGIC || bytes[8] != VERSION {
+            return Err(damaged("not a spool file of this version".into()));
+        }
+        let revision = u64::from_le_bytes(bytes[9..17].try_into().expect("8 bytes"));
+        let record = GameRecord::decode(&bytes[17..]).map_err(|e| damaged(e.to_string()))?;
+        Ok(SpooledGame { uuid, revision, record })
+    }
+
+    fn list(dir: &Path, limit: usize) -> Result<Vec<PathBuf>, SpoolError> {
+        let mut paths: Vec<(std::time::SystemTime, PathBuf)> = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(io("reading", dir))? {
+            let entry = entry.map_err(io("reading", dir))?;
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "game") {
+                let modified = entry.metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH);
+                paths.push((modified, path));
+            }
+        }
+        paths.sort();
+        Ok(paths.into_iter().take(limit).map(|(_, p)| p).collect())
+    }
+
+    /// Up to `limit` finished games, oldest first. A damaged file is moved to `rejected/` (with
+    /// the reason) rather than blocking the spool.
+    pub fn take_batch(&self, limit: usize) -> Result<Vec<SpooledGame>, SpoolError> {
+        let mut games = Vec::new();
+        for path in Spool::list(&self.dir, limit)? {
+            match Spool::read(&path) {
+                Ok(game) => games.push(game),
+                Err(SpoolError::Damaged { reason, .. }) => {
+                    tracing::warn!("spool file {} is damaged ({reason}); moved to rejected/", path.display());
+                    self.set_aside_path(&path, &reason);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(games)
+    }
+
+    /// Every interrupted game, removing nothing.
+    pub fn partials(&self) -> Result<Vec<SpooledGame>, SpoolError> {
+        Spool::list(&self.dir.join("partial"), usize::MAX)?.iter().map(|p| Spool::read(p)).collect()
+    }
+
+    /// Deletes an interrupted game (once it has been finished and spooled).
+    pub fn remove_partial(&self, uuid: &Uuid) {
+        let _ = std::fs::remove_file(self.dir.join("partial").join(format!("{uuid}.game")));
+    }
+
+    /// Deletes acknowledged games.
+    pub fn remove(&self, uuids: &[Uuid]) -> Result<(), SpoolError> {
+        for uuid in uuids {
+            let path = self.dir.join(format!("{uuid}.game"));
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(SpoolError::Io { action: "removing", path, source: e }),
+            }
+        }
+        Ok(())
+    }
+
+    fn set_aside_path(&self, path: &Path, reason: &str) {
+        if let Some(name) = path.file_name() {
+            let target = self.dir.join("rejected").join(name);
+            let _ = std::fs::rename(path, &target);
+            let _ = std::fs::write(target.with_extension("reason"), reason);
+        }
+    }
+
+    /// Moves a refused game to `rejected/` with the server's reason.
+    pub fn set_aside(&self, uuid: &Uuid, reason: &str) {
+        self.set_aside_path(&self.dir.join(format!("{uuid}.game")), reason);
+    }
+
+    /// Finished games waiting, and their bytes.
+    pub fn size(&self) -> (u64, u64) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return (0, 0) };
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "game"))
+            .fold((0, 0), |(n, b), e| (n + 1, b + e.metadata().map_or(0, |m| m.len())))
+    }
+}

@@ -20,8 +20,7 @@ use zero2048_protocol::{
 };
 use zero2048_storage::{LatestInfo, StorageAdapter, StorageStatus, UrlKind};
 use zero2048_train::{
-    EvaluationRow, LiveState, Progress, RevisionRow, RunDb, WorkerRow, accepted_revisions, check_batch,
-    store_checked,
+    EvaluationRow, LiveState, Progress, RevisionRow, RunDb, WorkerRow, check_batch, store_checked,
 };
 
 use crate::config::ApiConfig;
@@ -37,8 +36,6 @@ pub struct AppState {
     pub adapter: Arc<StorageAdapter>,
     /// Access and limits.
     pub api: ApiConfig,
-    /// How many revisions' games are accepted.
-    pub accepted_window: u64,
     /// The connection uploads are stored through.
     pub ingest_db: Mutex<RunDb>,
     /// The connection status pages read through.
@@ -244,7 +241,7 @@ async fn upload_games(State(state): State<Arc<AppState>>, headers: HeaderMap, bo
         })?;
         let entries = decode_batch(&raw, state.api.max_batch_games)
             .map_err(|e| error(StatusCode::BAD_REQUEST, "bad_batch", e.to_string()))?;
-        let accepted = accepted_revisions(state.live.revision.load(Ordering::Relaxed), state.accepted_window);
+        let accepted = state.live.accepted();
         let checked = check_batch(&entries, &accepted);
         let mut db = state.ingest_db.lock().unwrap_or_else(|e| e.into_inner());
         let mut reply = store_checked(&mut db, &worker, &entries, checked).map_err(internal)?;
@@ -388,7 +385,7 @@ async fn status(State(state): State<Arc<AppState>>) -> Response {
         server_version: BUILD_VERSION,
         uptime_seconds: state.started.elapsed().as_secs_f64(),
         revision,
-        accepted_revisions: accepted_revisions(revision, state.accepted_window),
+        accepted_revisions: state.live.accepted(),
         latest: state.live.latest().as_ref().map(LatestSummary::of),
         training: state.live.progress(),
         games_stored,

@@ -92,7 +92,6 @@ impl Server {
             adapter.spawn_catch_up()
         };
         let deadline_seconds = options.train.deadline_seconds;
-        let accepted_window = options.train.accepted_revisions_window;
         let mut run = TrainingRun::open(
             options.train,
             Arc::clone(&adapter),
@@ -110,7 +109,6 @@ impl Server {
             adapter: Arc::clone(&adapter),
             limiter: RateLimiter::new(options.api.uploads_per_minute),
             api: options.api,
-            accepted_window,
             ingest_db: Mutex::new(RunDb::open(&options.db_path)?),
             read_db: Mutex::new(RunDb::open(&options.db_path)?),
             tokens: Mutex::new(TokenStore::open(&options.db_path)?),

@@ -131,6 +131,7 @@ pub struct Fetcher {
     client: reqwest::Client,
     policy: RetryPolicy,
     in_use: Mutex<HashSet<String>>,
+    bearer: Option<(String, crate::Secret)>,
 }
 
 impl Fetcher {
@@ -150,7 +151,14 @@ impl Fetcher {
             client,
             policy,
             in_use: Mutex::new(HashSet::new()),
+            bearer: None,
         })
+    }
+
+    /// Sends `Authorization: Bearer <token>` with downloads from URLs under `url_prefix` (a
+    /// server that requires worker tokens for its weights), and to no other host.
+    pub fn authorize(&mut self, url_prefix: &str, token: crate::Secret) {
+        self.bearer = Some((url_prefix.trim_end_matches('/').to_string() + "/", token));
     }
 
     /// The cached path for a hash, if present.
@@ -227,6 +235,11 @@ impl Fetcher {
             have = 0;
         }
         let mut request = self.client.get(url);
+        if let Some((prefix, token)) = &self.bearer
+            && url.starts_with(prefix.as_str())
+        {
+            request = request.bearer_auth(token.expose());
+        }
         if have > 0 {
             request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
         }

@@ -23,6 +23,34 @@ use crate::db::{Counters, EvaluationRow, RevisionRow, RunDb};
 use crate::evaluation::{EvalConfig, evaluate};
 use crate::ingest::{accepted_revisions, ingest};
 
+/// The revisions accepted while `current` is the latest: the configured window, and every
+/// revision superseded within the grace period (a revision is superseded when the next one is
+/// published; `current` itself is never superseded).
+fn accepted_now(db: &RunDb, current: u64, config: &TrainConfig) -> Result<Vec<u64>, TrainError> {
+    let mut accepted = accepted_revisions(current, config.accepted_revisions_window);
+    let grace = time::Duration::seconds(config.accepted_revisions_seconds as i64);
+    let now = OffsetDateTime::now_utc();
+    let rows = db.revisions()?;
+    let published = |revision: u64| {
+        rows.iter().find(|r| r.revision == revision).and_then(|r| {
+            OffsetDateTime::parse(&r.published_at, &time::format_description::well_known::Rfc3339).ok()
+        })
+    };
+    for revision in (0..current).rev().take(1000) {
+        if accepted.contains(&revision) {
+            continue;
+        }
+        // Superseded when revision + 1 appeared (now, for the one `current` replaces).
+        let superseded = if revision + 1 == current { Some(now) } else { published(revision + 1) };
+        match superseded {
+            Some(at) if now - at <= grace => accepted.push(revision),
+            _ => break,
+        }
+    }
+    accepted.sort_unstable();
+    Ok(accepted)
+}
+
 /// The worker name under which in-process self-play games are stored.
 pub const LOCAL_WORKER: &str = "local";
 use crate::learner::{TdConfig, TdLearner};
@@ -52,8 +80,11 @@ pub struct TrainConfig {
     pub evaluation: EvalConfig,
     /// Seconds the latest record stays valid.
     pub deadline_seconds: u64,
-    /// Games from this many latest revisions are accepted (the latest record lists them).
+    /// Games from this many latest revisions are accepted (the latest record lists them)...
     pub accepted_revisions_window: u64,
+    /// ...and from any revision superseded less than this many seconds ago, so a fleet's games
+    /// in flight are not thrown away when revisions come quickly.
+    pub accepted_revisions_seconds: u64,
     /// In-process self-play pauses while this many of its games wait to be learned.
     pub local_backlog_games: u64,
 }
@@ -72,6 +103,7 @@ impl Default for TrainConfig {
             evaluation: EvalConfig::default(),
             deadline_seconds: 24 * 3600,
             accepted_revisions_window: 3,
+            accepted_revisions_seconds: 900,
             local_backlog_games: 256,
         }
     }
@@ -174,6 +206,7 @@ pub struct LiveState {
     pub stored_through: AtomicU64,
     latest: Mutex<Option<LatestInfo>>,
     progress: Mutex<Progress>,
+    accepted: Mutex<Vec<u64>>,
 }
 
 impl LiveState {
@@ -185,6 +218,16 @@ impl LiveState {
     /// Replaces the latest record (after a publication or a refresh of its URL).
     pub fn set_latest(&self, latest: LatestInfo) {
         *self.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(latest);
+    }
+
+    /// The revisions whose games are accepted now.
+    pub fn accepted(&self) -> Vec<u64> {
+        let accepted = self.accepted.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if accepted.is_empty() { vec![self.revision.load(Ordering::Relaxed)] } else { accepted }
+    }
+
+    fn set_accepted(&self, accepted: Vec<u64>) {
+        *self.accepted.lock().unwrap_or_else(|e| e.into_inner()) = accepted;
     }
 
     /// The last progress snapshot.
@@ -266,6 +309,7 @@ impl TrainingRun {
         if let Some(latest) = latest {
             live.set_latest(latest);
         }
+        live.set_accepted(accepted_now(&db, counters.revision, &config)?);
         let db_path = db_path.to_path_buf();
         Ok(TrainingRun { config, adapter, runtime, db, db_path, live, learner, counters, scratch })
     }
@@ -527,7 +571,6 @@ impl TrainingRun {
         );
         let mut db = RunDb::open(&self.db_path)?;
         let live = Arc::clone(&self.live);
-        let window = self.config.accepted_revisions_window;
         let max_backlog = self.config.local_backlog_games.max(1);
         let stop = Arc::clone(stop);
         let uplink = std::thread::Builder::new()
@@ -558,7 +601,7 @@ impl TrainingRun {
                             }
                         })
                         .collect();
-                    let accepted = accepted_revisions(live.revision.load(Ordering::Relaxed), window);
+                    let accepted = live.accepted();
                     let reply = ingest(&mut db, LOCAL_WORKER, &entries, &accepted)?;
                     for rejection in &reply.rejected {
                         tracing::warn!("a local self-play game was refused: {}", rejection.reason);
@@ -582,6 +625,8 @@ impl TrainingRun {
     /// Snapshots the weights as the next revision and publishes them.
     fn publish(&mut self, model: Option<&CurrentModel>) -> Result<RevisionRow, TrainError> {
         let revision = self.counters.revision + 1;
+        // The revision being superseded now counts as superseded this instant.
+        let accepted = accepted_now(&self.db, revision, &self.config)?;
         let snapshot = self.learner.network().try_clone()?;
         let temp = self.scratch.join(format!(".tmp-train-r{revision}-{}.safetensors", std::process::id()));
         let mut extra = BTreeMap::new();
@@ -596,7 +641,7 @@ impl TrainingRun {
                 model: serde_json::json!({ "kind": "ntuple", "tuples": snapshot.config().tuples,
                                            "stages": snapshot.config().stages, "stage_tile": snapshot.config().stage_tile }),
                 selfplay: serde_json::json!({ "depth": 1, "four_probability": SpawnRule::STANDARD.four_probability() }),
-                accepted_revisions: accepted_revisions(revision, self.config.accepted_revisions_window),
+                accepted_revisions: accepted.clone(),
                 min_worker_version: env!("CARGO_PKG_VERSION").to_string(),
             };
             Ok(self.runtime.block_on(self.adapter.publish(WeightsData::File(temp.clone()), revision, deadline, &details))?)
@@ -617,6 +662,7 @@ impl TrainingRun {
                 .unwrap_or_default(),
         };
         self.db.record_revision(&row, &self.counters)?;
+        self.live.set_accepted(accepted);
         self.live.revision.store(revision, Ordering::Relaxed);
         self.live.set_latest(latest.clone());
         if let Some(model) = model {

@@ -219,7 +219,11 @@ impl Worker {
         if !partials.is_empty() {
             tracing::info!("{} interrupted games will be finished first", partials.len());
         }
-        let fetcher = Fetcher::new(&config.cache_dir, config.cache_budget_bytes, RetryPolicy::default())?;
+        let mut fetcher = Fetcher::new(&config.cache_dir, config.cache_budget_bytes, RetryPolicy::default())?;
+        if let Some(token) = &config.token {
+            // Only the server's own weights URLs get the token; never a bucket's.
+            fetcher.authorize(&config.server, token.clone());
+        }
         let client = ServerClient::new(&config.server, config.latest_url.clone(), config.token.clone())?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

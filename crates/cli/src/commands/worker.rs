@@ -17,7 +17,7 @@ use crate::{Exit, bad_input};
 
 /// Runs the command.
 pub fn run(args: WorkerArgs) -> Result<()> {
-    let server = url::Url::parse(&args.server)
+    url::Url::parse(&args.server)
         .ok()
         .filter(|u| matches!(u.scheme(), "http" | "https"))
         .ok_or_else(|| bad_input(format!("--server {}: not an http:// or https:// URL", args.server)))?;

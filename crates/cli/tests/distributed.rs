@@ -1,0 +1,268 @@
+//! The server and its workers as users run them: separate processes, real HTTP on loopback, the
+//! real SQLite file; killed, restarted, fed bad weights and bad uploads.
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use support::*;
+
+fn summary(out: &str) -> serde_json::Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("worker summary does not parse ({e}): {out}"))
+}
+
+#[test]
+fn three_workers_train_a_server_and_follow_its_revisions() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = server(dir.path(), port, &["--revision-every-games", "500"]);
+    let workers: Vec<Proc> = ["w1", "w2", "w3"]
+        .iter()
+        .map(|name| {
+            let token = token(dir.path(), name);
+            worker(dir.path(), port, &token, name, &["--games", "1500", "--upload-interval", "100ms"])
+        })
+        .collect();
+    let mut played = 0;
+    let mut switched = false;
+    for worker in workers {
+        let (code, out, log) = worker.wait(Duration::from_secs(240));
+        assert_eq!(code, Some(0), "{log}");
+        let s = summary(&out);
+        assert_eq!(s["uploaded"], s["games"], "every game was acknowledged: {s}\n{log}");
+        assert_eq!(s["spool_left"], 0);
+        played += s["games"].as_u64().unwrap();
+        switched |= s["revisions"].as_array().unwrap().len() > 1;
+    }
+    assert!(switched, "no worker moved to a newer revision");
+    let games = stored_games(&dir.path().join("zero2048.db"));
+    assert_eq!(games.len() as u64, played, "the database holds every game once");
+    let names: HashSet<&str> = games.iter().map(|g| g.1.as_str()).collect();
+    assert_eq!(names, HashSet::from(["w1", "w2", "w3"]));
+
+    wait_for(Duration::from_secs(60), "the learner to catch up", || status(port)["training"]["backlog"] == 0);
+    let status = status(port);
+    assert!(status["revision"].as_u64().unwrap() >= 4, "{status}");
+    let workers = status["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 3, "{status}");
+    let evaluations = status["evaluations"].as_array().unwrap();
+    let first = evaluations.first().unwrap()["strength"]["mean_score"].as_f64().unwrap();
+    let last = evaluations.last().unwrap()["strength"]["mean_score"].as_f64().unwrap();
+    assert!(last > first, "training did not learn: first evaluation {first}, last {last}");
+    let metrics = http().get(format!("http://127.0.0.1:{port}/metrics")).send().unwrap().text().unwrap();
+    assert!(metrics.contains(&format!("zero2048_games_accepted_total {played}")), "{metrics}");
+    drop(server);
+}
+
+#[test]
+fn killing_the_server_mid_upload_loses_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut first = server(dir.path(), port, &[]);
+    let workers: Vec<Proc> = ["a", "b", "c"]
+        .iter()
+        .map(|name| {
+            let token = token(dir.path(), name);
+            worker(
+                dir.path(),
+                port,
+                &token,
+                name,
+                &["--games", "400", "--batch-games", "8", "--upload-interval", "100ms"],
+            )
+        })
+        .collect();
+    let db = dir.path().join("zero2048.db");
+    wait_for(Duration::from_secs(120), "uploads to begin", || stored_games(&db).len() >= 60);
+    first.kill9();
+    let before = stored_games(&db).len();
+    let revision_before = {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.query_row("SELECT coalesce(max(revision), 0) FROM revisions", [], |r| r.get::<_, i64>(0))
+            .unwrap()
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    let _second = server(dir.path(), port, &[]);
+    let status_after = status(port);
+    assert_eq!(
+        status_after["revision"].as_i64().unwrap(),
+        revision_before.max(1),
+        "the restarted server continues at the same revision"
+    );
+    let mut played = 0;
+    for worker in workers {
+        let (code, out, log) = worker.wait(Duration::from_secs(300));
+        assert_eq!(code, Some(0), "{log}");
+        let s = summary(&out);
+        assert_eq!(s["spool_left"], 0, "{s}");
+        played += s["games"].as_u64().unwrap();
+    }
+    let games = stored_games(&db);
+    let unique: HashSet<&Vec<u8>> = games.iter().map(|g| &g.0).collect();
+    assert_eq!(unique.len(), games.len(), "a game is stored twice");
+    assert_eq!(
+        games.len() as u64,
+        played,
+        "stored {} of {played} games ({before} before the kill)",
+        games.len()
+    );
+}
+
+#[test]
+fn a_killed_worker_sends_its_spool_when_restarted() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _server = server(dir.path(), port, &[]);
+    let token = token(dir.path(), "solo");
+    // Never uploads on its own: games pile up in the spool.
+    let mut first =
+        worker(dir.path(), port, &token, "solo", &["--upload-interval", "1h", "--batch-games", "10000"]);
+    let spool = dir.path().join("solo/spool");
+    wait_for(Duration::from_secs(60), "games in the spool", || spool_files(&spool) >= 20);
+    first.kill9();
+    let spooled = spool_files(&spool);
+    assert!(stored_games(&dir.path().join("zero2048.db")).is_empty());
+    let second = worker(dir.path(), port, &token, "solo", &["--games", "1"]);
+    let (code, out, log) = second.wait(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(summary(&out)["spool_left"], 0);
+    assert_eq!(spool_files(&spool), 0);
+    assert!(stored_games(&dir.path().join("zero2048.db")).len() > spooled, "the spool was not sent");
+}
+
+#[test]
+fn a_worker_refreshes_expired_urls_and_refuses_corrupted_weights_keeping_its_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _server = server(dir.path(), port, &["--revision-every-games", "1000000"]);
+    let token = token(dir.path(), "careful");
+    let good: serde_json::Value =
+        http().get(format!("http://127.0.0.1:{port}/api/v1/latest")).send().unwrap().json().unwrap();
+    // First the record names an expired presigned URL (the store answers 403): the worker reads
+    // the record again until it gets a fresh URL.
+    let scripted = Scripted::start();
+    let mut expired = good.clone();
+    expired["weights_url"] = scripted.url("/expired.safetensors").into();
+    scripted.set("/expired.safetensors", 403, "Request has expired", &[]);
+    scripted.set("/latest.json", 200, expired.to_string(), &[]);
+    let w = worker(
+        dir.path(),
+        port,
+        &token,
+        "careful",
+        &["--latest-url", &scripted.url("/latest.json"), "--upload-interval", "100ms"],
+    );
+    wait_for(Duration::from_secs(30), "the expired URL", || {
+        w.log().contains("reading the latest record again")
+    });
+    let db = dir.path().join("zero2048.db");
+    assert!(stored_games(&db).is_empty(), "games were played without verified weights");
+    scripted.set("/latest.json", 200, good.to_string(), &[]);
+    wait_for(Duration::from_secs(60), "the first games", || !stored_games(&db).is_empty());
+    // Revision 2 names a file whose bytes do not match its hash: a corrupted file, as far as the
+    // worker can tell. It refuses it and keeps playing revision 1.
+    let mut bad = good.clone();
+    bad["revision"] = 2.into();
+    bad["weights_sha256"] = "0".repeat(64).into();
+    scripted.set("/latest.json", 200, bad.to_string(), &[]);
+    let started = std::time::Instant::now();
+    while !w.log().contains("refusing revision 2") {
+        assert!(started.elapsed() < Duration::from_secs(60), "no refusal:\n{}", w.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stored = stored_games(&db).len();
+    wait_for(Duration::from_secs(30), "games after the refusal", || stored_games(&db).len() > stored + 50);
+    w.interrupt();
+    let (code, out, log) = w.wait(Duration::from_secs(120));
+    assert_eq!(code, Some(0), "{log}");
+    let s = summary(&out);
+    assert_eq!(s["revisions"], serde_json::json!([1]), "{s}\n{log}");
+    assert_eq!(s["uploaded"], s["games"], "{s}");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let revisions: Vec<i64> = conn
+        .prepare("SELECT DISTINCT revision FROM games ORDER BY revision")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(revisions, [1]);
+}
+
+#[test]
+fn incompatible_servers_and_refused_tokens_stop_a_worker_with_distinct_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _server = server(dir.path(), port, &[]);
+    let wrong =
+        worker(dir.path(), port, "z2k_not-a-token", "wrong", &["--games", "5", "--upload-interval", "50ms"]);
+    let (code, _, log) = wrong.wait(Duration::from_secs(60));
+    assert_eq!(code, Some(4), "{log}");
+    assert!(log.contains("not valid on this server"), "{log}");
+    assert!(!log.contains("z2k_not-a-token"), "the token was printed: {log}");
+
+    let revoked_token = token(dir.path(), "gone");
+    let out = zero2048(dir.path(), &["token", "revoke", "gone"]);
+    assert!(out.status.success());
+    let revoked =
+        worker(dir.path(), port, &revoked_token, "gone", &["--games", "5", "--upload-interval", "50ms"]);
+    let (code, _, log) = revoked.wait(Duration::from_secs(60));
+    assert_eq!(code, Some(4), "{log}");
+    assert!(log.contains("revoked"), "{log}");
+
+    // Something that is not a zero2048 server: exit code 3 and a message saying so.
+    let scripted = Scripted::start();
+    scripted.set("/api/v1/latest", 200, "{}", &[]);
+    let stranger = worker(dir.path(), scripted.port, "t", "stranger", &["--games", "1"]);
+    let (code, _, log) = stranger.wait(Duration::from_secs(60));
+    assert_eq!(code, Some(3), "{log}");
+    assert!(log.contains("not a zero2048 server"), "{log}");
+    // A server of another protocol version.
+    scripted.set("/api/v1/latest", 200, "{}", &[("zero2048-protocol", "99")]);
+    let future = worker(dir.path(), scripted.port, "t", "future", &["--games", "1"]);
+    let (code, _, log) = future.wait(Duration::from_secs(60));
+    assert_eq!(code, Some(3), "{log}");
+    assert!(log.contains("protocol version 99"), "{log}");
+}
+
+#[test]
+fn token_commands_store_only_hashes_and_purge_quarantines_games() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = token(dir.path(), "alice");
+    assert!(t.starts_with("z2k_") && t.len() > 40);
+    let again = zero2048(dir.path(), &["token", "add", "alice"]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    let bad = zero2048(dir.path(), &["token", "add", "no spaces"]);
+    assert_eq!(bad.status.code(), Some(2));
+    let list = zero2048(dir.path(), &["token", "list", "--json"]);
+    let listed = String::from_utf8(list.stdout).unwrap();
+    assert!(listed.contains("alice") && !listed.contains(&t), "{listed}");
+    let db = std::fs::read(dir.path().join("zero2048.db")).unwrap();
+    assert!(!db.windows(t.len()).any(|w| w == t.as_bytes()), "the token is stored in clear");
+    let missing = zero2048(dir.path(), &["token", "revoke", "bob"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no token is named \"bob\""));
+
+    let port = free_port();
+    let server = server(dir.path(), port, &["--revision-every-games", "1000000"]);
+    let w = worker(dir.path(), port, &t, "alice", &["--games", "30"]);
+    let (code, _, log) = w.wait(Duration::from_secs(120));
+    assert_eq!(code, Some(0), "{log}");
+    drop(server);
+    let purge = zero2048(dir.path(), &["token", "revoke", "alice", "--purge-games"]);
+    assert!(purge.status.success());
+    assert!(
+        String::from_utf8_lossy(&purge.stderr).contains("quarantined"),
+        "{}",
+        String::from_utf8_lossy(&purge.stderr)
+    );
+    let conn = rusqlite::Connection::open(dir.path().join("zero2048.db")).unwrap();
+    let (all, quarantined): (i64, i64) = conn
+        .query_row("SELECT count(*), sum(quarantined) FROM games WHERE worker = 'alice'", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert!(all >= 30 && quarantined == all, "{all} games, {quarantined} quarantined");
+}

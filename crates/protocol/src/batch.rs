@@ -187,7 +187,7 @@ pub fn decompress_limited(body: &[u8], limit: usize) -> Result<Vec<u8>, BatchErr
         zstd::stream::read::Decoder::new(body).map_err(|e| BatchError::Compression(e.to_string()))?;
     let mut out = Vec::with_capacity(body.len().saturating_mul(2).min(limit));
     decoder
-        .take(limit as u64 + 1)
+        .take((limit as u64).saturating_add(1))
         .read_to_end(&mut out)
         .map_err(|e| BatchError::Compression(e.to_string()))?;
     if out.len() > limit {

@@ -25,11 +25,16 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(dir: &Path, name: &str, args: &[String]) -> Proc {
+        Proc::spawn_env(dir, name, args, &[])
+    }
+
+    pub fn spawn_env(dir: &Path, name: &str, args: &[String], env: &[(&str, &str)]) -> Proc {
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_zero2048"))
             .current_dir(dir)
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(file)
             .spawn()
@@ -101,6 +106,11 @@ pub const SMALL_RUN: [&str; 6] =
 
 /// Starts `zero2048 server` in `dir` on `port` and waits until it publishes revision 1.
 pub fn server(dir: &Path, port: u16, extra: &[&str]) -> Proc {
+    server_env(dir, port, extra, &[])
+}
+
+/// [`server`] with environment variables.
+pub fn server_env(dir: &Path, port: u16, extra: &[&str], env: &[(&str, &str)]) -> Proc {
     let mut args: Vec<String> = ["server", "--port", &port.to_string(), "--localhost-weights"]
         .iter()
         .chain(SMALL_RUN.iter())
@@ -110,7 +120,7 @@ pub fn server(dir: &Path, port: u16, extra: &[&str]) -> Proc {
     if !extra.contains(&"--revision-every-games") {
         args.extend(["--revision-every-games".to_string(), "100".to_string()]);
     }
-    let mut proc = Proc::spawn(dir, &format!("server-{}", rand_suffix()), &args);
+    let mut proc = Proc::spawn_env(dir, &format!("server-{}", rand_suffix()), &args, env);
     let started = Instant::now();
     loop {
         if let Ok(response) = http().get(format!("http://127.0.0.1:{port}/api/v1/status")).send()

@@ -1,0 +1,98 @@
+//! The distributed run with weights in a real S3-compatible bucket (Garage on loopback): workers
+//! download through presigned URLs; the bucket goes down mid-run and comes back; every revision
+//! ends up in it; the secret key never appears in a log, the status page or the metrics.
+
+#[path = "../../storage/tests/common/mod.rs"]
+mod garage;
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+use zero2048_storage::{R2StorageBackend, StorageBackend};
+
+#[test]
+fn workers_train_through_presigned_urls_and_survive_the_bucket_going_down() {
+    let mut garage = garage::Garage::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        format!(
+            "storage:\n  use_r2: true\n  r2_bucket: {}\n  r2_endpoint_url: {}\n  catch_up_interval_seconds: 1\n  \
+             r2_connect_timeout_seconds: 1\n  r2_request_timeout_seconds: 5\n  r2_max_retries: 0\n",
+            garage.bucket,
+            garage.endpoint()
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let server_args = ["--config", "config.yaml", "--revision-every-games", "2000"];
+    // Credentials come from the environment, as the guide recommends.
+    let server = server_env(
+        dir.path(),
+        port,
+        &server_args,
+        &[("R2_ACCESS_KEY", &garage.access_key), ("R2_SECRET_KEY", &garage.secret_key)],
+    );
+    let latest: serde_json::Value =
+        http().get(format!("http://127.0.0.1:{port}/api/v1/latest")).send().unwrap().json().unwrap();
+    assert!(latest["weights_url"].as_str().unwrap().contains("X-Amz-Signature"), "{latest}");
+    assert_eq!(status(port)["latest"]["served_as"], "presigned");
+
+    let workers: Vec<Proc> = ["s1", "s2", "s3"]
+        .iter()
+        .map(|name| {
+            let token = token(dir.path(), name);
+            worker(dir.path(), port, &token, name, &["--upload-interval", "100ms"])
+        })
+        .collect();
+    wait_for(Duration::from_secs(120), "revision 3", || status(port)["revision"].as_u64().unwrap() >= 3);
+
+    garage.stop();
+    let down_at = status(port)["revision"].as_u64().unwrap();
+    wait_for(Duration::from_secs(120), "a revision published while the bucket is down", || {
+        let s = status(port);
+        s["revision"].as_u64().unwrap() > down_at + 1 && !s["storage"]["degraded"].is_null()
+    });
+    garage.restart();
+    wait_for(Duration::from_secs(120), "the bucket to catch up", || {
+        let s = status(port);
+        s["storage"]["degraded"].is_null() && s["storage"]["pending_catch_up"] == 0
+    });
+    let caught_up_to = status(port)["revision"].as_u64().unwrap();
+
+    let mut played = 0;
+    let mut revisions_seen = 0;
+    for w in &workers {
+        w.interrupt();
+    }
+    for w in workers {
+        let (code, out, log) = w.wait(Duration::from_secs(120));
+        assert_eq!(code, Some(0), "{log}");
+        let s: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(s["uploaded"], s["games"], "{s}\n{log}");
+        played += s["games"].as_u64().unwrap();
+        revisions_seen = revisions_seen.max(s["revisions"].as_array().unwrap().len());
+        assert!(!log.contains(&garage.secret_key));
+    }
+    assert!(revisions_seen >= 3, "workers did not follow the revisions");
+    assert_eq!(stored_games(&dir.path().join("zero2048.db")).len() as u64, played);
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let bucket = R2StorageBackend::new(garage.config(dir.path(), "").r2_settings().unwrap()).unwrap();
+    let in_bucket: Vec<u64> =
+        runtime.block_on(bucket.list_revisions()).unwrap().iter().map(|w| w.name.revision()).collect();
+    for revision in 1..=caught_up_to {
+        assert!(in_bucket.contains(&revision), "revision {revision} is missing from the bucket: {in_bucket:?}");
+    }
+    let status_text = http().get(format!("http://127.0.0.1:{port}/api/v1/status")).send().unwrap().text().unwrap();
+    let metrics = http().get(format!("http://127.0.0.1:{port}/metrics")).send().unwrap().text().unwrap();
+    server.interrupt();
+    let (code, _, log) = server.wait(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{log}");
+    for text in [&status_text, &metrics, &log] {
+        assert!(!text.contains(&garage.secret_key), "the secret key leaked");
+        assert!(!text.contains("X-Amz-Signature"), "a signed URL leaked");
+    }
+}
+

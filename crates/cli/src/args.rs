@@ -402,6 +402,12 @@ pub struct BenchArgs {
     /// Tiny runs that only check every benchmark works (figures are meaningless).
     #[arg(long)]
     pub quick: bool,
+    /// Seconds of concurrent uploads (server suite).
+    #[arg(long, default_value_t = 60.0)]
+    pub load_seconds: f64,
+    /// Simulated workers uploading at once (server suite).
+    #[arg(long, default_value_t = 64)]
+    pub workers: usize,
     /// Depth of the expectimax benchmark.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=6))]
     pub depth: u32,
@@ -419,6 +425,9 @@ pub enum BenchSuite {
     Storage,
     /// TD learning and 1-ply self-play moves on the 4×6 n-tuple network against plain code.
     Learn,
+    /// Upload ingest, concurrent simulated workers, `latest` requests, remote vs in-process
+    /// self-play, against a server on loopback.
+    Server,
 }
 
 /// `zero2048 replay`.

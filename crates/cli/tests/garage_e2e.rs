@@ -83,9 +83,13 @@ fn workers_train_through_presigned_urls_and_survive_the_bucket_going_down() {
     let in_bucket: Vec<u64> =
         runtime.block_on(bucket.list_revisions()).unwrap().iter().map(|w| w.name.revision()).collect();
     for revision in 1..=caught_up_to {
-        assert!(in_bucket.contains(&revision), "revision {revision} is missing from the bucket: {in_bucket:?}");
+        assert!(
+            in_bucket.contains(&revision),
+            "revision {revision} is missing from the bucket: {in_bucket:?}"
+        );
     }
-    let status_text = http().get(format!("http://127.0.0.1:{port}/api/v1/status")).send().unwrap().text().unwrap();
+    let status_text =
+        http().get(format!("http://127.0.0.1:{port}/api/v1/status")).send().unwrap().text().unwrap();
     let metrics = http().get(format!("http://127.0.0.1:{port}/metrics")).send().unwrap().text().unwrap();
     server.interrupt();
     let (code, _, log) = server.wait(Duration::from_secs(60));
@@ -95,4 +99,3 @@ fn workers_train_through_presigned_urls_and_survive_the_bucket_going_down() {
         assert!(!text.contains("X-Amz-Signature"), "a signed URL leaked");
     }
 }
-

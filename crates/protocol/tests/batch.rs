@@ -3,7 +3,8 @@
 use proptest::prelude::*;
 use zero2048_game::{GameRecord, SpawnRule};
 use zero2048_protocol::{
-    BatchError, Claims, RejectReason, Uuid, compress, decode_batch, decompress_limited, encode_batch, verify_upload,
+    BatchError, Claims, RejectReason, Uuid, compress, decode_batch, decompress_limited, encode_batch,
+    verify_upload,
 };
 
 fn random_game(seed: u64) -> GameRecord {
@@ -70,7 +71,10 @@ fn a_zstd_bomb_stops_at_the_limit() {
     let body = compress(&vec![0u8; 64 << 20], 19);
     assert!(body.len() < 10_000);
     assert_eq!(decompress_limited(&body, 1 << 20), Err(BatchError::TooLarge { limit: 1 << 20 }));
-    assert!(matches!(decompress_limited(&body[..body.len() / 2], usize::MAX), Err(BatchError::Compression(_))));
+    assert!(matches!(
+        decompress_limited(&body[..body.len() / 2], usize::MAX),
+        Err(BatchError::Compression(_))
+    ));
     assert!(matches!(decompress_limited(b"plain text", 100), Err(BatchError::Compression(_))));
 }
 

@@ -237,15 +237,16 @@ async fn upload_games(State(state): State<Arc<AppState>>, headers: HeaderMap, bo
                 zero2048_protocol::BatchError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
                 _ => StatusCode::BAD_REQUEST,
             };
-            error(status, "bad_batch", e.to_string())
+            Box::new(error(status, "bad_batch", e.to_string()))
         })?;
         let entries = decode_batch(&raw, state.api.max_batch_games)
-            .map_err(|e| error(StatusCode::BAD_REQUEST, "bad_batch", e.to_string()))?;
+            .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, "bad_batch", e.to_string())))?;
         let accepted = state.live.accepted();
         let checked = check_batch(&entries, &accepted);
         let mut db = state.ingest_db.lock().unwrap_or_else(|e| e.into_inner());
-        let mut reply = store_checked(&mut db, &worker, &entries, checked).map_err(internal)?;
-        let stored = db.last_game_id().map_err(internal)?;
+        let mut reply =
+            store_checked(&mut db, &worker, &entries, checked).map_err(|e| Box::new(internal(e)))?;
+        let stored = db.last_game_id().map_err(|e| Box::new(internal(e)))?;
         drop(db);
         state.live.stored_through.fetch_max(stored, Ordering::Relaxed);
         let moves: u64 = entries
@@ -261,12 +262,12 @@ async fn upload_games(State(state): State<Arc<AppState>>, headers: HeaderMap, bo
         m.games_rejected.fetch_add(reply.rejected.len() as u64, Ordering::Relaxed);
         m.moves_accepted.fetch_add(moves, Ordering::Relaxed);
         reply.revision = state.live.revision.load(Ordering::Relaxed);
-        Ok::<_, Response>(reply)
+        Ok::<_, Box<Response>>(reply)
     })
     .await;
     match outcome {
         Ok(Ok(reply)) => axum::Json(reply).into_response(),
-        Ok(Err(refusal)) => refusal,
+        Ok(Err(refusal)) => *refusal,
         Err(e) => internal(e),
     }
 }

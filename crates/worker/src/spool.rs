@@ -1,8 +1,11 @@
 //! The spool: finished games on disk until the server acknowledges them.
 //!
 //! One file per game, `<uuid>.game`: magic `Z2KSPOOL`, version byte, revision (u64 LE), then the
-//! record's canonical encoding. Files are written to a temporary name, synced, then renamed, so a
-//! crash leaves either the whole game or nothing. Interrupted games wait in `partial/` to be
+//! record's canonical encoding. Files are written to a temporary name, then renamed, so a crash
+//! of the worker leaves either the whole game or nothing. Playing threads do not wait for the disk:
+//! the uploader syncs each file before it sends it, so a game is durable before the server can
+//! acknowledge it, and a power cut loses at most the games of one upload interval, none of them
+//! acknowledged. Interrupted games wait in `partial/` to be
 //! finished after a restart; refused games are kept in `rejected/` with the server's reason.
 
 use std::path::{Path, PathBuf};
@@ -78,7 +81,7 @@ impl Spool {
         &self.dir
     }
 
-    fn write(&self, dir: &Path, game: &SpooledGame) -> Result<(), SpoolError> {
+    fn write(&self, dir: &Path, game: &SpooledGame, sync: bool) -> Result<(), SpoolError> {
         let record = game.record.encode().map_err(|e| SpoolError::Damaged {
             path: dir.join(format!("{}.game", game.uuid)),
             reason: e.to_string(),
@@ -94,23 +97,25 @@ impl Spool {
             use std::io::Write;
             let mut file = std::fs::File::create(&temp).map_err(io("creating", &temp))?;
             file.write_all(&bytes).map_err(io("writing", &temp))?;
-            file.sync_all().map_err(io("syncing", &temp))?;
+            if sync {
+                file.sync_all().map_err(io("syncing", &temp))?;
+            }
         }
         std::fs::rename(&temp, &path).map_err(io("renaming", &temp))?;
-        if let Ok(dir) = std::fs::File::open(dir) {
+        if sync && let Ok(dir) = std::fs::File::open(dir) {
             let _ = dir.sync_all();
         }
         Ok(())
     }
 
-    /// Stores a finished game durably.
+    /// Stores a finished game (whole or not at all; synced to disk by [`Spool::take_batch`]).
     pub fn put(&self, game: &SpooledGame) -> Result<(), SpoolError> {
-        self.write(&self.dir, game)
+        self.write(&self.dir, game, false)
     }
 
-    /// Stores an interrupted game, to be finished after a restart.
+    /// Stores an interrupted game durably, to be finished after a restart.
     pub fn put_partial(&self, game: &SpooledGame) -> Result<(), SpoolError> {
-        self.write(&self.dir.join("partial"), game)
+        self.write(&self.dir.join("partial"), game, true)
     }
 
     fn read(path: &Path) -> Result<SpooledGame, SpoolError> {
@@ -143,11 +148,15 @@ impl Spool {
         Ok(paths.into_iter().take(limit).map(|(_, p)| p).collect())
     }
 
-    /// Up to `limit` finished games, oldest first. A damaged file is moved to `rejected/` (with
-    /// the reason) rather than blocking the spool.
+    /// Up to `limit` finished games, oldest first, each synced to disk before it is returned (so
+    /// before it is uploaded). A damaged file is moved to `rejected/` (with the reason) rather
+    /// than blocking the spool.
     pub fn take_batch(&self, limit: usize) -> Result<Vec<SpooledGame>, SpoolError> {
         let mut games = Vec::new();
         for path in Spool::list(&self.dir, limit)? {
+            if let Ok(file) = std::fs::File::open(&path) {
+                file.sync_all().map_err(io("syncing", &path))?;
+            }
             match Spool::read(&path) {
                 Ok(game) => games.push(game),
                 Err(SpoolError::Damaged { reason, .. }) => {
@@ -156,6 +165,11 @@ impl Spool {
                 }
                 Err(e) => return Err(e),
             }
+        }
+        if !games.is_empty()
+            && let Ok(dir) = std::fs::File::open(&self.dir)
+        {
+            let _ = dir.sync_all();
         }
         Ok(games)
     }

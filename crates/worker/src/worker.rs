@@ -249,15 +249,33 @@ impl Worker {
         });
         let control = runtime.spawn(keep_model_current(Arc::clone(&shared), client.clone(), fetcher));
         let uploader = runtime.spawn(upload_spool(Arc::clone(&shared), client));
+        // Playing threads hand finished games to one writer, so they never wait for the disk.
+        let (finished, to_write) = std::sync::mpsc::sync_channel::<(SpooledGame, bool)>(1024);
+        let writer = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("worker-spool".into())
+                .spawn(move || -> Result<(), SpoolError> {
+                    for (game, resumed) in to_write {
+                        shared.spool.put(&game)?;
+                        if resumed {
+                            shared.spool.remove_partial(&game.uuid);
+                        }
+                    }
+                    Ok(())
+                })
+                .map_err(WorkerError::Runtime)?
+        };
         let players: Vec<JoinHandle<Result<(), SpoolError>>> = (0..config.threads.max(1))
             .map(|thread| {
-                let shared = Arc::clone(&shared);
+                let (shared, finished) = (Arc::clone(&shared), finished.clone());
                 std::thread::Builder::new()
                     .name(format!("worker-play-{thread}"))
-                    .spawn(move || play(&shared, thread as u64))
+                    .spawn(move || play(&shared, thread as u64, &finished))
                     .map_err(WorkerError::Runtime)
             })
             .collect::<Result<_, _>>()?;
+        drop(finished);
         let status = |shared: &Shared| {
             let (spool_games, spool_bytes) = shared.spool.size();
             WorkerStatus {
@@ -282,6 +300,10 @@ impl Worker {
             if let Ok(Err(e)) = player.join() {
                 spool_error.get_or_insert(e);
             }
+        }
+        // Every finished game reaches the spool before the uploader's last round.
+        if let Ok(Err(e)) = writer.join() {
+            spool_error.get_or_insert(e);
         }
         shared.players_done.store(true, Ordering::Relaxed);
         while !uploader.is_finished() {
@@ -312,7 +334,11 @@ impl Worker {
 
 /// One playing thread: finishes interrupted games first, then plays new ones, each with the model
 /// current when it starts.
-fn play(shared: &Shared, thread: u64) -> Result<(), SpoolError> {
+fn play(
+    shared: &Shared,
+    thread: u64,
+    finished: &std::sync::mpsc::SyncSender<(SpooledGame, bool)>,
+) -> Result<(), SpoolError> {
     let mut counter = 0u64;
     while !shared.stopping() {
         let Some(model) = shared.model.read().unwrap_or_else(|e| e.into_inner()).clone() else {
@@ -352,9 +378,9 @@ fn play(shared: &Shared, thread: u64) -> Result<(), SpoolError> {
             shared.checkpointed.fetch_add(1, Ordering::Relaxed);
             break;
         }
-        shared.spool.put(&spooled)?;
-        if resumed.is_some() {
-            shared.spool.remove_partial(&uuid);
+        if finished.send((spooled, resumed.is_some())).is_err() {
+            // The writer stopped on an error, which `run` reports.
+            break;
         }
         shared.moves.fetch_add(moves, Ordering::Relaxed);
         let games = shared.games.fetch_add(1, Ordering::Relaxed) + 1;

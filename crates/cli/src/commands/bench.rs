@@ -23,6 +23,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.suite == BenchSuite::Storage {
         return run_storage(&args);
     }
+    if args.suite == BenchSuite::Server {
+        return run_server(&args);
+    }
     let effort = if args.quick { Effort::Quick } else { Effort::Full };
     if !args.json {
         eprintln!(
@@ -98,5 +101,55 @@ fn run_storage(args: &BenchArgs) -> Result<()> {
         report.peak_rss_bytes as f64 / (1 << 20) as f64
     );
     println!("{:<56} {:>9.3} s", "fallback decision, bucket port closed", report.fallback_decision_seconds);
+    Ok(())
+}
+
+fn run_server(args: &BenchArgs) -> Result<()> {
+    let effort = if args.quick { Effort::Quick } else { Effort::Full };
+    let seconds = if args.quick { args.load_seconds.min(1.0) } else { args.load_seconds };
+    let report = zero2048_bench::server::run(effort, seconds, args.workers).map_err(anyhow::Error::msg)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let i = &report.ingest;
+    println!(
+        "{:<52} {:>14} /CPU-s   plain JSON + array engine: {:>14} /CPU-s   {:.1}×",
+        i.name,
+        format!("{} moves", render::rate(i.fast.per_cpu_second())),
+        format!("{} moves", render::rate(i.reference.per_cpu_second())),
+        i.speedup()
+    );
+    let l = &report.latest;
+    println!(
+        "{:<52} {:>14} /s       404 fallback: {:>14} /s   {:.2}×",
+        l.name,
+        render::rate(l.fast.per_wall_second()),
+        render::rate(l.reference.per_wall_second()),
+        l.fast.per_wall_second() / l.reference.per_wall_second().max(1e-9)
+    );
+    let f = &report.load;
+    println!(
+        "{} workers × {} games per upload for {:.0} s: {} uploads, {} errors, {} games, {} moves/s stored, latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        f.workers,
+        f.batch_games,
+        f.seconds,
+        f.uploads,
+        f.errors,
+        f.games,
+        render::rate(f.moves_per_second),
+        f.p50_ms,
+        f.p99_ms,
+        f.max_ms
+    );
+    let s = &report.selfplay;
+    println!(
+        "self-play, {} thread, games of {:.0} moves: in-process {} moves/s, remote worker {} moves/s ({:.1}%)",
+        s.threads,
+        s.mean_game_moves,
+        render::rate(s.in_process_moves_per_second),
+        render::rate(s.remote_moves_per_second),
+        100.0 * s.ratio
+    );
     Ok(())
 }

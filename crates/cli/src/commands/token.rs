@@ -28,7 +28,7 @@ pub fn run(args: TokenArgs) -> Result<()> {
             } else if tokens.is_empty() {
                 println!("no tokens; issue one with `zero2048 token add NAME`");
             } else {
-                println!("{:<24} {:<10} {:<22} {}", "name", "hash", "created", "revoked");
+                println!("{:<24} {:<10} {:<22} revoked", "name", "hash", "created");
                 for t in tokens {
                     println!(
                         "{:<24} {:<10} {:<22} {}",

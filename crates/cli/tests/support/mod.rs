@@ -197,17 +197,18 @@ pub fn spool_files(dir: &Path) -> usize {
 }
 
 /// A tiny HTTP server whose answers the test sets: path → (status, body, headers).
+type Answer = (u16, Vec<u8>, Vec<(String, String)>);
+
 #[derive(Clone, Default)]
 pub struct Scripted {
-    routes: Arc<Mutex<std::collections::HashMap<String, (u16, Vec<u8>, Vec<(String, String)>)>>>,
+    routes: Arc<Mutex<std::collections::HashMap<String, Answer>>>,
     pub port: u16,
 }
 
 impl Scripted {
     pub fn start() -> Scripted {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut scripted = Scripted::default();
-        scripted.port = listener.local_addr().unwrap().port();
+        let scripted = Scripted { port: listener.local_addr().unwrap().port(), ..Scripted::default() };
         let routes = Arc::clone(&scripted.routes);
         std::thread::spawn(move || {
             for stream in listener.incoming() {

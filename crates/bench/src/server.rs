@@ -1,0 +1,446 @@
+//! The distributed pipeline's throughput: upload ingest with full verification, a fleet of
+//! simulated workers uploading at once, `latest` requests, and a remote worker against in-process
+//! self-play. Each figure comes with a baseline measured in the same run.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use zero2048_game::reference::Grid;
+use zero2048_game::{GameRecord, SpawnRule, derive_seed};
+use zero2048_model::{NTupleConfig, NTupleNetwork, weights_file};
+use zero2048_protocol::{
+    Claims, Uuid, compress, decode_batch, decompress_limited, encode_batch, new_game_uuid,
+};
+use zero2048_search::{ExpectimaxConfig, ExpectimaxPlayer, play_game};
+use zero2048_server::{ApiConfig, Server, ServerOptions, TokenStore};
+use zero2048_train::{Budget, RunDb, TdConfig, TdLearner, TrainConfig, check_batch, store_checked};
+use zero2048_worker::{Signals, Worker, WorkerConfig};
+
+use crate::{Comparison, Effort, Measurement};
+
+/// Concurrent uploads from simulated workers.
+#[derive(Clone, Debug, Serialize)]
+pub struct LoadReport {
+    /// Simulated workers (one token each).
+    pub workers: usize,
+    /// Games per upload.
+    pub batch_games: usize,
+    /// Seconds of load.
+    pub seconds: f64,
+    /// Uploads answered 200.
+    pub uploads: u64,
+    /// Uploads that failed (any non-200 or transport error).
+    pub errors: u64,
+    /// Games stored.
+    pub games: u64,
+    /// Moves stored per second.
+    pub moves_per_second: f64,
+    /// Upload latency percentiles, milliseconds.
+    pub p50_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// Slowest.
+    pub max_ms: f64,
+}
+
+/// A remote worker against in-process self-play, same threads, same network.
+#[derive(Clone, Debug, Serialize)]
+pub struct SelfPlayReport {
+    /// Playing threads on each side.
+    pub threads: usize,
+    /// In-process self-play, moves per second.
+    pub in_process_moves_per_second: f64,
+    /// The remote worker (spool, uploads, server on loopback), moves per second.
+    pub remote_moves_per_second: f64,
+    /// remote / in-process.
+    pub ratio: f64,
+    /// Mean game length of the network used, in moves.
+    pub mean_game_moves: f64,
+}
+
+/// Everything the suite measures.
+#[derive(Clone, Debug, Serialize)]
+pub struct ServerReport {
+    /// Ingest on one core: fast path vs JSON records checked by the plain engine.
+    pub ingest: Comparison,
+    /// `GET /api/v1/latest` vs the 404 fallback (HTTP overhead alone).
+    pub latest: Comparison,
+    /// Concurrent uploads.
+    pub load: LoadReport,
+    /// Remote vs in-process self-play.
+    pub selfplay: SelfPlayReport,
+}
+
+/// A 4×4 network trained for a few seconds, so games have realistic lengths.
+fn trained_network(games: u64) -> NTupleNetwork {
+    let mut learner = TdLearner::new(
+        NTupleNetwork::zeroed(NTupleConfig::small_4x4()).expect("the small network fits"),
+        TdConfig::default(),
+    )
+    .expect("a learner");
+    for i in 0..games {
+        let snapshot = Arc::new(learner.network().try_clone().expect("clone"));
+        let mut player =
+            ExpectimaxPlayer::new(snapshot, ExpectimaxConfig { depth: 1, ..ExpectimaxConfig::default() });
+        let (record, _) = play_game(&mut player, derive_seed(77, i), SpawnRule::STANDARD);
+        let _ = learner.learn(&record);
+    }
+    learner.network().try_clone().expect("clone")
+}
+
+fn games_with(network: &NTupleNetwork, count: u64) -> Vec<GameRecord> {
+    let network = Arc::new(network.try_clone().expect("clone"));
+    (0..count)
+        .map(|i| {
+            let mut player = ExpectimaxPlayer::new(
+                Arc::clone(&network),
+                ExpectimaxConfig { depth: 1, ..ExpectimaxConfig::default() },
+            );
+            play_game(&mut player, derive_seed(99, i), SpawnRule::STANDARD).0
+        })
+        .collect()
+}
+
+fn claims(record: &GameRecord) -> Claims {
+    let s = record.replay().expect("played games replay");
+    Claims { score: s.score, moves: s.moves, max_tile: s.max_tile }
+}
+
+/// A compressed batch of `records` with fresh UUIDs.
+fn batch_body(records: &[(Vec<u8>, Claims)], revision: u64) -> Vec<u8> {
+    let uuids: Vec<Uuid> = records.iter().map(|_| new_game_uuid(rand::random())).collect();
+    let raw =
+        encode_batch(records.iter().zip(&uuids).map(|((bytes, c), u)| (*u, revision, *c, bytes.as_slice())))
+            .expect("small batches encode");
+    compress(&raw, 1)
+}
+
+/// The prototype's way: records as JSON, replayed by the plain array engine.
+fn plain_check(json: &[u8]) -> u64 {
+    let records: Vec<(GameRecord, Claims)> = serde_json::from_slice::<Vec<(GameRecord, u64, u32, u32)>>(json)
+        .expect("our own JSON")
+        .into_iter()
+        .map(|(r, score, moves, max_tile)| (r, Claims { score, moves, max_tile }))
+        .collect();
+    let mut moves = 0;
+    for (record, claimed) in &records {
+        let mut grid = Grid::from_board(record.start);
+        let mut score = 0u64;
+        for step in &record.steps {
+            let moved = grid.slide(step.direction);
+            assert!(moved.grid != grid, "a recorded move is legal");
+            score += moved.reward as u64;
+            grid = moved.grid;
+            let mut board = grid.to_board();
+            board = board.with_spawn(step.spawn());
+            grid = Grid::from_board(board);
+        }
+        assert!(grid.is_game_over() && score == claimed.score);
+        moves += record.steps.len() as u64;
+    }
+    moves
+}
+
+fn ingest(effort: Effort, dir: &Path, records: &[(Vec<u8>, Claims)], games: &[GameRecord]) -> Comparison {
+    let mut db = RunDb::open(&dir.join("ingest.db")).expect("a scratch database");
+    let per_batch = 64;
+    let bodies: Vec<Vec<u8>> = records.chunks(per_batch).map(|chunk| batch_body(chunk, 0)).collect();
+    let mut next = 0usize;
+    let fast = crate::measure(effort.budget(), || {
+        // Fresh UUIDs each time round, so every game is really stored.
+        if next == bodies.len() {
+            next = 0;
+        }
+        let body = if next == 0 {
+            batch_body(&records[..per_batch.min(records.len())], 0)
+        } else {
+            bodies[next].clone()
+        };
+        next += 1;
+        let raw = decompress_limited(&body, 64 << 20).expect("our own batch");
+        let entries = decode_batch(&raw, 10_000).expect("our own batch");
+        let checked = check_batch(&entries, &[0]);
+        let reply = store_checked(&mut db, "bench", &entries, checked).expect("stored");
+        entries.iter().filter(|e| reply.accepted.contains(&e.uuid)).map(|e| e.claims.moves as u64).sum()
+    });
+    let json: Vec<Vec<u8>> = games
+        .chunks(per_batch)
+        .map(|chunk| {
+            let rows: Vec<(&GameRecord, u64, u32, u32)> = chunk
+                .iter()
+                .map(|r| {
+                    let c = claims(r);
+                    (r, c.score, c.moves, c.max_tile)
+                })
+                .collect();
+            serde_json::to_vec(&rows).expect("serialisable")
+        })
+        .collect();
+    let mut i = 0;
+    let reference = crate::measure(effort.budget(), || {
+        i = (i + 1) % json.len();
+        plain_check(&json[i])
+    });
+    Comparison { name: "upload ingest (verify + store)", unit: "moves", fast, reference }
+}
+
+/// A server in `dir` starting from `weights`, never publishing during the measurement. The
+/// backlog limit is off: the fleet below uploads faster than one learner can learn, and what is
+/// measured is the upload path.
+fn server_options(dir: &Path, weights: &Path) -> ServerOptions {
+    let mut storage = zero2048_storage::Config::default();
+    storage.storage.weights_dir = dir.join("weights");
+    storage.server.port = 0;
+    storage.server.localhost_weights = true;
+    ServerOptions {
+        storage,
+        api: ApiConfig { uploads_per_minute: 0, max_backlog_games: u64::MAX, ..ApiConfig::default() },
+        train: TrainConfig {
+            network: NTupleConfig::small_4x4(),
+            revision_every_games: u64::MAX,
+            revision_every_seconds: 1e9,
+            evaluate_every_revisions: 0,
+            ..TrainConfig::default()
+        },
+        db_path: dir.join("server.db"),
+        resume_from: Some(weights.to_path_buf()),
+        publish_initial: true,
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Runs the suite; `load_seconds` is the length of the concurrent-upload test.
+pub fn run(effort: Effort, load_seconds: f64, workers: usize) -> Result<ServerReport, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let trained = trained_network(match effort {
+        Effort::Full => 3000,
+        Effort::Quick => 50,
+    });
+    let games = games_with(
+        &trained,
+        match effort {
+            Effort::Full => 256,
+            Effort::Quick => 16,
+        },
+    );
+    let records: Vec<(Vec<u8>, Claims)> =
+        games.iter().map(|r| (r.encode().expect("encodable"), claims(r))).collect();
+    let mean_game_moves = records.iter().map(|r| r.1.moves as f64).sum::<f64>() / records.len().max(1) as f64;
+    let ingest = ingest(effort, dir.path(), &records, &games);
+
+    // A real server on loopback, starting from the trained network.
+    let weights = dir.path().join("start.safetensors");
+    weights_file::save(&trained, &weights, 0, &Default::default()).map_err(|e| e.to_string())?;
+    let options = server_options(&dir.path().join("remote"), &weights);
+    let db_path = options.db_path.clone();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut server = Server::start(options, &runtime).map_err(|e| e.to_string())?;
+    let base = server.local_url();
+    let revision = server.live().revision.load(Ordering::Relaxed);
+    let tokens = TokenStore::open(&db_path).map_err(|e| e.to_string())?;
+    let fleet: Vec<String> = (0..workers.max(1))
+        .map(|i| tokens.add(&format!("bench-{i}")))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let learner = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            struct Quiet;
+            impl zero2048_train::RunObserver for Quiet {}
+            let result = server.train(Budget::default(), &stop, false, &mut Quiet);
+            server.shutdown();
+            result.map(|_| ()).map_err(|e| e.to_string())
+        })
+    };
+
+    // Remote worker vs in-process self-play, one playing thread each, the same network.
+    let window = match effort {
+        Effort::Full => Duration::from_secs(15),
+        Effort::Quick => Duration::from_millis(500),
+    };
+    // In-process: `zero2048 train`'s path (self-play thread, ingest, learner), from the same start.
+    let in_process = {
+        let local_dir = dir.path().join("local");
+        let mut options = server_options(&local_dir, &weights);
+        options.train.selfplay_threads = 1;
+        options.train.selfplay_sync_games = u64::MAX;
+        options.publish_initial = false;
+        let mut local = Server::start(options, &runtime).map_err(|e| e.to_string())?;
+        struct Quiet;
+        impl zero2048_train::RunObserver for Quiet {}
+        let summary = local
+            .train(Budget { games: None, time: Some(window) }, &AtomicBool::new(false), true, &mut Quiet)
+            .map_err(|e| e.to_string())?;
+        local.shutdown();
+        summary.progress.moves as f64 / summary.progress.elapsed_seconds.max(1e-9)
+    };
+    let remote = {
+        let mut config = WorkerConfig::new(&base, dir.path().join("spool"), dir.path().join("cache"));
+        config.token = Some(zero2048_storage::Secret::new(fleet[0].clone()));
+        config.threads = 1;
+        config.seed = 5;
+        let signals = Arc::new(Signals::default());
+        let mut first_game: Option<Instant> = None;
+        let mut counted = (0u64, Instant::now());
+        let summary = Worker::run(config, Arc::clone(&signals), &mut |status| {
+            // Time from the first move played, not from start-up and the weights download.
+            if status.moves > 0 && first_game.is_none() {
+                first_game = Some(Instant::now());
+                counted = (status.moves, Instant::now());
+            }
+            if let Some(t) = first_game
+                && t.elapsed() >= window
+                && !signals.stop.load(Ordering::Relaxed)
+            {
+                counted = (status.moves - counted.0, Instant::now());
+                signals.stop.store(true, Ordering::Relaxed);
+            }
+        })
+        .map_err(|e| e.to_string())?;
+        let _ = summary;
+        let seconds = first_game.map_or(1.0, |t| counted.1.duration_since(t).as_secs_f64());
+        counted.0 as f64 / seconds.max(1e-9)
+    };
+    let client = reqwest::Client::builder().pool_max_idle_per_host(256).build().map_err(|e| e.to_string())?;
+    let latest_budget = match effort {
+        Effort::Full => Duration::from_secs(5),
+        Effort::Quick => Duration::from_millis(300),
+    };
+    let hammer = |path: &'static str, expect: u16| {
+        let client = client.clone();
+        let url = format!("{base}{path}");
+        runtime.block_on(async move {
+            let started = Instant::now();
+            let done = Arc::new(AtomicU64::new(0));
+            let tasks: Vec<_> = (0..32)
+                .map(|_| {
+                    let (client, url, done) = (client.clone(), url.clone(), Arc::clone(&done));
+                    tokio::spawn(async move {
+                        while started.elapsed() < latest_budget {
+                            if let Ok(r) = client.get(&url).send().await
+                                && r.status().as_u16() == expect
+                                && r.bytes().await.is_ok()
+                            {
+                                done.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                let _ = task.await;
+            }
+            let wall = started.elapsed().as_secs_f64();
+            // Client and server share the machine; per wall second is the figure that means something.
+            Measurement { items: done.load(Ordering::Relaxed), wall_seconds: wall, cpu_seconds: wall }
+        })
+    };
+    let latest = Comparison {
+        name: "GET /api/v1/latest (32 connections)",
+        unit: "requests",
+        fast: hammer("/api/v1/latest", 200),
+        reference: hammer("/api/v1/no-such-endpoint", 404),
+    };
+
+    // The fleet: every simulated worker uploads batches of real games back to back.
+    let batch_games = 16;
+    let load_for = Duration::from_secs_f64(load_seconds);
+    let shared_records = Arc::new(records);
+    let load = runtime.block_on(async {
+        let started = Instant::now();
+        let tasks: Vec<_> = fleet
+            .iter()
+            .enumerate()
+            .map(|(w, token)| {
+                let (client, token, records) = (client.clone(), token.clone(), Arc::clone(&shared_records));
+                let url = format!("{base}/api/v1/games");
+                tokio::spawn(async move {
+                    let (mut latencies, mut errors, mut games, mut moves) = (Vec::new(), 0u64, 0u64, 0u64);
+                    let mut k = w * batch_games;
+                    while started.elapsed() < load_for {
+                        let chunk: Vec<(Vec<u8>, Claims)> =
+                            (0..batch_games).map(|j| records[(k + j) % records.len()].clone()).collect();
+                        k += batch_games;
+                        let body = batch_body(&chunk, revision);
+                        let sent = Instant::now();
+                        let response = client
+                            .post(&url)
+                            .bearer_auth(&token)
+                            .header("content-encoding", "zstd")
+                            .body(body)
+                            .send()
+                            .await;
+                        match response {
+                            Ok(r) if r.status().is_success() => {
+                                match r.json::<zero2048_protocol::UploadReply>().await {
+                                    Ok(reply) => {
+                                        latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
+                                        games += reply.accepted.len() as u64;
+                                        moves += chunk.iter().map(|c| c.1.moves as u64).sum::<u64>();
+                                        errors += (reply.accepted.len() != batch_games) as u64;
+                                    }
+                                    Err(_) => errors += 1,
+                                }
+                            }
+                            _ => errors += 1,
+                        }
+                    }
+                    (latencies, errors, games, moves)
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        let (mut errors, mut games, mut moves) = (0, 0, 0);
+        for task in tasks {
+            if let Ok((l, e, g, m)) = task.await {
+                all.extend(l);
+                errors += e;
+                games += g;
+                moves += m;
+            }
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        all.sort_by(f64::total_cmp);
+        LoadReport {
+            workers: fleet.len(),
+            batch_games,
+            seconds,
+            uploads: all.len() as u64,
+            errors,
+            games,
+            moves_per_second: moves as f64 / seconds,
+            p50_ms: percentile(&all, 0.5),
+            p99_ms: percentile(&all, 0.99),
+            max_ms: all.last().copied().unwrap_or(0.0),
+        }
+    });
+
+    stop.store(true, Ordering::Relaxed);
+    learner.join().map_err(|_| "the learner panicked".to_string())??;
+    Ok(ServerReport {
+        ingest,
+        latest,
+        load,
+        selfplay: SelfPlayReport {
+            threads: 1,
+            in_process_moves_per_second: in_process,
+            remote_moves_per_second: remote,
+            ratio: remote / in_process.max(1e-9),
+            mean_game_moves,
+        },
+    })
+}

@@ -3,10 +3,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use zero2048_model::{NTupleNetwork, weights_file};
 use zero2048_search::{ExpectimaxConfig, ExpectimaxPlayer, GreedyPlayer, Player, RandomPlayer};
-use zero2048_storage::{LocalStorageBackend, LocalUrls, StorageBackend, WeightsName, hash_file};
+use zero2048_storage::{LocalStorageBackend, LocalUrls, StorageBackend};
 
 use crate::args::{PlayerArgs, PlayerKind};
 use crate::bad_input;
@@ -102,16 +102,6 @@ fn latest_in(dir: &Path) -> Result<PathBuf> {
     let latest = runtime.block_on(local.read_latest_info())?.ok_or_else(|| {
         bad_input(format!("{} has no latest.json: no revision was published there", dir.display()))
     })?;
-    let name = WeightsName::parse(&latest.weights_file).map_err(|e| bad_input(e.to_string()))?;
-    let path = local.path_of(&name);
-    let (sha256, size) = hash_file(&path).with_context(|| format!("reading {}", path.display()))?;
-    if sha256 != latest.weights_sha256 || size != latest.weights_size {
-        return Err(bad_input(format!(
-            "{} fails the sha256 check against latest.json (found {sha256}, {size} bytes; expected {}, {} bytes)",
-            path.display(),
-            latest.weights_sha256,
-            latest.weights_size
-        )));
-    }
+    let path = local.checked_latest_file(&latest).map_err(|e| bad_input(e.to_string()))?;
     Ok(path)
 }

@@ -142,6 +142,33 @@ impl LocalStorageBackend {
         File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io("syncing", &self.dir))
     }
 
+    /// The local file the latest record names, after checking its size and SHA-256 against the
+    /// record: what a trainer resuming a run, or a player asked for `latest`, may load.
+    pub fn checked_latest_file(&self, latest: &LatestInfo) -> StorageResult<PathBuf> {
+        let name = WeightsName::parse(&latest.weights_file)?;
+        let path = self.path_of(&name);
+        let (sha256, size) = crate::hashing::hash_file(&path)
+            .map_err(|source| StorageError::Io { action: "hashing", path: path.clone(), source })?;
+        let shown = path.display().to_string();
+        if size != latest.weights_size {
+            return Err(StorageError::Corrupt {
+                name: shown,
+                check: "size",
+                expected: latest.weights_size.to_string(),
+                actual: size.to_string(),
+            });
+        }
+        if sha256 != latest.weights_sha256 {
+            return Err(StorageError::Corrupt {
+                name: shown,
+                check: "sha256",
+                expected: latest.weights_sha256.clone(),
+                actual: sha256,
+            });
+        }
+        Ok(path)
+    }
+
     /// Removes temp files a crash may have left behind.
     pub fn remove_leftovers(&self) -> StorageResult<usize> {
         let mut removed = 0;

@@ -12,7 +12,7 @@ fn no_env(_: &str) -> Option<String> {
     None
 }
 
-/// The example also holds sections other crates own (`train:`); storage reads its own two.
+/// The example also holds sections other crates own (`train:`, `api:`); storage reads its own two.
 #[derive(serde::Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 struct ExampleFile {
@@ -20,6 +20,8 @@ struct ExampleFile {
     server: zero2048_storage::ServerConfig,
     #[allow(dead_code)]
     train: serde_yaml_ng::Value,
+    #[allow(dead_code)]
+    api: serde_yaml_ng::Value,
 }
 
 #[test]

@@ -17,7 +17,7 @@ use zero2048_model::{NTupleConfig, NTupleNetwork, weights_file};
 use zero2048_protocol::{BatchEntry, Claims, new_game_uuid};
 use zero2048_search::Strength;
 use zero2048_selfplay::{CurrentModel, PlayedGame, SelfPlayConfig};
-use zero2048_storage::{LatestDetails, LatestInfo, StorageAdapter, WeightsData, hash_file};
+use zero2048_storage::{LatestDetails, LatestInfo, StorageAdapter, WeightsData};
 
 use crate::db::{Counters, EvaluationRow, RevisionRow, RunDb};
 use crate::evaluation::{EvalConfig, evaluate};
@@ -276,23 +276,9 @@ impl TrainingRun {
             tracing::info!("starting from {} (revision {} of its run)", path.display(), info.revision);
             network
         } else if let Some(latest) = &latest {
-            let name = zero2048_storage::WeightsName::parse(&latest.weights_file)
-                .map_err(|e| TrainError::Resume(e.to_string()))?;
-            let path = adapter.local().path_of(&name);
-            let (sha256, size) = hash_file(&path).map_err(|source| TrainError::Io {
-                action: "hashing",
-                path: path.clone(),
-                source,
+            let path = adapter.local().checked_latest_file(latest).map_err(|e| {
+                TrainError::Resume(format!("the latest revision's weights fail their check: {e}; use --reset to start over"))
             })?;
-            if sha256 != latest.weights_sha256 || size != latest.weights_size {
-                return Err(TrainError::Resume(format!(
-                    "{} does not match the latest record (sha256 {sha256}, {size} bytes; the record says {}, {} \
-                     bytes); use --reset to start over",
-                    path.display(),
-                    latest.weights_sha256,
-                    latest.weights_size
-                )));
-            }
             let (network, _) = weights_file::load(&path, None)?;
             counters.revision = counters.revision.max(latest.revision);
             network

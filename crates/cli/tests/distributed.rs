@@ -266,3 +266,34 @@ fn token_commands_store_only_hashes_and_purge_quarantines_games() {
         .unwrap();
     assert!(all >= 30 && quarantined == all, "{all} games, {quarantined} quarantined");
 }
+
+#[test]
+fn ctrl_c_twice_checkpoints_games_in_progress_and_the_next_start_finishes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    // Depth-3 self-play (chosen by the server, through the latest record) makes games last long
+    // enough to be caught in progress.
+    std::fs::write(dir.path().join("deep.yaml"), "train:\n  selfplay_depth: 3\n").unwrap();
+    let port = free_port();
+    let _server = server(dir.path(), port, &["--config", "deep.yaml", "--revision-every-games", "1000000"]);
+    let token = token(dir.path(), "patient");
+    let first = worker(dir.path(), port, &token, "patient", &["--threads", "2"]);
+    let db = dir.path().join("zero2048.db");
+    wait_for(Duration::from_secs(120), "a first game", || !stored_games(&db).is_empty());
+    first.interrupt();
+    std::thread::sleep(Duration::from_millis(100));
+    first.interrupt();
+    let (code, _, log) = first.wait(Duration::from_secs(60));
+    assert_eq!(code, Some(130), "{log}");
+    let partial = dir.path().join("patient/spool/partial");
+    let checkpointed = spool_files(&partial);
+    assert!(checkpointed >= 1, "no game was checkpointed:\n{log}");
+    let stored = stored_games(&db).len();
+
+    let second = worker(dir.path(), port, &token, "patient", &["--threads", "2", "--games", "1"]);
+    let (code, out, log) = second.wait(Duration::from_secs(120));
+    assert_eq!(code, Some(0), "{log}");
+    let s = summary(&out);
+    assert_eq!(s["uploaded"], s["games"], "{s}");
+    assert_eq!(spool_files(&partial), 0, "checkpointed games were left unfinished");
+    assert!(stored_games(&db).len() >= stored + checkpointed, "the finished games were not all uploaded");
+}

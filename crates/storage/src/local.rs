@@ -147,8 +147,11 @@ impl LocalStorageBackend {
     pub fn checked_latest_file(&self, latest: &LatestInfo) -> StorageResult<PathBuf> {
         let name = WeightsName::parse(&latest.weights_file)?;
         let path = self.path_of(&name);
-        let (sha256, size) = crate::hashing::hash_file(&path)
-            .map_err(|source| StorageError::Io { action: "hashing", path: path.clone(), source })?;
+        let (sha256, size) = crate::hashing::hash_file(&path).map_err(|source| StorageError::Io {
+            action: "hashing",
+            path: path.clone(),
+            source,
+        })?;
         let shown = path.display().to_string();
         if size != latest.weights_size {
             return Err(StorageError::Corrupt {

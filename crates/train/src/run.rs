@@ -65,6 +65,9 @@ pub struct TrainConfig {
     pub td: TdConfig,
     /// Self-play threads (0 = one per core, less one for the learner).
     pub selfplay_threads: usize,
+    /// Own moves searched per self-play move, by local threads and (through the latest record)
+    /// by every worker: 1 = greedy on the learned value, the TD standard.
+    pub selfplay_depth: u32,
     /// Run seed.
     pub seed: u64,
     /// Publish a revision after this many games...
@@ -95,6 +98,7 @@ impl Default for TrainConfig {
             network: NTupleConfig::standard_4x6(),
             td: TdConfig::default(),
             selfplay_threads: 0,
+            selfplay_depth: 1,
             seed: 2048,
             revision_every_games: 20_000,
             revision_every_seconds: 300.0,
@@ -277,7 +281,9 @@ impl TrainingRun {
             network
         } else if let Some(latest) = &latest {
             let path = adapter.local().checked_latest_file(latest).map_err(|e| {
-                TrainError::Resume(format!("the latest revision's weights fail their check: {e}; use --reset to start over"))
+                TrainError::Resume(format!(
+                    "the latest revision's weights fail their check: {e}; use --reset to start over"
+                ))
             })?;
             let (network, _) = weights_file::load(&path, None)?;
             counters.revision = counters.revision.max(latest.revision);
@@ -544,7 +550,7 @@ impl TrainingRun {
                 } else {
                     self.config.selfplay_threads
                 },
-                depth: 1,
+                depth: self.config.selfplay_depth.max(1),
                 rule: SpawnRule::STANDARD,
                 seed: zero2048_game::derive_seed(
                     self.config.seed,
@@ -626,7 +632,7 @@ impl TrainingRun {
             let details = LatestDetails {
                 model: serde_json::json!({ "kind": "ntuple", "tuples": snapshot.config().tuples,
                                            "stages": snapshot.config().stages, "stage_tile": snapshot.config().stage_tile }),
-                selfplay: serde_json::json!({ "depth": 1, "four_probability": SpawnRule::STANDARD.four_probability() }),
+                selfplay: serde_json::json!({ "depth": self.config.selfplay_depth.max(1), "four_probability": SpawnRule::STANDARD.four_probability() }),
                 accepted_revisions: accepted.clone(),
                 min_worker_version: env!("CARGO_PKG_VERSION").to_string(),
             };

@@ -39,6 +39,47 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Issue, list and revoke worker tokens.
     Token(TokenArgs),
+    /// Export stored games for analysis (pandas, DuckDB).
+    Export(ExportArgs),
+}
+
+/// `zero2048 export`.
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// What to export.
+    #[command(subcommand)]
+    pub what: ExportWhat,
+}
+
+/// `zero2048 export …`.
+#[derive(Subcommand, Debug)]
+pub enum ExportWhat {
+    /// Every stored game of a revision (or of the whole run): uuid, worker, revision, score,
+    /// moves, largest tile and the record.
+    Games {
+        /// The revision (default: every revision).
+        #[arg(long)]
+        revision: Option<u64>,
+        /// jsonl (one JSON object per line, the record as JSON) or csv (the record as hex of its
+        /// canonical binary encoding).
+        #[arg(long, value_enum, default_value_t = ExportFormatArg::Jsonl)]
+        format: ExportFormatArg,
+        /// The run database.
+        #[arg(long, default_value = "zero2048.db", value_name = "FILE")]
+        db: PathBuf,
+        /// Write here instead of standard output.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+}
+
+/// Export formats.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExportFormatArg {
+    /// One JSON object per line.
+    Jsonl,
+    /// Comma-separated values with a header line.
+    Csv,
 }
 
 /// Where the server listens (`server.host` / `server.port` in the configuration file).

@@ -60,6 +60,7 @@ fn main() -> ExitCode {
         Command::Server(args) => commands::server::run(args),
         Command::Worker(args) => commands::worker::run(args),
         Command::Token(args) => commands::token::run(args),
+        Command::Export(args) => commands::export::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

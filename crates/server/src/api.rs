@@ -48,6 +48,8 @@ pub struct AppState {
     pub limiter: RateLimiter,
     /// When the server started.
     pub started: Instant,
+    /// The run database's file (exports open their own connection).
+    pub db_path: std::path::PathBuf,
 }
 
 /// The API's routes (weights included when `weights_dir` is given).
@@ -58,7 +60,8 @@ pub fn router(state: Arc<AppState>, weights_dir: Option<std::path::PathBuf>) -> 
         .route("/api/v1/status", get(status))
         .route("/metrics", get(prometheus))
         .fallback(not_found)
-        .with_state(Arc::clone(&state));
+        .with_state(Arc::clone(&state))
+        .merge(crate::dashboard::router(Arc::clone(&state)));
     let api = match weights_dir {
         Some(dir) => {
             let weights = zero2048_storage::http::weights_router(dir)

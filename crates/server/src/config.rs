@@ -18,6 +18,8 @@ pub struct ApiConfig {
     pub uploads_per_minute: u32,
     /// Uploads are refused with 503 (retry later) while this many stored games wait for the learner.
     pub max_backlog_games: u64,
+    /// Seconds between the throughput samples the dashboard plots.
+    pub sample_seconds: f64,
 }
 
 impl Default for ApiConfig {
@@ -29,6 +31,7 @@ impl Default for ApiConfig {
             max_batch_games: 10_000,
             uploads_per_minute: 600,
             max_backlog_games: 200_000,
+            sample_seconds: 10.0,
         }
     }
 }

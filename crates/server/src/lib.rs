@@ -12,6 +12,8 @@
 
 pub mod api;
 mod config;
+mod dashboard;
+pub mod export;
 mod metrics;
 mod rate;
 mod server;

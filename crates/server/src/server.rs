@@ -114,6 +114,7 @@ impl Server {
             tokens: Mutex::new(TokenStore::open(&options.db_path)?),
             metrics: Metrics::default(),
             started: Instant::now(),
+            db_path: options.db_path.clone(),
         });
         let weights_dir =
             options.storage.server.localhost_weights.then(|| adapter.local().dir().to_path_buf());
@@ -130,12 +131,13 @@ impl Server {
             }
         });
         let refresher = runtime.spawn(keep_latest_fresh(Arc::clone(&adapter), run.live(), deadline_seconds));
+        let sampler = runtime.spawn(sample_throughput(Arc::clone(&state)));
         Ok(Server {
             run,
             address,
             adapter,
             shutdown: Some(shutdown),
-            tasks: vec![http, refresher, catch_up],
+            tasks: vec![http, refresher, catch_up, sampler],
             runtime: runtime.handle().clone(),
             state,
         })
@@ -201,6 +203,34 @@ impl Server {
         for task in tasks {
             task.abort();
         }
+    }
+}
+
+/// Records the run's totals every `api.sample_seconds`, for the dashboard's throughput charts.
+async fn sample_throughput(state: Arc<AppState>) {
+    let period = Duration::from_secs_f64(state.api.sample_seconds.max(0.1));
+    loop {
+        tokio::time::sleep(period).await;
+        let state = Arc::clone(&state);
+        let _ = tokio::task::spawn_blocking(move || {
+            let live = &state.live;
+            let progress = live.progress();
+            let stored = live.stored_through.load(std::sync::atomic::Ordering::Relaxed);
+            let learned = live.learned_through.load(std::sync::atomic::Ordering::Relaxed);
+            let sample = zero2048_train::ThroughputSample {
+                at: (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64,
+                games: progress.games,
+                moves: progress.moves,
+                stored,
+                backlog: stored.saturating_sub(learned),
+                revision: live.revision.load(std::sync::atomic::Ordering::Relaxed),
+            };
+            if let Err(e) = state.read_db.lock().unwrap_or_else(|e| e.into_inner()).record_throughput(&sample)
+            {
+                tracing::warn!("recording throughput: {e}");
+            }
+        })
+        .await;
     }
 }
 

@@ -66,6 +66,23 @@ pub struct StoredGame {
     pub record: Vec<u8>,
 }
 
+/// The run's totals at one moment, for throughput over time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ThroughputSample {
+    /// When (Unix milliseconds).
+    pub at: i64,
+    /// Games learned, whole run.
+    pub games: u64,
+    /// Moves learned (TD updates), whole run.
+    pub moves: u64,
+    /// Games stored (the last game id).
+    pub stored: u64,
+    /// Games stored but not learned yet.
+    pub backlog: u64,
+    /// The latest revision.
+    pub revision: u64,
+}
+
 /// What one worker contributed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct WorkerRow {
@@ -160,6 +177,10 @@ impl RunDb {
                  quarantined INTEGER NOT NULL DEFAULT 0);
              CREATE INDEX IF NOT EXISTS games_by_revision ON games (revision, score);
              CREATE INDEX IF NOT EXISTS games_by_worker ON games (worker);
+             CREATE TABLE IF NOT EXISTS throughput (
+                 at INTEGER NOT NULL, games INTEGER NOT NULL, moves INTEGER NOT NULL,
+                 stored INTEGER NOT NULL, backlog INTEGER NOT NULL, revision INTEGER NOT NULL);
+             CREATE INDEX IF NOT EXISTS throughput_by_time ON throughput (at);
              CREATE TABLE IF NOT EXISTS workers (
                  name TEXT PRIMARY KEY, games INTEGER NOT NULL DEFAULT 0, moves INTEGER NOT NULL DEFAULT 0,
                  rejected INTEGER NOT NULL DEFAULT 0, last_rejection TEXT,
@@ -464,6 +485,83 @@ impl RunDb {
             )
             .map(|_| ())
             .map_err(ctx("record rejections"))
+    }
+
+    /// Stores a throughput sample.
+    pub fn record_throughput(&self, sample: &ThroughputSample) -> Result<(), DbError> {
+        self.conn
+            .execute(
+                "INSERT INTO throughput (at, games, moves, stored, backlog, revision) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    sample.at,
+                    sample.games as i64,
+                    sample.moves as i64,
+                    sample.stored as i64,
+                    sample.backlog as i64,
+                    sample.revision as i64
+                ],
+            )
+            .map(|_| ())
+            .map_err(ctx("record throughput"))
+    }
+
+    /// The last `limit` throughput samples, oldest first.
+    pub fn throughput(&self, limit: usize) -> Result<Vec<ThroughputSample>, DbError> {
+        let mut query = self
+            .conn
+            .prepare_cached(
+                "SELECT at, games, moves, stored, backlog, revision FROM
+                 (SELECT * FROM throughput ORDER BY at DESC LIMIT ?1) ORDER BY at",
+            )
+            .map_err(ctx("read throughput"))?;
+        query
+            .query_map([limit as i64], |r| {
+                Ok(ThroughputSample {
+                    at: r.get(0)?,
+                    games: r.get::<_, i64>(1)? as u64,
+                    moves: r.get::<_, i64>(2)? as u64,
+                    stored: r.get::<_, i64>(3)? as u64,
+                    backlog: r.get::<_, i64>(4)? as u64,
+                    revision: r.get::<_, i64>(5)? as u64,
+                })
+            })
+            .map_err(ctx("read throughput"))?
+            .collect::<Result<_, _>>()
+            .map_err(ctx("read throughput"))
+    }
+
+    /// Up to `limit` games after row `after`, oldest first, of one revision or of all (exports).
+    pub fn games_page(
+        &self,
+        revision: Option<u64>,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredGame>, DbError> {
+        let mut query = self
+            .conn
+            .prepare_cached(
+                "SELECT id, uuid, worker, revision, score, moves, max_tile, record FROM games
+                 WHERE id > ?1 AND (?2 IS NULL OR revision = ?2) ORDER BY id LIMIT ?3",
+            )
+            .map_err(ctx("read games"))?;
+        query
+            .query_map(params![after as i64, revision.map(|r| r as i64), limit as i64], stored_game)
+            .map_err(ctx("read games"))?
+            .collect::<Result<_, _>>()
+            .map_err(ctx("read games"))
+    }
+
+    /// The revisions that have stored games, newest first.
+    pub fn revisions_with_games(&self) -> Result<Vec<u64>, DbError> {
+        let mut query = self
+            .conn
+            .prepare_cached("SELECT DISTINCT revision FROM games ORDER BY revision DESC")
+            .map_err(ctx("list revisions with games"))?;
+        query
+            .query_map([], |r| r.get::<_, i64>(0).map(|v| v as u64))
+            .map_err(ctx("list revisions with games"))?
+            .collect::<Result<_, _>>()
+            .map_err(ctx("list revisions with games"))
     }
 }
 

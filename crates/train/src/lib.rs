@@ -15,7 +15,7 @@ mod ingest;
 mod learner;
 mod run;
 
-pub use db::{Counters, EvaluationRow, NewGame, RevisionRow, RunDb, StoredGame, WorkerRow};
+pub use db::{Counters, EvaluationRow, NewGame, RevisionRow, RunDb, StoredGame, ThroughputSample, WorkerRow};
 pub use evaluation::{EvalConfig, evaluate};
 pub use ingest::{Checked, accepted_revisions, check_batch, ingest, store_checked};
 pub use learner::{GameLearned, TdConfig, TdLearner};

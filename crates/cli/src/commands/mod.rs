@@ -3,6 +3,7 @@
 pub mod analyze;
 pub mod bench;
 pub mod eval;
+pub mod export;
 pub mod learn;
 pub mod play;
 pub mod replay;

@@ -36,7 +36,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         status.degraded.as_ref().map(|d| format!(" (degraded: {d})")).unwrap_or_default(),
     );
     eprintln!(
-        "status at {url}/api/v1/status · remote workers: `zero2048 worker --server {url} --token T` (tokens: `zero2048 token add NAME`)",
+        "dashboard at {url}/ · remote workers: `zero2048 worker --server {url} --token T` (tokens: `zero2048 token add NAME`)",
         url = server.local_url()
     );
     eprintln!(

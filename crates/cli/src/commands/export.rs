@@ -1,0 +1,54 @@
+//! `zero2048 export games`: stored games as JSON lines or CSV.
+
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use zero2048_server::export::{ExportFormat, write_games};
+use zero2048_train::RunDb;
+
+use crate::args::{ExportArgs, ExportFormatArg, ExportWhat};
+use crate::bad_input;
+
+/// Runs the command.
+pub fn run(args: ExportArgs) -> Result<()> {
+    let ExportWhat::Games { revision, format, db, output } = args.what;
+    if !db.is_file() {
+        return Err(bad_input(format!("{}: no run database there (--db FILE)", db.display())));
+    }
+    let db = RunDb::open(&db).map_err(|e| anyhow::anyhow!(e))?;
+    let format = match format {
+        ExportFormatArg::Jsonl => ExportFormat::Jsonl,
+        ExportFormatArg::Csv => ExportFormat::Csv,
+    };
+    let mut sink: Box<dyn Write> = match &output {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let mut failure = None;
+    let written = write_games(&db, revision, format, &mut |chunk| match sink.write_all(&chunk) {
+        Ok(()) => true,
+        Err(e) => {
+            failure = Some(e);
+            false
+        }
+    })
+    .map_err(|e| anyhow::anyhow!(e))?;
+    // A closed pipe (`| head`) is the reader having seen enough, not a failure.
+    let broken_pipe = |e: &std::io::Error| e.kind() == std::io::ErrorKind::BrokenPipe;
+    match failure {
+        Some(e) if broken_pipe(&e) => return Ok(()),
+        Some(e) => return Err(e).context("writing the export"),
+        None => {}
+    }
+    match sink.flush() {
+        Err(e) if broken_pipe(&e) => return Ok(()),
+        other => other.context("writing the export")?,
+    }
+    eprintln!(
+        "exported {written} games{}",
+        revision.map(|r| format!(" of revision {r}")).unwrap_or_default()
+    );
+    Ok(())
+}

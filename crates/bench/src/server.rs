@@ -57,6 +57,13 @@ pub struct SelfPlayReport {
     pub remote_moves_per_second: f64,
     /// remote / in-process.
     pub ratio: f64,
+    /// The same comparison with no learner on the machine: self-play threads alone, and the
+    /// remote worker with the server only storing what arrives (as with the server elsewhere).
+    pub alone_in_process_moves_per_second: f64,
+    /// See `alone_in_process_moves_per_second`.
+    pub alone_remote_moves_per_second: f64,
+    /// alone remote / alone in-process.
+    pub alone_ratio: f64,
     /// Mean game length of the network used, in moves.
     pub mean_game_moves: f64,
 }
@@ -187,6 +194,67 @@ fn ingest(effort: Effort, dir: &Path, records: &[(Vec<u8>, Claims)], games: &[Ga
     Comparison { name: "upload ingest (verify + store)", unit: "moves", fast, reference }
 }
 
+/// Moves per second of a one-thread remote worker, timed from its first move over `window`.
+fn remote_worker_moves_per_second(
+    base: &str,
+    token: &str,
+    dir: &Path,
+    window: Duration,
+) -> Result<f64, String> {
+    let mut config = WorkerConfig::new(base, dir.join("spool"), dir.join("cache"));
+    config.token = Some(zero2048_storage::Secret::new(token));
+    config.threads = 1;
+    config.seed = 5;
+    let signals = Arc::new(Signals::default());
+    let mut first_move: Option<Instant> = None;
+    let mut counted = (0u64, Instant::now());
+    Worker::run(config, Arc::clone(&signals), &mut |status| {
+        // Time from the first move played, not from start-up and the weights download.
+        if status.moves > 0 && first_move.is_none() {
+            first_move = Some(Instant::now());
+            counted = (status.moves, Instant::now());
+        }
+        if let Some(t) = first_move
+            && t.elapsed() >= window
+            && !signals.stop.load(Ordering::Relaxed)
+        {
+            counted = (status.moves - counted.0, Instant::now());
+            signals.stop.store(true, Ordering::Relaxed);
+        }
+    })
+    .map_err(|e| e.to_string())?;
+    let seconds = first_move.map_or(1.0, |t| counted.1.duration_since(t).as_secs_f64());
+    Ok(counted.0 as f64 / seconds.max(1e-9))
+}
+
+/// Moves per second of one in-process self-play thread alone (no learner), over `window`.
+fn selfplay_moves_per_second(network: &NTupleNetwork, window: Duration) -> Result<f64, String> {
+    let model =
+        zero2048_selfplay::CurrentModel::new(1, Arc::new(network.try_clone().map_err(|e| e.to_string())?));
+    let (sender, receiver) = std::sync::mpsc::sync_channel(4096);
+    let halt = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let threads = zero2048_selfplay::spawn(
+        zero2048_selfplay::SelfPlayConfig { threads: 1, depth: 1, rule: SpawnRule::STANDARD, seed: 5 },
+        model,
+        sender,
+        Arc::clone(&halt),
+    );
+    let mut moves = 0u64;
+    while started.elapsed() < window {
+        if let Ok(game) = receiver.recv_timeout(Duration::from_millis(50)) {
+            moves += game.record.steps.len() as u64;
+        }
+    }
+    halt.store(true, Ordering::Relaxed);
+    let seconds = started.elapsed().as_secs_f64();
+    drop(receiver);
+    for t in threads {
+        let _ = t.join();
+    }
+    Ok(moves as f64 / seconds)
+}
+
 /// A server in `dir` starting from `weights`, never publishing during the measurement. The
 /// backlog limit is off: the fleet below uploads faster than one learner can learn, and what is
 /// measured is the upload path.
@@ -255,6 +323,29 @@ pub fn run(effort: Effort, load_seconds: f64, workers: usize) -> Result<ServerRe
         .map(|i| tokens.add(&format!("bench-{i}")))
         .collect::<Result<_, _>>()
         .map_err(|e| e.to_string())?;
+    let window = match effort {
+        Effort::Full => Duration::from_secs(15),
+        Effort::Quick => Duration::from_millis(500),
+    };
+    // The worker machine's view: the server's learner not yet running (as when it runs on
+    // another machine), against the same self-play thread in a process of its own.
+    let alone_in_process = selfplay_moves_per_second(&trained, window)?;
+    let alone_remote = {
+        // A server of its own, whose learner never runs: what arrives only adds to its backlog,
+        // which must not become work for the learner measured below.
+        let options = server_options(&dir.path().join("alone"), &weights);
+        let alone_db = options.db_path.clone();
+        let alone = Server::start(options, &runtime).map_err(|e| e.to_string())?;
+        let token = TokenStore::open(&alone_db).and_then(|t| t.add("alone")).map_err(|e| e.to_string())?;
+        let measured = remote_worker_moves_per_second(
+            &alone.local_url(),
+            &token,
+            &dir.path().join("alone-worker"),
+            window,
+        );
+        alone.shutdown();
+        measured?
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let learner = {
         let stop = Arc::clone(&stop);
@@ -268,10 +359,6 @@ pub fn run(effort: Effort, load_seconds: f64, workers: usize) -> Result<ServerRe
     };
 
     // Remote worker vs in-process self-play, one playing thread each, the same network.
-    let window = match effort {
-        Effort::Full => Duration::from_secs(15),
-        Effort::Quick => Duration::from_millis(500),
-    };
     // In-process: `zero2048 train`'s path (self-play thread, ingest, learner), from the same start.
     let in_process = {
         let local_dir = dir.path().join("local");
@@ -288,33 +375,7 @@ pub fn run(effort: Effort, load_seconds: f64, workers: usize) -> Result<ServerRe
         local.shutdown();
         summary.progress.moves as f64 / summary.progress.elapsed_seconds.max(1e-9)
     };
-    let remote = {
-        let mut config = WorkerConfig::new(&base, dir.path().join("spool"), dir.path().join("cache"));
-        config.token = Some(zero2048_storage::Secret::new(fleet[0].clone()));
-        config.threads = 1;
-        config.seed = 5;
-        let signals = Arc::new(Signals::default());
-        let mut first_game: Option<Instant> = None;
-        let mut counted = (0u64, Instant::now());
-        let summary = Worker::run(config, Arc::clone(&signals), &mut |status| {
-            // Time from the first move played, not from start-up and the weights download.
-            if status.moves > 0 && first_game.is_none() {
-                first_game = Some(Instant::now());
-                counted = (status.moves, Instant::now());
-            }
-            if let Some(t) = first_game
-                && t.elapsed() >= window
-                && !signals.stop.load(Ordering::Relaxed)
-            {
-                counted = (status.moves - counted.0, Instant::now());
-                signals.stop.store(true, Ordering::Relaxed);
-            }
-        })
-        .map_err(|e| e.to_string())?;
-        let _ = summary;
-        let seconds = first_game.map_or(1.0, |t| counted.1.duration_since(t).as_secs_f64());
-        counted.0 as f64 / seconds.max(1e-9)
-    };
+    let remote = remote_worker_moves_per_second(&base, &fleet[0], &dir.path().join("with-learner"), window)?;
     let client = reqwest::Client::builder().pool_max_idle_per_host(256).build().map_err(|e| e.to_string())?;
     let latest_budget = match effort {
         Effort::Full => Duration::from_secs(5),
@@ -440,6 +501,9 @@ pub fn run(effort: Effort, load_seconds: f64, workers: usize) -> Result<ServerRe
             in_process_moves_per_second: in_process,
             remote_moves_per_second: remote,
             ratio: remote / in_process.max(1e-9),
+            alone_in_process_moves_per_second: alone_in_process,
+            alone_remote_moves_per_second: alone_remote,
+            alone_ratio: alone_remote / alone_in_process.max(1e-9),
             mean_game_moves,
         },
     })

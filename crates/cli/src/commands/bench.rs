@@ -151,5 +151,11 @@ fn run_server(args: &BenchArgs) -> Result<()> {
         render::rate(s.remote_moves_per_second),
         100.0 * s.ratio
     );
+    println!(
+        "self-play, no learner on this machine: in-process {} moves/s, remote worker {} moves/s ({:.1}%)",
+        render::rate(s.alone_in_process_moves_per_second),
+        render::rate(s.alone_remote_moves_per_second),
+        100.0 * s.alone_ratio
+    );
     Ok(())
 }

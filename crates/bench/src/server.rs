@@ -171,7 +171,8 @@ fn ingest(effort: Effort, dir: &Path, records: &[(Vec<u8>, Claims)], games: &[Ga
         let entries = decode_batch(&raw, 10_000).expect("our own batch");
         let checked = check_batch(&entries, &[0]);
         let reply = store_checked(&mut db, "bench", &entries, checked).expect("stored");
-        entries.iter().filter(|e| reply.accepted.contains(&e.uuid)).map(|e| e.claims.moves as u64).sum()
+        let accepted: std::collections::HashSet<_> = reply.accepted.iter().collect();
+        entries.iter().filter(|e| accepted.contains(&e.uuid)).map(|e| e.claims.moves as u64).sum()
     });
     let json: Vec<Vec<u8>> = games
         .chunks(per_batch)

@@ -252,9 +252,11 @@ async fn upload_games(State(state): State<Arc<AppState>>, headers: HeaderMap, bo
         let stored = db.last_game_id().map_err(|e| Box::new(internal(e)))?;
         drop(db);
         state.live.stored_through.fetch_max(stored, Ordering::Relaxed);
+        // A set: a batch may hold 10,000 games.
+        let accepted: std::collections::HashSet<_> = reply.accepted.iter().collect();
         let moves: u64 = entries
             .iter()
-            .filter(|e| reply.accepted.contains(&e.uuid))
+            .filter(|e| accepted.contains(&e.uuid))
             .filter_map(|e| e.record.as_ref().ok())
             .map(|r| r.steps.len() as u64)
             .sum();

@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 
 use zero2048_game::{GameRecord, SpawnRule, derive_seed};
 use zero2048_model::NTupleNetwork;
-use zero2048_search::{ExpectimaxConfig, ExpectimaxPlayer, play_game};
+use zero2048_search::{ExpectimaxConfig, ExpectimaxPlayer, play_game_to_end};
 
 /// The network self-play uses now, swapped by the trainer at each revision.
 #[derive(Clone)]
@@ -47,6 +47,10 @@ pub struct PlayedGame {
     pub revision: u64,
     /// The game.
     pub record: GameRecord,
+    /// Its final score, as played.
+    pub score: u64,
+    /// Its largest tile, as played.
+    pub max_tile: u32,
 }
 
 /// How self-play plays.
@@ -87,8 +91,9 @@ pub fn spawn(
                         };
                         let mut player = ExpectimaxPlayer::new(network, search);
                         let seed = derive_seed(config.seed, ((thread as u64) << 40) | played);
-                        let (record, _) = play_game(&mut player, seed, config.rule);
-                        if games.send(PlayedGame { revision, record }).is_err() {
+                        let (record, score, board) = play_game_to_end(&mut player, seed, config.rule);
+                        let max_tile = board.max_tile();
+                        if games.send(PlayedGame { revision, record, score, max_tile }).is_err() {
                             break;
                         }
                         played += 1;

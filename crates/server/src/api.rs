@@ -298,22 +298,12 @@ pub struct LatestSummary {
 
 impl LatestSummary {
     fn of(latest: &LatestInfo) -> LatestSummary {
-        let url = &latest.weights_url;
-        let served_as = if url.starts_with("file:") {
-            UrlKind::File
-        } else if url.contains("X-Amz-Signature") || url.contains("x-amz-signature") {
-            UrlKind::Presigned
-        } else if url.starts_with("http://") && url.contains("/weights/") {
-            UrlKind::Http
-        } else {
-            UrlKind::Public
-        };
         LatestSummary {
             revision: latest.revision,
             weights_file: latest.weights_file.clone(),
             weights_sha256: latest.weights_sha256.clone(),
             weights_size: latest.weights_size,
-            served_as,
+            served_as: UrlKind::of(&latest.weights_url),
             deadline: latest
                 .deadline
                 .format(&time::format_description::well_known::Rfc3339)

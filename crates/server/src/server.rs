@@ -19,6 +19,7 @@ use crate::rate::RateLimiter;
 use crate::tokens::{TokenStore, TokenStoreError};
 
 /// How to start a server.
+#[derive(Clone)]
 pub struct ServerOptions {
     /// Storage and the `server:` section (host, port, `localhost_weights`).
     pub storage: zero2048_storage::Config,

@@ -115,7 +115,7 @@ impl StorageAdapter {
             catch_up_interval: Duration::from_secs(config.storage.catch_up_interval_seconds.max(1)),
         };
         if let Some(latest) = adapter.local.read_latest_info().await? {
-            adapter.lock().served_as = Some(url_kind_of(&latest.weights_url));
+            adapter.lock().served_as = Some(UrlKind::of(&latest.weights_url));
         }
         if adapter.is_degraded() {
             adapter.catch_up().await;
@@ -374,17 +374,5 @@ impl StorageAdapter {
         }
         self.lock().served_as = Some(url.kind);
         Ok(Some(latest))
-    }
-}
-
-fn url_kind_of(url: &str) -> UrlKind {
-    if url.starts_with("file:") {
-        UrlKind::File
-    } else if url.contains("X-Amz-Signature") {
-        UrlKind::Presigned
-    } else if url.contains("/weights/r") && url.starts_with("http://") {
-        UrlKind::Http
-    } else {
-        UrlKind::Public
     }
 }

@@ -73,6 +73,22 @@ pub enum UrlKind {
     Public,
 }
 
+impl UrlKind {
+    /// How a URL handed out for weights is served, read from the URL itself (for records written
+    /// before this process started, and for status pages that must not show the URL).
+    pub fn of(url: &str) -> UrlKind {
+        if url.starts_with("file:") {
+            UrlKind::File
+        } else if url.contains("X-Amz-Signature") || url.contains("x-amz-signature") {
+            UrlKind::Presigned
+        } else if url.contains("/weights/r") && url.starts_with("http://") {
+            UrlKind::Http
+        } else {
+            UrlKind::Public
+        }
+    }
+}
+
 /// A URL for downloading a weights file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WeightsUrl {

@@ -580,11 +580,12 @@ impl TrainingRun {
                     let entries: Vec<BatchEntry> = batch
                         .drain(..)
                         .map(|game| {
-                            let claims = game.record.replay().map_or(Claims::default(), |s| Claims {
-                                score: s.score,
-                                moves: s.moves,
-                                max_tile: s.max_tile,
-                            });
+                            // What the player saw; `ingest` checks it against its own replay.
+                            let claims = Claims {
+                                score: game.score,
+                                moves: game.record.steps.len() as u32,
+                                max_tile: game.max_tile,
+                            };
                             BatchEntry {
                                 uuid: new_game_uuid(rand::random()),
                                 revision: game.revision,

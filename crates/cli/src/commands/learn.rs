@@ -64,15 +64,7 @@ pub fn start(
 ) -> Result<Server> {
     let port = options.storage.server.port;
     let host = options.storage.server.host.clone();
-    let reopen = ServerOptions {
-        storage: options.storage.clone(),
-        api: options.api.clone(),
-        train: options.train.clone(),
-        db_path: options.db_path.clone(),
-        resume_from: options.resume_from.clone(),
-        publish_initial: options.publish_initial,
-    };
-    match Server::start(reopen, runtime) {
+    match Server::start(options.clone(), runtime) {
         Ok(server) => Ok(server),
         Err(ServerError::Bind { source, .. })
             if fallback_port && source.kind() == std::io::ErrorKind::AddrInUse && port != 0 =>

@@ -86,6 +86,8 @@ fn killing_the_server_mid_upload_loses_and_duplicates_nothing() {
     let second = server(dir.path(), port, &[]);
     // Its first line names the revision it resumed from (before it learns anything new).
     let resumed_at = format!("· revision {} ·", revision_before.max(1));
+    // The API answers before that line is printed.
+    wait_for(Duration::from_secs(30), "the server's first line", || second.log().contains("games learned"));
     assert!(second.log().contains(&resumed_at), "expected {resumed_at:?} in:\n{}", second.log());
     let mut played = 0;
     for worker in workers {

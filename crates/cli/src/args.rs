@@ -173,6 +173,9 @@ pub struct WorkerArgs {
     /// Upload a smaller batch after this long.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub upload_interval: std::time::Duration,
+    /// Pause playing while this many finished games wait in the spool (the server is slower).
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_spool_games: u64,
     /// Read the latest record this often.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     pub poll_interval: std::time::Duration,

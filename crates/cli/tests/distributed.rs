@@ -21,9 +21,23 @@ fn three_workers_train_a_server_and_follow_its_revisions() {
         .iter()
         .map(|name| {
             let token = token(dir.path(), name);
-            worker(dir.path(), port, &token, name, &["--games", "1500", "--upload-interval", "100ms"])
+            worker(dir.path(), port, &token, name, &["--upload-interval", "100ms"])
         })
         .collect();
+    // Play until the server has published a few revisions and games of a later revision arrive
+    // (a count of games would race the learner: early games are short and fast).
+    let db = dir.path().join("zero2048.db");
+    wait_for(Duration::from_secs(240), "revision 4 and games played with revision 2 or later", || {
+        status(port)["revision"].as_u64().unwrap_or(0) >= 4 && {
+            let conn = rusqlite::Connection::open(&db).unwrap();
+            conn.query_row("SELECT count(*) FROM games WHERE revision >= 2", [], |r| r.get::<_, i64>(0))
+                .unwrap()
+                > 0
+        }
+    });
+    for worker in &workers {
+        worker.interrupt();
+    }
     let mut played = 0;
     let mut switched = false;
     for worker in workers {
@@ -125,11 +139,20 @@ fn a_killed_worker_sends_its_spool_when_restarted() {
     let port = free_port();
     let _server = server(dir.path(), port, &[]);
     let token = token(dir.path(), "solo");
-    // Never uploads on its own: games pile up in the spool.
-    let mut first =
-        worker(dir.path(), port, &token, "solo", &["--upload-interval", "1h", "--batch-games", "10000"]);
+    // Never uploads on its own: games pile up in the spool, until it holds --max-spool-games.
+    let mut first = worker(
+        dir.path(),
+        port,
+        &token,
+        "solo",
+        &["--upload-interval", "1h", "--batch-games", "10000", "--max-spool-games", "40"],
+    );
     let spool = dir.path().join("solo/spool");
-    wait_for(Duration::from_secs(60), "games in the spool", || spool_files(&spool) >= 20);
+    wait_for(Duration::from_secs(60), "a full spool", || spool_files(&spool) >= 40);
+    std::thread::sleep(Duration::from_secs(1));
+    let full = spool_files(&spool);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(spool_files(&spool), full, "playing did not pause while the spool was full");
     first.kill9();
     let spooled = spool_files(&spool);
     assert!(stored_games(&dir.path().join("zero2048.db")).is_empty());

@@ -39,6 +39,9 @@ pub struct WorkerConfig {
     pub batch_games: usize,
     /// Upload a partial batch after this long.
     pub upload_interval: Duration,
+    /// Playing pauses while the spool holds this many games, so a worker that plays faster than
+    /// the server accepts waits instead of filling its disk.
+    pub max_spool_games: u64,
     /// Read the latest record this often.
     pub poll_interval: Duration,
     /// A new revision is adopted after a random delay up to this long.
@@ -62,6 +65,7 @@ impl WorkerConfig {
             cache_budget_bytes: 2 << 30,
             batch_games: 64,
             upload_interval: Duration::from_secs(5),
+            max_spool_games: 4096,
             poll_interval: Duration::from_secs(15),
             adopt_delay_max: Duration::from_secs(5),
             seed: rand::random(),
@@ -179,6 +183,8 @@ struct Shared {
     checkpointed: AtomicU64,
     /// Set when the playing threads have all returned.
     players_done: AtomicBool,
+    /// Set by the uploader while the spool holds `max_spool_games` or more: playing pauses.
+    spool_full: AtomicBool,
     fatal: Mutex<Option<ClientError>>,
     last_upload: Mutex<Option<String>>,
     last_error: Mutex<Option<String>>,
@@ -242,6 +248,7 @@ impl Worker {
             rejected: AtomicU64::new(0),
             checkpointed: AtomicU64::new(0),
             players_done: AtomicBool::new(false),
+            spool_full: AtomicBool::new(false),
             fatal: Mutex::new(None),
             last_upload: Mutex::new(None),
             last_error: Mutex::new(None),
@@ -345,9 +352,13 @@ fn play(
             std::thread::sleep(Duration::from_millis(20));
             continue;
         };
+        let resumed = shared.partials.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+        if resumed.is_none() && shared.spool_full.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
         let seed = derive_seed(shared.config.seed, (thread << 40) | counter);
         counter += 1;
-        let resumed = shared.partials.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
         let mut game = match &resumed {
             Some(partial) => match Game::resume(partial.record.clone(), seed, model.rule) {
                 Ok(game) => game,
@@ -537,6 +548,7 @@ async fn upload_spool(shared: Arc<Shared>, client: ServerClient) {
         let fatal = shared.fatal.lock().unwrap_or_else(|e| e.into_inner()).is_some();
         let finishing = fatal || shared.players_done.load(Ordering::Relaxed);
         let (waiting, _) = shared.spool.size();
+        shared.spool_full.store(waiting >= shared.config.max_spool_games, Ordering::Relaxed);
         if waiting == 0 {
             if finishing {
                 return;

@@ -30,6 +30,7 @@ pub fn run(args: WorkerArgs) -> Result<()> {
         .map_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()), |t| t as usize);
     config.batch_games = args.batch_games as usize;
     config.upload_interval = args.upload_interval;
+    config.max_spool_games = args.max_spool_games;
     config.poll_interval = args.poll_interval;
     config.adopt_delay_max = args.adopt_delay;
     config.max_games = args.games;

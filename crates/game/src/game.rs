@@ -1,7 +1,7 @@
 //! A game in progress: the board, the score, the seeded spawns, and the record being written.
 
 use crate::board::{Afterstate, Board, Direction, IllegalMove};
-use crate::record::{GameRecord, ReplayError, Step};
+use crate::record::{GameRecord, ReplayError, SearchStats, Step};
 use crate::spawn::{GameRng, SpawnRule, rng_from_seed};
 
 /// A live game. Every random choice comes from the seed, so the same seed and the same moves give
@@ -24,7 +24,13 @@ impl Game {
             let spawn = rule.pick(board, &mut rng).expect("an almost empty board has room for a tile");
             board = board.with_spawn(spawn);
         }
-        Game { board, score: 0, record: GameRecord { start: board, steps: Vec::new() }, rng, rule }
+        Game {
+            board,
+            score: 0,
+            record: GameRecord { start: board, steps: Vec::new(), search: Vec::new() },
+            rng,
+            rule,
+        }
     }
 
     /// Continues a game from its record so far (checked by replay), with spawns from now on drawn
@@ -72,6 +78,23 @@ impl Game {
         self.board = moved.board.with_spawn(spawn);
         self.score += moved.reward as u64;
         self.record.steps.push(Step { direction, spawn_cell: spawn.cell, spawn_exponent: spawn.exponent });
+        Ok(moved)
+    }
+
+    /// Like [`Game::play`], recording what the search saw before the move as well. A game is
+    /// played either wholly with statistics or wholly without.
+    pub fn play_searched(
+        &mut self,
+        direction: Direction,
+        stats: SearchStats,
+    ) -> Result<Afterstate, IllegalMove> {
+        debug_assert_eq!(
+            self.record.search.len(),
+            self.record.steps.len(),
+            "statistics for every step or none"
+        );
+        let moved = self.play(direction)?;
+        self.record.search.push(stats);
         Ok(moved)
     }
 }

@@ -23,8 +23,8 @@ pub use board::{
 };
 pub use game::Game;
 pub use record::{
-    DecodeError, EncodeError, GameRecord, RECORD_FORMAT_VERSION, ReplayError, ReplaySteps, ReplaySummary,
-    ReplayedStep, Step,
+    DecodeError, EncodeError, GameRecord, RECORD_FORMAT_VERSION, RECORD_FORMAT_VERSION_SEARCH, ReplayError,
+    ReplaySteps, ReplaySummary, ReplayedStep, SearchStats, SearchStatsError, Step,
 };
 pub use spawn::{BadProbability, GameRng, Spawn, SpawnRule, derive_seed, rng_from_seed};
 pub use symmetry::Symmetry;

@@ -25,6 +25,21 @@ impl Step {
     }
 }
 
+/// What a tree search saw before one move: how often it visited each move from the root, and
+/// the root's value. Policy-value training learns from these; the server checks them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchStats {
+    /// Visits per move, in `Direction::ALL` order.
+    pub visits: [u32; 4],
+    /// The search's value of the board before the move (discounted score to go).
+    pub root_value: f32,
+}
+
+// Records are compared in tests and deduplicated by content; a NaN root value is refused by
+// `check_search` long before that matters.
+impl Eq for SearchStats {}
+
 /// A whole game, as played.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,6 +48,59 @@ pub struct GameRecord {
     pub start: Board,
     /// Every step, in order.
     pub steps: Vec<Step>,
+    /// The search statistics of every step, when a tree search played the game (empty
+    /// otherwise; never partial).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub search: Vec<SearchStats>,
+}
+
+/// Why a record's search statistics cannot be what a search reported.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum SearchStatsError {
+    /// Statistics for some steps but not all.
+    #[error("search statistics for {stats} of {steps} steps")]
+    Count {
+        /// Statistics present.
+        stats: usize,
+        /// Steps in the game.
+        steps: usize,
+    },
+    /// The visits do not add up to the simulations of the search.
+    #[error("step {step}: visits sum to {sum}, the search runs {simulations} simulations")]
+    VisitSum {
+        /// Index of the step.
+        step: usize,
+        /// Their sum.
+        sum: u64,
+        /// What they must sum to.
+        simulations: u32,
+    },
+    /// A move that is not legal was visited.
+    #[error("step {step}: {visits} visits on the illegal move {direction:?}")]
+    IllegalVisits {
+        /// Index of the step.
+        step: usize,
+        /// The move.
+        direction: Direction,
+        /// Its visits.
+        visits: u32,
+    },
+    /// The move played is not one the search visited.
+    #[error("step {step}: the move played, {direction:?}, was never visited")]
+    UnvisitedMove {
+        /// Index of the step.
+        step: usize,
+        /// The move.
+        direction: Direction,
+    },
+    /// The root value is not a finite number.
+    #[error("step {step}: root value {value} is not finite")]
+    BadValue {
+        /// Index of the step.
+        step: usize,
+        /// The value.
+        value: f32,
+    },
 }
 
 /// What replaying a valid record establishes.
@@ -98,6 +166,44 @@ pub enum ReplayError {
 }
 
 impl GameRecord {
+    /// Checks the search statistics against the game (call after [`GameRecord::replay`] has
+    /// accepted its moves): one entry per step when there are any, visits summing to
+    /// `simulations`, none on an illegal move, the move played among those visited, finite values.
+    pub fn check_search(&self, simulations: u32) -> Result<(), SearchStatsError> {
+        if self.search.is_empty() {
+            return Ok(());
+        }
+        if self.search.len() != self.steps.len() {
+            return Err(SearchStatsError::Count { stats: self.search.len(), steps: self.steps.len() });
+        }
+        let mut board = self.start;
+        for (step, (played, stats)) in self.steps.iter().zip(&self.search).enumerate() {
+            let sum: u64 = stats.visits.iter().map(|&v| v as u64).sum();
+            if sum != simulations as u64 {
+                return Err(SearchStatsError::VisitSum { step, sum, simulations });
+            }
+            for direction in Direction::ALL {
+                let visits = stats.visits[direction.index() as usize];
+                if visits > 0 && board.legal_move(direction).is_none() {
+                    return Err(SearchStatsError::IllegalVisits { step, direction, visits });
+                }
+            }
+            if stats.visits[played.direction.index() as usize] == 0 {
+                return Err(SearchStatsError::UnvisitedMove { step, direction: played.direction });
+            }
+            if !stats.root_value.is_finite() {
+                return Err(SearchStatsError::BadValue { step, value: stats.root_value });
+            }
+            // Replay has checked the steps; stop quietly if it was not asked to.
+            let Some(moved) = board.legal_move(played.direction) else { return Ok(()) };
+            match moved.board.place(played.spawn_cell as usize, played.spawn_exponent) {
+                Ok(next) => board = next,
+                Err(_) => return Ok(()),
+            }
+        }
+        Ok(())
+    }
+
     /// An iterator that verifies the record step by step; it stops after the first error.
     pub fn replay_steps(&self) -> ReplaySteps<'_> {
         ReplaySteps { record: self, next: 0, board: self.start, failed: false }
@@ -186,8 +292,10 @@ impl ReplaySteps<'_> {
     }
 }
 
-/// The version byte of the current binary encoding.
+/// The version byte of the binary encoding of a record without search statistics.
 pub const RECORD_FORMAT_VERSION: u8 = 1;
+/// The version byte of a record with search statistics (version 1, then the statistics).
+pub const RECORD_FORMAT_VERSION_SEARCH: u8 = 2;
 
 /// Why bytes are not a game record.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -196,7 +304,9 @@ pub enum DecodeError {
     #[error("empty input: a game record starts with a version byte")]
     Empty,
     /// A version this build does not read.
-    #[error("record format version {0} is not supported (this build reads version {RECORD_FORMAT_VERSION})")]
+    #[error(
+        "record format version {0} is not supported (this build reads versions {RECORD_FORMAT_VERSION} and {RECORD_FORMAT_VERSION_SEARCH})"
+    )]
     UnsupportedVersion(u8),
     /// The input ends early.
     #[error("truncated record: {0}")]
@@ -210,6 +320,12 @@ pub enum DecodeError {
     /// Bytes follow the last step.
     #[error("{0} unexpected bytes after the last step")]
     TrailingBytes(usize),
+    /// A visit count is not a minimal LEB128 number of at most 32 bits.
+    #[error("step {0}: a visit count is not a minimal LEB128 number of 32 bits")]
+    BadVisits(usize),
+    /// A version-2 record whose statistics say nothing (it must be written as version 1).
+    #[error("a record with search statistics has no steps")]
+    EmptySearch,
 }
 
 /// A step that the binary form cannot hold (the JSON form can, so replay can name it).
@@ -229,9 +345,15 @@ pub struct EncodeError {
 impl GameRecord {
     /// Compact binary form: version byte, start board (u64 little-endian), step count (LEB128), then
     /// one byte per step: bits 0–3 spawn cell, bits 4–5 direction, bit 6 set for a 4, bit 7 zero.
+    ///
+    /// With search statistics the version byte is 2 and, after the steps, each step adds its four
+    /// visit counts (LEB128) and its root value (f32 little-endian). Statistics must cover every
+    /// step (see [`GameRecord::check_search`]); a mismatch is an [`EncodeError`] on the first step
+    /// without them.
     pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
-        let mut out = Vec::with_capacity(1 + 8 + 5 + self.steps.len());
-        out.push(RECORD_FORMAT_VERSION);
+        let with_search = !self.search.is_empty();
+        let mut out = Vec::with_capacity(1 + 8 + 5 + self.steps.len() * if with_search { 9 } else { 1 });
+        out.push(if with_search { RECORD_FORMAT_VERSION_SEARCH } else { RECORD_FORMAT_VERSION });
         out.extend_from_slice(&self.start.raw().to_le_bytes());
         let mut count = self.steps.len() as u64;
         loop {
@@ -249,6 +371,20 @@ impl GameRecord {
             }
             out.push(step.spawn_cell | (step.direction.index() << 4) | ((step.spawn_exponent - 1) << 6));
         }
+        if with_search {
+            if self.search.len() != self.steps.len() {
+                let step = self.search.len().min(self.steps.len());
+                let (cell, exponent) =
+                    self.steps.get(step).map_or((0, 0), |s| (s.spawn_cell, s.spawn_exponent));
+                return Err(EncodeError { step, cell, exponent });
+            }
+            for stats in &self.search {
+                for visits in stats.visits {
+                    write_leb128(&mut out, visits as u64);
+                }
+                out.extend_from_slice(&stats.root_value.to_le_bytes());
+            }
+        }
         Ok(out)
     }
 
@@ -256,9 +392,10 @@ impl GameRecord {
     /// only the one encoding `encode` produces, so `decode(b).encode() == b`.
     pub fn decode(bytes: &[u8]) -> Result<GameRecord, DecodeError> {
         let (&version, rest) = bytes.split_first().ok_or(DecodeError::Empty)?;
-        if version != RECORD_FORMAT_VERSION {
+        if version != RECORD_FORMAT_VERSION && version != RECORD_FORMAT_VERSION_SEARCH {
             return Err(DecodeError::UnsupportedVersion(version));
         }
+        let with_search = version == RECORD_FORMAT_VERSION_SEARCH;
         let (start, mut rest) = rest.split_first_chunk::<8>().ok_or(DecodeError::Truncated("start board"))?;
         let mut count = 0u64;
         for shift in (0..).step_by(7) {
@@ -279,7 +416,30 @@ impl GameRecord {
         if count > rest.len() as u64 {
             return Err(DecodeError::Truncated("steps"));
         }
-        let (step_bytes, trailing) = rest.split_at(count as usize);
+        let (step_bytes, mut trailing) = rest.split_at(count as usize);
+        let mut search = Vec::new();
+        if with_search {
+            if count == 0 {
+                return Err(DecodeError::EmptySearch);
+            }
+            // At least 8 bytes per step follow: never allocate past the input.
+            if (trailing.len() as u64) < count * 8 {
+                return Err(DecodeError::Truncated("search statistics"));
+            }
+            search.reserve(count as usize);
+            for step in 0..count as usize {
+                let mut visits = [0u32; 4];
+                for v in &mut visits {
+                    let (value, tail) = read_leb128(trailing).ok_or(DecodeError::BadVisits(step))?;
+                    *v = u32::try_from(value).map_err(|_| DecodeError::BadVisits(step))?;
+                    trailing = tail;
+                }
+                let (value, tail) =
+                    trailing.split_first_chunk::<4>().ok_or(DecodeError::Truncated("root value"))?;
+                trailing = tail;
+                search.push(SearchStats { visits, root_value: f32::from_le_bytes(*value) });
+            }
+        }
         if !trailing.is_empty() {
             return Err(DecodeError::TrailingBytes(trailing.len()));
         }
@@ -294,6 +454,33 @@ impl GameRecord {
                 Ok(Step { direction, spawn_cell: b & 0xF, spawn_exponent: 1 + ((b >> 6) & 1) })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(GameRecord { start: Board::from_raw(u64::from_le_bytes(*start)), steps })
+        Ok(GameRecord { start: Board::from_raw(u64::from_le_bytes(*start)), steps, search })
     }
+}
+
+fn write_leb128(out: &mut Vec<u8>, mut value: u64) {
+    loop {
+        let byte = (value & 0x7F) as u8;
+        value >>= 7;
+        if value == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// A minimal LEB128 number of at most 35 bits, and the rest of the input.
+fn read_leb128(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let mut value = 0u64;
+    for (i, &byte) in bytes.iter().enumerate().take(5) {
+        value |= ((byte & 0x7F) as u64) << (7 * i);
+        if byte & 0x80 == 0 {
+            if byte == 0 && i > 0 {
+                return None;
+            }
+            return Some((value, &bytes[i + 1..]));
+        }
+    }
+    None
 }

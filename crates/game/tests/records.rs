@@ -2,8 +2,9 @@
 
 use proptest::prelude::*;
 use zero2048_game::{
-    Board, DecodeError, Direction, Game, GameRecord, IllegalMove, PlaceError, ReplayError, SpawnRule, Step,
-    derive_seed, rng_from_seed,
+    Board, DecodeError, Direction, Game, GameRecord, IllegalMove, PlaceError, RECORD_FORMAT_VERSION,
+    RECORD_FORMAT_VERSION_SEARCH, ReplayError, SearchStats, SearchStatsError, SpawnRule, Step, derive_seed,
+    rng_from_seed,
 };
 
 /// A finished game from `seed`, played by a seeded random player.
@@ -69,6 +70,7 @@ fn move_that_changes_nothing_is_named() {
     let record = GameRecord {
         start,
         steps: vec![Step { direction: Direction::Left, spawn_cell: 5, spawn_exponent: 1 }],
+        ..GameRecord::default()
     };
     assert_eq!(
         record.replay(),
@@ -83,6 +85,7 @@ fn spawn_on_occupied_cell_is_named() {
     let record = GameRecord {
         start: start(),
         steps: vec![Step { direction: Direction::Right, spawn_cell: 3, spawn_exponent: 1 }],
+        ..GameRecord::default()
     };
     assert_eq!(record.replay(), Err(ReplayError::BadSpawn { step: 0, reason: PlaceError::Occupied(3) }));
 }
@@ -93,6 +96,7 @@ fn exponent_other_than_1_or_2_is_named() {
         let record = GameRecord {
             start: start(),
             steps: vec![Step { direction: Direction::Right, spawn_cell: 0, spawn_exponent: exponent }],
+            ..GameRecord::default()
         };
         assert_eq!(
             record.replay(),
@@ -103,6 +107,7 @@ fn exponent_other_than_1_or_2_is_named() {
     let record = GameRecord {
         start: start(),
         steps: vec![Step { direction: Direction::Right, spawn_cell: 16, spawn_exponent: 1 }],
+        ..GameRecord::default()
     };
     assert_eq!(record.replay(), Err(ReplayError::BadSpawn { step: 0, reason: PlaceError::NoSuchCell(16) }));
 }
@@ -133,7 +138,7 @@ fn later_step_errors_name_their_index() {
 fn start_board_must_be_two_spawned_tiles() {
     for start in ["0", "2 4 8 0 0 0 0 0 0 0 0 0 0 0 0 0", "8 0 0 0 0 0 0 0 0 0 0 0 0 0 0 2"] {
         let board: Board = if start == "0" { Board::EMPTY } else { start.parse().unwrap() };
-        let record = GameRecord { start: board, steps: vec![] };
+        let record = GameRecord { start: board, ..GameRecord::default() };
         assert_eq!(record.replay(), Err(ReplayError::BadStart(board)));
     }
 }
@@ -175,6 +180,7 @@ fn json_form_is_readable_and_strict() {
     let record = GameRecord {
         start: start(),
         steps: vec![Step { direction: Direction::Right, spawn_cell: 0, spawn_exponent: 2 }],
+        ..GameRecord::default()
     };
     let json = serde_json::to_string(&record).unwrap();
     assert_eq!(
@@ -207,4 +213,113 @@ fn boards_parse_and_print() {
     }
     let message = "3 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0".parse::<Board>().unwrap_err().to_string();
     assert!(message.contains("`3` is not a tile"), "{message}");
+}
+
+/// A played game with made-up but consistent statistics: 100 visits, all legal, the move played
+/// visited most.
+fn searched_game(seed: u64) -> GameRecord {
+    let (mut record, _, _) = random_game(seed);
+    let boards: Vec<Board> = record.replay_steps().map(|s| s.unwrap().before).collect();
+    record.search = record
+        .steps
+        .iter()
+        .zip(boards)
+        .enumerate()
+        .map(|(i, (step, board))| {
+            let mut visits = [0u32; 4];
+            let legal: Vec<usize> = Direction::ALL
+                .iter()
+                .filter(|d| board.legal_move(**d).is_some())
+                .map(|d| d.index() as usize)
+                .collect();
+            let mut left = 100u32;
+            for &m in &legal {
+                if m != step.direction.index() as usize {
+                    visits[m] = (i as u32 % 7).min(left);
+                    left -= visits[m];
+                }
+            }
+            visits[step.direction.index() as usize] += left;
+            SearchStats { visits, root_value: i as f32 * 1.5 }
+        })
+        .collect();
+    record
+}
+
+#[test]
+fn search_statistics_round_trip_and_are_checked() {
+    let record = searched_game(11);
+    assert_eq!(record.check_search(100), Ok(()));
+    let bytes = record.encode().unwrap();
+    assert_eq!(bytes[0], RECORD_FORMAT_VERSION_SEARCH);
+    assert_eq!(GameRecord::decode(&bytes).unwrap(), record);
+    // A record without statistics keeps version 1, byte for byte.
+    let plain = GameRecord { search: Vec::new(), ..record.clone() };
+    assert_eq!(plain.encode().unwrap()[0], RECORD_FORMAT_VERSION);
+    let json = serde_json::to_string(&record).unwrap();
+    assert_eq!(serde_json::from_str::<GameRecord>(&json).unwrap(), record);
+
+    assert_eq!(
+        record.check_search(99),
+        Err(SearchStatsError::VisitSum { step: 0, sum: 100, simulations: 99 })
+    );
+    let mut short = record.clone();
+    short.search.pop();
+    assert!(matches!(short.check_search(100), Err(SearchStatsError::Count { .. })));
+    assert!(short.encode().is_err(), "statistics for some steps only must not encode");
+
+    // Visits moved onto an illegal move.
+    let boards: Vec<Board> = record.replay_steps().map(|s| s.unwrap().before).collect();
+    let (step, illegal) = boards
+        .iter()
+        .enumerate()
+        .find_map(|(i, b)| Direction::ALL.into_iter().find(|d| b.legal_move(*d).is_none()).map(|d| (i, d)))
+        .expect("some board has an illegal move");
+    let mut forged = record.clone();
+    let played = forged.steps[step].direction.index() as usize;
+    forged.search[step].visits[played] -= 1;
+    forged.search[step].visits[illegal.index() as usize] += 1;
+    assert_eq!(
+        forged.check_search(100),
+        Err(SearchStatsError::IllegalVisits { step, direction: illegal, visits: 1 })
+    );
+
+    let mut unvisited = record.clone();
+    let played = unvisited.steps[3].direction;
+    let visits = unvisited.search[3].visits[played.index() as usize];
+    unvisited.search[3].visits[played.index() as usize] = 0;
+    let other = Direction::ALL
+        .into_iter()
+        .find(|d| *d != played && boards[3].legal_move(*d).is_some())
+        .unwrap_or(played);
+    unvisited.search[3].visits[other.index() as usize] += visits;
+    if other != played {
+        assert_eq!(
+            unvisited.check_search(100),
+            Err(SearchStatsError::UnvisitedMove { step: 3, direction: played })
+        );
+    }
+
+    let mut nan = record.clone();
+    nan.search[5].root_value = f32::NAN;
+    assert!(matches!(nan.check_search(100), Err(SearchStatsError::BadValue { step: 5, .. })));
+}
+
+#[test]
+fn malformed_search_statistics_are_refused() {
+    let record = searched_game(12);
+    let bytes = record.encode().unwrap();
+    assert!(matches!(GameRecord::decode(&bytes[..bytes.len() - 1]), Err(DecodeError::Truncated(_))));
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert_eq!(GameRecord::decode(&longer), Err(DecodeError::TrailingBytes(1)));
+    // Version 2 with no steps has another encoding (version 1): refused.
+    let mut empty = vec![RECORD_FORMAT_VERSION_SEARCH];
+    empty.extend_from_slice(&record.start.raw().to_le_bytes());
+    empty.push(0);
+    assert_eq!(GameRecord::decode(&empty), Err(DecodeError::EmptySearch));
+    // A version-1 record relabelled as version 2 lacks its statistics.
+    let mut relabelled = GameRecord { search: Vec::new(), ..record.clone() }.encode().unwrap();
+    relabelled[0] = RECORD_FORMAT_VERSION_SEARCH;
+    assert_eq!(GameRecord::decode(&relabelled), Err(DecodeError::Truncated("search statistics")));
 }

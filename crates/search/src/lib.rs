@@ -5,6 +5,9 @@
 //! the one interface every player implements (random, greedy, expectimax here; learned players in
 //! later crates), and [`arena`] plays seeded series of games and summarises them as a [`Strength`].
 //!
+//! [`mcts`] is the other search: Monte Carlo tree search over decision and chance nodes guided by a
+//! [`PolicyValue`] evaluator, with [`BatchedPlay`] evaluating the leaves of many games together.
+//!
 //! This crate must never know about model files, training or the network: it sees an evaluator
 //! only through the trait, so learned models plug in without the search changing.
 
@@ -12,6 +15,7 @@ pub mod arena;
 mod evaluator;
 mod expectimax;
 mod heuristic;
+pub mod mcts;
 mod player;
 pub mod reference;
 
@@ -19,4 +23,7 @@ pub use arena::{GameResult, MILESTONE_TILES, Series, Strength, TileRate, play_ga
 pub use evaluator::Evaluator;
 pub use expectimax::{Decision, Expectimax, ExpectimaxConfig};
 pub use heuristic::{Heuristic, HeuristicWeights};
+pub use mcts::{
+    BatchedPlay, ChanceMode, MctsConfig, PolicyValue, Prediction, SearchedGame, Tree, UniformPolicy,
+};
 pub use player::{ExpectimaxPlayer, GreedyPlayer, Player, RandomPlayer};

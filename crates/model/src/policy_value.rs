@@ -1,0 +1,626 @@
+//! The policy-value network (model kind `policy_value`, design.md §7): a residual tower with
+//! squeeze-and-excitation on the one-hot board, a policy head over the 4 moves and a value head,
+//! built with burn. Inference runs on burn's pure-Rust `flex` CPU backend; training is generic
+//! over any autodiff backend (CPU here, CUDA with the `cuda` feature).
+//!
+//! Values: the network predicts `h(G) / VALUE_SCALE`, where G is the discounted score to go and
+//! h(x) = sign(x)(√(|x|+1) − 1) + εx is MuZero's invertible squashing transform, so targets from
+//! 10 to 100,000 points stay within a range a regression learns; [`PolicyValueNet::predict`]
+//! hands the search values back in points.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::grad_clipping::GradientClippingConfig;
+use burn::module::{AutodiffModule, Module};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
+use burn::prelude::*;
+use burn::store::{ModuleSnapshot, SafetensorsStore};
+use burn::tensor::activation::{log_softmax, relu, sigmoid, softmax};
+use burn::tensor::backend::AutodiffBackend;
+use serde::{Deserialize, Serialize};
+use zero2048_game::{Board, Direction};
+use zero2048_search::{PolicyValue, Prediction};
+
+/// The CPU backend every worker and the inference path use.
+pub type CpuBackend = burn::backend::Flex;
+/// Training on the CPU.
+pub type CpuTrainBackend = burn::backend::Autodiff<CpuBackend>;
+/// Training on a CUDA GPU (kernels compiled by NVRTC at run time).
+#[cfg(feature = "cuda")]
+pub type CudaTrainBackend = burn::backend::Autodiff<burn::backend::Cuda>;
+
+/// The model kind written in weights files and latest records.
+pub const KIND: &str = "policy_value";
+/// The metadata version this build writes and reads.
+pub const FORMAT_VERSION: &str = "1";
+/// Input planes: one per exponent 0 (empty) to 15.
+pub const PLANES: usize = 16;
+/// The value head predicts h(G) / VALUE_SCALE.
+pub const VALUE_SCALE: f32 = 50.0;
+const EPSILON: f32 = 0.001;
+
+/// MuZero's value squashing: h(x) = sign(x)(√(|x|+1) − 1) + εx.
+pub fn squash(x: f32) -> f32 {
+    x.signum() * ((x.abs() + 1.0).sqrt() - 1.0) + EPSILON * x
+}
+
+/// The inverse of [`squash`].
+pub fn unsquash(y: f32) -> f32 {
+    let inner = ((1.0 + 4.0 * EPSILON * (y.abs() + 1.0 + EPSILON)).sqrt() - 1.0) / (2.0 * EPSILON);
+    y.signum() * (inner * inner - 1.0)
+}
+
+/// The network's shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyValueConfig {
+    /// Channels of every convolution.
+    pub filters: usize,
+    /// Residual blocks (two 3×3 convolutions and a squeeze-and-excitation each).
+    pub blocks: usize,
+    /// Squeeze-and-excitation bottleneck: filters / se_ratio.
+    pub se_ratio: usize,
+    /// Hidden units of the value head.
+    pub value_hidden: usize,
+}
+
+impl Default for PolicyValueConfig {
+    /// Small enough to train on two CPU cores (the prototype's 128 × 10 is a GPU network: pass
+    /// `filters` and `blocks` for it).
+    fn default() -> PolicyValueConfig {
+        PolicyValueConfig { filters: 32, blocks: 2, se_ratio: 4, value_hidden: 64 }
+    }
+}
+
+impl PolicyValueConfig {
+    /// Whether the shape is buildable.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=512).contains(&self.filters) || self.blocks > 64 || !(1..=512).contains(&self.value_hidden) {
+            return Err(format!(
+                "filters must be 1..=512, blocks at most 64 and value_hidden 1..=512 (got {self:?})"
+            ));
+        }
+        if self.se_ratio == 0 || self.filters / self.se_ratio == 0 {
+            return Err(format!("se_ratio {} leaves no squeeze channels of {}", self.se_ratio, self.filters));
+        }
+        Ok(())
+    }
+}
+
+/// One residual block: conv → relu → conv → squeeze-and-excitation, plus the input, → relu.
+#[derive(Module, Debug)]
+pub struct ResidualBlock<B: Backend> {
+    conv1: Conv2d<B>,
+    conv2: Conv2d<B>,
+    squeeze: Linear<B>,
+    excite: Linear<B>,
+}
+
+impl<B: Backend> ResidualBlock<B> {
+    fn new(config: &PolicyValueConfig, device: &B::Device) -> ResidualBlock<B> {
+        let conv = || {
+            Conv2dConfig::new([config.filters, config.filters], [3, 3])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(device)
+        };
+        let squeezed = config.filters / config.se_ratio;
+        ResidualBlock {
+            conv1: conv(),
+            conv2: conv(),
+            squeeze: LinearConfig::new(config.filters, squeezed).init(device),
+            excite: LinearConfig::new(squeezed, config.filters).init(device),
+        }
+    }
+
+    fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [batch, channels, _, _] = x.dims();
+        let y = self.conv2.forward(relu(self.conv1.forward(x.clone())));
+        let pooled = y.clone().mean_dim(3).mean_dim(2).reshape([batch, channels]);
+        let gate =
+            sigmoid(self.excite.forward(relu(self.squeeze.forward(pooled)))).reshape([batch, channels, 1, 1]);
+        relu(y * gate + x)
+    }
+}
+
+/// The network as a burn module.
+#[derive(Module, Debug)]
+pub struct Network<B: Backend> {
+    stem: Conv2d<B>,
+    blocks: Vec<ResidualBlock<B>>,
+    policy: Linear<B>,
+    value_hidden: Linear<B>,
+    value_out: Linear<B>,
+}
+
+impl<B: Backend> Network<B> {
+    /// A freshly initialised network.
+    pub fn new(config: &PolicyValueConfig, device: &B::Device) -> Network<B> {
+        Network {
+            stem: Conv2dConfig::new([PLANES, config.filters], [3, 3])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(device),
+            blocks: (0..config.blocks).map(|_| ResidualBlock::new(config, device)).collect(),
+            policy: LinearConfig::new(config.filters * 16, 4).init(device),
+            value_hidden: LinearConfig::new(config.filters * 16, config.value_hidden).init(device),
+            value_out: LinearConfig::new(config.value_hidden, 1).init(device),
+        }
+    }
+
+    /// Policy logits `[batch, 4]` and values `[batch, 1]` (in squashed, scaled units) for
+    /// one-hot boards `[batch, 16, 4, 4]`.
+    pub fn forward(&self, input: Tensor<B, 4>) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        let [batch, _, _, _] = input.dims();
+        let mut x = relu(self.stem.forward(input));
+        for block in &self.blocks {
+            x = block.forward(x);
+        }
+        let flat: Tensor<B, 2> = x.reshape([batch as i32, -1]);
+        let logits = self.policy.forward(flat.clone());
+        let value = self.value_out.forward(relu(self.value_hidden.forward(flat)));
+        (logits, value)
+    }
+}
+
+/// The one-hot planes of `boards`, `[n, 16, 4, 4]` flattened, plane-major.
+pub fn encode_boards(boards: &[Board]) -> Vec<f32> {
+    let mut out = vec![0f32; boards.len() * PLANES * 16];
+    for (i, board) in boards.iter().enumerate() {
+        let base = i * PLANES * 16;
+        for (cell, exponent) in board.exponents().into_iter().enumerate() {
+            out[base + exponent as usize * 16 + cell] = 1.0;
+        }
+    }
+    out
+}
+
+/// 0 for each legal move and a large negative number for each illegal one, `[n, 4]` flattened:
+/// added to the logits, it masks illegal moves out of every softmax.
+pub fn legal_bias(boards: &[Board]) -> Vec<f32> {
+    boards
+        .iter()
+        .flat_map(|b| Direction::ALL.map(|d| if b.legal_move(d).is_some() { 0.0 } else { -1e9 }))
+        .collect()
+}
+
+fn input<B: Backend>(boards: &[Board], device: &B::Device) -> Tensor<B, 4> {
+    Tensor::from_data(TensorData::new(encode_boards(boards), [boards.len(), PLANES, 4, 4]), device)
+}
+
+/// Why a policy-value weights file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyValueError {
+    /// Reading or writing failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The file is not a policy-value weights file of a shape this build can load.
+    #[error("{path}: {check}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Which check failed (header, kind, format_version, shape, tensors).
+        check: &'static str,
+        /// Details.
+        message: String,
+    },
+}
+
+/// What a policy-value weights file says about itself.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PolicyValueInfo {
+    /// The network's shape.
+    pub config: PolicyValueConfig,
+    /// The revision it was published as.
+    pub revision: u64,
+    /// Other metadata (training counters and the like).
+    pub extra: BTreeMap<String, String>,
+}
+
+const OWN_KEYS: [&str; 7] =
+    ["kind", "format_version", "filters", "blocks", "se_ratio", "value_hidden", "revision"];
+
+/// A trained network ready to evaluate boards on the CPU.
+#[derive(Clone, Debug)]
+pub struct PolicyValueNet {
+    config: PolicyValueConfig,
+    network: Network<CpuBackend>,
+    device: burn::tensor::Device<CpuBackend>,
+}
+
+impl PolicyValueNet {
+    /// A network with fresh random weights drawn from `seed`.
+    pub fn new(config: PolicyValueConfig, seed: u64) -> Result<PolicyValueNet, String> {
+        config.validate()?;
+        let device = Default::default();
+        CpuBackend::seed(&device, seed);
+        Ok(PolicyValueNet { config, network: Network::new(&config, &device), device })
+    }
+
+    /// Its shape.
+    pub fn config(&self) -> &PolicyValueConfig {
+        &self.config
+    }
+
+    /// Parameters in the network.
+    pub fn parameters(&self) -> usize {
+        self.network.num_params()
+    }
+
+    /// The raw outputs for `boards`: masked policy probabilities `[n][4]` and values in points.
+    pub fn predict_boards(&self, boards: &[Board]) -> Vec<Prediction> {
+        if boards.is_empty() {
+            return Vec::new();
+        }
+        let n = boards.len();
+        let (logits, values) = self.network.forward(input::<CpuBackend>(boards, &self.device));
+        let bias =
+            Tensor::<CpuBackend, 2>::from_data(TensorData::new(legal_bias(boards), [n, 4]), &self.device);
+        let policy: Vec<f32> = softmax(logits + bias, 1).into_data().into_vec().expect("f32 tensor");
+        let values: Vec<f32> = values.into_data().into_vec().expect("f32 tensor");
+        boards
+            .iter()
+            .enumerate()
+            .map(|(i, board)| {
+                let mut p = [policy[4 * i], policy[4 * i + 1], policy[4 * i + 2], policy[4 * i + 3]];
+                if board.is_game_over() {
+                    p = [0.0; 4];
+                }
+                Prediction { policy: p, value: unsquash(values[i] * VALUE_SCALE) }
+            })
+            .collect()
+    }
+
+    /// The weights as safetensors bytes with this crate's metadata.
+    pub fn to_bytes(&self, revision: u64, extra: &BTreeMap<String, String>) -> Result<Vec<u8>, String> {
+        to_bytes(&self.network, &self.config, revision, extra)
+    }
+
+    /// Reads weights from safetensors bytes written by [`PolicyValueNet::to_bytes`], checking the
+    /// kind, the format version, the shape named in the metadata against every tensor, and that
+    /// no tensor is missing or left over. `path` only names the source in errors.
+    pub fn from_bytes(
+        bytes: Vec<u8>,
+        path: &Path,
+    ) -> Result<(PolicyValueNet, PolicyValueInfo), PolicyValueError> {
+        let info = read_info_bytes(&bytes, path)?;
+        let device = Default::default();
+        let mut network = Network::<CpuBackend>::new(&info.config, &device);
+        load_into(&mut network, bytes, path)?;
+        Ok((PolicyValueNet { config: info.config, network, device }, info))
+    }
+
+    /// Writes the weights to `path` (the caller makes the write atomic).
+    pub fn save(
+        &self,
+        path: &Path,
+        revision: u64,
+        extra: &BTreeMap<String, String>,
+    ) -> Result<(), PolicyValueError> {
+        let bytes = self.to_bytes(revision, extra).map_err(|message| PolicyValueError::Invalid {
+            path: path.to_path_buf(),
+            check: "save",
+            message,
+        })?;
+        std::fs::write(path, bytes)
+            .map_err(|source| PolicyValueError::Io { path: path.to_path_buf(), source })
+    }
+
+    /// Loads a weights file (see [`PolicyValueNet::from_bytes`]).
+    pub fn load(path: &Path) -> Result<(PolicyValueNet, PolicyValueInfo), PolicyValueError> {
+        let bytes = std::fs::read(path)
+            .map_err(|source| PolicyValueError::Io { path: path.to_path_buf(), source })?;
+        PolicyValueNet::from_bytes(bytes, path)
+    }
+}
+
+impl PolicyValue for PolicyValueNet {
+    fn predict(&self, boards: &[Board]) -> Vec<Prediction> {
+        self.predict_boards(boards)
+    }
+}
+
+fn to_bytes<B: Backend>(
+    network: &Network<B>,
+    config: &PolicyValueConfig,
+    revision: u64,
+    extra: &BTreeMap<String, String>,
+) -> Result<Vec<u8>, String> {
+    let mut store = SafetensorsStore::from_bytes(None)
+        .metadata("kind", KIND)
+        .metadata("format_version", FORMAT_VERSION)
+        .metadata("filters", config.filters.to_string())
+        .metadata("blocks", config.blocks.to_string())
+        .metadata("se_ratio", config.se_ratio.to_string())
+        .metadata("value_hidden", config.value_hidden.to_string())
+        .metadata("revision", revision.to_string());
+    for (key, value) in extra {
+        if !OWN_KEYS.contains(&key.as_str()) {
+            store = store.metadata(key.clone(), value.clone());
+        }
+    }
+    network.save_into(&mut store).map_err(|e| e.to_string())?;
+    store.get_bytes().map_err(|e| e.to_string())
+}
+
+fn load_into<B: Backend>(
+    network: &mut Network<B>,
+    bytes: Vec<u8>,
+    path: &Path,
+) -> Result<(), PolicyValueError> {
+    let invalid =
+        |message: String| PolicyValueError::Invalid { path: path.to_path_buf(), check: "tensors", message };
+    let mut store = SafetensorsStore::from_bytes(Some(bytes)).validate(true).allow_partial(false);
+    let result = network.load_from(&mut store).map_err(|e| invalid(e.to_string()))?;
+    if !result.errors.is_empty() || !result.missing.is_empty() || !result.unused.is_empty() {
+        return Err(invalid(format!(
+            "errors {:?}, missing {:?}, unexpected {:?}",
+            result.errors.iter().map(|e| format!("{e:?}")).collect::<Vec<_>>(),
+            result.missing.iter().map(|m| &m.0).collect::<Vec<_>>(),
+            result.unused
+        )));
+    }
+    Ok(())
+}
+
+/// Reads the metadata of policy-value weights bytes and checks the tensors' shapes against it.
+pub fn read_info_bytes(bytes: &[u8], path: &Path) -> Result<PolicyValueInfo, PolicyValueError> {
+    let invalid =
+        |check, message: String| PolicyValueError::Invalid { path: path.to_path_buf(), check, message };
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
+        .map_err(|e| invalid("header", format!("not a safetensors file: {e}")))?;
+    let metadata = header.metadata().clone().unwrap_or_default();
+    let get = |key: &'static str| {
+        metadata.get(key).cloned().ok_or_else(|| invalid("metadata", format!("`{key}` is missing")))
+    };
+    let kind = get("kind")?;
+    if kind != KIND {
+        return Err(invalid("kind", format!("the file holds a `{kind}` model, not `{KIND}`")));
+    }
+    let version = get("format_version")?;
+    if version != FORMAT_VERSION {
+        return Err(invalid(
+            "format_version",
+            format!("version {version}; this build reads {FORMAT_VERSION}"),
+        ));
+    }
+    let number = |key: &'static str| -> Result<usize, PolicyValueError> {
+        get(key)?.parse().map_err(|_| invalid("metadata", format!("`{key}` is not a number")))
+    };
+    let config = PolicyValueConfig {
+        filters: number("filters")?,
+        blocks: number("blocks")?,
+        se_ratio: number("se_ratio")?,
+        value_hidden: number("value_hidden")?,
+    };
+    config.validate().map_err(|e| invalid("shape", e))?;
+    let revision: u64 =
+        get("revision")?.parse().map_err(|_| invalid("metadata", "`revision` is not a number".into()))?;
+    // Every tensor must have the shape the metadata implies.
+    let expected = expected_shapes(&config);
+    let tensors = header.tensors();
+    for (name, shape) in &expected {
+        match tensors.get(name) {
+            Some(info) if &info.shape == shape => {}
+            Some(info) => {
+                return Err(invalid(
+                    "shape",
+                    format!("`{name}` is {:?}, the metadata implies {shape:?}", info.shape),
+                ));
+            }
+            None => return Err(invalid("tensors", format!("`{name}` is missing"))),
+        }
+    }
+    if let Some(name) = tensors.keys().find(|name| !expected.contains_key(*name)) {
+        return Err(invalid("tensors", format!("unexpected tensor `{name}`")));
+    }
+    let extra = metadata
+        .into_iter()
+        .filter(|(k, _)| !OWN_KEYS.contains(&k.as_str()) && !k.starts_with("__"))
+        .collect();
+    Ok(PolicyValueInfo { config, revision, extra })
+}
+
+/// The tensor names and shapes a network of `config` has (burn's layout: linear weights
+/// `[in, out]`, convolutions `[out, in, k, k]`).
+fn expected_shapes(config: &PolicyValueConfig) -> BTreeMap<String, Vec<usize>> {
+    let f = config.filters;
+    let s = f / config.se_ratio;
+    let mut shapes = BTreeMap::new();
+    let mut add = |name: String, shape: Vec<usize>| {
+        shapes.insert(name, shape);
+    };
+    add("stem.weight".into(), vec![f, PLANES, 3, 3]);
+    add("stem.bias".into(), vec![f]);
+    for b in 0..config.blocks {
+        for conv in ["conv1", "conv2"] {
+            add(format!("blocks.{b}.{conv}.weight"), vec![f, f, 3, 3]);
+            add(format!("blocks.{b}.{conv}.bias"), vec![f]);
+        }
+        add(format!("blocks.{b}.squeeze.weight"), vec![f, s]);
+        add(format!("blocks.{b}.squeeze.bias"), vec![s]);
+        add(format!("blocks.{b}.excite.weight"), vec![s, f]);
+        add(format!("blocks.{b}.excite.bias"), vec![f]);
+    }
+    add("policy.weight".into(), vec![f * 16, 4]);
+    add("policy.bias".into(), vec![4]);
+    add("value_hidden.weight".into(), vec![f * 16, config.value_hidden]);
+    add("value_hidden.bias".into(), vec![config.value_hidden]);
+    add("value_out.weight".into(), vec![config.value_hidden, 1]);
+    add("value_out.bias".into(), vec![1]);
+    shapes
+}
+
+/// One training example: a board, the search's visit distribution on it, and its return.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sample {
+    /// The board moved on.
+    pub board: Board,
+    /// Target move probabilities (the root's visit distribution).
+    pub policy: [f32; 4],
+    /// Target value, in points (the bootstrapped discounted return).
+    pub value: f32,
+}
+
+/// Losses over a batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Losses {
+    /// Cross-entropy of the policy against the visit distribution (over legal moves).
+    pub policy: f32,
+    /// Mean squared error of the value, in squashed scaled units.
+    pub value: f32,
+}
+
+impl Losses {
+    /// The sum the optimiser minimises (policy + value).
+    pub fn total(&self) -> f32 {
+        self.policy + self.value
+    }
+}
+
+/// The optimiser's settings.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimizerConfig {
+    /// Peak learning rate (AdamW).
+    pub learning_rate: f64,
+    /// Decoupled weight decay.
+    pub weight_decay: f32,
+    /// Linear warm-up over this many steps...
+    pub warmup_steps: u64,
+    /// ...then cosine decay to `final_fraction` of the peak over this many steps (then flat).
+    pub decay_steps: u64,
+    /// See `decay_steps`.
+    pub final_fraction: f64,
+    /// Gradients are clipped to this norm (0 = no clipping).
+    pub clip_norm: f32,
+}
+
+impl Default for OptimizerConfig {
+    fn default() -> OptimizerConfig {
+        OptimizerConfig {
+            learning_rate: 2e-3,
+            weight_decay: 1e-4,
+            warmup_steps: 50,
+            decay_steps: 20_000,
+            final_fraction: 0.1,
+            clip_norm: 5.0,
+        }
+    }
+}
+
+impl OptimizerConfig {
+    /// The learning rate at `step` (0-based).
+    pub fn learning_rate_at(&self, step: u64) -> f64 {
+        if step < self.warmup_steps {
+            return self.learning_rate * (step + 1) as f64 / self.warmup_steps as f64;
+        }
+        let t = ((step - self.warmup_steps) as f64 / self.decay_steps.max(1) as f64).min(1.0);
+        let cosine = 0.5 * (1.0 + (std::f64::consts::PI * t).cos());
+        self.learning_rate * (self.final_fraction + (1.0 - self.final_fraction) * cosine)
+    }
+}
+
+/// Trains a network with AdamW on batches of [`Sample`]s, on backend `B`.
+pub struct Trainer<B: AutodiffBackend> {
+    config: PolicyValueConfig,
+    optimizer_config: OptimizerConfig,
+    network: Option<Network<B>>,
+    optimizer: OptimizerAdaptor<AdamW, Network<B>, B>,
+    device: B::Device,
+    steps: u64,
+}
+
+impl<B: AutodiffBackend> Trainer<B> {
+    /// A trainer starting from `start`'s weights.
+    pub fn new(
+        start: &PolicyValueNet,
+        optimizer_config: OptimizerConfig,
+        device: B::Device,
+    ) -> Result<Trainer<B>, String> {
+        let mut network = Network::<B>::new(&start.config, &device);
+        load_into(&mut network, start.to_bytes(0, &BTreeMap::new())?, Path::new("<memory>"))
+            .map_err(|e| e.to_string())?;
+        let mut adamw = AdamWConfig::new().with_weight_decay(optimizer_config.weight_decay);
+        if optimizer_config.clip_norm > 0.0 {
+            adamw = adamw.with_grad_clipping(Some(GradientClippingConfig::Norm(optimizer_config.clip_norm)));
+        }
+        Ok(Trainer {
+            config: start.config,
+            optimizer_config,
+            network: Some(network),
+            optimizer: adamw.init(),
+            device,
+            steps: 0,
+        })
+    }
+
+    /// Optimiser steps taken.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    fn losses<BB: Backend>(
+        network: &Network<BB>,
+        samples: &[Sample],
+        device: &BB::Device,
+    ) -> (Tensor<BB, 1>, Tensor<BB, 1>) {
+        let n = samples.len();
+        let boards: Vec<Board> = samples.iter().map(|s| s.board).collect();
+        let (logits, values) = network.forward(input::<BB>(&boards, device));
+        let bias = Tensor::<BB, 2>::from_data(TensorData::new(legal_bias(&boards), [n, 4]), device);
+        let target_policy: Vec<f32> = samples.iter().flat_map(|s| s.policy).collect();
+        let target_policy = Tensor::<BB, 2>::from_data(TensorData::new(target_policy, [n, 4]), device);
+        let target_value: Vec<f32> = samples.iter().map(|s| squash(s.value) / VALUE_SCALE).collect();
+        let target_value = Tensor::<BB, 2>::from_data(TensorData::new(target_value, [n, 1]), device);
+        // Illegal moves carry no target; the bias keeps them out of the softmax, and the mask
+        // keeps their (huge negative) log-probabilities out of the product.
+        let legal = bias.clone().greater_elem(-1.0).float();
+        let log_policy = log_softmax(logits + bias, 1) * legal;
+        let policy_loss = (log_policy * target_policy).sum_dim(1).mean().neg();
+        let value_loss = (values - target_value).square().mean();
+        (policy_loss, value_loss)
+    }
+
+    /// One optimiser step on `batch`; returns its losses before the step.
+    pub fn step(&mut self, batch: &[Sample]) -> Losses {
+        let network = self.network.take().expect("the network is always put back");
+        let (policy, value) = Self::losses(&network, batch, &self.device);
+        let losses = Losses {
+            policy: policy.clone().into_scalar().elem::<f32>(),
+            value: value.clone().into_scalar().elem::<f32>(),
+        };
+        let grads = GradientsParams::from_grads((policy + value).backward(), &network);
+        let lr = self.optimizer_config.learning_rate_at(self.steps);
+        self.network = Some(self.optimizer.step(lr, network, grads));
+        self.steps += 1;
+        losses
+    }
+
+    /// Losses on `samples` without learning from them (validation).
+    pub fn evaluate(&self, samples: &[Sample]) -> Losses {
+        if samples.is_empty() {
+            return Losses::default();
+        }
+        let network = self.network.as_ref().expect("the network is always put back").valid();
+        let device = network.devices().into_iter().next().unwrap_or_default();
+        let (policy, value) = Self::losses(&network, samples, &device);
+        Losses { policy: policy.into_scalar().elem::<f32>(), value: value.into_scalar().elem::<f32>() }
+    }
+
+    /// The current weights as a CPU network (for self-play, evaluation and publishing).
+    pub fn snapshot(&self) -> Result<PolicyValueNet, String> {
+        let network = self.network.as_ref().expect("the network is always put back").valid();
+        let bytes = to_bytes(&network, &self.config, 0, &BTreeMap::new())?;
+        PolicyValueNet::from_bytes(bytes, Path::new("<memory>"))
+            .map(|(net, _)| net)
+            .map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,196 @@
+//! The policy-value network: shapes, masking, batching, learning, and its weights files.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use zero2048_game::{Board, Direction, Game, SpawnRule, derive_seed};
+use zero2048_model::policy_value::{
+    CpuTrainBackend, OptimizerConfig, Sample, Trainer, encode_boards, squash, unsquash,
+};
+use zero2048_model::{PolicyValueConfig, PolicyValueError, PolicyValueNet};
+
+fn boards(n: usize) -> Vec<Board> {
+    let mut out = Vec::new();
+    let mut seed = 0;
+    while out.len() < n {
+        let mut game = Game::new(derive_seed(5, seed), SpawnRule::STANDARD);
+        seed += 1;
+        let mut turn = 0;
+        while !game.is_over() && out.len() < n {
+            out.push(game.board());
+            let direction = Direction::ALL
+                .into_iter()
+                .cycle()
+                .skip(turn % 4)
+                .find(|d| game.board().legal_move(*d).is_some());
+            game.play(direction.unwrap()).unwrap();
+            turn += 1;
+        }
+        out.push(game.board());
+    }
+    out.truncate(n);
+    out
+}
+
+fn tiny() -> PolicyValueConfig {
+    PolicyValueConfig { filters: 8, blocks: 1, se_ratio: 4, value_hidden: 16 }
+}
+
+#[test]
+fn the_squash_transform_inverts() {
+    for x in [0.0f32, 1.0, 17.5, 1000.0, 65_536.0, 400_000.0] {
+        let back = unsquash(squash(x));
+        assert!((back - x).abs() <= 1e-3 * x.max(1.0), "{x} → {back}");
+    }
+}
+
+#[test]
+fn inputs_are_one_hot_and_outputs_are_masked_distributions() {
+    let net = PolicyValueNet::new(PolicyValueConfig::default(), 1).unwrap();
+    let boards = boards(40);
+    let planes = encode_boards(&boards);
+    assert_eq!(planes.len(), 40 * 16 * 16);
+    for (i, board) in boards.iter().enumerate() {
+        for cell in 0..16 {
+            let hot: Vec<usize> = (0..16).filter(|p| planes[i * 256 + p * 16 + cell] == 1.0).collect();
+            assert_eq!(hot, vec![board.get(cell) as usize], "board {i} cell {cell}");
+        }
+    }
+    // A board where only some moves are legal: the rest get exactly zero.
+    let cornered: Board = "2 4 2 4 | 4 2 4 2 | 2 4 2 4 | 0 0 0 0".parse().unwrap();
+    let mut all = boards.clone();
+    all.push(cornered);
+    let lost: Board = "2 4 2 4 | 4 2 4 2 | 2 4 2 4 | 4 2 4 2".parse().unwrap();
+    all.push(lost);
+    let predictions = net.predict_boards(&all);
+    assert_eq!(predictions.len(), all.len());
+    for (board, p) in all.iter().zip(&predictions) {
+        assert!(p.value.is_finite());
+        for d in Direction::ALL {
+            let prob = p.policy[d.index() as usize];
+            if board.legal_move(d).is_none() {
+                assert_eq!(prob, 0.0, "{d:?} is illegal on {board:?}");
+            } else {
+                assert!(prob > 0.0);
+            }
+        }
+        let total: f32 = p.policy.iter().sum();
+        if board.is_game_over() {
+            assert_eq!(total, 0.0);
+        } else {
+            assert!((total - 1.0).abs() < 1e-5, "{total}");
+        }
+    }
+    let cornered_policy = predictions[predictions.len() - 2].policy;
+    assert_eq!(cornered_policy[Direction::Up.index() as usize], 0.0);
+    assert!(cornered_policy[Direction::Down.index() as usize] > 0.0);
+}
+
+#[test]
+fn batched_and_one_at_a_time_predictions_agree() {
+    let net = PolicyValueNet::new(PolicyValueConfig::default(), 2).unwrap();
+    let boards = boards(64);
+    let batched = net.predict_boards(&boards);
+    for (board, together) in boards.iter().zip(&batched) {
+        let alone = net.predict_boards(&[*board])[0];
+        for i in 0..4 {
+            assert!((alone.policy[i] - together.policy[i]).abs() < 1e-5, "{alone:?} vs {together:?}");
+        }
+        assert!(
+            (alone.value - together.value).abs() <= 1e-3 * alone.value.abs().max(1.0),
+            "{alone:?} vs {together:?}"
+        );
+    }
+}
+
+#[test]
+fn a_tiny_network_overfits_a_tiny_dataset() {
+    let net = PolicyValueNet::new(tiny(), 3).unwrap();
+    let boards = boards(32);
+    let samples: Vec<Sample> = boards
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| !b.is_game_over())
+        .map(|(i, board)| {
+            // A fixed arbitrary target: the first legal move after rotating by i, value by i.
+            let legal: Vec<Direction> =
+                Direction::ALL.into_iter().filter(|d| board.legal_move(*d).is_some()).collect();
+            let mut policy = [0.0; 4];
+            policy[legal[i % legal.len()].index() as usize] = 1.0;
+            Sample { board: *board, policy, value: 100.0 * (i % 5) as f32 }
+        })
+        .collect();
+    let optimizer = OptimizerConfig {
+        learning_rate: 3e-3,
+        warmup_steps: 5,
+        decay_steps: 1000,
+        ..OptimizerConfig::default()
+    };
+    let mut trainer = Trainer::<CpuTrainBackend>::new(&net, optimizer, Default::default()).unwrap();
+    let before = trainer.evaluate(&samples);
+    for _ in 0..300 {
+        trainer.step(&samples);
+    }
+    let after = trainer.evaluate(&samples);
+    assert!(after.policy < 0.1, "policy loss {before:?} → {after:?}");
+    assert!(after.value < 0.02, "value loss {before:?} → {after:?}");
+    // The snapshot predicts what was learned.
+    let learned = trainer.snapshot().unwrap();
+    let predictions = learned.predict_boards(&samples.iter().map(|s| s.board).collect::<Vec<_>>());
+    for (sample, p) in samples.iter().zip(&predictions) {
+        let target = sample.policy.iter().position(|&x| x == 1.0).unwrap();
+        assert!(p.policy[target] > 0.8, "{p:?} for {sample:?}");
+    }
+}
+
+#[test]
+fn weights_round_trip_and_wrong_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = PolicyValueNet::new(PolicyValueConfig::default(), 4).unwrap();
+    let path = dir.path().join("r1.safetensors");
+    let mut extra = BTreeMap::new();
+    extra.insert("games_trained".to_string(), "12".to_string());
+    net.save(&path, 7, &extra).unwrap();
+    let (loaded, info) = PolicyValueNet::load(&path).unwrap();
+    assert_eq!(info.revision, 7);
+    assert_eq!(info.config, PolicyValueConfig::default());
+    assert_eq!(info.extra.get("games_trained").map(String::as_str), Some("12"));
+    let boards = boards(16);
+    assert_eq!(
+        net.predict_boards(&boards),
+        loaded.predict_boards(&boards),
+        "weights changed in the round trip"
+    );
+
+    let refused = |bytes: Vec<u8>| PolicyValueNet::from_bytes(bytes, Path::new("x")).unwrap_err();
+    let bytes = std::fs::read(&path).unwrap();
+    // Metadata that names another shape than the tensors have.
+    let err = refused(edit_header(&bytes, "\"filters\":\"32\"", "\"filters\":\"16\""));
+    assert!(matches!(&err, PolicyValueError::Invalid { check: "shape", .. }), "{err}");
+    // Another kind of model.
+    let err = refused(edit_header(&bytes, "\"kind\":\"policy_value\"", "\"kind\":\"ntuple______\""));
+    assert!(err.to_string().contains("`ntuple______` model"), "{err}");
+    // Truncated and garbage files.
+    assert!(matches!(refused(bytes[..bytes.len() / 2].to_vec()), PolicyValueError::Invalid { .. }));
+    assert!(matches!(
+        refused(b"not a weights file".to_vec()),
+        PolicyValueError::Invalid { check: "header", .. }
+    ));
+    // A network of another shape saved honestly loads as that shape.
+    let small = PolicyValueNet::new(tiny(), 5).unwrap();
+    let (loaded, _) =
+        PolicyValueNet::from_bytes(small.to_bytes(1, &BTreeMap::new()).unwrap(), Path::new("s")).unwrap();
+    assert_eq!(loaded.config(), &tiny());
+}
+
+/// The file with `from` replaced by `to` (same length) in its JSON header.
+fn edit_header(bytes: &[u8], from: &str, to: &str) -> Vec<u8> {
+    assert_eq!(from.len(), to.len());
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = std::str::from_utf8(&bytes[8..8 + header_len]).unwrap();
+    assert!(header.contains(from), "{from} not in {header}");
+    let mut out = bytes[..8].to_vec();
+    out.extend_from_slice(header.replacen(from, to, 1).as_bytes());
+    out.extend_from_slice(&bytes[8 + header_len..]);
+    out
+}

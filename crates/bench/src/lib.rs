@@ -9,6 +9,7 @@
 pub mod learning;
 pub mod server;
 pub mod storage;
+pub mod zero;
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};

@@ -169,7 +169,7 @@ fn ingest(effort: Effort, dir: &Path, records: &[(Vec<u8>, Claims)], games: &[Ga
         next += 1;
         let raw = decompress_limited(&body, 64 << 20).expect("our own batch");
         let entries = decode_batch(&raw, 10_000).expect("our own batch");
-        let checked = check_batch(&entries, &[0]);
+        let checked = check_batch(&entries, &[0], zero2048_protocol::SearchRequirement::Absent);
         let reply = store_checked(&mut db, "bench", &entries, checked).expect("stored");
         let accepted: std::collections::HashSet<_> = reply.accepted.iter().collect();
         entries.iter().filter(|e| accepted.contains(&e.uuid)).map(|e| e.claims.moves as u64).sum()

@@ -106,7 +106,23 @@ pub struct LearnArgs {
     /// https:// URL, or r2://bucket/key (with the configured R2 credentials).
     #[arg(long, value_name = "PATH|URL|r2://bucket/key")]
     pub resume_from: Option<String>,
-    /// The network for a new run.
+    /// The model to train: the n-tuple network with expectimax, or the policy-value network with
+    /// MCTS (a run keeps the kind it started with).
+    #[arg(long, value_enum)]
+    pub model: Option<ModelArg>,
+    /// MCTS simulations per move (policy-value runs; sent to every worker).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100000))]
+    pub simulations: Option<u32>,
+    /// Convolution filters of a new policy-value network.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=512))]
+    pub filters: Option<u64>,
+    /// Residual blocks of a new policy-value network.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=64))]
+    pub blocks: Option<u64>,
+    /// Games each MCTS self-play thread plays at once (the network's batch size).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub parallel_games: Option<u64>,
+    /// The n-tuple network for a new run.
     #[arg(long, value_enum)]
     pub network: Option<NetworkShape>,
     /// TD step size.
@@ -130,6 +146,15 @@ pub struct LearnArgs {
     /// Seconds each latest record stays valid (presigned URLs outlive it).
     #[arg(long)]
     pub deadline_seconds: Option<u64>,
+}
+
+/// Model kinds on the command line.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelArg {
+    /// N-tuple network, TD learning, expectimax.
+    Ntuple,
+    /// Policy-value network, trained from MCTS statistics, played with MCTS.
+    PolicyValue,
 }
 
 /// `zero2048 server`.
@@ -455,6 +480,20 @@ pub struct BenchArgs {
     /// Depth of the expectimax benchmark.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=6))]
     pub depth: u32,
+    /// Policy-value weights for the zero suite (default: a freshly initialised network of the
+    /// default shape; throughput does not depend on the weights, strength does).
+    #[arg(long, value_name = "FILE")]
+    pub policy_value_weights: Option<PathBuf>,
+    /// N-tuple weights for the zero suite's comparison at equal time per move (without it the
+    /// comparison is skipped).
+    #[arg(long, value_name = "FILE")]
+    pub ntuple_weights: Option<PathBuf>,
+    /// Simulations per move in the zero suite.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100000))]
+    pub simulations: u32,
+    /// Games per player in the zero suite's comparison.
+    #[arg(long, default_value_t = 20)]
+    pub games: usize,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -472,6 +511,9 @@ pub enum BenchSuite {
     /// Upload ingest, concurrent simulated workers, `latest` requests, remote vs in-process
     /// self-play, against a server on loopback.
     Server,
+    /// Policy-value inference at batch 1/64/512 and MCTS simulations batched across games, on one
+    /// core; with --ntuple-weights, MCTS against expectimax at equal time per move.
+    Zero,
 }
 
 /// `zero2048 replay`.

@@ -22,7 +22,7 @@ pub use batch::{
 };
 pub use messages::{ApiError, Rejection, UploadReply};
 pub use uuid::Uuid;
-pub use verify::{RejectReason, Verified, verify_upload};
+pub use verify::{RejectReason, SearchRequirement, Verified, verify_search, verify_upload};
 
 /// The protocol version this build speaks. Bumped on any incompatible change of an endpoint, a
 /// JSON body or the batch format.

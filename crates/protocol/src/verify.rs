@@ -33,6 +33,10 @@ pub enum RejectReason {
         /// What the replay gives.
         actual: u64,
     },
+    /// The search statistics are missing where the run needs them, present where it does not,
+    /// or inconsistent with the game or the search the server asked for.
+    #[error("search statistics: {0}")]
+    SearchStats(String),
     /// Played with a revision the server no longer (or not yet) accepts.
     #[error("revision {revision} is not accepted (accepted: {accepted:?})")]
     RevisionNotAccepted {
@@ -51,6 +55,7 @@ impl RejectReason {
             RejectReason::Illegal(_) => "illegal_move",
             RejectReason::Unfinished => "unfinished_game",
             RejectReason::ClaimsMismatch { .. } => "claims_mismatch",
+            RejectReason::SearchStats(_) => "inconsistent_search_stats",
             RejectReason::RevisionNotAccepted { .. } => "revision_not_accepted",
         }
     }
@@ -80,4 +85,39 @@ pub fn verify_upload(entry: &BatchEntry, accepted_revisions: &[u64]) -> Result<V
         }
     }
     Ok(Verified { summary })
+}
+
+/// What a run requires of each game's search statistics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SearchRequirement {
+    /// None may be present (an n-tuple run: expectimax keeps no statistics).
+    #[default]
+    Absent,
+    /// Every move carries the statistics of a search of exactly this many simulations (a
+    /// policy-value run learns its policy from them).
+    Mcts {
+        /// Visits per move sum to this.
+        simulations: u32,
+    },
+}
+
+/// Checks a replayed game's search statistics against the run's requirement.
+pub fn verify_search(
+    record: &zero2048_game::GameRecord,
+    requirement: SearchRequirement,
+) -> Result<(), RejectReason> {
+    match requirement {
+        SearchRequirement::Absent if record.search.is_empty() => Ok(()),
+        SearchRequirement::Absent => Err(RejectReason::SearchStats(
+            "this run trains an n-tuple network and takes no search statistics".into(),
+        )),
+        SearchRequirement::Mcts { .. } if record.search.is_empty() && !record.steps.is_empty() => {
+            Err(RejectReason::SearchStats(
+                "this run trains on tree-search statistics and the game has none".into(),
+            ))
+        }
+        SearchRequirement::Mcts { simulations } => {
+            record.check_search(simulations).map_err(|e| RejectReason::SearchStats(e.to_string()))
+        }
+    }
 }

@@ -641,12 +641,32 @@ impl BatchedPlay {
     pub fn run(
         &self,
         evaluator: &(impl PolicyValue + ?Sized),
+        next_seed: impl FnMut() -> Option<u64>,
+        on_finish: impl FnMut(SearchedGame),
+        stop: &AtomicBool,
+    ) -> (PlayCounters, Vec<GameRecord>) {
+        self.run_resuming(evaluator, Vec::new(), next_seed, on_finish, stop)
+    }
+
+    /// [`BatchedPlay::run`], first finishing interrupted games: each `(record, seed)` continues
+    /// from its last move with spawns from `seed` (the `seed` of its [`SearchedGame`]). A record
+    /// that does not replay is dropped.
+    pub fn run_resuming(
+        &self,
+        evaluator: &(impl PolicyValue + ?Sized),
+        resume: Vec<(GameRecord, u64)>,
         mut next_seed: impl FnMut() -> Option<u64>,
         mut on_finish: impl FnMut(SearchedGame),
         stop: &AtomicBool,
     ) -> (PlayCounters, Vec<GameRecord>) {
         let mut counters = PlayCounters::default();
-        let mut slots: Vec<Slot> = Vec::with_capacity(self.parallel);
+        let mut slots: Vec<Slot> = Vec::with_capacity(self.parallel.max(resume.len()));
+        for (record, seed) in resume {
+            if let Ok(game) = Game::resume(record, seed, self.rule) {
+                let tree = Tree::new(game.board(), self.config, seed ^ 0x005E_ED0F_7EEE);
+                slots.push(Slot { seed, game, tree });
+            }
+        }
         let mut pending: Vec<usize> = Vec::with_capacity(self.parallel);
         let mut boards: Vec<Board> = Vec::with_capacity(self.parallel);
         let mut exhausted = false;
@@ -745,4 +765,48 @@ impl PolicyValue for UniformPolicy {
     fn predict(&self, boards: &[Board]) -> Vec<Prediction> {
         boards.iter().map(|_| Prediction { policy: [0.25; 4], value: self.value }).collect()
     }
+}
+
+/// Plays games `0..games` on seeds `derive_seed(base_seed, i)` with `parallel` at a time and
+/// returns their results in series order (strength is measured this way).
+pub fn play_series(
+    evaluator: &(impl PolicyValue + ?Sized),
+    config: MctsConfig,
+    rule: SpawnRule,
+    games: usize,
+    base_seed: u64,
+    parallel: usize,
+) -> (Vec<crate::arena::GameResult>, PlayCounters) {
+    let driver = BatchedPlay::new(config, rule, parallel);
+    let mut next = 0usize;
+    let mut results = Vec::with_capacity(games);
+    let (counters, _) = driver.run(
+        evaluator,
+        || {
+            let seed = (next < games).then(|| zero2048_game::derive_seed(base_seed, next as u64));
+            next += 1;
+            seed
+        },
+        |game| results.push(game),
+        &AtomicBool::new(false),
+    );
+    let mut results: Vec<crate::arena::GameResult> = results
+        .into_iter()
+        .map(|game| {
+            let index = (0..games)
+                .find(|&i| zero2048_game::derive_seed(base_seed, i as u64) == game.seed)
+                .unwrap_or(usize::MAX);
+            crate::arena::GameResult {
+                index,
+                seed: game.seed,
+                score: game.score,
+                moves: game.record.steps.len() as u32,
+                max_tile: game.max_tile,
+                nodes: game.record.search.iter().map(|s| s.visits.iter().sum::<u32>() as u64).sum(),
+                record: None,
+            }
+        })
+        .collect();
+    results.sort_by_key(|r| r.index);
+    (results, counters)
 }

@@ -13,30 +13,42 @@ use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 
 use zero2048_game::{GameRecord, SpawnRule, derive_seed};
-use zero2048_model::NTupleNetwork;
+use zero2048_model::{NTupleNetwork, PolicyValueNet};
+use zero2048_search::mcts::{BatchedPlay, MctsConfig};
 use zero2048_search::{ExpectimaxConfig, ExpectimaxPlayer, play_game_to_end};
 
-/// The network self-play uses now, swapped by the trainer at each revision.
-#[derive(Clone)]
-pub struct CurrentModel {
-    slot: Arc<RwLock<(u64, Arc<NTupleNetwork>)>>,
+/// The network self-play uses now, swapped by the trainer at each revision (an n-tuple network
+/// for expectimax self-play, a policy-value network for MCTS self-play).
+pub struct CurrentModel<M = NTupleNetwork> {
+    slot: Arc<RwLock<(u64, Arc<M>)>>,
 }
 
-impl CurrentModel {
+impl<M> Clone for CurrentModel<M> {
+    fn clone(&self) -> Self {
+        CurrentModel { slot: Arc::clone(&self.slot) }
+    }
+}
+
+impl<M> CurrentModel<M> {
     /// Starts with `network` as revision `revision`.
-    pub fn new(revision: u64, network: Arc<NTupleNetwork>) -> CurrentModel {
+    pub fn new(revision: u64, network: Arc<M>) -> CurrentModel<M> {
         CurrentModel { slot: Arc::new(RwLock::new((revision, network))) }
     }
 
     /// The current revision and network.
-    pub fn get(&self) -> (u64, Arc<NTupleNetwork>) {
+    pub fn get(&self) -> (u64, Arc<M>) {
         let slot = self.slot.read().unwrap_or_else(|e| e.into_inner());
         (slot.0, Arc::clone(&slot.1))
     }
 
+    /// The current revision.
+    pub fn revision(&self) -> u64 {
+        self.slot.read().unwrap_or_else(|e| e.into_inner()).0
+    }
+
     /// Publishes a new network to the players; returns the one it replaces (players may still
     /// hold it until their current game ends).
-    pub fn set(&self, revision: u64, network: Arc<NTupleNetwork>) -> Arc<NTupleNetwork> {
+    pub fn set(&self, revision: u64, network: Arc<M>) -> Arc<M> {
         std::mem::replace(&mut *self.slot.write().unwrap_or_else(|e| e.into_inner()), (revision, network)).1
     }
 }
@@ -99,6 +111,81 @@ pub fn spawn(
                         played += 1;
                     }
                     played
+                })
+                .expect("a self-play thread starts")
+        })
+        .collect()
+}
+
+/// How MCTS self-play plays.
+#[derive(Clone, Copy, Debug)]
+pub struct MctsSelfPlayConfig {
+    /// Threads.
+    pub threads: usize,
+    /// Games each thread plays at once (the evaluator's batch size).
+    pub parallel: usize,
+    /// The search.
+    pub search: MctsConfig,
+    /// The spawn rule.
+    pub rule: SpawnRule,
+    /// Run seed; game seeds derive from it, the thread and a counter.
+    pub seed: u64,
+}
+
+/// Starts MCTS self-play threads, each playing `parallel` games at once with one batched network
+/// call per round. A thread switches to a newer network once its games in progress end (a game
+/// is played by one revision only). They stop once `stop` is set (games in progress are
+/// dropped) or when the receiving end of `games` is dropped. Each returns the games it sent.
+pub fn spawn_mcts(
+    config: MctsSelfPlayConfig,
+    model: CurrentModel<PolicyValueNet>,
+    games: SyncSender<PlayedGame>,
+    stop: Arc<AtomicBool>,
+) -> Vec<JoinHandle<u64>> {
+    (0..config.threads.max(1))
+        .map(|thread| {
+            let (model, games, stop) = (model.clone(), games.clone(), Arc::clone(&stop));
+            std::thread::Builder::new()
+                .name(format!("selfplay-mcts-{thread}"))
+                .spawn(move || {
+                    let mut started = 0u64;
+                    let mut sent = 0u64;
+                    let driver = BatchedPlay::new(config.search, config.rule, config.parallel);
+                    while !stop.load(Ordering::Relaxed) {
+                        let (revision, network) = model.get();
+                        let closed = std::cell::Cell::new(false);
+                        driver.run(
+                            &*network,
+                            || {
+                                if stop.load(Ordering::Relaxed)
+                                    || model.revision() != revision
+                                    || closed.get()
+                                {
+                                    return None;
+                                }
+                                started += 1;
+                                Some(derive_seed(config.seed, ((thread as u64) << 40) | started))
+                            },
+                            |game| {
+                                let played = PlayedGame {
+                                    revision,
+                                    score: game.score,
+                                    max_tile: game.max_tile,
+                                    record: game.record,
+                                };
+                                if games.send(played).is_err() {
+                                    closed.set(true);
+                                } else {
+                                    sent += 1;
+                                }
+                            },
+                            &stop,
+                        );
+                        if closed.get() {
+                            break;
+                        }
+                    }
+                    sent
                 })
                 .expect("a self-play thread starts")
         })

@@ -245,7 +245,7 @@ async fn upload_games(State(state): State<Arc<AppState>>, headers: HeaderMap, bo
         let entries = decode_batch(&raw, state.api.max_batch_games)
             .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, "bad_batch", e.to_string())))?;
         let accepted = state.live.accepted();
-        let checked = check_batch(&entries, &accepted);
+        let checked = check_batch(&entries, &accepted, state.live.search_requirement());
         let mut db = state.ingest_db.lock().unwrap_or_else(|e| e.into_inner());
         let mut reply =
             store_checked(&mut db, &worker, &entries, checked).map_err(|e| Box::new(internal(e)))?;

@@ -3,7 +3,9 @@
 //! stored; a known UUID is a duplicate (an idempotent retry), never an error.
 
 use zero2048_game::ReplaySummary;
-use zero2048_protocol::{BatchEntry, Rejection, UploadReply, verify_upload};
+use zero2048_protocol::{
+    BatchEntry, Rejection, SearchRequirement, UploadReply, verify_search, verify_upload,
+};
 
 use crate::db::{DbError, NewGame, RunDb};
 
@@ -16,8 +18,13 @@ pub fn accepted_revisions(current: u64, window: u64) -> Vec<u64> {
 /// A game's verdict before storage: its canonical bytes and replay, or why it is refused.
 pub type Checked = Result<(Vec<u8>, ReplaySummary), Rejection>;
 
-/// Replays and checks every game of a batch (no database involved, so it can run on any thread).
-pub fn check_batch(entries: &[BatchEntry], accepted_revisions: &[u64]) -> Vec<Checked> {
+/// Replays and checks every game of a batch, and its search statistics against what the run
+/// requires (no database involved, so it can run on any thread).
+pub fn check_batch(
+    entries: &[BatchEntry],
+    accepted_revisions: &[u64],
+    search: SearchRequirement,
+) -> Vec<Checked> {
     entries
         .iter()
         .map(|entry| {
@@ -26,6 +33,7 @@ pub fn check_batch(entries: &[BatchEntry], accepted_revisions: &[u64]) -> Vec<Ch
             let verified = verify_upload(entry, accepted_revisions)
                 .map_err(|reason| rejection(reason.code(), reason.to_string()))?;
             let record = entry.record.as_ref().map_err(|e| rejection("undecodable_record", e.to_string()))?;
+            verify_search(record, search).map_err(|reason| rejection(reason.code(), reason.to_string()))?;
             let bytes = record.encode().map_err(|e| rejection("undecodable_record", e.to_string()))?;
             Ok((bytes, verified.summary))
         })
@@ -91,7 +99,8 @@ pub fn ingest(
     worker: &str,
     entries: &[BatchEntry],
     accepted_revisions: &[u64],
+    search: SearchRequirement,
 ) -> Result<UploadReply, DbError> {
-    let checked = check_batch(entries, accepted_revisions);
+    let checked = check_batch(entries, accepted_revisions, search);
     store_checked(db, worker, entries, checked)
 }

@@ -13,15 +13,38 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use zero2048_game::{GameRecord, SpawnRule};
-use zero2048_model::{NTupleConfig, NTupleNetwork, weights_file};
-use zero2048_protocol::{BatchEntry, Claims, new_game_uuid};
+use zero2048_model::{NTupleConfig, NTupleNetwork, PolicyValueConfig, PolicyValueNet, weights_file};
+use zero2048_protocol::{BatchEntry, Claims, SearchRequirement, new_game_uuid};
 use zero2048_search::Strength;
-use zero2048_selfplay::{CurrentModel, PlayedGame, SelfPlayConfig};
+use zero2048_search::mcts::{MctsConfig, play_series};
+use zero2048_selfplay::{CurrentModel, MctsSelfPlayConfig, PlayedGame, SelfPlayConfig};
 use zero2048_storage::{LatestDetails, LatestInfo, StorageAdapter, WeightsData};
 
 use crate::db::{Counters, EvaluationRow, RevisionRow, RunDb};
 use crate::evaluation::{EvalConfig, evaluate};
 use crate::ingest::{accepted_revisions, ingest};
+use crate::zero::{ZeroConfig, ZeroLearner};
+
+/// Which model a run trains.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    /// The n-tuple network, learned by TD and played with expectimax.
+    #[default]
+    Ntuple,
+    /// The policy-value network, learned from MCTS statistics and played with MCTS.
+    PolicyValue,
+}
+
+impl ModelKind {
+    /// The name in weights files and latest records.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelKind::Ntuple => "ntuple",
+            ModelKind::PolicyValue => "policy_value",
+        }
+    }
+}
 
 /// The revisions accepted while `current` is the latest: the configured window, and every
 /// revision superseded within the grace period (a revision is superseded when the next one is
@@ -59,8 +82,20 @@ use crate::learner::{TdConfig, TdLearner};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
-    /// The network's shape (for a new run; a resumed run keeps its own).
+    /// The model this run trains (a resumed run must keep its kind).
+    pub model: ModelKind,
+    /// The n-tuple network's shape (for a new run; a resumed run keeps its own).
     pub network: NTupleConfig,
+    /// The policy-value network's shape (for a new policy-value run).
+    pub policy_value: PolicyValueConfig,
+    /// The search of policy-value self-play and evaluation (sent to workers).
+    pub mcts: MctsConfig,
+    /// How the policy-value network learns.
+    pub zero: ZeroConfig,
+    /// Games each MCTS self-play thread plays at once (the network's batch size).
+    pub mcts_parallel_games: usize,
+    /// Games of each policy-value evaluation (MCTS games are slower than the n-tuple's).
+    pub mcts_evaluation_games: usize,
     /// The learner.
     pub td: TdConfig,
     /// Self-play threads (0 = one per core, less one for the learner).
@@ -95,7 +130,13 @@ pub struct TrainConfig {
 impl Default for TrainConfig {
     fn default() -> TrainConfig {
         TrainConfig {
+            model: ModelKind::Ntuple,
             network: NTupleConfig::standard_4x6(),
+            policy_value: PolicyValueConfig::default(),
+            mcts: MctsConfig::default(),
+            zero: ZeroConfig::default(),
+            mcts_parallel_games: 64,
+            mcts_evaluation_games: 32,
             td: TdConfig::default(),
             selfplay_threads: 0,
             selfplay_depth: 1,
@@ -180,6 +221,12 @@ pub enum TrainError {
     /// Resuming is impossible as asked.
     #[error("cannot resume: {0}")]
     Resume(String),
+    /// A policy-value weights file that cannot be used.
+    #[error(transparent)]
+    PolicyValue(#[from] zero2048_model::PolicyValueError),
+    /// The policy-value learner failed.
+    #[error("policy-value learner: {0}")]
+    Zero(String),
     /// Local file trouble.
     #[error("{action} {path}: {source}")]
     Io {
@@ -211,6 +258,8 @@ pub struct LiveState {
     latest: Mutex<Option<LatestInfo>>,
     progress: Mutex<Progress>,
     accepted: Mutex<Vec<u64>>,
+    /// Simulations every uploaded move's statistics must sum to; 0 when games carry none.
+    search_simulations: std::sync::atomic::AtomicU32,
 }
 
 impl LiveState {
@@ -228,6 +277,14 @@ impl LiveState {
     pub fn accepted(&self) -> Vec<u64> {
         let accepted = self.accepted.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if accepted.is_empty() { vec![self.revision.load(Ordering::Relaxed)] } else { accepted }
+    }
+
+    /// What uploaded games' search statistics must be.
+    pub fn search_requirement(&self) -> SearchRequirement {
+        match self.search_simulations.load(Ordering::Relaxed) {
+            0 => SearchRequirement::Absent,
+            simulations => SearchRequirement::Mcts { simulations },
+        }
     }
 
     fn set_accepted(&self, accepted: Vec<u64>) {
@@ -249,6 +306,27 @@ struct LocalWorkers {
     uplink: JoinHandle<Result<(), TrainError>>,
 }
 
+/// The learner of either kind.
+enum Learner {
+    Td(TdLearner),
+    Zero(Box<ZeroLearner>),
+}
+
+/// What self-play threads in this process play with.
+enum LocalModel {
+    Ntuple(CurrentModel<NTupleNetwork>),
+    PolicyValue(CurrentModel<PolicyValueNet>),
+}
+
+impl LocalModel {
+    fn revision(&self) -> u64 {
+        match self {
+            LocalModel::Ntuple(m) => m.revision(),
+            LocalModel::PolicyValue(m) => m.revision(),
+        }
+    }
+}
+
 /// A run, opened and ready to train.
 pub struct TrainingRun {
     config: TrainConfig,
@@ -257,7 +335,7 @@ pub struct TrainingRun {
     db: RunDb,
     db_path: PathBuf,
     live: Arc<LiveState>,
-    learner: TdLearner,
+    learner: Learner,
     counters: Counters,
     scratch: PathBuf,
 }
@@ -274,27 +352,85 @@ impl TrainingRun {
     ) -> Result<TrainingRun, TrainError> {
         let db = RunDb::open(db_path)?;
         let mut counters = db.counters()?;
+        match db.setting("model")? {
+            Some(kind) if kind != config.model.name() => {
+                return Err(TrainError::Resume(format!(
+                    "this run trains the `{kind}` model, not `{}`; keep its kind, or start over with --reset",
+                    config.model.name()
+                )));
+            }
+            Some(_) => {}
+            None => db.set_setting("model", config.model.name())?,
+        }
         let latest = runtime.block_on(adapter.read_latest_info())?;
-        let network = if let Some(path) = resume_from {
-            let (network, info) = weights_file::load(path, None)?;
-            tracing::info!("starting from {} (revision {} of its run)", path.display(), info.revision);
-            network
-        } else if let Some(latest) = &latest {
-            let path = adapter.local().checked_latest_file(latest).map_err(|e| {
-                TrainError::Resume(format!(
-                    "the latest revision's weights fail their check: {e}; use --reset to start over"
-                ))
-            })?;
-            let (network, _) = weights_file::load(&path, None)?;
-            counters.revision = counters.revision.max(latest.revision);
-            network
-        } else {
-            NTupleNetwork::zeroed(config.network.clone())?
+        let latest_file = match &latest {
+            Some(latest) if resume_from.is_none() => {
+                Some(adapter.local().checked_latest_file(latest).map_err(|e| {
+                    TrainError::Resume(format!(
+                        "the latest revision's weights fail their check: {e}; use --reset to start over"
+                    ))
+                })?)
+            }
+            _ => None,
         };
-        db.set_setting("network", &serde_json::to_string(network.config()).unwrap_or_default())?;
-        let learner = TdLearner::new(network, config.td)?;
+        let start_file = resume_from.map(Path::to_path_buf).or(latest_file);
+        if let Some(latest) = &latest {
+            counters.revision = counters.revision.max(latest.revision);
+        }
+        let learner = match config.model {
+            ModelKind::Ntuple => {
+                let network = match &start_file {
+                    Some(path) => {
+                        let (network, info) = weights_file::load(path, None)?;
+                        tracing::info!(
+                            "starting from {} (revision {} of its run)",
+                            path.display(),
+                            info.revision
+                        );
+                        network
+                    }
+                    None => NTupleNetwork::zeroed(config.network.clone())?,
+                };
+                db.set_setting("network", &serde_json::to_string(network.config()).unwrap_or_default())?;
+                Learner::Td(TdLearner::new(network, config.td)?)
+            }
+            ModelKind::PolicyValue => {
+                config.mcts.validate().map_err(|e| TrainError::Zero(format!("mcts: {e}")))?;
+                let network = match &start_file {
+                    Some(path) => {
+                        let (network, info) = PolicyValueNet::load(path)?;
+                        tracing::info!(
+                            "starting from {} (revision {} of its run)",
+                            path.display(),
+                            info.revision
+                        );
+                        network
+                    }
+                    None => {
+                        PolicyValueNet::new(config.policy_value, config.seed).map_err(TrainError::Zero)?
+                    }
+                };
+                db.set_setting("network", &serde_json::to_string(network.config()).unwrap_or_default())?;
+                let mut learner = ZeroLearner::new(&network, config.zero).map_err(TrainError::Zero)?;
+                // The replay window as it was: the newest games already learned.
+                let window_games = (config.zero.replay_positions / 200).max(1);
+                let from = counters.learned_through.saturating_sub(window_games as u64 * 4);
+                for game in db.games_after(from, window_games * 4)? {
+                    if game.id > counters.learned_through {
+                        break;
+                    }
+                    if let Ok(record) = GameRecord::decode(&game.record) {
+                        let _ = learner.remember(&record);
+                    }
+                }
+                Learner::Zero(Box::new(learner))
+            }
+        };
         let scratch = adapter.local().dir().to_path_buf();
         let live = Arc::new(LiveState::default());
+        if config.model == ModelKind::PolicyValue {
+            live.search_simulations.store(config.mcts.simulations, Ordering::Relaxed);
+        }
         live.revision.store(counters.revision, Ordering::Relaxed);
         live.learned_through.store(counters.learned_through, Ordering::Relaxed);
         live.stored_through.store(db.last_game_id()?, Ordering::Relaxed);
@@ -326,9 +462,26 @@ impl TrainingRun {
         self.counters
     }
 
-    /// The network being trained.
-    pub fn network(&self) -> &NTupleNetwork {
-        self.learner.network()
+    /// What is being trained, in a few words.
+    pub fn model_name(&self) -> String {
+        match &self.learner {
+            Learner::Td(td) => zero2048_search::Evaluator::name(td.network()).to_string(),
+            Learner::Zero(_) => {
+                let c = &self.config.policy_value;
+                format!(
+                    "policy-value network ({} filters × {} blocks) with MCTS of {} simulations",
+                    c.filters, c.blocks, self.config.mcts.simulations
+                )
+            }
+        }
+    }
+
+    /// The n-tuple network being trained (`None` in a policy-value run).
+    pub fn network(&self) -> Option<&NTupleNetwork> {
+        match &self.learner {
+            Learner::Td(td) => Some(td.network()),
+            Learner::Zero(_) => None,
+        }
     }
 
     /// The run database.
@@ -368,7 +521,16 @@ impl TrainingRun {
         observer: &mut dyn RunObserver,
     ) -> Result<Summary, TrainError> {
         let started = Instant::now();
-        let model = CurrentModel::new(self.counters.revision, Arc::new(self.learner.network().try_clone()?));
+        let model = match &self.learner {
+            Learner::Td(td) => LocalModel::Ntuple(CurrentModel::new(
+                self.counters.revision,
+                Arc::new(td.network().try_clone()?),
+            )),
+            Learner::Zero(zero) => LocalModel::PolicyValue(CurrentModel::new(
+                self.counters.revision,
+                Arc::new(zero.snapshot().map_err(TrainError::Zero)?),
+            )),
+        };
         let selfplay_stop = Arc::new(AtomicBool::new(false));
         let local =
             if local_selfplay { Some(self.start_local_workers(&model, &selfplay_stop)?) } else { None };
@@ -431,9 +593,13 @@ impl TrainingRun {
             }
             for game in &games {
                 cursor = game.id;
-                let learned = GameRecord::decode(&game.record)
-                    .map_err(|e| e.to_string())
-                    .and_then(|record| self.learner.learn(&record).map_err(|e| e.to_string()));
+                let learned =
+                    GameRecord::decode(&game.record).map_err(|e| e.to_string()).and_then(|record| {
+                        match &mut self.learner {
+                            Learner::Td(td) => td.learn(&record).map_err(|e| e.to_string()),
+                            Learner::Zero(zero) => zero.learn(&record),
+                        }
+                    });
                 match learned {
                     Ok(learned) => {
                         self.counters.games += 1;
@@ -471,17 +637,28 @@ impl TrainingRun {
                 }
             }
             if local.is_some() && since_sync >= self.config.selfplay_sync_games.max(1) && !stopping {
-                let snapshot = match spare
-                    .take()
-                    .map(|mut old| Arc::get_mut(&mut old).is_some().then_some(old))
-                {
-                    Some(Some(mut old)) => {
-                        Arc::get_mut(&mut old).expect("checked unique").copy_from(self.learner.network())?;
-                        old
+                match (&model, &self.learner) {
+                    (LocalModel::Ntuple(model), Learner::Td(td)) => {
+                        let snapshot = match spare
+                            .take()
+                            .map(|mut old| Arc::get_mut(&mut old).is_some().then_some(old))
+                        {
+                            Some(Some(mut old)) => {
+                                Arc::get_mut(&mut old).expect("checked unique").copy_from(td.network())?;
+                                old
+                            }
+                            _ => Arc::new(td.network().try_clone()?),
+                        };
+                        spare = Some(model.set(self.counters.revision, snapshot));
                     }
-                    _ => Arc::new(self.learner.network().try_clone()?),
-                };
-                spare = Some(model.set(self.counters.revision, snapshot));
+                    (LocalModel::PolicyValue(model), Learner::Zero(zero)) => {
+                        model.set(
+                            self.counters.revision,
+                            Arc::new(zero.snapshot().map_err(TrainError::Zero)?),
+                        );
+                    }
+                    _ => unreachable!("the local model has the learner's kind"),
+                }
                 since_sync = 0;
             }
             if last_report.elapsed() >= Duration::from_millis(250) {
@@ -538,29 +715,42 @@ impl TrainingRun {
     /// Self-play threads and the uplink thread that verifies and stores their games.
     fn start_local_workers(
         &mut self,
-        model: &CurrentModel,
+        model: &LocalModel,
         stop: &Arc<AtomicBool>,
     ) -> Result<LocalWorkers, TrainError> {
         let (sender, games) = sync_channel::<PlayedGame>(256);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let selfplay = zero2048_selfplay::spawn(
-            SelfPlayConfig {
-                threads: if self.config.selfplay_threads == 0 {
-                    (cores - 1).max(1)
-                } else {
-                    self.config.selfplay_threads
-                },
-                depth: self.config.selfplay_depth.max(1),
-                rule: SpawnRule::STANDARD,
-                seed: zero2048_game::derive_seed(
-                    self.config.seed,
-                    (self.counters.revision << 32) ^ self.counters.learned_through,
-                ),
-            },
-            model.clone(),
-            sender,
-            Arc::clone(stop),
+        let threads =
+            if self.config.selfplay_threads == 0 { (cores - 1).max(1) } else { self.config.selfplay_threads };
+        let seed = zero2048_game::derive_seed(
+            self.config.seed,
+            (self.counters.revision << 32) ^ self.counters.learned_through,
         );
+        let selfplay = match model {
+            LocalModel::Ntuple(model) => zero2048_selfplay::spawn(
+                SelfPlayConfig {
+                    threads,
+                    depth: self.config.selfplay_depth.max(1),
+                    rule: SpawnRule::STANDARD,
+                    seed,
+                },
+                model.clone(),
+                sender,
+                Arc::clone(stop),
+            ),
+            LocalModel::PolicyValue(model) => zero2048_selfplay::spawn_mcts(
+                MctsSelfPlayConfig {
+                    threads,
+                    parallel: self.config.mcts_parallel_games.max(1),
+                    search: self.config.mcts,
+                    rule: SpawnRule::STANDARD,
+                    seed,
+                },
+                model.clone(),
+                sender,
+                Arc::clone(stop),
+            ),
+        };
         let mut db = RunDb::open(&self.db_path)?;
         let live = Arc::clone(&self.live);
         let max_backlog = self.config.local_backlog_games.max(1);
@@ -595,7 +785,8 @@ impl TrainingRun {
                         })
                         .collect();
                     let accepted = live.accepted();
-                    let reply = ingest(&mut db, LOCAL_WORKER, &entries, &accepted)?;
+                    let reply =
+                        ingest(&mut db, LOCAL_WORKER, &entries, &accepted, live.search_requirement())?;
                     for rejection in &reply.rejected {
                         tracing::warn!("a local self-play game was refused: {}", rejection.reason);
                     }
@@ -616,28 +807,72 @@ impl TrainingRun {
     }
 
     /// Snapshots the weights as the next revision and publishes them.
-    fn publish(&mut self, model: Option<&CurrentModel>) -> Result<RevisionRow, TrainError> {
+    fn publish(&mut self, model: Option<&LocalModel>) -> Result<RevisionRow, TrainError> {
         let revision = self.counters.revision + 1;
         // The revision being superseded now counts as superseded this instant.
         let accepted = accepted_now(&self.db, revision, &self.config)?;
-        let snapshot = self.learner.network().try_clone()?;
         let temp = self.scratch.join(format!(".tmp-train-r{revision}-{}.safetensors", std::process::id()));
         let mut extra = BTreeMap::new();
         extra.insert("games_trained".to_string(), self.counters.games.to_string());
         extra.insert("moves_trained".to_string(), self.counters.moves.to_string());
-        extra.insert("learning_rate".to_string(), self.config.td.learning_rate.to_string());
-        extra.insert("coherence".to_string(), self.config.td.coherence.to_string());
-        let saved = weights_file::save(&snapshot, &temp, revision, &extra);
-        let published = saved.map_err(TrainError::from).and_then(|()| {
-            let deadline = OffsetDateTime::now_utc() + time::Duration::seconds(self.config.deadline_seconds as i64);
+        let four = SpawnRule::STANDARD.four_probability();
+        let (snapshot, saved, model_json, selfplay_json) = match &self.learner {
+            Learner::Td(td) => {
+                extra.insert("learning_rate".to_string(), self.config.td.learning_rate.to_string());
+                extra.insert("coherence".to_string(), self.config.td.coherence.to_string());
+                let snapshot = td.network().try_clone()?;
+                let saved = weights_file::save(&snapshot, &temp, revision, &extra).map_err(TrainError::from);
+                let c = snapshot.config();
+                let model = serde_json::json!({ "kind": "ntuple", "tuples": c.tuples, "stages": c.stages, "stage_tile": c.stage_tile });
+                let selfplay = serde_json::json!({ "depth": self.config.selfplay_depth.max(1), "four_probability": four });
+                (Snapshot::Ntuple(snapshot), saved, model, selfplay)
+            }
+            Learner::Zero(zero) => {
+                let report = zero.report();
+                tracing::info!(
+                    "revision {revision}: {} optimiser steps, {} positions in the window; loss policy {:.4} value {:.4} (training), {:.4} {:.4} (held out){}",
+                    report.steps,
+                    report.replay_positions,
+                    report.train.policy,
+                    report.train.value,
+                    report.validation.policy,
+                    report.validation.value,
+                    if report.validation.total() > 1.5 * report.train.total() && report.steps > 0 {
+                        " — over-fitting: held-out loss well above training loss"
+                    } else {
+                        ""
+                    }
+                );
+                extra.insert("optimizer_steps".to_string(), report.steps.to_string());
+                extra.insert("train_policy_loss".to_string(), report.train.policy.to_string());
+                extra.insert("train_value_loss".to_string(), report.train.value.to_string());
+                extra.insert("validation_policy_loss".to_string(), report.validation.policy.to_string());
+                extra.insert("validation_value_loss".to_string(), report.validation.value.to_string());
+                let snapshot = zero.snapshot().map_err(TrainError::Zero)?;
+                let saved = snapshot.save(&temp, revision, &extra).map_err(TrainError::from);
+                let c = snapshot.config();
+                let model = serde_json::json!({ "kind": "policy_value", "filters": c.filters, "blocks": c.blocks,
+                                                "se_ratio": c.se_ratio, "value_hidden": c.value_hidden });
+                let selfplay = serde_json::json!({ "four_probability": four, "mcts": self.config.mcts,
+                                                   "parallel_games": self.config.mcts_parallel_games });
+                (Snapshot::PolicyValue(Box::new(snapshot)), saved, model, selfplay)
+            }
+        };
+        let published = saved.and_then(|()| {
+            let deadline =
+                OffsetDateTime::now_utc() + time::Duration::seconds(self.config.deadline_seconds as i64);
             let details = LatestDetails {
-                model: serde_json::json!({ "kind": "ntuple", "tuples": snapshot.config().tuples,
-                                           "stages": snapshot.config().stages, "stage_tile": snapshot.config().stage_tile }),
-                selfplay: serde_json::json!({ "depth": self.config.selfplay_depth.max(1), "four_probability": SpawnRule::STANDARD.four_probability() }),
+                model: model_json,
+                selfplay: selfplay_json,
                 accepted_revisions: accepted.clone(),
                 min_worker_version: env!("CARGO_PKG_VERSION").to_string(),
             };
-            Ok(self.runtime.block_on(self.adapter.publish(WeightsData::File(temp.clone()), revision, deadline, &details))?)
+            Ok(self.runtime.block_on(self.adapter.publish(
+                WeightsData::File(temp.clone()),
+                revision,
+                deadline,
+                &details,
+            ))?)
         });
         let _ = std::fs::remove_file(&temp);
         let latest = published?;
@@ -658,18 +893,44 @@ impl TrainingRun {
         self.live.set_accepted(accepted);
         self.live.revision.store(revision, Ordering::Relaxed);
         self.live.set_latest(latest.clone());
-        if let Some(model) = model {
-            let _ = model.set(revision, Arc::new(snapshot));
+        match (model, snapshot) {
+            (Some(LocalModel::Ntuple(model)), Snapshot::Ntuple(snapshot)) => {
+                let _ = model.set(revision, Arc::new(snapshot));
+            }
+            (Some(LocalModel::PolicyValue(model)), Snapshot::PolicyValue(snapshot)) => {
+                let _ = model.set(revision, Arc::new(*snapshot));
+            }
+            _ => {}
         }
         Ok(row)
     }
 
-    fn evaluate(&mut self, model: &CurrentModel) -> Result<EvaluationRow, TrainError> {
-        let (revision, network) = model.get();
-        let strength: Strength = evaluate(network, &self.config.evaluation, SpawnRule::STANDARD);
+    fn evaluate(&mut self, model: &LocalModel) -> Result<EvaluationRow, TrainError> {
+        let revision = model.revision();
+        let strength: Strength = match model {
+            LocalModel::Ntuple(model) => {
+                evaluate(model.get().1, &self.config.evaluation, SpawnRule::STANDARD)
+            }
+            LocalModel::PolicyValue(model) => {
+                let games = self.config.mcts_evaluation_games.max(1);
+                let (results, _) = play_series(
+                    &*model.get().1,
+                    self.config.mcts.for_evaluation(),
+                    SpawnRule::STANDARD,
+                    games,
+                    self.config.evaluation.seed,
+                    games.min(64),
+                );
+                Strength::of(&results).expect("at least one game")
+            }
+        };
         let row = EvaluationRow {
             revision,
-            depth: self.config.evaluation.depth,
+            depth: match model {
+                LocalModel::Ntuple(_) => self.config.evaluation.depth,
+                // For MCTS the column holds the simulations per move.
+                LocalModel::PolicyValue(_) => self.config.mcts.simulations,
+            },
             seed: self.config.evaluation.seed,
             games_trained: self.counters.games,
             strength,
@@ -677,4 +938,10 @@ impl TrainingRun {
         self.db.record_evaluation(&row)?;
         Ok(row)
     }
+}
+
+/// A published snapshot, handed to local self-play.
+enum Snapshot {
+    Ntuple(NTupleNetwork),
+    PolicyValue(Box<PolicyValueNet>),
 }

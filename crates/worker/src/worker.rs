@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
 use zero2048_game::{Game, SpawnRule, derive_seed};
-use zero2048_model::{NTupleNetwork, weights_file};
+use zero2048_model::{NTupleNetwork, PolicyValueNet, weights_file};
 use zero2048_protocol::{Claims, compress, encode_batch, new_game_uuid};
+use zero2048_search::mcts::{BatchedPlay, MctsConfig};
 use zero2048_search::{ExpectimaxConfig, ExpectimaxPlayer, Player};
 use zero2048_storage::{Expected, FetchError, Fetcher, LatestInfo, RetryPolicy, Secret};
 
@@ -165,9 +166,15 @@ pub enum WorkerError {
 /// The model the threads play with.
 struct Model {
     revision: u64,
-    network: Arc<NTupleNetwork>,
-    search: ExpectimaxConfig,
+    play: Play,
     rule: SpawnRule,
+}
+
+/// How a revision is played: the n-tuple network with expectimax, one game per thread, or the
+/// policy-value network with MCTS, many games per thread batched into each network call.
+enum Play {
+    Expectimax { network: Arc<NTupleNetwork>, search: ExpectimaxConfig },
+    Mcts { network: Arc<PolicyValueNet>, search: MctsConfig, parallel: usize },
 }
 
 struct Shared {
@@ -352,6 +359,16 @@ fn play(
             std::thread::sleep(Duration::from_millis(20));
             continue;
         };
+        let (network, search) = match &model.play {
+            Play::Expectimax { network, search } => (Arc::clone(network), *search),
+            Play::Mcts { network, search, parallel } => {
+                play_mcts(shared, thread, &mut counter, finished, &model, network, *search, *parallel)?;
+                if shared.signals.abort.load(Ordering::Relaxed) {
+                    break;
+                }
+                continue;
+            }
+        };
         let resumed = shared.partials.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
         if resumed.is_none() && shared.spool_full.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(20));
@@ -370,7 +387,7 @@ fn play(
             },
             None => Game::new(seed, model.rule),
         };
-        let mut player = ExpectimaxPlayer::new(Arc::clone(&model.network), model.search);
+        let mut player = ExpectimaxPlayer::new(network, search);
         let mut interrupted = false;
         while let Some(direction) = player.choose(game.board()) {
             if shared.signals.abort.load(Ordering::Relaxed) {
@@ -398,6 +415,88 @@ fn play(
         if shared.config.max_games.is_some_and(|max| games >= max) {
             shared.signals.stop.store(true, Ordering::Relaxed);
         }
+    }
+    Ok(())
+}
+
+/// Plays a policy-value revision with MCTS, `parallel` games at once, until the revision changes,
+/// a stop is asked (games in progress finish), the spool is full, or an abort (games in progress
+/// are checkpointed). Interrupted games waiting in `shared.partials` are finished first.
+#[allow(clippy::too_many_arguments)]
+fn play_mcts(
+    shared: &Shared,
+    thread: u64,
+    counter: &mut u64,
+    finished: &std::sync::mpsc::SyncSender<(SpooledGame, bool)>,
+    model: &Model,
+    network: &Arc<PolicyValueNet>,
+    search: MctsConfig,
+    parallel: usize,
+) -> Result<(), SpoolError> {
+    // Resumed games keep their UUIDs: seed → UUID for the games this call finishes.
+    let mut resumed_uuids = std::collections::HashMap::new();
+    let mut resume = Vec::new();
+    while let Some(partial) = shared.partials.lock().unwrap_or_else(|e| e.into_inner()).pop_front() {
+        let seed = derive_seed(shared.config.seed, (thread << 40) | *counter);
+        *counter += 1;
+        resumed_uuids.insert(seed, partial.uuid);
+        resume.push((partial.record, seed));
+    }
+    let mut failure = None;
+    let driver = BatchedPlay::new(search, model.rule, parallel);
+    let current =
+        |shared: &Shared| shared.model.read().unwrap_or_else(|e| e.into_inner()).as_ref().map(|m| m.revision);
+    let (_, interrupted) = driver.run_resuming(
+        &**network,
+        resume,
+        || {
+            if shared.stopping()
+                || shared.spool_full.load(Ordering::Relaxed)
+                || current(shared) != Some(model.revision)
+            {
+                return None;
+            }
+            let seed = derive_seed(shared.config.seed, (thread << 40) | *counter);
+            *counter += 1;
+            Some(seed)
+        },
+        |game| {
+            let moves = game.record.steps.len() as u64;
+            let resumed = resumed_uuids.remove(&game.seed);
+            let uuid = resumed.unwrap_or_else(|| new_game_uuid(rand::random()));
+            let spooled = SpooledGame { uuid, revision: model.revision, record: game.record };
+            if failure.is_none() && finished.send((spooled, resumed.is_some())).is_err() {
+                failure = Some(());
+                return;
+            }
+            shared.moves.fetch_add(moves, Ordering::Relaxed);
+            let games = shared.games.fetch_add(1, Ordering::Relaxed) + 1;
+            if shared.config.max_games.is_some_and(|max| games >= max) {
+                shared.signals.stop.store(true, Ordering::Relaxed);
+            }
+        },
+        &shared.signals.abort,
+    );
+    for record in interrupted {
+        // Only games with at least a move are worth keeping; the UUID is new unless resumed.
+        if record.steps.is_empty() {
+            continue;
+        }
+        let spooled = SpooledGame { uuid: new_game_uuid(rand::random()), revision: model.revision, record };
+        shared.spool.put_partial(&spooled)?;
+        shared.checkpointed.fetch_add(1, Ordering::Relaxed);
+    }
+    // Interrupted games that had been resumed are checkpointed again under a new UUID; drop
+    // their old partial files.
+    for uuid in resumed_uuids.values() {
+        shared.spool.remove_partial(uuid);
+    }
+    if failure.is_some() {
+        // The writer stopped on an error, which `run` reports.
+        shared.signals.stop.store(true, Ordering::Relaxed);
+    }
+    if !shared.stopping() && shared.spool_full.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
 }
@@ -491,8 +590,8 @@ async fn adopt(
     latest: &LatestInfo,
     delay: bool,
 ) -> Result<(), Adoption> {
-    let kind = latest.model.get("kind").and_then(|k| k.as_str()).unwrap_or("ntuple");
-    if kind != "ntuple" {
+    let kind = latest.model.get("kind").and_then(|k| k.as_str()).unwrap_or("ntuple").to_string();
+    if kind != "ntuple" && kind != "policy_value" {
         return Err(Adoption::Fatal(ClientError::Incompatible(format!(
             "the server trains a {kind:?} model, which this worker cannot play"
         ))));
@@ -504,22 +603,37 @@ async fn adopt(
         Err(e @ FetchError::Mismatch { .. }) => return Err(Adoption::Refused(e.to_string())),
         Err(e) => return Err(Adoption::Transient(format!("downloading revision {}: {e}", latest.revision))),
     };
-    let loaded = tokio::task::spawn_blocking(move || weights_file::load(&path, None)).await;
-    let network = match loaded {
-        Ok(Ok((network, _))) => network,
-        Ok(Err(e)) => return Err(Adoption::Refused(e.to_string())),
-        Err(e) => return Err(Adoption::Transient(e.to_string())),
-    };
     let selfplay = &latest.selfplay;
-    let depth = selfplay.get("depth").and_then(|d| d.as_u64()).unwrap_or(1).clamp(1, 8) as u32;
     let four = selfplay.get("four_probability").and_then(|p| p.as_f64()).unwrap_or(0.1);
     let rule =
         SpawnRule::new(four).map_err(|e| Adoption::Refused(format!("selfplay.four_probability: {e}")))?;
-    let search = ExpectimaxConfig {
-        depth,
-        four_probability: four as f32,
-        transposition_bits: None,
-        ..ExpectimaxConfig::default()
+    let play = if kind == "policy_value" {
+        let search: MctsConfig = serde_json::from_value(selfplay.get("mcts").cloned().unwrap_or_default())
+            .map_err(|e| Adoption::Refused(format!("selfplay.mcts: {e}")))?;
+        search.validate().map_err(|e| Adoption::Refused(format!("selfplay.mcts: {e}")))?;
+        let parallel =
+            selfplay.get("parallel_games").and_then(|p| p.as_u64()).unwrap_or(64).clamp(1, 4096) as usize;
+        let loaded = tokio::task::spawn_blocking(move || PolicyValueNet::load(&path)).await;
+        match loaded {
+            Ok(Ok((network, _))) => Play::Mcts { network: Arc::new(network), search, parallel },
+            Ok(Err(e)) => return Err(Adoption::Refused(e.to_string())),
+            Err(e) => return Err(Adoption::Transient(e.to_string())),
+        }
+    } else {
+        let loaded = tokio::task::spawn_blocking(move || weights_file::load(&path, None)).await;
+        let network = match loaded {
+            Ok(Ok((network, _))) => network,
+            Ok(Err(e)) => return Err(Adoption::Refused(e.to_string())),
+            Err(e) => return Err(Adoption::Transient(e.to_string())),
+        };
+        let depth = selfplay.get("depth").and_then(|d| d.as_u64()).unwrap_or(1).clamp(1, 8) as u32;
+        let search = ExpectimaxConfig {
+            depth,
+            four_probability: four as f32,
+            transposition_bits: None,
+            ..ExpectimaxConfig::default()
+        };
+        Play::Expectimax { network: Arc::new(network), search }
     };
     if delay && !shared.config.adopt_delay_max.is_zero() {
         // Spread a fleet's switch (and its first uploads of the new revision) over a few seconds.
@@ -527,7 +641,7 @@ async fn adopt(
         tokio::time::sleep(pause).await;
     }
     *shared.model.write().unwrap_or_else(|e| e.into_inner()) =
-        Some(Arc::new(Model { revision: latest.revision, network: Arc::new(network), search, rule }));
+        Some(Arc::new(Model { revision: latest.revision, play, rule }));
     shared.revisions.lock().unwrap_or_else(|e| e.into_inner()).push(latest.revision);
     fetcher.set_in_use(&[latest.weights_sha256.as_str()]);
     let _ = fetcher.evict(&latest.weights_sha256);

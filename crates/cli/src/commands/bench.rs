@@ -26,6 +26,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.suite == BenchSuite::Server {
         return run_server(&args);
     }
+    if args.suite == BenchSuite::Zero {
+        return run_zero(&args);
+    }
     let effort = if args.quick { Effort::Quick } else { Effort::Full };
     if !args.json {
         eprintln!(
@@ -76,6 +79,58 @@ pub fn run(args: BenchArgs) -> Result<()> {
             format!("{} {unit}", render::rate(row.reference_per_cpu_second)),
             format!("{} {unit}", render::rate(row.reference_per_wall_second)),
             row.speedup_per_cpu_second
+        );
+    }
+    Ok(())
+}
+
+fn run_zero(args: &BenchArgs) -> Result<()> {
+    use anyhow::Context;
+    let effort = if args.quick { Effort::Quick } else { Effort::Full };
+    let net = match &args.policy_value_weights {
+        Some(path) => zero2048_model::PolicyValueNet::load(path).map(|(net, _)| net)?,
+        None => zero2048_model::PolicyValueNet::new(zero2048_model::PolicyValueConfig::default(), 1)
+            .map_err(anyhow::Error::msg)?,
+    };
+    let simulations = if args.quick { args.simulations.min(8) } else { args.simulations };
+    let comparisons = zero2048_bench::zero::throughput(effort, &net, simulations);
+    let strengths = match &args.ntuple_weights {
+        Some(path) => {
+            let (ntuple, _) = zero2048_model::weights_file::load(path, None)
+                .with_context(|| format!("loading the n-tuple weights {}", path.display()))?;
+            let games = if args.quick { args.games.min(2) } else { args.games };
+            zero2048_bench::zero::compare(&net, &std::sync::Arc::new(ntuple), simulations, games, 0x2048)
+        }
+        None => Vec::new(),
+    };
+    if args.json {
+        let out = serde_json::json!({ "network": net.config(), "parameters": net.parameters(),
+            "simulations": simulations, "throughput": comparisons, "strength": strengths });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "policy-value network {:?}, {} parameters, one core; MCTS {simulations} simulations per move",
+        net.config(),
+        net.parameters()
+    );
+    for c in &comparisons {
+        println!(
+            "{:<32} {:>16} /CPU-s   baseline {:>16} /CPU-s   {:.1}×",
+            c.name,
+            format!("{} {}", render::rate(c.fast.per_cpu_second()), c.unit),
+            format!("{} {}", render::rate(c.reference.per_cpu_second()), c.unit),
+            c.speedup()
+        );
+    }
+    for s in &strengths {
+        println!(
+            "{:<44} {:>8.2} CPU-ms/move   mean {:>8.0} ± {:<6.0} 2048 reached {:>5.1}%",
+            s.player,
+            s.cpu_ms_per_move,
+            s.strength.mean_score,
+            s.strength.ci95,
+            100.0 * s.strength.reached.first().map_or(0.0, |r| r.rate)
         );
     }
     Ok(())

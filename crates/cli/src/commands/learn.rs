@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use zero2048_model::NTupleConfig;
 use zero2048_server::{Server, ServerError, ServerOptions};
 
-use crate::args::{LearnArgs, ListenArgs, NetworkShape, StorageArgs};
+use crate::args::{LearnArgs, ListenArgs, ModelArg, NetworkShape, StorageArgs};
 use crate::{bad_input, storage};
 
 /// Options for a server from the file, the environment and the flags.
@@ -20,6 +20,24 @@ pub fn options(storage_args: &StorageArgs, listen: &ListenArgs, learn: &LearnArg
             NetworkShape::Standard4x6 => NTupleConfig::standard_4x6(),
             NetworkShape::Small4x4 => NTupleConfig::small_4x4(),
         };
+    }
+    if let Some(model) = learn.model {
+        train.model = match model {
+            ModelArg::Ntuple => zero2048_train::ModelKind::Ntuple,
+            ModelArg::PolicyValue => zero2048_train::ModelKind::PolicyValue,
+        };
+    }
+    if let Some(simulations) = learn.simulations {
+        train.mcts.simulations = simulations;
+    }
+    if let Some(filters) = learn.filters {
+        train.policy_value.filters = filters as usize;
+    }
+    if let Some(blocks) = learn.blocks {
+        train.policy_value.blocks = blocks as usize;
+    }
+    if let Some(parallel) = learn.parallel_games {
+        train.mcts_parallel_games = parallel as usize;
     }
     if let Some(rate) = learn.learning_rate {
         train.td.learning_rate = rate;
@@ -33,6 +51,7 @@ pub fn options(storage_args: &StorageArgs, listen: &ListenArgs, learn: &LearnArg
     }
     if let Some(games) = learn.eval_games {
         train.evaluation.games = games;
+        train.mcts_evaluation_games = games;
         if games == 0 {
             train.evaluate_every_revisions = 0;
         }

@@ -28,7 +28,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let status = server.adapter().status();
     eprintln!(
         "training {} · revision {} · {} games learned so far · weights in {}{}{}",
-        zero2048_search::Evaluator::name(server.run().network()),
+        server.run().model_name(),
         start.revision,
         start.games,
         server.adapter().local().dir().display(),

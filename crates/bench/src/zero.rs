@@ -1,0 +1,151 @@
+//! The Zero model's throughput: policy-value inference at batch 64 and 512 against batch 1, and
+//! MCTS with leaves batched across games against one game at a time (the prototype's one network
+//! call per simulation), all on one CPU core. Plus the strength comparison of MCTS with the
+//! network against expectimax with the n-tuple network at equal CPU time per move.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use zero2048_game::SpawnRule;
+use zero2048_model::{NTupleNetwork, PolicyValueNet};
+use zero2048_search::mcts::{ChanceMode, MctsConfig, play_series};
+use zero2048_search::{ExpectimaxConfig, ExpectimaxPlayer, Player, Series, Strength};
+
+use crate::{Comparison, Effort, boards_from_play, measure};
+
+/// Runs `work` on a one-thread rayon pool, so burn's CPU kernels use one core.
+pub fn on_one_core<T: Send>(work: impl FnOnce() -> T + Send) -> T {
+    match rayon::ThreadPoolBuilder::new().num_threads(1).build() {
+        Ok(pool) => pool.install(work),
+        Err(_) => work(),
+    }
+}
+
+/// Inference at batch 64 and 512 against batch 1 (positions per second), and MCTS simulations
+/// batched across 64 games against one game at a time.
+pub fn throughput(effort: Effort, net: &PolicyValueNet, simulations: u32) -> Vec<Comparison> {
+    on_one_core(|| {
+        let boards = boards_from_play(4096);
+        let single = |boards: &[zero2048_game::Board]| {
+            measure(effort.budget(), || {
+                for board in &boards[..64] {
+                    std::hint::black_box(net.predict_boards(std::slice::from_ref(board)));
+                }
+                64
+            })
+        };
+        let batched = |batch: usize| {
+            let mut start = 0;
+            measure(effort.budget(), || {
+                let slice = &boards[start..start + batch];
+                start = (start + batch) % (boards.len() - batch);
+                std::hint::black_box(net.predict_boards(slice));
+                batch as u64
+            })
+        };
+        let mut out = Vec::new();
+        for (name, batch) in [("inference batch 64 vs 1", 64), ("inference batch 512 vs 1", 512)] {
+            out.push(Comparison {
+                name,
+                unit: "positions",
+                fast: batched(batch),
+                reference: single(&boards),
+            });
+        }
+        let config = MctsConfig { simulations, ..MctsConfig::default() };
+        let mcts = |parallel: usize| {
+            let mut base = 0u64;
+            measure(effort.budget(), || {
+                base += 1;
+                // A few moves of many games: enough for a steady batch.
+                let (_, counters) = play_series(net, config, SpawnRule::STANDARD, parallel, base, parallel);
+                counters.simulations
+            })
+        };
+        let games = if effort == Effort::Full { 64 } else { 4 };
+        out.push(Comparison {
+            name: "MCTS 64 games batched vs 1",
+            unit: "simulations",
+            fast: mcts(games),
+            reference: mcts(1),
+        });
+        out
+    })
+}
+
+/// One player's strength and cost in a comparison.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlayerStrength {
+    /// Who played.
+    pub player: String,
+    /// CPU milliseconds per move (one core).
+    pub cpu_ms_per_move: f64,
+    /// The strength table.
+    pub strength: Strength,
+}
+
+fn mcts_strength(net: &PolicyValueNet, config: MctsConfig, games: usize, seed: u64) -> PlayerStrength {
+    on_one_core(|| {
+        let cpu = cpu_time::ThreadTime::now();
+        let (results, counters) = play_series(net, config, SpawnRule::STANDARD, games, seed, games.min(64));
+        let seconds = cpu.elapsed().as_secs_f64();
+        PlayerStrength {
+            player: format!("MCTS {} simulations, {:?} chance nodes", config.simulations, config.chance),
+            cpu_ms_per_move: 1000.0 * seconds / counters.moves.max(1) as f64,
+            strength: Strength::of(&results).expect("at least one game"),
+        }
+    })
+}
+
+fn expectimax_strength(network: &Arc<NTupleNetwork>, depth: u32, games: usize, seed: u64) -> PlayerStrength {
+    let config = ExpectimaxConfig { depth, ..ExpectimaxConfig::default() };
+    let network = Arc::clone(network);
+    let make = move |_seed: u64| -> Box<dyn Player> {
+        Box::new(ExpectimaxPlayer::new(Arc::clone(&network), config))
+    };
+    let cpu = cpu_time::ThreadTime::now();
+    let results = Series {
+        games,
+        base_seed: seed,
+        threads: 1,
+        rule: SpawnRule::STANDARD,
+        keep_records: false,
+        player: &make,
+    }
+    .run(&|_| {});
+    let seconds = cpu.elapsed().as_secs_f64();
+    let moves: u64 = results.iter().map(|r| r.moves as u64).sum();
+    PlayerStrength {
+        player: format!("expectimax depth {depth}, n-tuple"),
+        cpu_ms_per_move: 1000.0 * seconds / moves.max(1) as f64,
+        strength: Strength::of(&results).expect("at least one game"),
+    }
+}
+
+/// MCTS with the network (stratified and sampled chance nodes) against expectimax with the
+/// n-tuple network at the deepest depth whose CPU time per move does not exceed the MCTS's, on
+/// the same seeds.
+pub fn compare(
+    net: &PolicyValueNet,
+    ntuple: &Arc<NTupleNetwork>,
+    simulations: u32,
+    games: usize,
+    seed: u64,
+) -> Vec<PlayerStrength> {
+    let config = MctsConfig { simulations, ..MctsConfig::default() }.for_evaluation();
+    let stratified = mcts_strength(net, config, games, seed);
+    let sampled = mcts_strength(net, MctsConfig { chance: ChanceMode::Sampled, ..config }, games, seed);
+    let budget = stratified.cpu_ms_per_move;
+    let mut rows = vec![stratified, sampled];
+    let mut chosen = expectimax_strength(ntuple, 1, games, seed);
+    for depth in 2..=4 {
+        // Time one game first: a depth too slow for the budget is not played in full.
+        let probe = expectimax_strength(ntuple, depth, 1, seed);
+        if probe.cpu_ms_per_move > budget {
+            break;
+        }
+        chosen = expectimax_strength(ntuple, depth, games, seed);
+    }
+    rows.push(chosen);
+    rows
+}

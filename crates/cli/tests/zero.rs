@@ -1,0 +1,136 @@
+//! The policy-value pipeline as users run it: `zero2048 server --model policy-value` and a worker
+//! process playing MCTS over real HTTP, games carrying their search statistics, the server
+//! learning from them and refusing statistics that cannot be true.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+use zero2048_game::{Direction, GameRecord, SpawnRule};
+use zero2048_protocol::{Claims, Uuid, compress, encode_batch};
+use zero2048_search::{GreedyPlayer, play_game};
+
+const SIMULATIONS: u32 = 8;
+
+fn post(port: u16, token: &str, games: &[(Uuid, GameRecord)]) -> serde_json::Value {
+    let encoded: Vec<(Uuid, Claims, Vec<u8>)> = games
+        .iter()
+        .map(|(uuid, record)| {
+            let s = record.replay().unwrap();
+            (*uuid, Claims { score: s.score, moves: s.moves, max_tile: s.max_tile }, record.encode().unwrap())
+        })
+        .collect();
+    let raw = encode_batch(encoded.iter().map(|(u, c, r)| (*u, 1, *c, r.as_slice()))).unwrap();
+    http()
+        .post(format!("http://127.0.0.1:{port}/api/v1/games"))
+        .header("content-encoding", "zstd")
+        .bearer_auth(token)
+        .body(compress(&raw, 3))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap()
+}
+
+fn stored_records(db: &std::path::Path) -> Vec<(i64, GameRecord)> {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut query = conn.prepare("SELECT revision, record FROM games ORDER BY id").unwrap();
+    query
+        .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))
+        .unwrap()
+        .map(|row| {
+            let (revision, bytes) = row.unwrap();
+            (revision, GameRecord::decode(&bytes).unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn a_policy_value_server_learns_from_an_mcts_worker_and_refuses_false_statistics() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let simulations = SIMULATIONS.to_string();
+    let server = server(
+        dir.path(),
+        port,
+        &[
+            "--model",
+            "policy-value",
+            "--simulations",
+            &simulations,
+            "--filters",
+            "8",
+            "--blocks",
+            "1",
+            "--parallel-games",
+            "16",
+            "--revision-every-games",
+            "40",
+        ],
+    );
+    let latest: serde_json::Value =
+        http().get(format!("http://127.0.0.1:{port}/api/v1/latest")).send().unwrap().json().unwrap();
+    assert_eq!(latest["model"]["kind"], "policy_value", "{latest}");
+    assert_eq!(
+        latest["selfplay"]["mcts"]["simulations"], SIMULATIONS,
+        "the search parameters travel: {latest}"
+    );
+    let token = token(dir.path(), "mcts");
+    let w = worker(dir.path(), port, &token, "mcts", &["--upload-interval", "100ms"]);
+    wait_for(Duration::from_secs(240), "revision 3 and games of revision 2", || {
+        status(port)["revision"].as_u64().unwrap_or(0) >= 3
+            && stored_records(&dir.path().join("zero2048.db")).iter().any(|(r, _)| *r >= 2)
+    });
+    w.interrupt();
+    let (code, out, log) = w.wait(Duration::from_secs(120));
+    assert_eq!(code, Some(0), "{log}");
+    let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(summary["uploaded"], summary["games"], "{summary}\n{log}");
+    assert!(summary["revisions"].as_array().unwrap().len() > 1, "the worker did not follow: {summary}");
+
+    let db = dir.path().join("zero2048.db");
+    let records = stored_records(&db);
+    assert!(!records.is_empty());
+    for (_, record) in &records {
+        assert_eq!(record.search.len(), record.steps.len(), "every move carries its statistics");
+        assert_eq!(record.check_search(SIMULATIONS), Ok(()));
+    }
+    let status = status(port);
+    assert!(!status["evaluations"].as_array().unwrap().is_empty(), "{status}");
+
+    // Statistics that cannot be true are refused, each with its reason; a true game is accepted.
+    let (_, good) = records.last().unwrap().clone();
+    let mut extra_visit = good.clone();
+    extra_visit.search[0].visits[good.steps[0].direction.index() as usize] += 1;
+    let mut illegal_visit = good.clone();
+    let (step, illegal) = good
+        .replay_steps()
+        .map(|s| s.unwrap().before)
+        .enumerate()
+        .find_map(|(i, b)| Direction::ALL.into_iter().find(|d| b.legal_move(*d).is_none()).map(|d| (i, d)))
+        .expect("some board has an illegal move");
+    let played = illegal_visit.steps[step].direction.index() as usize;
+    illegal_visit.search[step].visits[played] -= 1;
+    illegal_visit.search[step].visits[illegal.index() as usize] += 1;
+    let (without, _) = play_game(&mut GreedyPlayer::new(3), 3, SpawnRule::STANDARD);
+    let reply = post(
+        port,
+        &token,
+        &[
+            (Uuid::from_u128(1), extra_visit),
+            (Uuid::from_u128(2), illegal_visit),
+            (Uuid::from_u128(3), without),
+            (Uuid::from_u128(4), good.clone()),
+        ],
+    );
+    let codes: Vec<&str> =
+        reply["rejected"].as_array().unwrap().iter().map(|r| r["code"].as_str().unwrap()).collect();
+    assert_eq!(codes, ["inconsistent_search_stats"; 3], "{reply}");
+    let reasons = reply["rejected"].to_string();
+    assert!(reasons.contains("visits sum to 9"), "{reasons}");
+    assert!(reasons.contains("illegal move"), "{reasons}");
+    assert!(reasons.contains("has none"), "{reasons}");
+    assert_eq!(reply["accepted"].as_array().unwrap().len(), 1, "{reply}");
+    drop(server);
+}

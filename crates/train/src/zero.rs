@@ -1,0 +1,244 @@
+//! Learning the policy-value network from searched games.
+//!
+//! Each verified game becomes one sample per move: the board, the root's visit distribution as
+//! the policy target, and as the value target the n-step discounted return bootstrapped from the
+//! search's root value n moves later (0 past the end of the game). Samples enter a replay window
+//! of the most recent positions (spanning recent revisions); one game in twenty goes to a held-out
+//! validation set instead, so over-fitting shows as validation loss rising while training loss
+//! falls. Training keeps a fixed ratio of optimiser steps to new positions.
+
+use std::collections::VecDeque;
+
+use rand::{RngExt, SeedableRng};
+use serde::{Deserialize, Serialize};
+use zero2048_game::{GameRecord, GameRng};
+use zero2048_model::PolicyValueNet;
+use zero2048_model::policy_value::{CpuTrainBackend, Losses, OptimizerConfig, Sample, Trainer};
+
+use crate::learner::GameLearned;
+
+/// How the policy-value network learns.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ZeroConfig {
+    /// Samples per optimiser step.
+    pub batch_size: usize,
+    /// Positions kept for sampling (the newest; older revisions' games age out).
+    pub replay_positions: usize,
+    /// Each new position is drawn this many times on average (steps = positions × reuse / batch).
+    pub sample_reuse: f64,
+    /// Moves of real reward before bootstrapping from the search value.
+    pub n_step: usize,
+    /// Discount per move (the search's discount, so targets and tree values agree).
+    pub discount: f32,
+    /// Held-out positions kept for the validation loss.
+    pub validation_positions: usize,
+    /// What a move's reward is.
+    pub reward: RewardKind,
+    /// AdamW and its schedule.
+    pub optimizer: OptimizerConfig,
+    /// Seed of batch sampling.
+    pub seed: u64,
+}
+
+impl Default for ZeroConfig {
+    fn default() -> ZeroConfig {
+        ZeroConfig {
+            batch_size: 256,
+            replay_positions: 200_000,
+            sample_reuse: 4.0,
+            n_step: 10,
+            discount: 0.999,
+            validation_positions: 10_000,
+            reward: RewardKind::Score,
+            optimizer: OptimizerConfig::default(),
+            seed: 2048,
+        }
+    }
+}
+
+/// The prototype's reward choices.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RewardKind {
+    /// The points a move scores (the game's own objective).
+    #[default]
+    Score,
+    /// log2(1 + points): merges of big tiles count less, which steadies early learning.
+    LogScore,
+    /// 1 for each move that raises the largest tile (rewards reaching tiles, not points).
+    MaxTile,
+}
+
+impl RewardKind {
+    fn reward(self, points: u32, before_max: u32, after_max: u32) -> f32 {
+        match self {
+            RewardKind::Score => points as f32,
+            RewardKind::LogScore => (1.0 + points as f32).log2(),
+            RewardKind::MaxTile => (after_max > before_max) as u8 as f32,
+        }
+    }
+}
+
+/// The learner of a policy-value run.
+pub struct ZeroLearner {
+    trainer: Trainer<CpuTrainBackend>,
+    config: ZeroConfig,
+    replay: VecDeque<Sample>,
+    validation: VecDeque<Sample>,
+    steps_due: f64,
+    rng: GameRng,
+    recent: Losses,
+    games: u64,
+}
+
+/// Losses reported with each revision.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ZeroReport {
+    /// Optimiser steps so far.
+    pub steps: u64,
+    /// Positions in the replay window.
+    pub replay_positions: usize,
+    /// Mean training losses over recent steps.
+    pub train: Losses,
+    /// Losses on the held-out positions.
+    pub validation: Losses,
+}
+
+impl ZeroLearner {
+    /// A learner starting from `network`.
+    pub fn new(network: &PolicyValueNet, config: ZeroConfig) -> Result<ZeroLearner, String> {
+        if config.batch_size == 0 || config.replay_positions < config.batch_size {
+            return Err("zero.batch_size must be at least 1 and at most zero.replay_positions".into());
+        }
+        if !(0.0..=1.0).contains(&config.discount)
+            || !config.sample_reuse.is_finite()
+            || config.sample_reuse < 0.0
+        {
+            return Err("zero.discount must be within 0..=1 and zero.sample_reuse ≥ 0".into());
+        }
+        Ok(ZeroLearner {
+            trainer: Trainer::new(network, config.optimizer, Default::default())?,
+            config,
+            replay: VecDeque::with_capacity(config.replay_positions.min(1 << 20)),
+            validation: VecDeque::new(),
+            steps_due: 0.0,
+            rng: GameRng::seed_from_u64(config.seed),
+            recent: Losses::default(),
+            games: 0,
+        })
+    }
+
+    /// The samples of a verified game with search statistics.
+    pub fn samples(record: &GameRecord, config: &ZeroConfig) -> Result<Vec<Sample>, String> {
+        if record.search.len() != record.steps.len() {
+            return Err(format!(
+                "the game has search statistics for {} of {} moves",
+                record.search.len(),
+                record.steps.len()
+            ));
+        }
+        let steps: Vec<_> = record.replay_steps().collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+        let rewards: Vec<f32> = steps
+            .iter()
+            .map(|s| config.reward.reward(s.reward, s.before.max_tile(), s.after.max_tile()))
+            .collect();
+        let n = config.n_step.max(1);
+        let gamma = config.discount;
+        let mut samples = Vec::with_capacity(steps.len());
+        for (t, (step, stats)) in steps.iter().zip(&record.search).enumerate() {
+            let total: u32 = stats.visits.iter().sum();
+            if total == 0 {
+                return Err(format!("move {t} has no visits"));
+            }
+            let policy = stats.visits.map(|v| v as f32 / total as f32);
+            let mut value = 0.0f32;
+            let mut discount = 1.0f32;
+            let end = (t + n).min(steps.len());
+            for reward in &rewards[t..end] {
+                value += discount * reward;
+                discount *= gamma;
+            }
+            if end < steps.len() {
+                value += discount * record.search[end].root_value;
+            }
+            samples.push(Sample { board: step.before, policy, value });
+        }
+        Ok(samples)
+    }
+
+    /// Whether a game is held out for validation (one in twenty, decided by its content so a
+    /// restarted server splits the same way).
+    fn held_out(record: &GameRecord) -> bool {
+        let key = record.start.raw() ^ (record.steps.len() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        zero2048_game::derive_seed(key, 20).is_multiple_of(20)
+    }
+
+    /// Adds a game to the window without training on it (rebuilding the window after a restart).
+    pub fn remember(&mut self, record: &GameRecord) -> Result<(), String> {
+        let samples = ZeroLearner::samples(record, &self.config)?;
+        self.push(record, samples);
+        Ok(())
+    }
+
+    fn push(&mut self, record: &GameRecord, samples: Vec<Sample>) -> usize {
+        let count = samples.len();
+        if ZeroLearner::held_out(record) {
+            self.validation.extend(samples);
+            while self.validation.len() > self.config.validation_positions {
+                self.validation.pop_front();
+            }
+            return 0;
+        }
+        self.replay.extend(samples);
+        while self.replay.len() > self.config.replay_positions {
+            self.replay.pop_front();
+        }
+        count
+    }
+
+    /// Learns from a verified game: adds its positions and takes the optimiser steps they are due.
+    pub fn learn(&mut self, record: &GameRecord) -> Result<GameLearned, String> {
+        let summary = record.replay().map_err(|e| e.to_string())?;
+        let samples = ZeroLearner::samples(record, &self.config)?;
+        let added = self.push(record, samples);
+        self.games += 1;
+        self.steps_due += added as f64 * self.config.sample_reuse / self.config.batch_size as f64;
+        while self.steps_due >= 1.0 && self.replay.len() >= self.config.batch_size {
+            self.steps_due -= 1.0;
+            let batch: Vec<Sample> = (0..self.config.batch_size)
+                .map(|_| self.replay[self.rng.random_range(0..self.replay.len())])
+                .collect();
+            let losses = self.trainer.step(&batch);
+            let keep = 0.98;
+            if self.trainer.steps() == 1 {
+                self.recent = losses;
+            } else {
+                self.recent.policy = keep * self.recent.policy + (1.0 - keep) * losses.policy;
+                self.recent.value = keep * self.recent.value + (1.0 - keep) * losses.value;
+            }
+        }
+        Ok(GameLearned {
+            moves: summary.moves,
+            score: summary.score,
+            max_tile: summary.max_tile,
+            mean_abs_error: self.recent.value,
+        })
+    }
+
+    /// The current weights as a CPU network.
+    pub fn snapshot(&self) -> Result<PolicyValueNet, String> {
+        self.trainer.snapshot()
+    }
+
+    /// Losses now (the validation loss is computed on the held-out positions).
+    pub fn report(&self) -> ZeroReport {
+        let held: Vec<Sample> = self.validation.iter().copied().collect();
+        ZeroReport {
+            steps: self.trainer.steps(),
+            replay_positions: self.replay.len(),
+            train: self.recent,
+            validation: self.trainer.evaluate(&held),
+        }
+    }
+}

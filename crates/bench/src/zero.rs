@@ -9,7 +9,7 @@ use serde::Serialize;
 use zero2048_game::SpawnRule;
 use zero2048_model::{NTupleNetwork, PolicyValueNet};
 use zero2048_search::mcts::{ChanceMode, MctsConfig, play_series};
-use zero2048_search::{ExpectimaxConfig, ExpectimaxPlayer, Player, Series, Strength};
+use zero2048_search::{Expectimax, ExpectimaxConfig, ExpectimaxPlayer, Player, Series, Strength};
 
 use crate::{Comparison, Effort, boards_from_play, measure};
 
@@ -137,15 +137,21 @@ pub fn compare(
     let sampled = mcts_strength(net, MctsConfig { chance: ChanceMode::Sampled, ..config }, games, seed);
     let budget = stratified.cpu_ms_per_move;
     let mut rows = vec![stratified, sampled];
-    let mut chosen = expectimax_strength(ntuple, 1, games, seed);
-    for depth in 2..=4 {
-        // Time one game first: a depth too slow for the budget is not played in full.
-        let probe = expectimax_strength(ntuple, depth, 1, seed);
-        if probe.cpu_ms_per_move > budget {
+    // The deepest search whose time per move on sample boards fits the budget plays the games.
+    let boards = boards_from_play(200);
+    let mut depth = 1;
+    for deeper in 2..=4 {
+        let config = ExpectimaxConfig { depth: deeper, ..ExpectimaxConfig::default() };
+        let mut search = Expectimax::new(Arc::clone(ntuple), config);
+        let cpu = cpu_time::ThreadTime::now();
+        for board in &boards {
+            std::hint::black_box(search.decide(*board));
+        }
+        if 1000.0 * cpu.elapsed().as_secs_f64() / boards.len() as f64 > budget {
             break;
         }
-        chosen = expectimax_strength(ntuple, depth, games, seed);
+        depth = deeper;
     }
-    rows.push(chosen);
+    rows.push(expectimax_strength(ntuple, depth, games, seed));
     rows
 }

@@ -205,3 +205,60 @@ fn bench_runs_every_benchmark_against_its_reference() {
         );
     }
 }
+
+#[test]
+fn the_zero_bench_measures_batching_and_compares_mcts_with_expectimax() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_zero2048"))
+        .current_dir(dir.path())
+        .args([
+            "train",
+            "--network",
+            "4x4",
+            "--games",
+            "30",
+            "--revision-every-games",
+            "30",
+            "--eval-games",
+            "0",
+        ])
+        .args(["--port", "0", "--threads", "1"])
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let weights = std::fs::read_dir(dir.path().join("weights"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .unwrap();
+    let output = zero2048(&[
+        "bench",
+        "--suite",
+        "zero",
+        "--quick",
+        "--json",
+        "--ntuple-weights",
+        weights.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    let names: Vec<&str> =
+        report["throughput"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["inference batch 64 vs 1", "inference batch 512 vs 1", "MCTS 64 games batched vs 1"]);
+    for row in report["throughput"].as_array().unwrap() {
+        assert!(
+            row["fast"]["items"].as_u64().unwrap() > 0 && row["reference"]["items"].as_u64().unwrap() > 0
+        );
+    }
+    let players: Vec<&str> =
+        report["strength"].as_array().unwrap().iter().map(|r| r["player"].as_str().unwrap()).collect();
+    assert_eq!(players.len(), 3, "{report}");
+    assert!(
+        players[0].starts_with("MCTS")
+            && players[1].starts_with("MCTS")
+            && players[2].starts_with("expectimax")
+    );
+    for row in report["strength"].as_array().unwrap() {
+        assert!(row["strength"]["mean_score"].as_f64().unwrap() > 0.0, "{row}");
+    }
+}

@@ -113,6 +113,12 @@ pub struct LearnArgs {
     /// MCTS simulations per move (policy-value runs; sent to every worker).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100000))]
     pub simulations: Option<u32>,
+    /// Where policy-value training runs (zero.device): cpu, or cuda in a build with `--features cuda`.
+    #[arg(long, value_enum)]
+    pub device: Option<DeviceArg>,
+    /// How much the network's value counts in the search (0..=1; mcts.value_weight).
+    #[arg(long)]
+    pub value_weight: Option<f32>,
     /// Convolution filters of a new policy-value network.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=512))]
     pub filters: Option<u64>,
@@ -146,6 +152,15 @@ pub struct LearnArgs {
     /// Seconds each latest record stays valid (presigned URLs outlive it).
     #[arg(long)]
     pub deadline_seconds: Option<u64>,
+}
+
+/// Training devices on the command line.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceArg {
+    /// The CPU cores (burn's flex backend).
+    Cpu,
+    /// The first CUDA GPU.
+    Cuda,
 }
 
 /// Model kinds on the command line.

@@ -134,3 +134,42 @@ fn a_policy_value_server_learns_from_an_mcts_worker_and_refuses_false_statistics
     assert_eq!(reply["accepted"].as_array().unwrap().len(), 1, "{reply}");
     drop(server);
 }
+
+#[test]
+fn a_run_keeps_its_model_kind_and_cuda_needs_a_cuda_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_zero2048"))
+            .current_dir(dir.path())
+            .args(["train", "--port", "0", "--threads", "1", "--eval-games", "2"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let first = train(&[
+        "--model",
+        "policy-value",
+        "--simulations",
+        "4",
+        "--filters",
+        "4",
+        "--blocks",
+        "0",
+        "--games",
+        "3",
+    ]);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let weights: Vec<_> =
+        std::fs::read_dir(dir.path().join("weights")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(weights.iter().any(|p| p.extension().is_some_and(|e| e == "safetensors")));
+    let switched = train(&["--model", "ntuple", "--network", "4x4", "--games", "3"]);
+    assert!(!switched.status.success());
+    let stderr = String::from_utf8_lossy(&switched.stderr);
+    assert!(stderr.contains("trains the `policy_value` model") && stderr.contains("--reset"), "{stderr}");
+    if !cfg!(feature = "cuda") {
+        let cuda = train(&["--model", "policy-value", "--device", "cuda", "--games", "1"]);
+        assert!(!cuda.status.success());
+        let stderr = String::from_utf8_lossy(&cuda.stderr);
+        assert!(stderr.contains("--features cuda"), "{stderr}");
+    }
+}

@@ -624,3 +624,65 @@ impl<B: AutodiffBackend> Trainer<B> {
             .map_err(|e| e.to_string())
     }
 }
+
+/// What a training loop needs of a trainer, whatever backend it runs on.
+pub trait NetworkTrainer: Send {
+    /// One optimiser step on `batch`; returns its losses before the step.
+    fn step(&mut self, batch: &[Sample]) -> Losses;
+    /// Losses on `samples` without learning from them.
+    fn evaluate(&self, samples: &[Sample]) -> Losses;
+    /// The current weights as a CPU network.
+    fn snapshot(&self) -> Result<PolicyValueNet, String>;
+    /// Optimiser steps taken.
+    fn steps(&self) -> u64;
+}
+
+impl<B: AutodiffBackend> NetworkTrainer for Trainer<B>
+where
+    Trainer<B>: Send,
+{
+    fn step(&mut self, batch: &[Sample]) -> Losses {
+        Trainer::step(self, batch)
+    }
+    fn evaluate(&self, samples: &[Sample]) -> Losses {
+        Trainer::evaluate(self, samples)
+    }
+    fn snapshot(&self) -> Result<PolicyValueNet, String> {
+        Trainer::snapshot(self)
+    }
+    fn steps(&self) -> u64 {
+        Trainer::steps(self)
+    }
+}
+
+/// Where training runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainDevice {
+    /// burn's flex backend on the CPU cores.
+    #[default]
+    Cpu,
+    /// The first CUDA GPU (needs a build with the `cuda` feature, and a CUDA driver at run time).
+    Cuda,
+}
+
+/// A trainer on `device`, starting from `start`'s weights.
+pub fn trainer(
+    start: &PolicyValueNet,
+    optimizer: OptimizerConfig,
+    device: TrainDevice,
+) -> Result<Box<dyn NetworkTrainer>, String> {
+    match device {
+        TrainDevice::Cpu => {
+            Ok(Box::new(Trainer::<CpuTrainBackend>::new(start, optimizer, Default::default())?))
+        }
+        #[cfg(feature = "cuda")]
+        TrainDevice::Cuda => {
+            Ok(Box::new(Trainer::<CudaTrainBackend>::new(start, optimizer, Default::default())?))
+        }
+        #[cfg(not(feature = "cuda"))]
+        TrainDevice::Cuda => {
+            Err("this build has no CUDA backend: build with `--features cuda` (see README)".into())
+        }
+    }
+}

@@ -73,6 +73,12 @@ pub struct MctsConfig {
     pub temperature_moves: u32,
     /// Probability that a spawned tile is a 4.
     pub four_probability: f32,
+    /// How much the network's value counts at a leaf (1 = fully, as in AlphaZero; 0 = not at
+    /// all: the search then weighs the points its moves score, and the policy). A young
+    /// network's value is noise of hundreds of points between sibling boards whose real
+    /// difference is a few merges, so trusting it fully can make the search play worse than
+    /// ignoring it (measured: BENCHMARKS.md).
+    pub value_weight: f32,
 }
 
 impl Default for MctsConfig {
@@ -87,6 +93,7 @@ impl Default for MctsConfig {
             temperature: 1.0,
             temperature_moves: 30,
             four_probability: 0.1,
+            value_weight: 1.0,
         }
     }
 }
@@ -102,16 +109,22 @@ impl MctsConfig {
         if self.simulations == 0 {
             return Err("simulations must be at least 1".into());
         }
-        let finite =
-            [self.c_puct, self.discount, self.dirichlet_alpha, self.noise_fraction, self.temperature];
+        let finite = [
+            self.c_puct,
+            self.discount,
+            self.dirichlet_alpha,
+            self.noise_fraction,
+            self.temperature,
+            self.value_weight,
+        ];
         if finite.iter().any(|v| !v.is_finite() || *v < 0.0) {
             return Err(
                 "c_puct, discount, dirichlet_alpha, noise_fraction and temperature must be finite and ≥ 0"
                     .into(),
             );
         }
-        if self.discount > 1.0 || self.noise_fraction > 1.0 {
-            return Err("discount and noise_fraction must be at most 1".into());
+        if self.discount > 1.0 || self.noise_fraction > 1.0 || self.value_weight > 1.0 {
+            return Err("discount, noise_fraction and value_weight must be at most 1".into());
         }
         if self.noise_fraction > 0.0 && self.dirichlet_alpha <= 0.0 {
             return Err("dirichlet_alpha must be positive when noise_fraction is".into());
@@ -299,7 +312,7 @@ impl Tree {
             self.noise_applied = true;
             self.add_root_noise();
         }
-        let value = if legal == 0 { 0.0 } else { prediction.value };
+        let value = if legal == 0 { 0.0 } else { prediction.value * self.config.value_weight };
         // The root's own expansion is not a simulation: nothing is above it.
         self.backup(node, value);
     }

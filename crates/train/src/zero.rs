@@ -13,7 +13,7 @@ use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 use zero2048_game::{GameRecord, GameRng};
 use zero2048_model::PolicyValueNet;
-use zero2048_model::policy_value::{CpuTrainBackend, Losses, OptimizerConfig, Sample, Trainer};
+use zero2048_model::policy_value::{Losses, NetworkTrainer, OptimizerConfig, Sample, TrainDevice, trainer};
 
 use crate::learner::GameLearned;
 
@@ -39,6 +39,8 @@ pub struct ZeroConfig {
     pub optimizer: OptimizerConfig,
     /// Seed of batch sampling.
     pub seed: u64,
+    /// Where the optimiser runs (`cuda` needs a build with the `cuda` feature).
+    pub device: TrainDevice,
 }
 
 impl Default for ZeroConfig {
@@ -53,6 +55,7 @@ impl Default for ZeroConfig {
             reward: RewardKind::Score,
             optimizer: OptimizerConfig::default(),
             seed: 2048,
+            device: TrainDevice::Cpu,
         }
     }
 }
@@ -82,7 +85,7 @@ impl RewardKind {
 
 /// The learner of a policy-value run.
 pub struct ZeroLearner {
-    trainer: Trainer<CpuTrainBackend>,
+    trainer: Box<dyn NetworkTrainer>,
     config: ZeroConfig,
     replay: VecDeque<Sample>,
     validation: VecDeque<Sample>,
@@ -118,7 +121,7 @@ impl ZeroLearner {
             return Err("zero.discount must be within 0..=1 and zero.sample_reuse ≥ 0".into());
         }
         Ok(ZeroLearner {
-            trainer: Trainer::new(network, config.optimizer, Default::default())?,
+            trainer: trainer(network, config.optimizer, config.device)?,
             config,
             replay: VecDeque::with_capacity(config.replay_positions.min(1 << 20)),
             validation: VecDeque::new(),

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use zero2048_model::NTupleConfig;
 use zero2048_server::{Server, ServerError, ServerOptions};
 
-use crate::args::{LearnArgs, ListenArgs, ModelArg, NetworkShape, StorageArgs};
+use crate::args::{DeviceArg, LearnArgs, ListenArgs, ModelArg, NetworkShape, StorageArgs};
 use crate::{bad_input, storage};
 
 /// Options for a server from the file, the environment and the flags.
@@ -29,6 +29,15 @@ pub fn options(storage_args: &StorageArgs, listen: &ListenArgs, learn: &LearnArg
     }
     if let Some(simulations) = learn.simulations {
         train.mcts.simulations = simulations;
+    }
+    if let Some(device) = learn.device {
+        train.zero.device = match device {
+            DeviceArg::Cpu => zero2048_model::policy_value::TrainDevice::Cpu,
+            DeviceArg::Cuda => zero2048_model::policy_value::TrainDevice::Cuda,
+        };
+    }
+    if let Some(weight) = learn.value_weight {
+        train.mcts.value_weight = weight;
     }
     if let Some(filters) = learn.filters {
         train.policy_value.filters = filters as usize;

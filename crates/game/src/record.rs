@@ -355,16 +355,7 @@ impl GameRecord {
         let mut out = Vec::with_capacity(1 + 8 + 5 + self.steps.len() * if with_search { 9 } else { 1 });
         out.push(if with_search { RECORD_FORMAT_VERSION_SEARCH } else { RECORD_FORMAT_VERSION });
         out.extend_from_slice(&self.start.raw().to_le_bytes());
-        let mut count = self.steps.len() as u64;
-        loop {
-            let byte = (count & 0x7F) as u8;
-            count >>= 7;
-            if count == 0 {
-                out.push(byte);
-                break;
-            }
-            out.push(byte | 0x80);
-        }
+        write_leb128(&mut out, self.steps.len() as u64);
         for (i, step) in self.steps.iter().enumerate() {
             if step.spawn_cell > 15 || !(1..=2).contains(&step.spawn_exponent) {
                 return Err(EncodeError { step: i, cell: step.spawn_cell, exponent: step.spawn_exponent });

@@ -16,6 +16,6 @@ mod table;
 pub mod weights_file;
 
 pub use ntuple::{Feature, MAX_TUPLE_LEN, NTupleConfig, NTupleNetwork, NetworkError};
-pub use policy_value::{PolicyValueConfig, PolicyValueError, PolicyValueInfo, PolicyValueNet};
+pub use policy_value::{PolicyValueConfig, PolicyValueInfo, PolicyValueNet};
 pub use table::Table;
 pub use weights_file::{WeightsFileError, WeightsInfo};

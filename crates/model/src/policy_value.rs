@@ -9,7 +9,7 @@
 //! hands the search values back in points.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::grad_clipping::GradientClippingConfig;
 use burn::module::{AutodiffModule, Module};
@@ -24,6 +24,9 @@ use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 use zero2048_game::{Board, Direction};
 use zero2048_search::{PolicyValue, Prediction};
+
+pub use crate::weights_file::WeightsFileError;
+use crate::weights_file::check_identity;
 
 /// The CPU backend every worker and the inference path use.
 pub type CpuBackend = burn::backend::Flex;
@@ -190,29 +193,6 @@ fn input<B: Backend>(boards: &[Board], device: &B::Device) -> Tensor<B, 4> {
     Tensor::from_data(TensorData::new(encode_boards(boards), [boards.len(), PLANES, 4, 4]), device)
 }
 
-/// Why a policy-value weights file was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum PolicyValueError {
-    /// Reading or writing failed.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        source: std::io::Error,
-    },
-    /// The file is not a policy-value weights file of a shape this build can load.
-    #[error("{path}: {check}: {message}")]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// Which check failed (header, kind, format_version, shape, tensors).
-        check: &'static str,
-        /// Details.
-        message: String,
-    },
-}
-
 /// What a policy-value weights file says about itself.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PolicyValueInfo {
@@ -289,7 +269,7 @@ impl PolicyValueNet {
     pub fn from_bytes(
         bytes: Vec<u8>,
         path: &Path,
-    ) -> Result<(PolicyValueNet, PolicyValueInfo), PolicyValueError> {
+    ) -> Result<(PolicyValueNet, PolicyValueInfo), WeightsFileError> {
         let info = read_info_bytes(&bytes, path)?;
         let device = Default::default();
         let mut network = Network::<CpuBackend>::new(&info.config, &device);
@@ -303,20 +283,20 @@ impl PolicyValueNet {
         path: &Path,
         revision: u64,
         extra: &BTreeMap<String, String>,
-    ) -> Result<(), PolicyValueError> {
-        let bytes = self.to_bytes(revision, extra).map_err(|message| PolicyValueError::Invalid {
+    ) -> Result<(), WeightsFileError> {
+        let bytes = self.to_bytes(revision, extra).map_err(|message| WeightsFileError::Invalid {
             path: path.to_path_buf(),
             check: "save",
             message,
         })?;
         std::fs::write(path, bytes)
-            .map_err(|source| PolicyValueError::Io { path: path.to_path_buf(), source })
+            .map_err(|source| WeightsFileError::Io { path: path.to_path_buf(), source })
     }
 
     /// Loads a weights file (see [`PolicyValueNet::from_bytes`]).
-    pub fn load(path: &Path) -> Result<(PolicyValueNet, PolicyValueInfo), PolicyValueError> {
+    pub fn load(path: &Path) -> Result<(PolicyValueNet, PolicyValueInfo), WeightsFileError> {
         let bytes = std::fs::read(path)
-            .map_err(|source| PolicyValueError::Io { path: path.to_path_buf(), source })?;
+            .map_err(|source| WeightsFileError::Io { path: path.to_path_buf(), source })?;
         PolicyValueNet::from_bytes(bytes, path)
     }
 }
@@ -354,9 +334,9 @@ fn load_into<B: Backend>(
     network: &mut Network<B>,
     bytes: Vec<u8>,
     path: &Path,
-) -> Result<(), PolicyValueError> {
+) -> Result<(), WeightsFileError> {
     let invalid =
-        |message: String| PolicyValueError::Invalid { path: path.to_path_buf(), check: "tensors", message };
+        |message: String| WeightsFileError::Invalid { path: path.to_path_buf(), check: "tensors", message };
     let mut store = SafetensorsStore::from_bytes(Some(bytes)).validate(true).allow_partial(false);
     let result = network.load_from(&mut store).map_err(|e| invalid(e.to_string()))?;
     if !result.errors.is_empty() || !result.missing.is_empty() || !result.unused.is_empty() {
@@ -371,27 +351,17 @@ fn load_into<B: Backend>(
 }
 
 /// Reads the metadata of policy-value weights bytes and checks the tensors' shapes against it.
-pub fn read_info_bytes(bytes: &[u8], path: &Path) -> Result<PolicyValueInfo, PolicyValueError> {
+pub fn read_info_bytes(bytes: &[u8], path: &Path) -> Result<PolicyValueInfo, WeightsFileError> {
     let invalid =
-        |check, message: String| PolicyValueError::Invalid { path: path.to_path_buf(), check, message };
+        |check, message: String| WeightsFileError::Invalid { path: path.to_path_buf(), check, message };
     let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| invalid("header", format!("not a safetensors file: {e}")))?;
     let metadata = header.metadata().clone().unwrap_or_default();
     let get = |key: &'static str| {
         metadata.get(key).cloned().ok_or_else(|| invalid("metadata", format!("`{key}` is missing")))
     };
-    let kind = get("kind")?;
-    if kind != KIND {
-        return Err(invalid("kind", format!("the file holds a `{kind}` model, not `{KIND}`")));
-    }
-    let version = get("format_version")?;
-    if version != FORMAT_VERSION {
-        return Err(invalid(
-            "format_version",
-            format!("version {version}; this build reads {FORMAT_VERSION}"),
-        ));
-    }
-    let number = |key: &'static str| -> Result<usize, PolicyValueError> {
+    check_identity(path, |key| metadata.get(key).cloned(), KIND, FORMAT_VERSION)?;
+    let number = |key: &'static str| -> Result<usize, WeightsFileError> {
         get(key)?.parse().map_err(|_| invalid("metadata", format!("`{key}` is not a number")))
     };
     let config = PolicyValueConfig {

@@ -1,4 +1,5 @@
-//! N-tuple weights as a safetensors file (design.md §4): one F32 tensor per table, named
+//! N-tuple weights as a safetensors file (and the error type of every weights file, the
+//! policy-value ones of [`crate::policy_value`] included) (design.md §4): one F32 tensor per table, named
 //! `stage{s}.tuple{t}`, and metadata naming `format_version`, `kind` = `ntuple`, the tuples, the
 //! stages and the `revision`. Loading checks every one of those against what the file holds and
 //! streams the tensors straight into the tables, so a 256 MiB network never sits in memory twice.
@@ -148,17 +149,7 @@ fn read_header(path: &Path) -> Result<Header, WeightsFileError> {
     let get = |key: &'static str| {
         metadata.get(key).cloned().ok_or_else(|| invalid("metadata", format!("`{key}` is missing")))
     };
-    let kind = get("kind")?;
-    if kind != KIND {
-        return Err(invalid("kind", format!("the file holds a `{kind}` model, not `{KIND}`")));
-    }
-    let version = get("format_version")?;
-    if version != FORMAT_VERSION {
-        return Err(invalid(
-            "format_version",
-            format!("version {version}; this build reads {FORMAT_VERSION}"),
-        ));
-    }
+    check_identity(path, |key| metadata.get(key).cloned(), KIND, FORMAT_VERSION)?;
     let tuples: Vec<Vec<u8>> =
         serde_json::from_str(&get("tuples")?).map_err(|e| invalid("tuples", e.to_string()))?;
     let stages: u8 = get("stages")?.parse().map_err(|_| invalid("stages", "not a number".into()))?;
@@ -243,4 +234,29 @@ pub fn load(
         }
     }
     Ok((network, info))
+}
+
+/// Checks the model kind and format version a weights file's metadata names (`lookup` reads a
+/// metadata key), the first checks of every kind of weights file.
+pub(crate) fn check_identity(
+    path: &Path,
+    lookup: impl Fn(&str) -> Option<String>,
+    expected_kind: &str,
+    expected_version: &str,
+) -> Result<(), WeightsFileError> {
+    let invalid =
+        |check, message: String| WeightsFileError::Invalid { path: path.to_path_buf(), check, message };
+    let kind = lookup("kind").ok_or_else(|| invalid("metadata", "`kind` is missing".into()))?;
+    if kind != expected_kind {
+        return Err(invalid("kind", format!("the file holds a `{kind}` model, not `{expected_kind}`")));
+    }
+    let version =
+        lookup("format_version").ok_or_else(|| invalid("metadata", "`format_version` is missing".into()))?;
+    if version != expected_version {
+        return Err(invalid(
+            "format_version",
+            format!("version {version}; this build reads {expected_version}"),
+        ));
+    }
+    Ok(())
 }

@@ -7,7 +7,7 @@ use zero2048_game::{Board, Direction, Game, SpawnRule, derive_seed};
 use zero2048_model::policy_value::{
     CpuTrainBackend, OptimizerConfig, Sample, Trainer, encode_boards, squash, unsquash,
 };
-use zero2048_model::{PolicyValueConfig, PolicyValueError, PolicyValueNet};
+use zero2048_model::{PolicyValueConfig, PolicyValueNet, WeightsFileError};
 
 fn boards(n: usize) -> Vec<Board> {
     let mut out = Vec::new();
@@ -166,15 +166,15 @@ fn weights_round_trip_and_wrong_files_are_refused() {
     let bytes = std::fs::read(&path).unwrap();
     // Metadata that names another shape than the tensors have.
     let err = refused(edit_header(&bytes, "\"filters\":\"32\"", "\"filters\":\"16\""));
-    assert!(matches!(&err, PolicyValueError::Invalid { check: "shape", .. }), "{err}");
+    assert!(matches!(&err, WeightsFileError::Invalid { check: "shape", .. }), "{err}");
     // Another kind of model.
     let err = refused(edit_header(&bytes, "\"kind\":\"policy_value\"", "\"kind\":\"ntuple______\""));
     assert!(err.to_string().contains("`ntuple______` model"), "{err}");
     // Truncated and garbage files.
-    assert!(matches!(refused(bytes[..bytes.len() / 2].to_vec()), PolicyValueError::Invalid { .. }));
+    assert!(matches!(refused(bytes[..bytes.len() / 2].to_vec()), WeightsFileError::Invalid { .. }));
     assert!(matches!(
         refused(b"not a weights file".to_vec()),
-        PolicyValueError::Invalid { check: "header", .. }
+        WeightsFileError::Invalid { check: "header", .. }
     ));
     // A network of another shape saved honestly loads as that shape.
     let small = PolicyValueNet::new(tiny(), 5).unwrap();

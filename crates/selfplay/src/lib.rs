@@ -86,32 +86,44 @@ pub fn spawn(
     games: SyncSender<PlayedGame>,
     stop: Arc<AtomicBool>,
 ) -> Vec<JoinHandle<u64>> {
-    (0..config.threads.max(1))
+    start_threads(config.threads, "selfplay", model, games, stop, move |thread, model, games, stop| {
+        let mut played = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let (revision, network) = model.get();
+            let search = ExpectimaxConfig {
+                depth: config.depth,
+                four_probability: config.rule.four_probability() as f32,
+                transposition_bits: None,
+                ..ExpectimaxConfig::default()
+            };
+            let mut player = ExpectimaxPlayer::new(network, search);
+            let seed = derive_seed(config.seed, (thread << 40) | played);
+            let (record, score, board) = play_game_to_end(&mut player, seed, config.rule);
+            let max_tile = board.max_tile();
+            if games.send(PlayedGame { revision, record, score, max_tile }).is_err() {
+                break;
+            }
+            played += 1;
+        }
+        played
+    })
+}
+
+/// Starts `threads` threads named `name-N`, each running `body` with its own handles.
+fn start_threads<M: Send + Sync + 'static>(
+    threads: usize,
+    name: &str,
+    model: CurrentModel<M>,
+    games: SyncSender<PlayedGame>,
+    stop: Arc<AtomicBool>,
+    body: impl Fn(u64, CurrentModel<M>, SyncSender<PlayedGame>, Arc<AtomicBool>) -> u64 + Send + Clone + 'static,
+) -> Vec<JoinHandle<u64>> {
+    (0..threads.max(1) as u64)
         .map(|thread| {
-            let (model, games, stop) = (model.clone(), games.clone(), Arc::clone(&stop));
+            let (model, games, stop, body) = (model.clone(), games.clone(), Arc::clone(&stop), body.clone());
             std::thread::Builder::new()
-                .name(format!("selfplay-{thread}"))
-                .spawn(move || {
-                    let mut played = 0u64;
-                    while !stop.load(Ordering::Relaxed) {
-                        let (revision, network) = model.get();
-                        let search = ExpectimaxConfig {
-                            depth: config.depth,
-                            four_probability: config.rule.four_probability() as f32,
-                            transposition_bits: None,
-                            ..ExpectimaxConfig::default()
-                        };
-                        let mut player = ExpectimaxPlayer::new(network, search);
-                        let seed = derive_seed(config.seed, ((thread as u64) << 40) | played);
-                        let (record, score, board) = play_game_to_end(&mut player, seed, config.rule);
-                        let max_tile = board.max_tile();
-                        if games.send(PlayedGame { revision, record, score, max_tile }).is_err() {
-                            break;
-                        }
-                        played += 1;
-                    }
-                    played
-                })
+                .name(format!("{name}-{thread}"))
+                .spawn(move || body(thread, model, games, stop))
                 .expect("a self-play thread starts")
         })
         .collect()
@@ -142,52 +154,41 @@ pub fn spawn_mcts(
     games: SyncSender<PlayedGame>,
     stop: Arc<AtomicBool>,
 ) -> Vec<JoinHandle<u64>> {
-    (0..config.threads.max(1))
-        .map(|thread| {
-            let (model, games, stop) = (model.clone(), games.clone(), Arc::clone(&stop));
-            std::thread::Builder::new()
-                .name(format!("selfplay-mcts-{thread}"))
-                .spawn(move || {
-                    let mut started = 0u64;
-                    let mut sent = 0u64;
-                    let driver = BatchedPlay::new(config.search, config.rule, config.parallel);
-                    while !stop.load(Ordering::Relaxed) {
-                        let (revision, network) = model.get();
-                        let closed = std::cell::Cell::new(false);
-                        driver.run(
-                            &*network,
-                            || {
-                                if stop.load(Ordering::Relaxed)
-                                    || model.revision() != revision
-                                    || closed.get()
-                                {
-                                    return None;
-                                }
-                                started += 1;
-                                Some(derive_seed(config.seed, ((thread as u64) << 40) | started))
-                            },
-                            |game| {
-                                let played = PlayedGame {
-                                    revision,
-                                    score: game.score,
-                                    max_tile: game.max_tile,
-                                    record: game.record,
-                                };
-                                if games.send(played).is_err() {
-                                    closed.set(true);
-                                } else {
-                                    sent += 1;
-                                }
-                            },
-                            &stop,
-                        );
-                        if closed.get() {
-                            break;
-                        }
+    start_threads(config.threads, "selfplay-mcts", model, games, stop, move |thread, model, games, stop| {
+        let mut started = 0u64;
+        let mut sent = 0u64;
+        let driver = BatchedPlay::new(config.search, config.rule, config.parallel);
+        while !stop.load(Ordering::Relaxed) {
+            let (revision, network) = model.get();
+            let closed = std::cell::Cell::new(false);
+            driver.run(
+                &*network,
+                || {
+                    if stop.load(Ordering::Relaxed) || model.revision() != revision || closed.get() {
+                        return None;
                     }
-                    sent
-                })
-                .expect("a self-play thread starts")
-        })
-        .collect()
+                    started += 1;
+                    Some(derive_seed(config.seed, (thread << 40) | started))
+                },
+                |game| {
+                    let played = PlayedGame {
+                        revision,
+                        score: game.score,
+                        max_tile: game.max_tile,
+                        record: game.record,
+                    };
+                    if games.send(played).is_err() {
+                        closed.set(true);
+                    } else {
+                        sent += 1;
+                    }
+                },
+                &stop,
+            );
+            if closed.get() {
+                break;
+            }
+        }
+        sent
+    })
 }

@@ -221,9 +221,6 @@ pub enum TrainError {
     /// Resuming is impossible as asked.
     #[error("cannot resume: {0}")]
     Resume(String),
-    /// A policy-value weights file that cannot be used.
-    #[error(transparent)]
-    PolicyValue(#[from] zero2048_model::PolicyValueError),
     /// The policy-value learner failed.
     #[error("policy-value learner: {0}")]
     Zero(String),

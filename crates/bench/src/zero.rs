@@ -129,10 +129,11 @@ pub fn compare(
     net: &PolicyValueNet,
     ntuple: &Arc<NTupleNetwork>,
     simulations: u32,
+    value_weight: f32,
     games: usize,
     seed: u64,
 ) -> Vec<PlayerStrength> {
-    let config = MctsConfig { simulations, ..MctsConfig::default() }.for_evaluation();
+    let config = MctsConfig { simulations, value_weight, ..MctsConfig::default() }.for_evaluation();
     let stratified = mcts_strength(net, config, games, seed);
     let sampled = mcts_strength(net, MctsConfig { chance: ChanceMode::Sampled, ..config }, games, seed);
     let budget = stratified.cpu_ms_per_move;

@@ -506,6 +506,9 @@ pub struct BenchArgs {
     /// Simulations per move in the zero suite.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100000))]
     pub simulations: u32,
+    /// How much the network's value counts in the zero suite's searches (mcts.value_weight).
+    #[arg(long, default_value_t = 1.0)]
+    pub value_weight: f32,
     /// Games per player in the zero suite's comparison.
     #[arg(long, default_value_t = 20)]
     pub games: usize,

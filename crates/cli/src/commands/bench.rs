@@ -99,7 +99,14 @@ fn run_zero(args: &BenchArgs) -> Result<()> {
             let (ntuple, _) = zero2048_model::weights_file::load(path, None)
                 .with_context(|| format!("loading the n-tuple weights {}", path.display()))?;
             let games = if args.quick { args.games.min(2) } else { args.games };
-            zero2048_bench::zero::compare(&net, &std::sync::Arc::new(ntuple), simulations, games, 0x2048)
+            zero2048_bench::zero::compare(
+                &net,
+                &std::sync::Arc::new(ntuple),
+                simulations,
+                args.value_weight,
+                games,
+                0x2048,
+            )
         }
         None => Vec::new(),
     };

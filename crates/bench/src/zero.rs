@@ -103,7 +103,7 @@ fn expectimax_strength(network: &Arc<NTupleNetwork>, depth: u32, games: usize, s
     let make = move |_seed: u64| -> Box<dyn Player> {
         Box::new(ExpectimaxPlayer::new(Arc::clone(&network), config))
     };
-    let cpu = cpu_time::ThreadTime::now();
+    let cpu = cpu_time::ProcessTime::now(); // the series plays on a thread of its own
     let results = Series {
         games,
         base_seed: seed,

@@ -237,7 +237,7 @@ pub fn expectimax(boards: &[Board], depth: u32, effort: Effort) -> Comparison {
         weights: HeuristicWeights::default(),
         depth,
         probability_threshold: config.probability_threshold,
-        four_probability: config.four_probability,
+        four_probability: config.rule.four_probability() as f32,
         nodes: 0,
     };
     let mut next = 0;

@@ -12,12 +12,14 @@ use zero2048_game::reference::Grid;
 use zero2048_game::{GameRecord, SpawnRule, derive_seed};
 use zero2048_model::{NTupleConfig, NTupleNetwork, weights_file};
 use zero2048_protocol::{
-    Claims, Uuid, compress, decode_batch, decompress_limited, encode_batch, new_game_uuid,
+    BatchGame, PlaySpec, SearchSpec, UploadRules, Uuid, compress, decode_batch, decompress_limited,
+    encode_batch, new_game_uuid,
 };
 use zero2048_search::{ExpectimaxConfig, ExpectimaxPlayer, play_game};
+use zero2048_selfplay::{Control, CurrentModel, Engine, FinishedGame, GameSink, Model, Runner, SinkClosed};
 use zero2048_server::{ApiConfig, Server, ServerOptions, TokenStore};
-use zero2048_train::{Budget, RunDb, TdConfig, TdLearner, TrainConfig, check_batch, store_checked};
-use zero2048_worker::{Signals, Worker, WorkerConfig};
+use zero2048_train::{Budget, RunDb, SelfPlay, TdConfig, TdLearner, TrainConfig, check_batch, store_checked};
+use zero2048_worker::{Signals, Worker, WorkerConfig, WorkerSettings};
 
 use crate::{Comparison, Effort, Measurement};
 
@@ -83,19 +85,17 @@ pub struct ServerReport {
 
 /// A 4×4 network trained for a few seconds, so games have realistic lengths.
 fn trained_network(games: u64) -> NTupleNetwork {
-    let mut learner = TdLearner::new(
-        NTupleNetwork::zeroed(NTupleConfig::small_4x4()).expect("the small network fits"),
-        TdConfig::default(),
-    )
-    .expect("a learner");
+    let network = Arc::new(NTupleNetwork::zeroed(NTupleConfig::small_4x4()).expect("the small network fits"));
+    let learner = TdLearner::new(Arc::clone(&network), TdConfig::default(), 0);
     for i in 0..games {
-        let snapshot = Arc::new(learner.network().try_clone().expect("clone"));
-        let mut player =
-            ExpectimaxPlayer::new(snapshot, ExpectimaxConfig { depth: 1, ..ExpectimaxConfig::default() });
+        let mut player = ExpectimaxPlayer::new(
+            Arc::clone(&network),
+            ExpectimaxConfig { depth: 1, ..ExpectimaxConfig::default() },
+        );
         let (record, _) = play_game(&mut player, derive_seed(77, i), SpawnRule::STANDARD);
-        let _ = learner.learn(&record);
+        let _ = learner.learn(&record, false);
     }
-    learner.network().try_clone().expect("clone")
+    network.try_clone().expect("clone")
 }
 
 fn games_with(network: &NTupleNetwork, count: u64) -> Vec<GameRecord> {
@@ -111,27 +111,26 @@ fn games_with(network: &NTupleNetwork, count: u64) -> Vec<GameRecord> {
         .collect()
 }
 
-fn claims(record: &GameRecord) -> Claims {
-    let s = record.replay().expect("played games replay");
-    Claims { score: s.score, moves: s.moves, max_tile: s.max_tile }
-}
+/// An encoded record and its number of moves.
+type Encoded = (Vec<u8>, u32);
 
 /// A compressed batch of `records` with fresh UUIDs.
-fn batch_body(records: &[(Vec<u8>, Claims)], revision: u64) -> Vec<u8> {
+fn batch_body(records: &[Encoded], revision: u64) -> Vec<u8> {
     let uuids: Vec<Uuid> = records.iter().map(|_| new_game_uuid(rand::random())).collect();
-    let raw =
-        encode_batch(records.iter().zip(&uuids).map(|((bytes, c), u)| (*u, revision, *c, bytes.as_slice())))
-            .expect("small batches encode");
+    let raw = encode_batch(records.iter().zip(&uuids).map(|((bytes, _), u)| BatchGame {
+        uuid: *u,
+        revision,
+        origin: None,
+        record: bytes,
+    }))
+    .expect("small batches encode");
     compress(&raw, 1)
 }
 
-/// The prototype's way: records as JSON, replayed by the plain array engine.
+/// The prototype's way: records as JSON with their claimed score, replayed by the plain array
+/// engine.
 fn plain_check(json: &[u8]) -> u64 {
-    let records: Vec<(GameRecord, Claims)> = serde_json::from_slice::<Vec<(GameRecord, u64, u32, u32)>>(json)
-        .expect("our own JSON")
-        .into_iter()
-        .map(|(r, score, moves, max_tile)| (r, Claims { score, moves, max_tile }))
-        .collect();
+    let records: Vec<(GameRecord, u64)> = serde_json::from_slice(json).expect("our own JSON");
     let mut moves = 0;
     for (record, claimed) in &records {
         let mut grid = Grid::from_board(record.start);
@@ -145,13 +144,13 @@ fn plain_check(json: &[u8]) -> u64 {
             board = board.with_spawn(step.spawn());
             grid = Grid::from_board(board);
         }
-        assert!(grid.is_game_over() && score == claimed.score);
+        assert!(grid.is_game_over() && score == *claimed);
         moves += record.steps.len() as u64;
     }
     moves
 }
 
-fn ingest(effort: Effort, dir: &Path, records: &[(Vec<u8>, Claims)], games: &[GameRecord]) -> Comparison {
+fn ingest(effort: Effort, dir: &Path, records: &[Encoded], games: &[GameRecord]) -> Comparison {
     let mut db = RunDb::open(&dir.join("ingest.db")).expect("a scratch database");
     let per_batch = 64;
     let bodies: Vec<Vec<u8>> = records.chunks(per_batch).map(|chunk| batch_body(chunk, 0)).collect();
@@ -169,21 +168,23 @@ fn ingest(effort: Effort, dir: &Path, records: &[(Vec<u8>, Claims)], games: &[Ga
         next += 1;
         let raw = decompress_limited(&body, 64 << 20).expect("our own batch");
         let entries = decode_batch(&raw, 10_000).expect("our own batch");
-        let checked = check_batch(&entries, &[0], zero2048_protocol::SearchRequirement::Absent);
+        let rules =
+            UploadRules { accepted_revisions: &[0], search: zero2048_protocol::SearchRequirement::Absent };
+        let checked = check_batch(&entries, &rules, &mut |_| Ok(zero2048_protocol::ParentPosition::Missing))
+            .expect("no database needed");
         let reply = store_checked(&mut db, "bench", &entries, checked).expect("stored");
         let accepted: std::collections::HashSet<_> = reply.accepted.iter().collect();
-        entries.iter().filter(|e| accepted.contains(&e.uuid)).map(|e| e.claims.moves as u64).sum()
+        entries
+            .iter()
+            .filter(|e| accepted.contains(&e.uuid))
+            .map(|e| e.record.as_ref().map_or(0, |r| r.steps.len() as u64))
+            .sum()
     });
     let json: Vec<Vec<u8>> = games
         .chunks(per_batch)
         .map(|chunk| {
-            let rows: Vec<(&GameRecord, u64, u32, u32)> = chunk
-                .iter()
-                .map(|r| {
-                    let c = claims(r);
-                    (r, c.score, c.moves, c.max_tile)
-                })
-                .collect();
+            let rows: Vec<(&GameRecord, u64)> =
+                chunk.iter().map(|r| (r, r.replay().expect("played games replay").score)).collect();
             serde_json::to_vec(&rows).expect("serialisable")
         })
         .collect();
@@ -202,9 +203,14 @@ fn remote_worker_moves_per_second(
     dir: &Path,
     window: Duration,
 ) -> Result<f64, String> {
-    let mut config = WorkerConfig::new(base, dir.join("spool"), dir.join("cache"));
+    let settings = WorkerSettings {
+        threads: 1,
+        spool_dir: dir.join("spool"),
+        cache_dir: dir.join("cache"),
+        ..WorkerSettings::default()
+    };
+    let mut config = WorkerConfig::new(base, &settings);
     config.token = Some(zero2048_storage::Secret::new(token));
-    config.threads = 1;
     config.seed = 5;
     let signals = Arc::new(Signals::default());
     let mut first_move: Option<Instant> = None;
@@ -228,32 +234,49 @@ fn remote_worker_moves_per_second(
     Ok(counted.0 as f64 / seconds.max(1e-9))
 }
 
-/// Moves per second of one in-process self-play thread alone (no learner), over `window`.
+/// Moves per second of one game-runner thread alone (no learner, no storage), over `window`.
 fn selfplay_moves_per_second(network: &NTupleNetwork, window: Duration) -> Result<f64, String> {
-    let model =
-        zero2048_selfplay::CurrentModel::new(1, Arc::new(network.try_clone().map_err(|e| e.to_string())?));
-    let (sender, receiver) = std::sync::mpsc::sync_channel(4096);
-    let halt = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let threads = zero2048_selfplay::spawn(
-        zero2048_selfplay::SelfPlayConfig { threads: 1, depth: 1, rule: SpawnRule::STANDARD, seed: 5 },
-        model,
-        sender,
-        Arc::clone(&halt),
-    );
-    let mut moves = 0u64;
-    while started.elapsed() < window {
-        if let Ok(game) = receiver.recv_timeout(Duration::from_millis(50)) {
-            moves += game.record.steps.len() as u64;
+    struct Count(Arc<AtomicU64>);
+    impl GameSink for Count {
+        fn finished(
+            &mut self,
+            game: FinishedGame,
+            _: &[(zero2048_game::Board, u32)],
+        ) -> Result<(), SinkClosed> {
+            self.0.fetch_add(game.record.steps.len() as u64, Ordering::Relaxed);
+            Ok(())
         }
     }
-    halt.store(true, Ordering::Relaxed);
+    let model = Arc::new(CurrentModel::new());
+    model.set(Model {
+        revision: 1,
+        engine: Engine::Ntuple(Arc::new(network.try_clone().map_err(|e| e.to_string())?)),
+        play: PlaySpec {
+            spawn: SpawnRule::STANDARD,
+            search: SearchSpec::Expectimax { depth: 1 },
+            restart: None,
+        },
+    });
+    let control = Arc::new(Control::default());
+    let runner = Runner {
+        threads: 1,
+        name: "bench-selfplay".into(),
+        seed: 5,
+        model,
+        control: Arc::clone(&control),
+        resume: Arc::default(),
+    };
+    let moves = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let threads = runner.spawn(|_| Count(Arc::clone(&moves))).map_err(|e| e.to_string())?;
+    std::thread::sleep(window);
+    control.stop.store(true, Ordering::Relaxed);
     let seconds = started.elapsed().as_secs_f64();
-    drop(receiver);
+    let counted = moves.load(Ordering::Relaxed);
     for t in threads {
         let _ = t.join();
     }
-    Ok(moves as f64 / seconds)
+    Ok(counted as f64 / seconds)
 }
 
 /// A server in `dir` starting from `weights`, never publishing during the measurement. The
@@ -301,9 +324,9 @@ pub fn run(effort: Effort, load_seconds: f64, workers: usize) -> Result<ServerRe
             Effort::Quick => 16,
         },
     );
-    let records: Vec<(Vec<u8>, Claims)> =
-        games.iter().map(|r| (r.encode().expect("encodable"), claims(r))).collect();
-    let mean_game_moves = records.iter().map(|r| r.1.moves as f64).sum::<f64>() / records.len().max(1) as f64;
+    let records: Vec<Encoded> =
+        games.iter().map(|r| (r.encode().expect("encodable"), r.steps.len() as u32)).collect();
+    let mean_game_moves = records.iter().map(|r| r.1 as f64).sum::<f64>() / records.len().max(1) as f64;
     let ingest = ingest(effort, dir.path(), &records, &games);
 
     // A real server on loopback, starting from the trained network.
@@ -353,7 +376,7 @@ pub fn run(effort: Effort, load_seconds: f64, workers: usize) -> Result<ServerRe
         std::thread::spawn(move || {
             struct Quiet;
             impl zero2048_train::RunObserver for Quiet {}
-            let result = server.train(Budget::default(), &stop, false, &mut Quiet);
+            let result = server.train(Budget::default(), &stop, SelfPlay::RemoteOnly, &mut Quiet);
             server.shutdown();
             result.map(|_| ()).map_err(|e| e.to_string())
         })
@@ -365,13 +388,17 @@ pub fn run(effort: Effort, load_seconds: f64, workers: usize) -> Result<ServerRe
         let local_dir = dir.path().join("local");
         let mut options = server_options(&local_dir, &weights);
         options.train.selfplay_threads = 1;
-        options.train.selfplay_sync_games = u64::MAX;
         options.publish_initial = false;
         let mut local = Server::start(options, &runtime).map_err(|e| e.to_string())?;
         struct Quiet;
         impl zero2048_train::RunObserver for Quiet {}
         let summary = local
-            .train(Budget { games: None, time: Some(window) }, &AtomicBool::new(false), true, &mut Quiet)
+            .train(
+                Budget { games: None, time: Some(window) },
+                &AtomicBool::new(false),
+                SelfPlay::Local { threads: 1 },
+                &mut Quiet,
+            )
             .map_err(|e| e.to_string())?;
         local.shutdown();
         summary.progress.moves as f64 / summary.progress.elapsed_seconds.max(1e-9)
@@ -434,7 +461,7 @@ pub fn run(effort: Effort, load_seconds: f64, workers: usize) -> Result<ServerRe
                     let (mut latencies, mut errors, mut games, mut moves) = (Vec::new(), 0u64, 0u64, 0u64);
                     let mut k = w * batch_games;
                     while started.elapsed() < load_for {
-                        let chunk: Vec<(Vec<u8>, Claims)> =
+                        let chunk: Vec<Encoded> =
                             (0..batch_games).map(|j| records[(k + j) % records.len()].clone()).collect();
                         k += batch_games;
                         let body = batch_body(&chunk, revision);
@@ -452,7 +479,7 @@ pub fn run(effort: Effort, load_seconds: f64, workers: usize) -> Result<ServerRe
                                     Ok(reply) => {
                                         latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
                                         games += reply.accepted.len() as u64;
-                                        moves += chunk.iter().map(|c| c.1.moves as u64).sum::<u64>();
+                                        moves += chunk.iter().map(|c| c.1 as u64).sum::<u64>();
                                         errors += (reply.accepted.len() != batch_games) as u64;
                                     }
                                     Err(_) => errors += 1,

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use serde::Serialize;
 use zero2048_game::SpawnRule;
 use zero2048_model::{NTupleNetwork, PolicyValueNet};
-use zero2048_search::mcts::{ChanceMode, MctsConfig, play_series};
+use zero2048_search::{ChanceMode, MctsConfig};
 use zero2048_search::{Expectimax, ExpectimaxConfig, ExpectimaxPlayer, Player, Series, Strength};
+use zero2048_selfplay::play_series;
 
 use crate::{Comparison, Effort, boards_from_play, measure};
 

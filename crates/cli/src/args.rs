@@ -85,9 +85,14 @@ pub enum ExportFormatArg {
 /// Where the server listens (`server.host` / `server.port` in the configuration file).
 #[derive(Args, Debug, Clone, Default)]
 pub struct ListenArgs {
-    /// Address to listen on (0.0.0.0 to accept remote workers; set server.advertised_host then).
+    /// Address to listen on [server.host; default: 127.0.0.1]: 0.0.0.0 accepts remote workers
+    /// (give --advertised-host then).
     #[arg(long, value_name = "HOST")]
     pub host: Option<String>,
+    /// The name or address workers reach this server at, put in the URLs it hands out
+    /// [server.advertised_host]; needed when --host is a wildcard such as 0.0.0.0.
+    #[arg(long, value_name = "HOST")]
+    pub advertised_host: Option<String>,
     /// Port to listen on (0 picks a free one).
     #[arg(long)]
     pub port: Option<u16>,
@@ -131,12 +136,31 @@ pub struct LearnArgs {
     /// The n-tuple network for a new run.
     #[arg(long, value_enum)]
     pub network: Option<NetworkShape>,
-    /// TD step size.
+    /// Weight sets by largest tile for a new n-tuple run (2: a second set from 16384 on; each
+    /// stage adds the network's size in memory).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=4))]
+    pub stages: Option<u8>,
+    /// TD step size (td.learning_rate), shared by the features.
     #[arg(long)]
     pub learning_rate: Option<f32>,
-    /// Temporal-coherence learning (adaptive per-weight steps; three times the memory).
+    /// λ of TD(λ) (td.lambda): 0 learns from the next afterstate only.
     #[arg(long)]
-    pub coherence: bool,
+    pub lambda: Option<f32>,
+    /// Temporal-coherence learning (td.coherence; adaptive per-weight steps, three times the
+    /// memory): `on` or `off`.
+    #[arg(long, value_enum)]
+    pub coherence: Option<Switch>,
+    /// The restart strategy (train.restart): after a game of more than 10 moves, the next game
+    /// continues from its middle. `on` or `off`.
+    #[arg(long, value_enum)]
+    pub restart: Option<Switch>,
+    /// Optimistic initialisation of a new network (td.initial_value): every afterstate starts
+    /// valued at this.
+    #[arg(long, value_name = "SCORE")]
+    pub initial_value: Option<f32>,
+    /// Self-play search depth (train.selfplay_depth; sent to every worker).
+    #[arg(long, value_name = "PLIES")]
+    pub selfplay_depth: Option<u32>,
     /// Publish a revision every this many games.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub revision_every_games: Option<u64>,
@@ -152,6 +176,15 @@ pub struct LearnArgs {
     /// Seconds each latest record stays valid (presigned URLs outlive it).
     #[arg(long)]
     pub deadline_seconds: Option<u64>,
+}
+
+/// An on/off setting.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Switch {
+    /// On.
+    On,
+    /// Off.
+    Off,
 }
 
 /// Training devices on the command line.
@@ -186,7 +219,8 @@ pub struct ServerArgs {
     pub require_token_for_latest: bool,
 }
 
-/// `zero2048 worker`.
+/// `zero2048 worker`. Every setting but the server can also come from the `worker:` section of
+/// `--config` or `ZERO2048_WORKER__<KEY>` variables; a flag wins.
 #[derive(Args, Debug)]
 pub struct WorkerArgs {
     /// The server's URL (http://host:port).
@@ -195,33 +229,39 @@ pub struct WorkerArgs {
     /// The worker token (`zero2048 token add NAME` on the server); or ZERO2048_TOKEN.
     #[arg(long, value_name = "TOKEN", env = "ZERO2048_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Playing threads (default: one per core).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
+    /// Configuration file (its `worker:` section; see config.example.yaml).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Playing threads [worker.threads; default: one per core].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub threads: Option<u64>,
-    /// Where finished games wait for the server's acknowledgement.
-    #[arg(long, default_value = "zero2048-spool", value_name = "DIR")]
-    pub spool: PathBuf,
-    /// Where downloaded weights are cached (by SHA-256).
-    #[arg(long, default_value = "zero2048-cache", value_name = "DIR")]
-    pub cache: PathBuf,
+    /// Where finished games wait for the server's acknowledgement [worker.spool_dir; default:
+    /// zero2048-spool].
+    #[arg(long, value_name = "DIR")]
+    pub spool: Option<PathBuf>,
+    /// Where downloaded weights are cached, by SHA-256 [worker.cache_dir; default: zero2048-cache].
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
     /// Read the latest record from this URL (a bucket's public latest.json) instead of the server.
     #[arg(long, value_name = "URL")]
     pub latest_url: Option<String>,
-    /// Games per upload.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10000))]
-    pub batch_games: u64,
-    /// Upload a smaller batch after this long.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    pub upload_interval: std::time::Duration,
-    /// Pause playing while this many finished games wait in the spool (the server is slower).
-    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
-    pub max_spool_games: u64,
-    /// Read the latest record this often.
-    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
-    pub poll_interval: std::time::Duration,
-    /// Adopt a new revision after a random delay of up to this long.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    pub adopt_delay: std::time::Duration,
+    /// Games per upload [worker.batch_games; default: 64].
+    #[arg(long)]
+    pub batch_games: Option<u64>,
+    /// Upload a smaller batch after this long [worker.upload_interval_seconds; default: 5s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub upload_interval: Option<std::time::Duration>,
+    /// Pause playing while this many finished games wait in the spool [worker.max_spool_games;
+    /// default: 4096].
+    #[arg(long)]
+    pub max_spool_games: Option<u64>,
+    /// Read the latest record this often [worker.poll_interval_seconds; default: 15s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub poll_interval: Option<std::time::Duration>,
+    /// Adopt a new revision after a random delay of up to this long [worker.adopt_delay_seconds;
+    /// default: 5s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub adopt_delay: Option<std::time::Duration>,
     /// Stop after this many games (and upload them).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub games: Option<u64>,
@@ -268,7 +308,7 @@ pub enum TokenAction {
     },
 }
 
-/// Where weights are stored: the configuration file and the storage guide's flags.
+/// Where weights are stored: the configuration file and the storage flags (`docs/storage.md`).
 #[derive(Args, Debug, Clone, Default)]
 pub struct StorageArgs {
     /// Configuration file (YAML; see config.example.yaml).
@@ -339,7 +379,8 @@ pub struct TrainArgs {
     /// Stop after this long (e.g. `90s`, `1h`, `2h 30m`).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub time: Option<std::time::Duration>,
-    /// Self-play threads (default: one per core, less one for the learner; at least one).
+    /// Self-play threads, each playing and learning on the one shared network (default: one per
+    /// core; train.selfplay_threads).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub threads: Option<u64>,
     /// Start over from zero: delete the run database and the local weights directory first.
@@ -360,9 +401,27 @@ pub enum NetworkShape {
     /// Four 6-cell tuples, 256 MiB: the standard strong network.
     #[value(name = "4x6")]
     Standard4x6,
+    /// Jaśkowski's five 6-cell tuples, 320 MiB.
+    #[value(name = "5x6")]
+    Jaskowski5x6,
+    /// Matsuzaki's eight 6-cell tuples, 512 MiB.
+    #[value(name = "8x6")]
+    Matsuzaki8x6,
     /// Four 4-cell tuples, 1 MiB: for quick runs and tests.
     #[value(name = "4x4")]
     Small4x4,
+}
+
+impl NetworkShape {
+    /// The shape.
+    pub fn config(self) -> zero2048_model::NTupleConfig {
+        match self {
+            NetworkShape::Standard4x6 => zero2048_model::NTupleConfig::standard_4x6(),
+            NetworkShape::Jaskowski5x6 => zero2048_model::NTupleConfig::jaskowski_5x6(),
+            NetworkShape::Matsuzaki8x6 => zero2048_model::NTupleConfig::matsuzaki_8x6(),
+            NetworkShape::Small4x4 => zero2048_model::NTupleConfig::small_4x4(),
+        }
+    }
 }
 
 /// Which player, and how it searches.
@@ -371,15 +430,26 @@ pub struct PlayerArgs {
     /// The player.
     #[arg(long, value_enum, default_value_t = PlayerKind::Expectimax)]
     pub player: PlayerKind,
-    /// Own moves searched (1 = greedy on the value of the afterstate: the heuristic's, or the
-    /// network's for ntuple).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=8))]
-    pub depth: u32,
+    /// Own moves searched, the papers' "N-ply" (1 = greedy on the value of the afterstate: the
+    /// heuristic's, or the network's for ntuple; 3 = three move layers with two chance layers
+    /// between them). With --move-time, the deepest the search may go. Default: 3, or 8 with
+    /// --move-time.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=8))]
+    pub depth: Option<u32>,
+    /// Time per move (e.g. `10ms`): deepen the search one ply at a time and play the deepest
+    /// search that finished within it.
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "TIME")]
+    pub move_time: Option<std::time::Duration>,
+    /// Evaluate boards holding a 32768 tile as if their large tiles were one rank lower (ntuple;
+    /// tile-downgrading: the network rarely saw 32768 in training). On by default.
+    #[arg(long)]
+    pub no_downgrade: bool,
     /// Chance branches less likely than this are cut (expectimax).
     #[arg(long, default_value_t = 1e-4, value_parser = probability)]
     pub prune_below: f32,
     /// Transposition table of 2^BITS entries, 16 bytes each (expectimax; 0 turns it off). Default:
-    /// 20 from depth 3 on, where it makes the search 1.25-3.4 times faster, else off.
+    /// 20 from depth 3 on (and with --move-time), where it makes the search 1.25-3.4 times
+    /// faster, else off.
     #[arg(long, value_name = "BITS", value_parser = table_bits)]
     pub transposition_bits: Option<u8>,
     /// Probability that a spawned tile is a 4.
@@ -412,12 +482,17 @@ fn table_bits(s: &str) -> Result<u8, String> {
 }
 
 impl PlayerArgs {
+    /// The depth: the explicit choice, else 3, or 8 (the most) with a time per move.
+    pub fn depth(&self) -> u32 {
+        self.depth.unwrap_or(if self.move_time.is_some() { 8 } else { 3 })
+    }
+
     /// The transposition table size to use: the explicit choice, or the default for the depth.
     pub fn table_bits(&self) -> Option<u8> {
         match self.transposition_bits {
             Some(0) => None,
             Some(bits) => Some(bits),
-            None if self.depth >= 3 => Some(20),
+            None if self.depth() >= 3 => Some(20),
             None => None,
         }
     }

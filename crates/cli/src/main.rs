@@ -3,6 +3,7 @@
 
 mod args;
 mod commands;
+mod config;
 mod players;
 mod render;
 mod storage;

@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Result;
-use zero2048_model::{NTupleNetwork, weights_file};
+use zero2048_game::SpawnRule;
+use zero2048_model::{DOWNGRADE_FROM, Downgrading, NTupleNetwork, weights_file};
 use zero2048_search::{ExpectimaxConfig, ExpectimaxPlayer, GreedyPlayer, Player, RandomPlayer};
 use zero2048_storage::{LocalStorageBackend, LocalUrls, StorageBackend};
 
@@ -38,10 +39,11 @@ impl PlayerFactory {
 
     fn search(&self) -> ExpectimaxConfig {
         ExpectimaxConfig {
-            depth: self.args.depth,
+            depth: self.args.depth(),
+            move_time: self.args.move_time,
             probability_threshold: self.args.prune_below,
             transposition_bits: self.args.table_bits(),
-            four_probability: self.args.four_probability,
+            rule: SpawnRule::new(self.args.four_probability as f64).unwrap_or(SpawnRule::STANDARD),
         }
     }
 
@@ -50,9 +52,13 @@ impl PlayerFactory {
         match (&self.args.player, &self.network) {
             (PlayerKind::Random, _) => Box::new(RandomPlayer::new(seed)),
             (PlayerKind::Greedy, _) => Box::new(GreedyPlayer::new(seed)),
-            (PlayerKind::Ntuple, Some(network)) => {
+            (PlayerKind::Ntuple, Some(network)) if self.args.no_downgrade => {
                 Box::new(ExpectimaxPlayer::new(Arc::clone(network), self.search()))
             }
+            (PlayerKind::Ntuple, Some(network)) => Box::new(ExpectimaxPlayer::new(
+                Downgrading { network: Arc::clone(network), from: DOWNGRADE_FROM },
+                self.search(),
+            )),
             _ => Box::new(ExpectimaxPlayer::heuristic(self.search())),
         }
     }
@@ -60,19 +66,22 @@ impl PlayerFactory {
     /// How the player is named in tables: "expectimax depth 3 (heuristic, …)".
     pub fn describe(&self) -> String {
         let table = self.args.table_bits().map(|b| format!(", table 2^{b}")).unwrap_or_default();
+        let depth = match self.args.move_time {
+            Some(time) => {
+                format!("{} per move up to depth {}", humantime::format_duration(time), self.args.depth())
+            }
+            None => format!("depth {}", self.args.depth()),
+        };
         match self.args.player {
             PlayerKind::Random => "random".to_string(),
             PlayerKind::Greedy => "greedy".to_string(),
             PlayerKind::Expectimax => {
-                format!(
-                    "expectimax depth {} (heuristic, prune < {}{table})",
-                    self.args.depth, self.args.prune_below
-                )
+                format!("expectimax {depth} (heuristic, prune < {}{table})", self.args.prune_below)
             }
             PlayerKind::Ntuple => format!(
-                "ntuple depth {} ({}{table})",
-                self.args.depth,
-                self.source.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+                "ntuple {depth} ({}{table}{})",
+                self.source.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                if self.args.no_downgrade { "" } else { ", tile-downgrading" }
             ),
         }
     }

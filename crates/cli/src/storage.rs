@@ -3,55 +3,15 @@
 use std::path::Path;
 
 use anyhow::Result;
-use serde::Deserialize;
-use zero2048_server::ApiConfig;
-use zero2048_storage::{Config, Overrides, Secret, ServerConfig, StorageConfig, parse_yaml};
-use zero2048_train::TrainConfig;
+use zero2048_storage::{Config, Overrides, Secret};
 
 use crate::args::{ListenArgs, StorageArgs};
 use crate::bad_input;
+use crate::config::FileConfig;
 
-/// The whole configuration file: every section any command reads. Unknown keys are errors.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct FileConfig {
-    /// `storage:`.
-    pub storage: StorageConfig,
-    /// `server:`.
-    pub server: ServerConfig,
-    /// `train:`.
-    pub train: TrainConfig,
-    /// `api:`.
-    pub api: ApiConfig,
-}
-
-/// Everything a server-side command reads from the file, flags and environment.
-pub struct Loaded {
-    /// Storage and the `server:` section.
-    pub config: Config,
-    /// `train:`.
-    pub train: TrainConfig,
-    /// `api:`.
-    pub api: ApiConfig,
-}
-
-/// Loads the file (if any), then flags over environment over file over defaults.
-pub fn load(args: &StorageArgs) -> Result<(Config, TrainConfig)> {
-    load_all(args, &ListenArgs::default()).map(|loaded| (loaded.config, loaded.train))
-}
-
-/// [`load`], with the listening flags, and the `api:` section too.
-pub fn load_all(args: &StorageArgs, listen: &ListenArgs) -> Result<Loaded> {
-    let file: FileConfig = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                bad_input(format!("cannot read the configuration file {}: {e}", path.display()))
-            })?;
-            parse_yaml(&text, path).map_err(|e| bad_input(e.to_string()))?
-        }
-        None => FileConfig::default(),
-    };
-    let overrides = Overrides {
+/// The storage flags as the storage crate's overrides.
+pub fn overrides(args: &StorageArgs, listen: &ListenArgs) -> Overrides {
+    Overrides {
         use_r2: args.use_r2,
         r2_bucket: args.r2_bucket.clone(),
         r2_access_key: args.r2_access_key.clone().map(Secret::new),
@@ -61,18 +21,23 @@ pub fn load_all(args: &StorageArgs, listen: &ListenArgs) -> Result<Loaded> {
         weights_dir: args.weights_dir.clone(),
         host: listen.host.clone(),
         port: listen.port,
-    };
-    let mut config = Config { storage: file.storage, server: file.server };
-    let env = |key: &str| std::env::var(key).ok();
-    config.apply(&env, &overrides);
-    config.server.localhost_weights |= listen.localhost_weights;
-    config.validate().map_err(|e| bad_input(e.to_string()))?;
-    Ok(Loaded { config, train: file.train, api: file.api })
+        advertised_host: listen.advertised_host.clone(),
+    }
+}
+
+/// Everything a server-side command reads: the file and the environment (`crate::config`), then
+/// the storage flags; the storage and server sections validated.
+pub fn load(args: &StorageArgs, listen: &ListenArgs) -> Result<(FileConfig, Config)> {
+    let file = crate::config::read(args.config.as_deref(), &crate::config::environment())?;
+    let mut storage = crate::config::storage(&file, &overrides(args, listen))?;
+    storage.server.localhost_weights |= listen.localhost_weights;
+    storage.validate().map_err(|e| bad_input(e.to_string()))?;
+    Ok((file, storage))
 }
 
 /// The storage part only.
 pub fn load_config(args: &StorageArgs) -> Result<Config> {
-    load(args).map(|(config, _)| config)
+    load(args, &ListenArgs::default()).map(|(_, config)| config)
 }
 
 /// A runtime for the async storage code.

@@ -162,7 +162,7 @@ fn the_dashboard_shows_a_real_run_in_a_real_browser() {
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let csv = String::from_utf8(out.stdout).unwrap();
-    assert!(csv.starts_with("uuid,worker,revision,score,moves,max_tile,record_hex\n"));
+    assert!(csv.starts_with("uuid,worker,revision,score,moves,max_tile,parent,branch_step,record_hex\n"));
     assert!(csv.contains(best["uuid"].as_str().unwrap()));
     let jsonl = zero2048(dir.path(), &["export", "games", "--format", "jsonl"]);
     let lines: Vec<serde_json::Value> =

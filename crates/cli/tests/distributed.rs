@@ -253,6 +253,7 @@ fn incompatible_servers_and_refused_tokens_stop_a_worker_with_distinct_codes() {
     assert!(log.contains("not a zero2048 server"), "{log}");
     // A server of another protocol version.
     scripted.set("/api/v1/latest", 200, "{}", &[("zero2048-protocol", "99")]);
+    scripted.set("/api/v1/games", 200, "{}", &[("zero2048-protocol", "99")]);
     let future = worker(dir.path(), scripted.port, "t", "future", &["--games", "1"]);
     let (code, _, log) = future.wait(Duration::from_secs(60));
     assert_eq!(code, Some(3), "{log}");

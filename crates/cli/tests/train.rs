@@ -158,7 +158,7 @@ fn bad_train_input_is_one_line_and_exit_2() {
     for (args, expected) in [
         (vec!["train", "--games", "0"], "0 is not in 1.."),
         (vec!["train", "--time", "soon"], "--time"),
-        (vec!["train", "--network", "9x9"], "possible values: 4x6, 4x4"),
+        (vec!["train", "--network", "9x9"], "possible values: 4x6, 5x6, 8x6, 4x4"),
         (vec!["train", "--resume-from", "missing.safetensors"], "no such file"),
         (vec!["train", "--resume-from", "ftp://example.org/w.safetensors"], "is not a weights location"),
         (vec!["train", "--resume-from", "r2://no-key"], "is not r2://<bucket>/<key>"),

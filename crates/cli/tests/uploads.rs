@@ -8,30 +8,54 @@ use std::time::Duration;
 use reqwest::blocking::Response;
 use support::*;
 use zero2048_game::{Direction, GameRecord, SpawnRule, Step};
-use zero2048_protocol::{Claims, Uuid, compress, encode_batch};
-use zero2048_search::{GreedyPlayer, play_game};
+use zero2048_protocol::{BatchGame, Origin, Uuid, compress, encode_batch};
+use zero2048_search::{GreedyPlayer, Player, play_game};
 
 struct Upload {
     uuid: Uuid,
     revision: u64,
-    claims: Claims,
+    origin: Option<Origin>,
     record: Vec<u8>,
 }
 
-fn finished_game(seed: u64) -> (GameRecord, Claims) {
-    let (record, _) = play_game(&mut GreedyPlayer::new(seed), seed, SpawnRule::STANDARD);
-    let s = record.replay().unwrap();
-    (record, Claims { score: s.score, moves: s.moves, max_tile: s.max_tile })
+fn finished_game(seed: u64) -> GameRecord {
+    play_game(&mut GreedyPlayer::new(seed), seed, SpawnRule::STANDARD).0
 }
 
 fn upload(seed: u64) -> Upload {
-    let (record, claims) = finished_game(seed);
-    Upload { uuid: Uuid::from_u128(seed as u128 + 1), revision: 1, claims, record: record.encode().unwrap() }
+    Upload {
+        uuid: Uuid::from_u128(seed as u128 + 1),
+        revision: 1,
+        origin: None,
+        record: finished_game(seed).encode().unwrap(),
+    }
+}
+
+/// A continuation of `parent` (the game of `upload(parent_seed)`) from its step `step`.
+fn continuation(parent_seed: u64, step: usize, uuid: u128) -> Upload {
+    let parent = finished_game(parent_seed);
+    let afterstate = parent.afterstate_at(step, false).unwrap();
+    let mut game = zero2048_game::Game::branch(afterstate, uuid as u64, SpawnRule::STANDARD).unwrap();
+    let mut player = GreedyPlayer::new(uuid as u64);
+    while let Some(direction) = player.choose(game.board()) {
+        game.play(direction).unwrap();
+    }
+    Upload {
+        uuid: Uuid::from_u128(uuid),
+        revision: 1,
+        origin: Some(Origin { parent: Uuid::from_u128(parent_seed as u128 + 1), step: step as u32 }),
+        record: game.into_record().encode().unwrap(),
+    }
 }
 
 fn batch(games: &[Upload]) -> Vec<u8> {
-    let raw =
-        encode_batch(games.iter().map(|g| (g.uuid, g.revision, g.claims, g.record.as_slice()))).unwrap();
+    let raw = encode_batch(games.iter().map(|g| BatchGame {
+        uuid: g.uuid,
+        revision: g.revision,
+        origin: g.origin,
+        record: &g.record,
+    }))
+    .unwrap();
     compress(&raw, 3)
 }
 
@@ -72,40 +96,48 @@ fn every_bad_upload_gets_its_own_4xx_and_the_server_keeps_serving() {
     assert_eq!(again["duplicates"].as_array().unwrap().len(), 2, "{again}");
     assert_eq!(again["accepted"].as_array().unwrap().len(), 0);
 
-    // Per-game refusals in one batch: an illegal move, a forged score, an unfinished game, an
-    // unknown revision, bytes that are not a record. The good game in it is still accepted.
+    // Per-game refusals in one batch: an illegal move, a continuation of a game the server does
+    // not hold, a continuation that does not start where its parent was, an unfinished game, an
+    // unknown revision, bytes that are not a record. The good games in it (a true continuation
+    // of a stored game among them) are still accepted.
     let mut illegal = upload(3);
-    let (mut record, claims) = finished_game(3);
+    let mut record = finished_game(3);
     let blocked =
         Direction::ALL.into_iter().find(|d| record.start.try_move(*d).is_err()).unwrap_or(Direction::Up);
     record.steps.insert(0, Step { direction: blocked, spawn_cell: 0, spawn_exponent: 1 });
     illegal.record = record.encode().unwrap();
-    illegal.claims = claims;
-    let mut forged = upload(4);
-    forged.claims.score += 1000;
+    let orphan = continuation(40, 5, 400);
+    let mut elsewhere = continuation(1, 6, 401);
+    elsewhere.origin = Some(Origin { step: 2, ..elsewhere.origin.unwrap() });
     let mut unfinished = upload(5);
-    let (mut record, _) = finished_game(5);
+    let mut record = finished_game(5);
     record.steps.truncate(3);
-    let s = record.replay().unwrap();
-    unfinished.claims = Claims { score: s.score, moves: s.moves, max_tile: s.max_tile };
     unfinished.record = record.encode().unwrap();
     let mut stale = upload(6);
     stale.revision = 99;
     let mut garbage = upload(7);
     garbage.record = vec![9, 9, 9];
     let fine = upload(8);
-    let mixed = [illegal, forged, unfinished, stale, garbage, fine];
+    let branch = continuation(1, 6, 402);
+    let mixed = [illegal, orphan, elsewhere, unfinished, stale, garbage, fine, branch];
     let reply: serde_json::Value = post(port, Some(&token), batch(&mixed), &[]).json().unwrap();
-    assert_eq!(reply["accepted"], serde_json::json!([mixed[5].uuid]), "{reply}");
+    assert_eq!(reply["accepted"], serde_json::json!([mixed[6].uuid, mixed[7].uuid]), "{reply}");
     let codes: Vec<&str> =
         reply["rejected"].as_array().unwrap().iter().map(|r| r["code"].as_str().unwrap()).collect();
     assert_eq!(
         codes,
-        ["illegal_move", "claims_mismatch", "unfinished_game", "revision_not_accepted", "undecodable_record"],
+        [
+            "illegal_move",
+            "unknown_parent",
+            "not_a_branch",
+            "unfinished_game",
+            "revision_not_accepted",
+            "undecodable_record"
+        ],
         "{reply}"
     );
     let reasons = reply["rejected"].to_string();
-    assert!(reasons.contains("claimed score"), "{reasons}");
+    assert!(reasons.contains("does not start from step 2"), "{reasons}");
 
     // Whole-batch refusals.
     json_error(post(port, None, batch(&good), &[]), 401, "unauthorized");
@@ -127,7 +159,7 @@ fn every_bad_upload_gets_its_own_4xx_and_the_server_keeps_serving() {
     let twice = [upload(300), upload(300)];
     json_error(post(port, Some(&token), batch(&twice), &[]), 400, "bad_batch");
     json_error(
-        post(port, Some(&token), batch(&good), &[("zero2048-protocol", "2")]),
+        post(port, Some(&token), batch(&good), &[("zero2048-protocol", "1")]),
         426,
         "protocol_mismatch",
     );
@@ -153,13 +185,13 @@ fn every_bad_upload_gets_its_own_4xx_and_the_server_keeps_serving() {
     // Still serving, with the counts to show for it.
     let latest = http().get(format!("http://127.0.0.1:{port}/api/v1/latest")).send().unwrap();
     assert_eq!(latest.status(), 200);
-    assert_eq!(latest.headers()["zero2048-protocol"], "1");
+    assert_eq!(latest.headers()["zero2048-protocol"], "2");
     let status = status(port);
-    assert_eq!(status["uploads"]["accepted"], 3, "{status}");
-    assert_eq!(status["uploads"]["rejected"], 5, "{status}");
-    assert_eq!(status["workers"][0]["rejected"], 5, "{status}");
+    assert_eq!(status["uploads"]["accepted"], 4, "{status}");
+    assert_eq!(status["uploads"]["rejected"], 6, "{status}");
+    assert_eq!(status["workers"][0]["rejected"], 6, "{status}");
     let stored = stored_games(&dir.path().join("zero2048.db"));
-    assert_eq!(stored.len(), 3);
+    assert_eq!(stored.len(), 4);
 }
 
 #[test]

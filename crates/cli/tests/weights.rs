@@ -4,7 +4,7 @@ use std::process::{Command, Output};
 
 use bytes::Bytes;
 use time::OffsetDateTime;
-use zero2048_storage::{Config, LatestDetails, StorageAdapter, WeightsData};
+use zero2048_storage::{Config, LatestExtra, StorageAdapter, WeightsData};
 
 fn zero2048(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_zero2048"))
@@ -26,7 +26,7 @@ fn publish(dir: &std::path::Path, revisions: u64) {
             let bytes = Bytes::from(vec![revision as u8; 1000 * revision as usize]);
             let deadline = OffsetDateTime::now_utc() + time::Duration::hours(1);
             adapter
-                .publish(WeightsData::Bytes(bytes), revision, deadline, &LatestDetails::default())
+                .publish(WeightsData::Bytes(bytes), revision, deadline, &LatestExtra::new())
                 .await
                 .unwrap();
         }

@@ -8,20 +8,21 @@ use std::time::Duration;
 
 use support::*;
 use zero2048_game::{Direction, GameRecord, SpawnRule};
-use zero2048_protocol::{Claims, Uuid, compress, encode_batch};
+use zero2048_protocol::{BatchGame, Uuid, compress, encode_batch};
 use zero2048_search::{GreedyPlayer, play_game};
 
 const SIMULATIONS: u32 = 8;
 
 fn post(port: u16, token: &str, games: &[(Uuid, GameRecord)]) -> serde_json::Value {
-    let encoded: Vec<(Uuid, Claims, Vec<u8>)> = games
-        .iter()
-        .map(|(uuid, record)| {
-            let s = record.replay().unwrap();
-            (*uuid, Claims { score: s.score, moves: s.moves, max_tile: s.max_tile }, record.encode().unwrap())
-        })
-        .collect();
-    let raw = encode_batch(encoded.iter().map(|(u, c, r)| (*u, 1, *c, r.as_slice()))).unwrap();
+    let encoded: Vec<(Uuid, Vec<u8>)> =
+        games.iter().map(|(uuid, record)| (*uuid, record.encode().unwrap())).collect();
+    let raw = encode_batch(encoded.iter().map(|(uuid, record)| BatchGame {
+        uuid: *uuid,
+        revision: 1,
+        origin: None,
+        record,
+    }))
+    .unwrap();
     http()
         .post(format!("http://127.0.0.1:{port}/api/v1/games"))
         .header("content-encoding", "zstd")
@@ -73,7 +74,7 @@ fn a_policy_value_server_learns_from_an_mcts_worker_and_refuses_false_statistics
         http().get(format!("http://127.0.0.1:{port}/api/v1/latest")).send().unwrap().json().unwrap();
     assert_eq!(latest["model"]["kind"], "policy_value", "{latest}");
     assert_eq!(
-        latest["selfplay"]["mcts"]["simulations"], SIMULATIONS,
+        latest["play"]["search"]["mcts"]["simulations"], SIMULATIONS,
         "the search parameters travel: {latest}"
     );
     let token = token(dir.path(), "mcts");
@@ -96,8 +97,10 @@ fn a_policy_value_server_learns_from_an_mcts_worker_and_refuses_false_statistics
         assert_eq!(record.search.len(), record.steps.len(), "every move carries its statistics");
         assert_eq!(record.check_search(SIMULATIONS), Ok(()));
     }
-    let status = status(port);
-    assert!(!status["evaluations"].as_array().unwrap().is_empty(), "{status}");
+    // Evaluations run beside the learner: one is recorded soon after the revisions.
+    wait_for(Duration::from_secs(180), "an evaluation", || {
+        !status(port)["evaluations"].as_array().unwrap().is_empty()
+    });
 
     // Statistics that cannot be true are refused, each with its reason; a true game is accepted.
     let (_, good) = records.last().unwrap().clone();

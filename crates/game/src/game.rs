@@ -33,10 +33,33 @@ impl Game {
         }
     }
 
+    /// A continuation (the restart strategy): a new game from `afterstate`, a position some
+    /// earlier game passed through, with one tile spawned on it from `seed`. Its record starts at
+    /// that board; see [`crate::is_branch_of`] and [`GameRecord::replay_continuation`]. `None` if
+    /// the afterstate has no empty cell.
+    pub fn branch(afterstate: Board, seed: u64, rule: SpawnRule) -> Option<Game> {
+        let mut rng = rng_from_seed(seed);
+        let board = afterstate.with_spawn(rule.pick(afterstate, &mut rng)?);
+        Some(Game {
+            board,
+            score: 0,
+            record: GameRecord { start: board, steps: Vec::new(), search: Vec::new() },
+            rng,
+            rule,
+        })
+    }
+
     /// Continues a game from its record so far (checked by replay), with spawns from now on drawn
     /// from `seed`: how an interrupted game is finished later without breaking its record.
     pub fn resume(record: GameRecord, seed: u64, rule: SpawnRule) -> Result<Game, ReplayError> {
         let summary = record.replay()?;
+        Ok(Game { board: summary.final_board, score: summary.score, record, rng: rng_from_seed(seed), rule })
+    }
+
+    /// [`Game::resume`] for a continuation (a record starting from another game's position;
+    /// see [`Game::branch`]).
+    pub fn resume_continuation(record: GameRecord, seed: u64, rule: SpawnRule) -> Result<Game, ReplayError> {
+        let summary = record.replay_continuation()?;
         Ok(Game { board: summary.final_board, score: summary.score, record, rng: rng_from_seed(seed), rule })
     }
 
@@ -73,12 +96,25 @@ impl Game {
     /// Plays a move, spawns a tile, and records both. Returns the afterstate and reward.
     pub fn play(&mut self, direction: Direction) -> Result<Afterstate, IllegalMove> {
         let moved = self.board.try_move(direction)?;
+        self.apply(direction, moved);
+        Ok(moved)
+    }
+
+    /// Plays `direction` whose afterstate the caller already computed (a player that looked at
+    /// every move has them all): spawns a tile and records the step without sliding again.
+    /// `moved` must be `self.board().legal_move(direction)` (checked in debug builds).
+    #[inline]
+    pub fn apply(&mut self, direction: Direction, moved: Afterstate) {
+        debug_assert_eq!(
+            self.board.legal_move(direction),
+            Some(moved),
+            "apply needs the move's own afterstate"
+        );
         let spawn =
             self.rule.pick(moved.board, &mut self.rng).expect("a move that changes the board frees a cell");
         self.board = moved.board.with_spawn(spawn);
         self.score += moved.reward as u64;
         self.record.steps.push(Step { direction, spawn_cell: spawn.cell, spawn_exponent: spawn.exponent });
-        Ok(moved)
     }
 
     /// Like [`Game::play`], recording what the search saw before the move as well. A game is

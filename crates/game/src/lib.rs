@@ -24,7 +24,7 @@ pub use board::{
 pub use game::Game;
 pub use record::{
     DecodeError, EncodeError, GameRecord, RECORD_FORMAT_VERSION, RECORD_FORMAT_VERSION_SEARCH, ReplayError,
-    ReplaySteps, ReplaySummary, ReplayedStep, SearchStats, SearchStatsError, Step,
+    ReplaySteps, ReplaySummary, ReplayedStep, SearchStats, SearchStatsError, Step, is_branch_of,
 };
 pub use spawn::{BadProbability, GameRng, Spawn, SpawnRule, derive_seed, rng_from_seed};
 pub use symmetry::Symmetry;

@@ -36,6 +36,36 @@ pub struct SearchStats {
     pub root_value: f32,
 }
 
+impl SearchStats {
+    /// Checks one step's statistics: visits summing to `simulations`, none on a move illegal on
+    /// `before`, the move played among those visited, a finite root value.
+    pub fn check(
+        &self,
+        step: usize,
+        before: Board,
+        played: Direction,
+        simulations: u32,
+    ) -> Result<(), SearchStatsError> {
+        let sum: u64 = self.visits.iter().map(|&v| v as u64).sum();
+        if sum != simulations as u64 {
+            return Err(SearchStatsError::VisitSum { step, sum, simulations });
+        }
+        for direction in Direction::ALL {
+            let visits = self.visits[direction.index() as usize];
+            if visits > 0 && before.legal_move(direction).is_none() {
+                return Err(SearchStatsError::IllegalVisits { step, direction, visits });
+            }
+        }
+        if self.visits[played.index() as usize] == 0 {
+            return Err(SearchStatsError::UnvisitedMove { step, direction: played });
+        }
+        if !self.root_value.is_finite() {
+            return Err(SearchStatsError::BadValue { step, value: self.root_value });
+        }
+        Ok(())
+    }
+}
+
 // Records are compared in tests and deduplicated by content; a NaN root value is refused by
 // `check_search` long before that matters.
 impl Eq for SearchStats {}
@@ -178,22 +208,7 @@ impl GameRecord {
         }
         let mut board = self.start;
         for (step, (played, stats)) in self.steps.iter().zip(&self.search).enumerate() {
-            let sum: u64 = stats.visits.iter().map(|&v| v as u64).sum();
-            if sum != simulations as u64 {
-                return Err(SearchStatsError::VisitSum { step, sum, simulations });
-            }
-            for direction in Direction::ALL {
-                let visits = stats.visits[direction.index() as usize];
-                if visits > 0 && board.legal_move(direction).is_none() {
-                    return Err(SearchStatsError::IllegalVisits { step, direction, visits });
-                }
-            }
-            if stats.visits[played.direction.index() as usize] == 0 {
-                return Err(SearchStatsError::UnvisitedMove { step, direction: played.direction });
-            }
-            if !stats.root_value.is_finite() {
-                return Err(SearchStatsError::BadValue { step, value: stats.root_value });
-            }
+            stats.check(step, board, played.direction, simulations)?;
             // Replay has checked the steps; stop quietly if it was not asked to.
             let Some(moved) = board.legal_move(played.direction) else { return Ok(()) };
             match moved.board.place(played.spawn_cell as usize, played.spawn_exponent) {
@@ -204,22 +219,52 @@ impl GameRecord {
         Ok(())
     }
 
+    /// The afterstate of step `step` (the board after its move, before its spawn), found by
+    /// replaying the record (`continuation`: its start is another game's position); `None` if
+    /// the record is shorter or does not replay that far.
+    pub fn afterstate_at(&self, step: usize, continuation: bool) -> Option<Board> {
+        let steps = if continuation { self.continuation_steps() } else { self.replay_steps() };
+        steps
+            .take(step + 1)
+            .last()
+            .and_then(Result::ok)
+            .filter(|_| step < self.steps.len())
+            .map(|s| s.afterstate)
+    }
+
     /// An iterator that verifies the record step by step; it stops after the first error.
     pub fn replay_steps(&self) -> ReplaySteps<'_> {
-        ReplaySteps { record: self, next: 0, board: self.start, failed: false }
+        ReplaySteps { record: self, next: 0, board: self.start, failed: false, check_start: true }
+    }
+
+    /// [`GameRecord::replay_steps`] for a *continuation*: a game that starts from a position of
+    /// another game (the restart strategy), whose start is therefore not two tiles. Its start is
+    /// whatever the caller checked against the parent game ([`is_branch_of`]); every step is
+    /// verified as usual.
+    pub fn continuation_steps(&self) -> ReplaySteps<'_> {
+        ReplaySteps { record: self, next: 0, board: self.start, failed: false, check_start: false }
     }
 
     /// Verifies the whole record and summarises it, or names the first illegal step.
     pub fn replay(&self) -> Result<ReplaySummary, ReplayError> {
+        if self.steps.is_empty() {
+            check_start(self.start)?;
+        }
+        self.summarise(self.replay_steps())
+    }
+
+    /// [`GameRecord::replay`] for a continuation (see [`GameRecord::continuation_steps`]).
+    pub fn replay_continuation(&self) -> Result<ReplaySummary, ReplayError> {
+        self.summarise(self.continuation_steps())
+    }
+
+    fn summarise(&self, steps: ReplaySteps<'_>) -> Result<ReplaySummary, ReplayError> {
         let mut board = self.start;
         let mut score = 0u64;
-        for step in self.replay_steps() {
+        for step in steps {
             let step = step?;
             score += step.reward as u64;
             board = step.after;
-        }
-        if self.steps.is_empty() {
-            check_start(self.start)?;
         }
         Ok(ReplaySummary {
             final_board: board,
@@ -229,6 +274,20 @@ impl GameRecord {
             game_over: board.is_game_over(),
         })
     }
+}
+
+/// Whether `start` is `afterstate` with exactly one tile (a 2 or a 4) added on an empty cell: how a
+/// continuation branches off its parent game (the restart strategy).
+pub fn is_branch_of(start: Board, afterstate: Board) -> bool {
+    let changed = start.raw() ^ afterstate.raw();
+    if changed == 0 {
+        return false;
+    }
+    let cell = changed.trailing_zeros() / 4;
+    let nibble = 0xFu64 << (4 * cell);
+    changed & !nibble == 0
+        && afterstate.raw() & nibble == 0
+        && matches!((start.raw() >> (4 * cell)) & 0xF, 1 | 2)
 }
 
 fn check_start(start: Board) -> Result<(), ReplayError> {
@@ -246,6 +305,7 @@ pub struct ReplaySteps<'a> {
     next: usize,
     board: Board,
     failed: bool,
+    check_start: bool,
 }
 
 impl Iterator for ReplaySteps<'_> {
@@ -266,7 +326,7 @@ impl Iterator for ReplaySteps<'_> {
 
 impl ReplaySteps<'_> {
     fn verify(&mut self, index: usize, step: Step) -> Result<ReplayedStep, ReplayError> {
-        if index == 0 {
+        if index == 0 && self.check_start {
             check_start(self.board)?;
         }
         let before = self.board;

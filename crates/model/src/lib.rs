@@ -3,7 +3,7 @@
 //! [`NTupleNetwork`] values afterstates with tables of weights looked up by the tiles under a few
 //! cell tuples, under all 8 symmetries; it implements `zero2048_search::Evaluator`, so every search
 //! and player can use it. [`weights_file`] reads and writes it as safetensors with the metadata of
-//! design.md §4. [`PolicyValueNet`] is the other model kind: a residual network with a policy and a
+//! `docs/formats.md`. [`PolicyValueNet`] is the other model kind: a residual network with a policy and a
 //! value head (burn), which `zero2048_search::mcts` searches with; [`policy_value::Trainer`] trains it.
 //!
 //! This crate must never download, cache or trust files by itself: it reads a path it is given,
@@ -15,7 +15,10 @@ pub mod policy_value;
 mod table;
 pub mod weights_file;
 
-pub use ntuple::{Feature, MAX_TUPLE_LEN, NTupleConfig, NTupleNetwork, NetworkError};
+pub use ntuple::{
+    DOWNGRADE_FROM, Downgrading, Feature, MAX_TUPLE_LEN, NTupleConfig, NTupleNetwork, NetworkError,
+    downgraded,
+};
 pub use policy_value::{PolicyValueConfig, PolicyValueInfo, PolicyValueNet};
-pub use table::Table;
+pub use table::{Pages, Table};
 pub use weights_file::{WeightsFileError, WeightsInfo};

@@ -3,12 +3,17 @@
 //! Weights are shared across symmetries, so each game position teaches 8 positions at once.
 //! Optionally several stages: separate weights once the board holds a tile of at least
 //! `stage_tile`, since the endgame needs different values than the opening.
+//!
+//! One network is shared by every thread of a run: [`NTupleNetwork::value`] and
+//! [`NTupleNetwork::add`] take `&self` and work on atomic weights without locks (see
+//! [`crate::table`]), so N threads play and learn on the same tables, and memory stays the size of
+//! one network.
 
 use serde::{Deserialize, Serialize};
 use zero2048_game::Board;
 use zero2048_search::Evaluator;
 
-use crate::table::Table;
+use crate::table::{Pages, Table};
 
 /// The longest tuple supported (16^8 weights, 16 GiB: longer is never practical).
 pub const MAX_TUPLE_LEN: usize = 8;
@@ -41,6 +46,32 @@ impl NTupleConfig {
         }
     }
 
+    /// Jaśkowski's five 6-cell shapes (the 4×6 set plus cells 8–13; 320 MiB of f32).
+    pub fn jaskowski_5x6() -> NTupleConfig {
+        let mut config = NTupleConfig::standard_4x6();
+        config.tuples.insert(2, vec![8, 9, 10, 11, 12, 13]);
+        config
+    }
+
+    /// Matsuzaki's eight 6-cell shapes (512 MiB of f32): the strongest published 1-ply learner
+    /// of its size, about 40% slower per move than 4×6.
+    pub fn matsuzaki_8x6() -> NTupleConfig {
+        NTupleConfig {
+            tuples: vec![
+                vec![0, 1, 2, 4, 5, 6],
+                vec![4, 5, 6, 7, 8, 9],
+                vec![0, 1, 2, 3, 4, 5],
+                vec![2, 3, 4, 5, 6, 9],
+                vec![0, 1, 2, 5, 9, 10],
+                vec![3, 4, 5, 6, 7, 8],
+                vec![1, 3, 4, 5, 6, 7],
+                vec![0, 1, 4, 8, 9, 10],
+            ],
+            stages: 1,
+            stage_tile: 14,
+        }
+    }
+
     /// A small network for tests and quick runs: four 4-cell shapes (16^4 weights each).
     pub fn small_4x4() -> NTupleConfig {
         NTupleConfig {
@@ -48,6 +79,25 @@ impl NTupleConfig {
             stages: 1,
             stage_tile: 14,
         }
+    }
+
+    /// The named shapes, as `--network` and `train.network_shape` spell them.
+    pub const NAMES: [&'static str; 4] = ["4x6", "5x6", "8x6", "4x4"];
+
+    /// The shape called `name` (one of [`NTupleConfig::NAMES`]).
+    pub fn named(name: &str) -> Option<NTupleConfig> {
+        match name {
+            "4x6" => Some(NTupleConfig::standard_4x6()),
+            "5x6" => Some(NTupleConfig::jaskowski_5x6()),
+            "8x6" => Some(NTupleConfig::matsuzaki_8x6()),
+            "4x4" => Some(NTupleConfig::small_4x4()),
+            _ => None,
+        }
+    }
+
+    /// Bytes of f32 weights.
+    pub fn bytes(&self) -> u64 {
+        self.weight_count() as u64 * 4
     }
 
     /// Checks the shape: cells in 0..16, no repeats within a tuple, lengths 1..=8, 1..=4 stages.
@@ -108,42 +158,184 @@ pub enum NetworkError {
     },
 }
 
-/// A run of consecutive cells of a tuple: `width` cells starting at board cell `first`, landing at
+/// A run of consecutive cells of a tuple: cells starting at board cell `first`, landing at
 /// tuple position `position`. Extracting a run is one shift and one mask.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 struct Run {
     board_shift: u32,
     mask: u64,
     tuple_shift: u32,
 }
 
-fn runs_of(cells: &[u8]) -> Vec<Run> {
-    let mut runs: Vec<Run> = Vec::new();
-    let mut k = 0;
-    while k < cells.len() {
+const NO_RUN: Run = Run { board_shift: 0, mask: 0, tuple_shift: 0 };
+
+/// The runs of a tuple, computed at compile time for the named shapes (unused runs have a zero
+/// mask, which the compiler folds away).
+const fn runs_of<const N: usize>(cells: [u8; N]) -> [Run; N] {
+    let mut runs = [NO_RUN; N];
+    let (mut k, mut count) = (0, 0);
+    while k < N {
         let mut width = 1;
-        while k + width < cells.len() && cells[k + width] == cells[k] + width as u8 {
+        while k + width < N && cells[k + width] == cells[k] + width as u8 {
             width += 1;
         }
-        runs.push(Run {
+        runs[count] = Run {
             board_shift: 4 * cells[k] as u32,
             mask: if width == 16 { u64::MAX } else { (1u64 << (4 * width)) - 1 },
             tuple_shift: 4 * k as u32,
-        });
+        };
+        count += 1;
         k += width;
     }
     runs
 }
 
+/// A tuple's index from constant runs: straight-line shifts and masks.
+#[inline(always)]
+fn const_index<const N: usize>(raw: u64, runs: &[Run; N]) -> usize {
+    let mut index = 0u64;
+    let mut r = 0;
+    while r < N {
+        index |= ((raw >> runs[r].board_shift) & runs[r].mask) << runs[r].tuple_shift;
+        r += 1;
+    }
+    index as usize
+}
+
+const fn runs_of_all<const T: usize>(tuples: [[u8; 6]; T]) -> [[Run; 6]; T] {
+    let mut all = [[NO_RUN; 6]; T];
+    let mut t = 0;
+    while t < T {
+        all[t] = runs_of(tuples[t]);
+        t += 1;
+    }
+    all
+}
+
+const CELLS_4X6: [[u8; 6]; 4] =
+    [[0, 1, 2, 3, 4, 5], [4, 5, 6, 7, 8, 9], [0, 1, 2, 4, 5, 6], [4, 5, 6, 8, 9, 10]];
+const CELLS_5X6: [[u8; 6]; 5] =
+    [[0, 1, 2, 3, 4, 5], [4, 5, 6, 7, 8, 9], [8, 9, 10, 11, 12, 13], [0, 1, 2, 4, 5, 6], [4, 5, 6, 8, 9, 10]];
+const CELLS_8X6: [[u8; 6]; 8] = [
+    [0, 1, 2, 4, 5, 6],
+    [4, 5, 6, 7, 8, 9],
+    [0, 1, 2, 3, 4, 5],
+    [2, 3, 4, 5, 6, 9],
+    [0, 1, 2, 5, 9, 10],
+    [3, 4, 5, 6, 7, 8],
+    [1, 3, 4, 5, 6, 7],
+    [0, 1, 4, 8, 9, 10],
+];
+static RUNS_4X6: [[Run; 6]; 4] = runs_of_all(CELLS_4X6);
+static RUNS_5X6: [[Run; 6]; 5] = runs_of_all(CELLS_5X6);
+static RUNS_8X6: [[Run; 6]; 8] = runs_of_all(CELLS_8X6);
+
+/// How a network computes its features: compiled for a named shape (like TDL2048's static
+/// indexers: about twice as fast as reading the runs at run time), or general.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kernel {
+    Standard4x6,
+    Jaskowski5x6,
+    Matsuzaki8x6,
+    General,
+}
+
+impl Kernel {
+    fn of(tuples: &[Vec<u8>]) -> Kernel {
+        let is =
+            |cells: &[[u8; 6]]| tuples.len() == cells.len() && tuples.iter().zip(cells).all(|(a, b)| a == b);
+        if is(&CELLS_4X6) {
+            Kernel::Standard4x6
+        } else if is(&CELLS_5X6) {
+            Kernel::Jaskowski5x6
+        } else if is(&CELLS_8X6) {
+            Kernel::Matsuzaki8x6
+        } else {
+            Kernel::General
+        }
+    }
+}
+
+/// Each tuple's index on each of the 8 boards, from constant runs: straight-line code.
+#[inline(always)]
+fn const_indices<const T: usize>(runs: &[[Run; 6]; T], boards: &[Board; 8]) -> [[usize; 8]; T] {
+    runs.map(|tuple| boards.map(|b| const_index(b.raw(), &tuple)))
+}
+
+#[inline(always)]
+fn sum_at<const T: usize>(tables: &[Table], indices: &[[usize; 8]; T]) -> f32 {
+    let mut sum = 0.0;
+    for (table, at) in tables.iter().zip(indices) {
+        sum += table.sum_at(at);
+    }
+    sum
+}
+
+#[inline(always)]
+fn add_at<const T: usize>(tables: &[Table], indices: &[[usize; 8]; T], step: f32) -> f32 {
+    let mut sum = 0.0;
+    for (table, at) in tables.iter().zip(indices) {
+        sum += table.add_at(at, step);
+    }
+    sum
+}
+
+/// How to read one tuple's index off a board (the general path): its runs, kept inline so the
+/// loop follows no pointer.
+#[derive(Clone, Copy, Debug)]
+struct Indexer {
+    runs: [Run; MAX_TUPLE_LEN],
+    count: usize,
+}
+
+impl Indexer {
+    fn of(cells: &[u8]) -> Indexer {
+        let mut indexer = Indexer { runs: [Run::default(); MAX_TUPLE_LEN], count: 0 };
+        let mut k = 0;
+        while k < cells.len() {
+            let mut width = 1;
+            while k + width < cells.len() && cells[k + width] == cells[k] + width as u8 {
+                width += 1;
+            }
+            indexer.runs[indexer.count] = Run {
+                board_shift: 4 * cells[k] as u32,
+                mask: if width == 16 { u64::MAX } else { (1u64 << (4 * width)) - 1 },
+                tuple_shift: 4 * k as u32,
+            };
+            indexer.count += 1;
+            k += width;
+        }
+        indexer
+    }
+
+    #[inline(always)]
+    fn index(&self, board: Board) -> usize {
+        let raw = board.raw();
+        let mut index = 0u64;
+        for run in &self.runs[..self.count] {
+            index |= ((raw >> run.board_shift) & run.mask) << run.tuple_shift;
+        }
+        index as usize
+    }
+
+    /// The tuple's index on each of the 8 boards: computed all first, so that the 8 weight reads
+    /// that follow leave together and overlap their cache misses.
+    #[inline(always)]
+    fn indices(&self, boards: &[Board; 8]) -> [usize; 8] {
+        boards.map(|b| self.index(b))
+    }
+}
+
 /// See the module documentation.
 pub struct NTupleNetwork {
     config: NTupleConfig,
-    /// Each tuple's cells as runs of consecutive cells.
-    runs: Vec<Vec<Run>>,
+    kernel: Kernel,
+    indexers: Vec<Indexer>,
     /// `tables[stage * tuples + tuple]`.
     tables: Vec<Table>,
     /// Weights read per evaluation (tuples × 8).
     features: usize,
+    pages: Pages,
 }
 
 /// Where one feature lives: the table and the index in it.
@@ -156,22 +348,38 @@ pub struct Feature {
 }
 
 impl NTupleNetwork {
-    /// A network of this shape with every weight zero.
+    /// A network of this shape with every weight zero, on huge pages where the kernel allows.
     pub fn zeroed(config: NTupleConfig) -> Result<NTupleNetwork, NetworkError> {
+        NTupleNetwork::zeroed_on(config, Pages::Huge)
+    }
+
+    /// [`NTupleNetwork::zeroed`], choosing the page size.
+    pub fn zeroed_on(config: NTupleConfig, pages: Pages) -> Result<NTupleNetwork, NetworkError> {
         config.validate().map_err(NetworkError::Shape)?;
         let mut tables = Vec::new();
         for _ in 0..config.stages {
             for t in 0..config.tuples.len() {
                 let len = config.table_len(t);
                 tables.push(
-                    Table::zeroed(len)
+                    Table::zeroed(len, pages)
                         .map_err(|source| NetworkError::Allocation { bytes: len * 4, source })?,
                 );
             }
         }
         let features = config.tuples.len() * 8;
-        let runs = config.tuples.iter().map(|t| runs_of(t)).collect();
-        Ok(NTupleNetwork { config, runs, tables, features })
+        let indexers = config.tuples.iter().map(|t| Indexer::of(t)).collect();
+        let kernel = Kernel::of(&config.tuples);
+        Ok(NTupleNetwork { config, kernel, indexers, tables, features, pages })
+    }
+
+    /// Optimistic initialisation: every weight set so that every afterstate is valued `value`
+    /// (each of the `feature_count` weights read holds `value / feature_count`). Learning from
+    /// an optimistic start explores more: a state not yet seen looks better than a known one.
+    pub fn set_initial_value(&self, value: f32) {
+        let per_weight = value / self.features as f32;
+        for table in &self.tables {
+            table.fill(per_weight);
+        }
     }
 
     /// The shape.
@@ -195,14 +403,10 @@ impl NTupleNetwork {
             .min(self.config.stages as usize - 1)
     }
 
-    #[inline]
-    fn index(board: Board, runs: &[Run]) -> usize {
-        let raw = board.raw();
-        let mut index = 0u64;
-        for run in runs {
-            index |= ((raw >> run.board_shift) & run.mask) << run.tuple_shift;
-        }
-        index as usize
+    /// The tables of `board`'s stage.
+    #[inline(always)]
+    fn stage_tables(&self, board: Board) -> &[Table] {
+        &self.tables[self.stage(board) * self.config.tuples.len()..]
     }
 
     /// Calls `visit` with every feature of `board` (tuples × 8 symmetries).
@@ -210,9 +414,25 @@ impl NTupleNetwork {
     pub fn for_each_feature(&self, board: Board, mut visit: impl FnMut(Feature)) {
         let boards = board.symmetries();
         let base = self.stage(board) * self.config.tuples.len();
-        for (t, runs) in self.runs.iter().enumerate() {
-            for symmetric in boards {
-                visit(Feature { table: (base + t) as u32, index: Self::index(symmetric, runs) as u32 });
+        let mut emit = |t: usize, at: &[usize; 8]| {
+            for &index in at {
+                visit(Feature { table: (base + t) as u32, index: index as u32 });
+            }
+        };
+        match self.kernel {
+            Kernel::Standard4x6 => {
+                const_indices(&RUNS_4X6, &boards).iter().enumerate().for_each(|(t, at)| emit(t, at))
+            }
+            Kernel::Jaskowski5x6 => {
+                const_indices(&RUNS_5X6, &boards).iter().enumerate().for_each(|(t, at)| emit(t, at))
+            }
+            Kernel::Matsuzaki8x6 => {
+                const_indices(&RUNS_8X6, &boards).iter().enumerate().for_each(|(t, at)| emit(t, at))
+            }
+            Kernel::General => {
+                for (t, indexer) in self.indexers.iter().enumerate() {
+                    emit(t, &indexer.indices(&boards));
+                }
             }
         }
     }
@@ -221,41 +441,57 @@ impl NTupleNetwork {
     #[inline]
     pub fn value(&self, board: Board) -> f32 {
         let boards = board.symmetries();
-        let base = self.stage(board) * self.config.tuples.len();
-        let mut value = 0.0;
-        for (t, runs) in self.runs.iter().enumerate() {
-            let weights = self.tables[base + t].weights();
-            for symmetric in boards {
-                value += weights[Self::index(symmetric, runs)];
-            }
+        let tables = self.stage_tables(board);
+        match self.kernel {
+            Kernel::Standard4x6 => sum_at(tables, &const_indices(&RUNS_4X6, &boards)),
+            Kernel::Jaskowski5x6 => sum_at(tables, &const_indices(&RUNS_5X6, &boards)),
+            Kernel::Matsuzaki8x6 => sum_at(tables, &const_indices(&RUNS_8X6, &boards)),
+            Kernel::General => self
+                .indexers
+                .iter()
+                .zip(tables)
+                .map(|(indexer, table)| table.sum_at(&indexer.indices(&boards)))
+                .sum(),
         }
-        value
     }
 
-    /// Adds `step` to every feature weight of `board` (a TD update's last part).
+    /// Adds `step` to every feature weight of `board` (a TD update's last part). Lock-free: safe
+    /// to call from many threads at once (see the module documentation).
     #[inline]
-    pub fn add(&mut self, board: Board, step: f32) {
+    pub fn add(&self, board: Board, step: f32) {
+        self.add_and_value(board, step);
+    }
+
+    /// [`NTupleNetwork::add`], returning the board's value after the update in the same pass
+    /// (exact unless two of its features share a weight: then as the writes left it, as the
+    /// public TD learners do).
+    #[inline]
+    pub fn add_and_value(&self, board: Board, step: f32) -> f32 {
         let boards = board.symmetries();
-        let base = self.stage(board) * self.config.tuples.len();
-        let NTupleNetwork { runs, tables, .. } = self;
-        for (t, runs) in runs.iter().enumerate() {
-            let weights = tables[base + t].weights_mut();
-            for symmetric in boards {
-                weights[Self::index(symmetric, runs)] += step;
-            }
+        let tables = self.stage_tables(board);
+        match self.kernel {
+            Kernel::Standard4x6 => add_at(tables, &const_indices(&RUNS_4X6, &boards), step),
+            Kernel::Jaskowski5x6 => add_at(tables, &const_indices(&RUNS_5X6, &boards), step),
+            Kernel::Matsuzaki8x6 => add_at(tables, &const_indices(&RUNS_8X6, &boards), step),
+            Kernel::General => self
+                .indexers
+                .iter()
+                .zip(tables)
+                .map(|(indexer, table)| table.add_at(&indexer.indices(&boards), step))
+                .sum(),
         }
     }
 
     /// One weight.
     #[inline]
     pub fn weight(&self, feature: Feature) -> f32 {
-        self.tables[feature.table as usize].weights()[feature.index as usize]
+        self.tables[feature.table as usize].get(feature.index as usize)
     }
 
-    /// One weight, to change it.
+    /// Adds `delta` to one weight.
     #[inline]
-    pub fn weight_mut(&mut self, feature: Feature) -> &mut f32 {
-        &mut self.tables[feature.table as usize].weights_mut()[feature.index as usize]
+    pub fn add_weight(&self, feature: Feature, delta: f32) {
+        self.tables[feature.table as usize].add(feature.index as usize, delta);
     }
 
     /// The tables, in file order (`stage * tuples + tuple`).
@@ -263,37 +499,65 @@ impl NTupleNetwork {
         &self.tables
     }
 
-    /// The tables, to fill them.
+    /// The tables, to fill them from a file.
     pub fn tables_mut(&mut self) -> &mut [Table] {
         &mut self.tables
     }
 
-    /// Overwrites this network's weights with `other`'s (same shape), reusing the memory: no
-    /// allocation and no page faults, unlike [`NTupleNetwork::try_clone`].
-    pub fn copy_from(&mut self, other: &NTupleNetwork) -> Result<(), NetworkError> {
+    /// Overwrites this network's weights with `other`'s (same shape), reusing the memory.
+    pub fn copy_from(&self, other: &NTupleNetwork) -> Result<(), NetworkError> {
         if self.config != other.config {
             return Err(NetworkError::Shape("copy_from needs two networks of the same shape".into()));
         }
-        for (mine, theirs) in self.tables.iter_mut().zip(&other.tables) {
-            mine.bytes_mut().copy_from_slice(theirs.bytes());
+        for (mine, theirs) in self.tables.iter().zip(&other.tables) {
+            mine.copy_from(theirs);
         }
         Ok(())
     }
 
-    /// A deep copy (a snapshot for self-play while the learner goes on).
+    /// A deep copy (a frozen snapshot, e.g. to evaluate while learning goes on).
     pub fn try_clone(&self) -> Result<NTupleNetwork, NetworkError> {
         let tables = self
             .tables
             .iter()
-            .map(|t| t.try_clone().map_err(|source| NetworkError::Allocation { bytes: t.len() * 4, source }))
+            .map(|t| {
+                t.try_clone(self.pages)
+                    .map_err(|source| NetworkError::Allocation { bytes: t.len() * 4, source })
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(NTupleNetwork {
             config: self.config.clone(),
-            runs: self.runs.clone(),
+            kernel: self.kernel,
+            indexers: self.indexers.clone(),
             tables,
             features: self.features,
+            pages: self.pages,
         })
     }
+}
+
+/// The exponent from which [`downgraded`] lowers tiles by default: 15, the 32768 tile, which
+/// self-play rarely reaches and a network therefore values poorly.
+pub const DOWNGRADE_FROM: u8 = 15;
+
+/// Tile-downgrading: a board holding a tile of exponent `from` or more, seen with every tile above
+/// its highest missing exponent one rank lower, so that a network evaluates it like the board it
+/// knows (the 32768 endgame looks like the 16384 one). `None` when the board holds no such tile
+/// or no rank is free to close up (every exponent from 1 up to its largest is present).
+pub fn downgraded(board: Board, from: u8) -> Option<Board> {
+    let cells = board.exponents();
+    let top = cells.iter().copied().max().unwrap_or(0);
+    if top < from {
+        return None;
+    }
+    let mut present = 0u32;
+    for &e in &cells {
+        present |= 1 << e;
+    }
+    // The highest free rank below the largest tile: tiles above it close up by one.
+    let gap = (1..top).rev().find(|&e| present & (1 << e) == 0)?;
+    let lowered = cells.map(|e| if e > gap { e - 1 } else { e });
+    Board::from_exponents(lowered)
 }
 
 impl Evaluator for NTupleNetwork {
@@ -305,5 +569,92 @@ impl Evaluator for NTupleNetwork {
     fn name(&self) -> String {
         let lens: Vec<String> = self.config.tuples.iter().map(|t| t.len().to_string()).collect();
         format!("ntuple {}x[{}] {} stage(s)", self.config.tuples.len(), lens.join(","), self.config.stages)
+    }
+}
+
+/// An n-tuple network evaluated with tile-downgrading from exponent `from` (see [`downgraded`]).
+pub struct Downgrading<N> {
+    /// The network.
+    pub network: N,
+    /// The exponent from which tiles are lowered.
+    pub from: u8,
+}
+
+/// Whether some cell holds exponent 15 (all four bits of its nibble set).
+#[inline]
+fn has_exponent_15(board: Board) -> bool {
+    let b = board.raw();
+    b & (b >> 1) & (b >> 2) & (b >> 3) & 0x1111_1111_1111_1111 != 0
+}
+
+impl<N: std::ops::Deref<Target = NTupleNetwork> + Send + Sync> Evaluator for Downgrading<N> {
+    #[inline]
+    fn evaluate(&self, afterstate: Board) -> f32 {
+        let may_downgrade = if self.from == 15 {
+            has_exponent_15(afterstate)
+        } else {
+            afterstate.max_exponent() >= self.from
+        };
+        if !may_downgrade {
+            return self.network.value(afterstate);
+        }
+        self.network.value(downgraded(afterstate, self.from).unwrap_or(afterstate))
+    }
+
+    fn name(&self) -> String {
+        format!("{} with tile-downgrading from {}", self.network.name(), 1u32 << self.from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compiled_kernels_compute_the_general_features() {
+        for config in
+            [NTupleConfig::standard_4x6(), NTupleConfig::jaskowski_5x6(), NTupleConfig::matsuzaki_8x6()]
+        {
+            let network = NTupleNetwork::zeroed(config.clone()).unwrap();
+            assert_ne!(network.kernel, Kernel::General, "{config:?}");
+            // Features do not depend on the weights: a second zeroed network costs no memory touched.
+            let general =
+                NTupleNetwork { kernel: Kernel::General, ..NTupleNetwork::zeroed(config.clone()).unwrap() };
+            let mut state = 0x2048_u64;
+            for _ in 0..2000 {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let board = Board::from_raw(state);
+                let (mut fast, mut plain) = (Vec::new(), Vec::new());
+                network.for_each_feature(board, |f| fast.push(f));
+                general.for_each_feature(board, |f| plain.push(f));
+                assert_eq!(fast, plain, "{board:?}");
+            }
+        }
+        assert_eq!(Kernel::of(&NTupleConfig::small_4x4().tuples), Kernel::General);
+    }
+
+    #[test]
+    fn downgrading_closes_the_highest_gap_below_the_largest_tile() {
+        let board: Board = "32768 16384 8192 4096 | 2 4 0 0 | 0 0 0 0 | 0 0 0 0".parse().unwrap();
+        // Exponents 15 14 13 12 and 1 2: the highest free rank is 11 (2048): 12..15 move down.
+        let lowered = downgraded(board, 15).unwrap();
+        assert_eq!(lowered, "16384 8192 4096 2048 | 2 4 0 0 | 0 0 0 0 | 0 0 0 0".parse().unwrap());
+        assert_eq!(downgraded(lowered, 15), None, "nothing of 32768 left");
+        let full: Board =
+            "32768 16384 8192 4096 | 2048 1024 512 256 | 128 64 32 16 | 8 4 2 0".parse().unwrap();
+        assert_eq!(downgraded(full, 15), None, "no free rank to close up");
+        assert!(has_exponent_15(board) && !has_exponent_15(lowered));
+    }
+
+    #[test]
+    fn a_downgrading_evaluator_sees_the_lowered_board() {
+        let network = NTupleNetwork::zeroed(NTupleConfig::small_4x4()).unwrap();
+        let board: Board = "32768 16384 0 0 | 2 0 0 0 | 0 0 0 0 | 0 0 0 0".parse().unwrap();
+        let lowered = downgraded(board, DOWNGRADE_FROM).unwrap();
+        network.add(lowered, 1.0);
+        let evaluator = Downgrading { network: &network, from: DOWNGRADE_FROM };
+        assert_eq!(evaluator.evaluate(board), network.value(lowered));
+        let plain: Board = "1024 0 0 0 | 2 0 0 0 | 0 0 0 0 | 0 0 0 0".parse().unwrap();
+        assert_eq!(evaluator.evaluate(plain), network.value(plain));
     }
 }

@@ -1,4 +1,4 @@
-//! The policy-value network (model kind `policy_value`, design.md §7): a residual tower with
+//! The policy-value network (model kind `policy_value`): a residual tower with
 //! squeeze-and-excitation on the one-hot board, a policy head over the 4 moves and a value head,
 //! built with burn. Inference runs on burn's pure-Rust `flex` CPU backend; training is generic
 //! over any autodiff backend (CPU here, CUDA with the `cuda` feature).
@@ -271,6 +271,7 @@ impl PolicyValueNet {
         path: &Path,
     ) -> Result<(PolicyValueNet, PolicyValueInfo), WeightsFileError> {
         let info = read_info_bytes(&bytes, path)?;
+        check_finite(&bytes, path)?;
         let device = Default::default();
         let mut network = Network::<CpuBackend>::new(&info.config, &device);
         load_into(&mut network, bytes, path)?;
@@ -346,6 +347,29 @@ fn load_into<B: Backend>(
             result.missing.iter().map(|m| &m.0).collect::<Vec<_>>(),
             result.unused
         )));
+    }
+    Ok(())
+}
+
+/// Refuses a file holding a weight that is not a finite number (a diverged network, or damage).
+fn check_finite(bytes: &[u8], path: &Path) -> Result<(), WeightsFileError> {
+    let invalid =
+        |message: String| WeightsFileError::Invalid { path: path.to_path_buf(), check: "values", message };
+    let tensors = safetensors::SafeTensors::deserialize(bytes).map_err(|e| invalid(e.to_string()))?;
+    for (name, view) in tensors.tensors() {
+        if view.dtype() != safetensors::Dtype::F32 {
+            continue;
+        }
+        if let Some(bad) = view
+            .data()
+            .chunks_exact(4)
+            .map(|w| f32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+            .find(|w| !w.is_finite())
+        {
+            return Err(invalid(format!(
+                "tensor `{name}` holds {bad}: the network diverged or the file is damaged"
+            )));
+        }
     }
     Ok(())
 }
@@ -487,6 +511,23 @@ impl Default for OptimizerConfig {
 }
 
 impl OptimizerConfig {
+    /// Whether the values are usable (a negative or non-finite rate trains garbage).
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.learning_rate.is_finite() || self.learning_rate <= 0.0 || self.learning_rate > 1.0 {
+            return Err(format!("learning_rate {} is not within (0, 1]", self.learning_rate));
+        }
+        if !self.weight_decay.is_finite() || !(0.0..=1.0).contains(&self.weight_decay) {
+            return Err(format!("weight_decay {} is not within 0..=1", self.weight_decay));
+        }
+        if !self.final_fraction.is_finite() || !(0.0..=1.0).contains(&self.final_fraction) {
+            return Err(format!("final_fraction {} is not within 0..=1", self.final_fraction));
+        }
+        if !self.clip_norm.is_finite() || self.clip_norm < 0.0 {
+            return Err(format!("clip_norm {} is not a number ≥ 0", self.clip_norm));
+        }
+        Ok(())
+    }
+
     /// The learning rate at `step` (0-based).
     pub fn learning_rate_at(&self, step: u64) -> f64 {
         if step < self.warmup_steps {

@@ -1,5 +1,5 @@
 //! N-tuple weights as a safetensors file (and the error type of every weights file, the
-//! policy-value ones of [`crate::policy_value`] included) (design.md §4): one F32 tensor per table, named
+//! policy-value ones of [`crate::policy_value`] included) (`docs/formats.md`): one F32 tensor per table, named
 //! `stage{s}.tuple{t}`, and metadata naming `format_version`, `kind` = `ntuple`, the tuples, the
 //! stages and the `revision`. Loading checks every one of those against what the file holds and
 //! streams the tensors straight into the tables, so a 256 MiB network never sits in memory twice.
@@ -14,6 +14,7 @@ use safetensors::tensor::{Dtype, View};
 use serde::Deserialize;
 
 use crate::ntuple::{NTupleConfig, NTupleNetwork, NetworkError};
+use crate::table::Table;
 
 /// The metadata version this build writes and reads.
 pub const FORMAT_VERSION: &str = "1";
@@ -57,7 +58,10 @@ pub enum WeightsFileError {
     Network(#[from] NetworkError),
 }
 
-struct TableView<'a>(&'a [u8], [usize; 1]);
+/// A table as a safetensors tensor. Its bytes are copied out one table at a time as the file is
+/// written (the table is shared with threads that may be learning), so saving never holds more
+/// than one table's copy.
+struct TableView<'a>(&'a Table, [usize; 1]);
 
 impl View for TableView<'_> {
     fn dtype(&self) -> Dtype {
@@ -67,10 +71,10 @@ impl View for TableView<'_> {
         &self.1
     }
     fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(self.0)
+        Cow::Owned(self.0.to_le_bytes())
     }
     fn data_len(&self) -> usize {
-        self.0.len()
+        self.0.len() * 4
     }
 }
 
@@ -98,7 +102,7 @@ pub fn save(
         .tables()
         .iter()
         .enumerate()
-        .map(|(i, table)| (tensor_name(i / tuples, i % tuples), TableView(table.bytes(), [table.len()])))
+        .map(|(i, table)| (tensor_name(i / tuples, i % tuples), TableView(table, [table.len()])))
         .collect();
     safetensors::serialize_to_file(views, Some(metadata), path).map_err(|e| WeightsFileError::Io {
         path: path.to_path_buf(),
@@ -222,11 +226,11 @@ pub fn load(
             ));
         }
         file.seek(SeekFrom::Start(data_start + begin as u64))
-            .and_then(|_| file.read_exact(table.bytes_mut()))
+            .and_then(|_| table.read_le(&mut file))
             .map_err(|source| WeightsFileError::Io { path: path.to_path_buf(), source })?;
     }
     for table in network.tables() {
-        if let Some(bad) = table.weights().iter().find(|w| !w.is_finite()) {
+        if let Some(bad) = table.iter().find(|w| !w.is_finite()) {
             return Err(invalid(
                 "values",
                 format!("a weight is {bad}: the network diverged or the file is damaged"),

@@ -176,6 +176,12 @@ fn weights_round_trip_and_wrong_files_are_refused() {
         refused(b"not a weights file".to_vec()),
         WeightsFileError::Invalid { check: "header", .. }
     ));
+    // A weight that is not a number: the last four bytes of the data are an f32.
+    let mut nan = bytes.clone();
+    let end = nan.len();
+    nan[end - 4..].copy_from_slice(&f32::NAN.to_le_bytes());
+    let err = refused(nan);
+    assert!(matches!(&err, WeightsFileError::Invalid { check: "values", .. }), "{err}");
     // A network of another shape saved honestly loads as that shape.
     let small = PolicyValueNet::new(tiny(), 5).unwrap();
     let (loaded, _) =

@@ -1,11 +1,17 @@
 //! The batch format. After zstd decompression a batch is:
 //!
 //! ```text
-//! magic "Z2KBATCH" · format version (u8) · game count (u32 LE)
-//! per game: uuid (16 bytes) · revision (u64 LE) · claimed score (u64 LE) · claimed moves (u32 LE)
-//!           · claimed largest tile (u32 LE) · record length (u32 LE) · record (the game crate's
-//!           canonical binary encoding)
+//! magic "Z2KBATCH" · format version (u8, 2) · game count (u32 LE)
+//! per game: uuid (16 bytes) · revision (u64 LE) · origin (u8: 0 a new game, 1 a continuation)
+//!           · for a continuation: parent uuid (16 bytes) · branch step (u32 LE)
+//!           · record length (u32 LE) · record (the game crate's canonical binary encoding)
 //! ```
+//!
+//! Version 1 also carried the worker's claims (score, moves, largest tile); the server derives all
+//! of them from the record, so version 2 dropped them. A continuation (the restart strategy) is a
+//! game that starts from a position of an earlier game, its *parent*: after the move of step
+//! `branch step` of the parent, one tile spawned (the continuation's start board), then its own
+//! steps. The server checks it against the stored parent.
 //!
 //! The framing is checked as a whole (a batch with broken framing is refused outright); a record
 //! that does not decode is refused alone, with its UUID, so one bad game does not sink its batch.
@@ -19,20 +25,18 @@ use zero2048_game::{DecodeError, GameRecord};
 pub const BATCH_MAGIC: &[u8; 8] = b"Z2KBATCH";
 
 /// The format version byte this build reads and writes.
-pub const BATCH_FORMAT_VERSION: u8 = 1;
+pub const BATCH_FORMAT_VERSION: u8 = 2;
 
 const HEADER_LEN: usize = 8 + 1 + 4;
-const ENTRY_FIXED_LEN: usize = 16 + 8 + 8 + 4 + 4 + 4;
+const ENTRY_FIXED_LEN: usize = 16 + 8 + 1 + 4;
 
-/// What the worker says about a game; the server checks it against the replay.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Claims {
-    /// Final score.
-    pub score: u64,
-    /// Moves played.
-    pub moves: u32,
-    /// Largest tile on the final board.
-    pub max_tile: u32,
+/// Where a continuation branches off its parent game.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Origin {
+    /// The parent game's UUID.
+    pub parent: Uuid,
+    /// The parent's step whose afterstate the continuation starts from (plus one spawn).
+    pub step: u32,
 }
 
 /// One game of a batch.
@@ -42,10 +46,23 @@ pub struct BatchEntry {
     pub uuid: Uuid,
     /// The revision whose weights played the game.
     pub revision: u64,
-    /// The worker's claims.
-    pub claims: Claims,
+    /// For a continuation, where it branched off.
+    pub origin: Option<Origin>,
     /// The record, or why its bytes are not one.
     pub record: Result<GameRecord, DecodeError>,
+}
+
+/// A game to frame into a batch, its record already encoded.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchGame<'a> {
+    /// See [`BatchEntry::uuid`].
+    pub uuid: Uuid,
+    /// See [`BatchEntry::revision`].
+    pub revision: u64,
+    /// See [`BatchEntry::origin`].
+    pub origin: Option<Origin>,
+    /// The record's canonical bytes.
+    pub record: &'a [u8],
 }
 
 /// Why bytes are not a batch.
@@ -86,27 +103,39 @@ pub enum BatchError {
     /// The same UUID twice in one batch.
     #[error("game {0} appears twice in the batch")]
     DuplicateInBatch(Uuid),
+    /// An origin byte other than 0 or 1.
+    #[error("game {index}: origin byte {byte} is neither 0 (a new game) nor 1 (a continuation)")]
+    BadOrigin {
+        /// Position of the game in the batch.
+        index: usize,
+        /// The byte.
+        byte: u8,
+    },
 }
 
-/// Frames games into a batch (uncompressed). Each item is (uuid, revision, claims, encoded record).
-pub fn encode_batch<'a>(
-    games: impl ExactSizeIterator<Item = (Uuid, u64, Claims, &'a [u8])>,
-) -> Result<Vec<u8>, BatchError> {
+/// Frames games into a batch (uncompressed).
+pub fn encode_batch<'a>(games: impl ExactSizeIterator<Item = BatchGame<'a>>) -> Result<Vec<u8>, BatchError> {
     let count = u32::try_from(games.len())
         .map_err(|_| BatchError::TooManyGames { count: games.len() as u64, limit: u32::MAX as usize })?;
     let mut out = Vec::with_capacity(HEADER_LEN + games.len() * (ENTRY_FIXED_LEN + 1024));
     out.extend_from_slice(BATCH_MAGIC);
     out.push(BATCH_FORMAT_VERSION);
     out.extend_from_slice(&count.to_le_bytes());
-    for (uuid, revision, claims, record) in games {
-        let len = u32::try_from(record.len()).map_err(|_| BatchError::RecordTooLong(record.len()))?;
-        out.extend_from_slice(uuid.as_bytes());
-        out.extend_from_slice(&revision.to_le_bytes());
-        out.extend_from_slice(&claims.score.to_le_bytes());
-        out.extend_from_slice(&claims.moves.to_le_bytes());
-        out.extend_from_slice(&claims.max_tile.to_le_bytes());
+    for game in games {
+        let len =
+            u32::try_from(game.record.len()).map_err(|_| BatchError::RecordTooLong(game.record.len()))?;
+        out.extend_from_slice(game.uuid.as_bytes());
+        out.extend_from_slice(&game.revision.to_le_bytes());
+        match game.origin {
+            None => out.push(0),
+            Some(origin) => {
+                out.push(1);
+                out.extend_from_slice(origin.parent.as_bytes());
+                out.extend_from_slice(&origin.step.to_le_bytes());
+            }
+        }
         out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(record);
+        out.extend_from_slice(game.record);
     }
     Ok(out)
 }
@@ -160,15 +189,20 @@ pub fn decode_batch(bytes: &[u8], max_games: usize) -> Result<Vec<BatchEntry>, B
         let what = |field: &str| format!("game {i}: {field}");
         let uuid = Uuid::from_bytes(cursor.array(&what("uuid"))?);
         let revision = u64::from_le_bytes(cursor.array(&what("revision"))?);
-        let score = u64::from_le_bytes(cursor.array(&what("score"))?);
-        let moves = u32::from_le_bytes(cursor.array(&what("moves"))?);
-        let max_tile = u32::from_le_bytes(cursor.array(&what("largest tile"))?);
+        let origin = match cursor.array::<1>(&what("origin"))?[0] {
+            0 => None,
+            1 => Some(Origin {
+                parent: Uuid::from_bytes(cursor.array(&what("parent uuid"))?),
+                step: u32::from_le_bytes(cursor.array(&what("branch step"))?),
+            }),
+            byte => return Err(BatchError::BadOrigin { index: i, byte }),
+        };
         let len = u32::from_le_bytes(cursor.array(&what("record length"))?) as usize;
         let record = GameRecord::decode(cursor.take(len, &what("record"))?);
         if !seen.insert(uuid) {
             return Err(BatchError::DuplicateInBatch(uuid));
         }
-        entries.push(BatchEntry { uuid, revision, claims: Claims { score, moves, max_tile }, record });
+        entries.push(BatchEntry { uuid, revision, origin, record });
     }
     if !cursor.bytes.is_empty() {
         return Err(BatchError::TrailingBytes(cursor.bytes.len()));

@@ -1,32 +1,42 @@
-//! The server–worker protocol (design.md §6): what crosses the wire between `zero2048 server` and
-//! `zero2048 worker`, and the rules the server checks an upload against.
+//! The server–worker protocol (`docs/protocol.md`): what crosses the wire between
+//! `zero2048 server` and `zero2048 worker`, and the rules the server checks an upload against.
 //!
 //! - [`PROTOCOL_VERSION`] and the headers both sides send, so an incompatible pair stops with a
 //!   clear message instead of misreading each other.
+//! - The run's typed specs, built by the trainer and parsed by workers with the same rules:
+//!   [`ModelSpec`], [`PlaySpec`], [`RunSpec`], and the whole [`LatestRecord`].
 //! - The game batch: [`encode_batch`] / [`decode_batch`] (framing) and [`compress`] /
 //!   [`decompress_limited`] (zstd, with a hard limit on the decompressed size against zstd bombs).
-//! - [`verify_upload`]: a game is accepted only if the engine replays every step and the worker's
-//!   claims (score, moves, largest tile) agree with the replay.
+//! - [`verify_game`]: a game is accepted only if the engine replays every step (a continuation
+//!   from its parent's position), its search statistics fit the run, and it ended.
 //! - The JSON bodies: [`UploadReply`] and [`ApiError`].
 //!
 //! This crate must never trust a byte it decodes: every length is checked against what is left
 //! before anything is allocated, and decoding never panics. It does no I/O.
 
 mod batch;
+mod latest;
 mod messages;
+mod spec;
 mod verify;
 
 pub use batch::{
-    BATCH_FORMAT_VERSION, BATCH_MAGIC, BatchEntry, BatchError, Claims, compress, decode_batch,
+    BATCH_FORMAT_VERSION, BATCH_MAGIC, BatchEntry, BatchError, BatchGame, Origin, compress, decode_batch,
     decompress_limited, encode_batch,
 };
+pub use latest::{LatestError, LatestRecord, RunSpec};
 pub use messages::{ApiError, Rejection, UploadReply};
+pub use spec::{
+    MAX_PARALLEL_GAMES, MAX_SELFPLAY_DEPTH, ModelKind, ModelSpec, PlaySpec, RestartSpec, SearchSpec,
+    SpecError, check_depth, check_four_probability, check_parallel_games,
+};
 pub use uuid::Uuid;
-pub use verify::{RejectReason, SearchRequirement, Verified, verify_search, verify_upload};
+pub use verify::{ParentPosition, RejectReason, SearchRequirement, UploadRules, Verified, verify_game};
 
 /// The protocol version this build speaks. Bumped on any incompatible change of an endpoint, a
-/// JSON body or the batch format.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// JSON body or the batch format (2: the typed latest record, claims dropped from the batch,
+/// continuations).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Request and response header carrying [`PROTOCOL_VERSION`].
 pub const PROTOCOL_HEADER: &str = "zero2048-protocol";

@@ -1,6 +1,7 @@
-//! The server's check of one uploaded game.
+//! The server's check of one uploaded game: one replay that checks every move, every spawn, the
+//! search statistics and the end of the game at once, and yields what the learner needs.
 
-use zero2048_game::ReplaySummary;
+use zero2048_game::{Board, GameRecord, ReplaySummary, is_branch_of};
 
 use crate::batch::BatchEntry;
 
@@ -23,16 +24,6 @@ pub enum RejectReason {
     /// The game is not finished.
     #[error("the game is not over: its final board still has a legal move")]
     Unfinished,
-    /// The worker's claims disagree with the replay.
-    #[error("claimed {field} {claimed} but the replay gives {actual}")]
-    ClaimsMismatch {
-        /// Which claim.
-        field: &'static str,
-        /// What the worker said.
-        claimed: u64,
-        /// What the replay gives.
-        actual: u64,
-    },
     /// The search statistics are missing where the run needs them, present where it does not,
     /// or inconsistent with the game or the search the server asked for.
     #[error("search statistics: {0}")]
@@ -45,6 +36,21 @@ pub enum RejectReason {
         /// What the server accepts.
         accepted: Vec<u64>,
     },
+    /// A continuation whose parent game the server does not hold (not uploaded before it or
+    /// earlier in the same batch, or refused).
+    #[error("continuation of game {parent}, which the server does not hold")]
+    UnknownParent {
+        /// The parent's UUID.
+        parent: uuid::Uuid,
+    },
+    /// A continuation whose start is not its parent's position plus one spawn.
+    #[error("the continuation does not start from step {step} of its parent game: {reason}")]
+    NotABranch {
+        /// The branch step claimed.
+        step: u32,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 impl RejectReason {
@@ -54,37 +60,12 @@ impl RejectReason {
             RejectReason::Undecodable(_) => "undecodable_record",
             RejectReason::Illegal(_) => "illegal_move",
             RejectReason::Unfinished => "unfinished_game",
-            RejectReason::ClaimsMismatch { .. } => "claims_mismatch",
             RejectReason::SearchStats(_) => "inconsistent_search_stats",
             RejectReason::RevisionNotAccepted { .. } => "revision_not_accepted",
+            RejectReason::UnknownParent { .. } => "unknown_parent",
+            RejectReason::NotABranch { .. } => "not_a_branch",
         }
     }
-}
-
-/// Replays the game and checks the worker's claims and revision.
-pub fn verify_upload(entry: &BatchEntry, accepted_revisions: &[u64]) -> Result<Verified, RejectReason> {
-    if !accepted_revisions.contains(&entry.revision) {
-        return Err(RejectReason::RevisionNotAccepted {
-            revision: entry.revision,
-            accepted: accepted_revisions.to_vec(),
-        });
-    }
-    let record = entry.record.as_ref().map_err(|e| RejectReason::Undecodable(e.to_string()))?;
-    let summary = record.replay().map_err(|e| RejectReason::Illegal(e.to_string()))?;
-    if !summary.game_over {
-        return Err(RejectReason::Unfinished);
-    }
-    let checks = [
-        ("score", entry.claims.score, summary.score),
-        ("moves", entry.claims.moves as u64, summary.moves as u64),
-        ("largest tile", entry.claims.max_tile as u64, summary.max_tile as u64),
-    ];
-    for (field, claimed, actual) in checks {
-        if claimed != actual {
-            return Err(RejectReason::ClaimsMismatch { field, claimed, actual });
-        }
-    }
-    Ok(Verified { summary })
 }
 
 /// What a run requires of each game's search statistics.
@@ -101,13 +82,77 @@ pub enum SearchRequirement {
     },
 }
 
-/// Checks a replayed game's search statistics against the run's requirement.
-pub fn verify_search(
-    record: &zero2048_game::GameRecord,
-    requirement: SearchRequirement,
-) -> Result<(), RejectReason> {
-    match requirement {
-        SearchRequirement::Absent if record.search.is_empty() => Ok(()),
+/// What the server accepts now.
+#[derive(Clone, Copy, Debug)]
+pub struct UploadRules<'a> {
+    /// Revisions whose games are accepted.
+    pub accepted_revisions: &'a [u64],
+    /// What the search statistics must be.
+    pub search: SearchRequirement,
+}
+
+/// Where a continuation's parent stands, as the caller found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParentPosition {
+    /// The parent's afterstate at the branch step.
+    Found(Board),
+    /// The parent is not held, or its record has no such step.
+    Missing,
+}
+
+/// Checks one game: its revision, then a single replay checking every step, the search
+/// statistics against `rules`, and that the game ended. A continuation
+/// (`entry.origin`) must start from `parent` (its parent's afterstate at the branch step) plus
+/// one spawn.
+pub fn verify_game(
+    entry: &BatchEntry,
+    rules: &UploadRules<'_>,
+    parent: Option<ParentPosition>,
+) -> Result<Verified, RejectReason> {
+    if !rules.accepted_revisions.contains(&entry.revision) {
+        return Err(RejectReason::RevisionNotAccepted {
+            revision: entry.revision,
+            accepted: rules.accepted_revisions.to_vec(),
+        });
+    }
+    let record = entry.record.as_ref().map_err(|e| RejectReason::Undecodable(e.to_string()))?;
+    let continuation = match entry.origin {
+        None => false,
+        Some(origin) => match parent {
+            Some(ParentPosition::Found(afterstate)) => {
+                if !is_branch_of(record.start, afterstate) {
+                    return Err(RejectReason::NotABranch {
+                        step: origin.step,
+                        reason: format!(
+                            "its start {} is not the parent's afterstate {} with one new 2 or 4",
+                            record.start.to_hex(),
+                            afterstate.to_hex()
+                        ),
+                    });
+                }
+                true
+            }
+            Some(ParentPosition::Missing) | None => {
+                return Err(RejectReason::UnknownParent { parent: origin.parent });
+            }
+        },
+    };
+    let simulations = check_statistics_present(record, rules.search)?;
+    let summary = replay_checked(record, continuation, simulations)?;
+    if !summary.game_over {
+        return Err(RejectReason::Unfinished);
+    }
+    Ok(Verified { summary })
+}
+
+/// The simulations each step's statistics must sum to, after checking that statistics are
+/// present exactly when the run needs them.
+fn check_statistics_present(
+    record: &GameRecord,
+    search: SearchRequirement,
+) -> Result<Option<u32>, RejectReason> {
+    match search {
+        SearchRequirement::Absent if record.search.is_empty() => Ok(None),
         SearchRequirement::Absent => Err(RejectReason::SearchStats(
             "this run trains an n-tuple network and takes no search statistics".into(),
         )),
@@ -117,7 +162,45 @@ pub fn verify_search(
             ))
         }
         SearchRequirement::Mcts { simulations } => {
-            record.check_search(simulations).map_err(|e| RejectReason::SearchStats(e.to_string()))
+            if record.search.len() != record.steps.len() {
+                return Err(RejectReason::SearchStats(format!(
+                    "search statistics for {} of {} steps",
+                    record.search.len(),
+                    record.steps.len()
+                )));
+            }
+            Ok(Some(simulations))
         }
     }
+}
+
+fn replay_checked(
+    record: &GameRecord,
+    continuation: bool,
+    simulations: Option<u32>,
+) -> Result<ReplaySummary, RejectReason> {
+    let illegal = |e: zero2048_game::ReplayError| RejectReason::Illegal(e.to_string());
+    if record.steps.is_empty() && !continuation {
+        record.replay().map_err(illegal)?;
+    }
+    let steps = if continuation { record.continuation_steps() } else { record.replay_steps() };
+    let mut board = record.start;
+    let mut score = 0u64;
+    for (index, step) in steps.enumerate() {
+        let step = step.map_err(illegal)?;
+        if let Some(simulations) = simulations {
+            record.search[index]
+                .check(index, step.before, step.direction, simulations)
+                .map_err(|e| RejectReason::SearchStats(e.to_string()))?;
+        }
+        score += step.reward as u64;
+        board = step.after;
+    }
+    Ok(ReplaySummary {
+        final_board: board,
+        score,
+        moves: record.steps.len() as u32,
+        max_tile: board.max_tile(),
+        game_over: board.is_game_over(),
+    })
 }

@@ -3,8 +3,8 @@
 use proptest::prelude::*;
 use zero2048_game::{GameRecord, SpawnRule};
 use zero2048_protocol::{
-    BatchError, Claims, RejectReason, Uuid, compress, decode_batch, decompress_limited, encode_batch,
-    verify_upload,
+    BatchEntry, BatchError, BatchGame, Origin, ParentPosition, RejectReason, SearchRequirement, UploadRules,
+    Uuid, compress, decode_batch, decompress_limited, encode_batch, verify_game,
 };
 
 fn random_game(seed: u64) -> GameRecord {
@@ -20,34 +20,43 @@ fn random_game(seed: u64) -> GameRecord {
     game.into_record()
 }
 
-fn claims_of(record: &GameRecord) -> Claims {
-    let s = record.replay().unwrap();
-    Claims { score: s.score, moves: s.moves, max_tile: s.max_tile }
+fn rules(accepted: &[u64]) -> UploadRules<'_> {
+    UploadRules { accepted_revisions: accepted, search: SearchRequirement::Absent }
 }
 
 #[test]
 fn a_batch_round_trips_through_zstd() {
-    let games: Vec<(Uuid, u64, Claims, Vec<u8>)> = (0..20)
+    let games: Vec<(Uuid, u64, Option<Origin>, Vec<u8>)> = (0..20)
         .map(|i| {
             let record = random_game(i);
-            (Uuid::from_u128(i as u128 + 7), i, claims_of(&record), record.encode().unwrap())
+            let origin = (i % 3 == 0).then_some(Origin { parent: Uuid::from_u128(99), step: i as u32 });
+            (Uuid::from_u128(i as u128 + 7), i, origin, record.encode().unwrap())
         })
         .collect();
-    let raw = encode_batch(games.iter().map(|(u, r, c, b)| (*u, *r, *c, b.as_slice()))).unwrap();
+    let raw = encode_batch(games.iter().map(|(uuid, revision, origin, record)| BatchGame {
+        uuid: *uuid,
+        revision: *revision,
+        origin: *origin,
+        record,
+    }))
+    .unwrap();
     let body = compress(&raw, 3);
     let entries = decode_batch(&decompress_limited(&body, 1 << 20).unwrap(), 100).unwrap();
     assert_eq!(entries.len(), 20);
-    for (entry, (uuid, revision, claims, bytes)) in entries.iter().zip(&games) {
-        assert_eq!((&entry.uuid, &entry.revision, &entry.claims), (uuid, revision, claims));
+    for (entry, (uuid, revision, origin, bytes)) in entries.iter().zip(&games) {
+        assert_eq!((&entry.uuid, &entry.revision, &entry.origin), (uuid, revision, origin));
         assert_eq!(&entry.record.as_ref().unwrap().encode().unwrap(), bytes);
-        assert!(verify_upload(entry, &[*revision]).is_ok());
+        if origin.is_none() {
+            assert!(verify_game(entry, &rules(&[*revision]), None).is_ok());
+        }
     }
 }
 
 #[test]
 fn framing_errors_name_the_problem() {
     let record = random_game(1).encode().unwrap();
-    let one = |uuid: u128| (Uuid::from_u128(uuid), 1u64, Claims::default(), record.as_slice());
+    let one =
+        |uuid: u128| BatchGame { uuid: Uuid::from_u128(uuid), revision: 1, origin: None, record: &record };
     let raw = encode_batch([one(1), one(2)].into_iter()).unwrap();
     assert_eq!(decode_batch(b"nope", 10), Err(BatchError::BadMagic));
     assert!(matches!(decode_batch(&raw[..raw.len() - 1], 10), Err(BatchError::Truncated(_))));
@@ -64,6 +73,14 @@ fn framing_errors_name_the_problem() {
     let mut huge = raw[..13].to_vec();
     huge[9..13].copy_from_slice(&u32::MAX.to_le_bytes());
     assert!(matches!(decode_batch(&huge, usize::MAX), Err(BatchError::Truncated(_))));
+    // The origin byte of the first game: neither 0 nor 1.
+    let mut origin = raw.clone();
+    origin[13 + 16 + 8] = 7;
+    assert_eq!(decode_batch(&origin, 10), Err(BatchError::BadOrigin { index: 0, byte: 7 }));
+    // A version-1 batch (with claims) is refused by name.
+    let mut old = raw.clone();
+    old[8] = 1;
+    assert_eq!(decode_batch(&old, 10), Err(BatchError::UnsupportedVersion(1)));
 }
 
 #[test]
@@ -78,43 +95,74 @@ fn a_zstd_bomb_stops_at_the_limit() {
     assert!(matches!(decompress_limited(b"plain text", 100), Err(BatchError::Compression(_))));
 }
 
+fn entry(record: GameRecord, revision: u64, origin: Option<Origin>) -> BatchEntry {
+    BatchEntry { uuid: Uuid::from_u128(1), revision, origin, record: Ok(record) }
+}
+
 #[test]
-fn verification_catches_every_lie() {
+fn verification_refuses_every_bad_game_with_its_reason() {
     let record = random_game(3);
-    let claims = claims_of(&record);
-    let entry = |claims: Claims, record: GameRecord, revision: u64| zero2048_protocol::BatchEntry {
-        uuid: Uuid::from_u128(1),
-        revision,
-        claims,
-        record: Ok(record),
-    };
-    assert!(verify_upload(&entry(claims, record.clone(), 4), &[3, 4]).is_ok());
-    let forged = Claims { score: claims.score + 4, ..claims };
+    assert!(verify_game(&entry(record.clone(), 4, None), &rules(&[3, 4]), None).is_ok());
     assert!(matches!(
-        verify_upload(&entry(forged, record.clone(), 4), &[4]),
-        Err(RejectReason::ClaimsMismatch { field: "score", .. })
-    ));
-    let longer = Claims { moves: claims.moves + 1, ..claims };
-    assert!(matches!(
-        verify_upload(&entry(longer, record.clone(), 4), &[4]),
-        Err(RejectReason::ClaimsMismatch { field: "moves", .. })
-    ));
-    let bigger = Claims { max_tile: claims.max_tile * 2, ..claims };
-    assert!(matches!(
-        verify_upload(&entry(bigger, record.clone(), 4), &[4]),
-        Err(RejectReason::ClaimsMismatch { field: "largest tile", .. })
-    ));
-    assert!(matches!(
-        verify_upload(&entry(claims, record.clone(), 1), &[3, 4]),
+        verify_game(&entry(record.clone(), 1, None), &rules(&[3, 4]), None),
         Err(RejectReason::RevisionNotAccepted { revision: 1, .. })
     ));
     let mut short = record.clone();
     short.steps.truncate(2);
-    let short_claims = claims_of(&short);
-    assert_eq!(verify_upload(&entry(short_claims, short, 4), &[4]), Err(RejectReason::Unfinished));
+    assert_eq!(verify_game(&entry(short, 4, None), &rules(&[4]), None), Err(RejectReason::Unfinished));
     let mut illegal = record.clone();
     illegal.steps[0].spawn_cell = 16;
-    assert!(matches!(verify_upload(&entry(claims, illegal, 4), &[4]), Err(RejectReason::Illegal(_))));
+    assert!(matches!(
+        verify_game(&entry(illegal, 4, None), &rules(&[4]), None),
+        Err(RejectReason::Illegal(_))
+    ));
+    // Statistics where the run takes none, and none where it needs them.
+    let mcts = UploadRules { accepted_revisions: &[4], search: SearchRequirement::Mcts { simulations: 8 } };
+    assert!(matches!(
+        verify_game(&entry(record.clone(), 4, None), &mcts, None),
+        Err(RejectReason::SearchStats(_))
+    ));
+    let mut stats = record.clone();
+    stats.search =
+        vec![zero2048_game::SearchStats { visits: [8, 0, 0, 0], root_value: 1.0 }; stats.steps.len()];
+    assert!(matches!(
+        verify_game(&entry(stats, 4, None), &rules(&[4]), None),
+        Err(RejectReason::SearchStats(_))
+    ));
+}
+
+#[test]
+fn a_continuation_must_start_from_its_parents_position_plus_one_spawn() {
+    let parent = random_game(5);
+    let step = parent.steps.len() / 2;
+    let afterstate = parent.afterstate_at(step, false).unwrap();
+    let mut game = zero2048_game::Game::branch(afterstate, 11, SpawnRule::STANDARD).unwrap();
+    while !game.is_over() {
+        let d = zero2048_game::Direction::ALL
+            .into_iter()
+            .find(|d| game.board().legal_move(*d).is_some())
+            .unwrap();
+        game.play(d).unwrap();
+    }
+    let child = game.into_record();
+    let origin = Some(Origin { parent: Uuid::from_u128(77), step: step as u32 });
+    let checked =
+        verify_game(&entry(child.clone(), 4, origin), &rules(&[4]), Some(ParentPosition::Found(afterstate)));
+    let verified = checked.expect("a true continuation is accepted");
+    assert!(verified.summary.game_over);
+    // Unknown parent.
+    assert!(matches!(
+        verify_game(&entry(child.clone(), 4, origin), &rules(&[4]), Some(ParentPosition::Missing)),
+        Err(RejectReason::UnknownParent { .. })
+    ));
+    // Another position of the parent.
+    let elsewhere = parent.afterstate_at(step - 1, false).unwrap();
+    let refused =
+        verify_game(&entry(child.clone(), 4, origin), &rules(&[4]), Some(ParentPosition::Found(elsewhere)));
+    assert!(matches!(refused, Err(RejectReason::NotABranch { .. })), "{refused:?}");
+    assert_eq!(refused.unwrap_err().code(), "not_a_branch");
+    // Without its origin, a continuation is not a game from the start.
+    assert!(matches!(verify_game(&entry(child, 4, None), &rules(&[4]), None), Err(RejectReason::Illegal(_))));
 }
 
 #[test]
@@ -133,7 +181,7 @@ proptest! {
     #[test]
     fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
         let _ = decode_batch(&bytes, 64);
-        let mut framed = b"Z2KBATCH\x01".to_vec();
+        let mut framed = b"Z2KBATCH\x02".to_vec();
         framed.extend_from_slice(&bytes);
         let _ = decode_batch(&framed, 64);
         let _ = decompress_limited(&bytes, 1 << 16);
@@ -142,16 +190,18 @@ proptest! {
     #[test]
     fn flipping_a_byte_of_a_batch_is_caught_or_harmless(seed in 0u64..50, at in any::<prop::sample::Index>(), bit in 0u8..8) {
         let record = random_game(seed);
-        let claims = claims_of(&record);
         let bytes = record.encode().unwrap();
-        let mut raw = encode_batch([(Uuid::from_u128(9), 1, claims, bytes.as_slice())].into_iter()).unwrap();
+        let game = BatchGame { uuid: Uuid::from_u128(9), revision: 1, origin: None, record: &bytes };
+        let mut raw = encode_batch([game].into_iter()).unwrap();
         let i = at.index(raw.len());
         raw[i] ^= 1 << bit;
-        // Either the framing refuses it, or the game verifies only if it is still a true claim.
+        // Either the framing refuses it, or the game verifies only if it is still a whole legal
+        // game (whose score is what its replay gives).
         if let Ok(entries) = decode_batch(&raw, 8) {
             for entry in entries {
-                if let Ok(verified) = verify_upload(&entry, &[1]) {
-                    prop_assert_eq!(verified.summary.score, entry.claims.score);
+                if let Ok(verified) = verify_game(&entry, &rules(&[1]), None) {
+                    let record = entry.record.as_ref().unwrap();
+                    prop_assert_eq!(verified.summary, record.replay().unwrap());
                     prop_assert!(verified.summary.game_over);
                 }
             }

@@ -1,8 +1,17 @@
 //! Expectimax over afterstates: a max over the legal moves, then an expectation over every empty
-//! cell × {2, 4}, down to a fixed number of own moves, with leaves valued by an [`Evaluator`].
+//! cell × {2, 4}, down to a number of own moves, with leaves valued by an [`Evaluator`].
+//!
+//! `depth` counts own moves (max layers): depth 1 values each move by its reward plus the
+//! evaluator's value of its afterstate (the papers' "1-ply"); depth 3 is three max layers with
+//! two chance layers between them (TDL2048's `-d 3p`, Jaśkowski's "3-ply"). With a time per
+//! move, the search deepens one ply at a time (1, 2, 3, … up to `depth`) and plays the deepest
+//! search that finished in time; the transposition table carries each iteration's values into
+//! the next.
+
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use zero2048_game::{Board, Direction, SpawnRule};
+use zero2048_game::{Afterstate, Board, Direction, SpawnRule};
 
 use crate::evaluator::Evaluator;
 
@@ -11,24 +20,27 @@ use crate::evaluator::Evaluator;
 #[serde(deny_unknown_fields)]
 pub struct ExpectimaxConfig {
     /// Own moves searched: 1 is greedy on the evaluator's afterstate values; each extra ply adds a
-    /// chance layer and a move layer.
+    /// chance layer and a move layer. With `move_time`, the deepest the search may go.
     pub depth: u32,
+    /// Deepen iteratively within this much time per move instead of searching `depth` always.
+    pub move_time: Option<Duration>,
     /// Chance branches whose probability (the product of spawn probabilities from the root) falls
     /// below this are valued by the evaluator instead of searched further.
     pub probability_threshold: f32,
     /// log2 of the number of transposition-table entries (16 bytes each); `None` disables it.
     pub transposition_bits: Option<u8>,
     /// The spawn rule the search expects.
-    pub four_probability: f32,
+    pub rule: SpawnRule,
 }
 
 impl Default for ExpectimaxConfig {
     fn default() -> ExpectimaxConfig {
         ExpectimaxConfig {
             depth: 3,
+            move_time: None,
             probability_threshold: 1e-4,
             transposition_bits: None,
-            four_probability: SpawnRule::STANDARD.four_probability() as f32,
+            rule: SpawnRule::STANDARD,
         }
     }
 }
@@ -38,10 +50,14 @@ impl Default for ExpectimaxConfig {
 pub struct Decision {
     /// The best move, `None` when the game is over.
     pub direction: Option<Direction>,
+    /// The best move's afterstate and reward (what a learner needs of the move).
+    pub afterstate: Option<Afterstate>,
     /// The searched value of each direction (`None` for an illegal one), in [`Direction::ALL`] order.
     pub values: [Option<f32>; 4],
     /// Moves generated during the search (the usual "nodes" of 2048 search benchmarks).
     pub nodes: u64,
+    /// The depth whose values these are (with a time per move, the deepest that finished).
+    pub depth: u32,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -83,6 +99,11 @@ impl TranspositionTable {
             .then_some(e.value)
     }
 
+    /// Starts a root search: entries of earlier roots no longer count.
+    fn new_search(&mut self) {
+        self.generation = self.generation.wrapping_add(1);
+    }
+
     #[inline]
     fn put(&mut self, board: Board, plies: u32, value: f32) {
         let slot = self.slot(board);
@@ -97,7 +118,15 @@ pub struct Expectimax<E> {
     config: ExpectimaxConfig,
     table: Option<TranspositionTable>,
     nodes: u64,
+    /// When the current iteration must give up (time per move).
+    deadline: Option<Instant>,
+    /// Set once the deadline passed: the iteration's values are then discarded.
+    out_of_time: bool,
+    four_probability: f32,
 }
+
+/// Nodes between two looks at the clock: a few microseconds of search.
+const CLOCK_EVERY: u64 = 1024;
 
 impl<E: Evaluator> Expectimax<E> {
     /// A searcher with `evaluator` at the leaves. `config.depth` must be at least 1.
@@ -108,6 +137,9 @@ impl<E: Evaluator> Expectimax<E> {
             config: ExpectimaxConfig { depth: config.depth.max(1), ..config },
             table,
             nodes: 0,
+            deadline: None,
+            out_of_time: false,
+            four_probability: config.rule.four_probability() as f32,
         }
     }
 
@@ -121,31 +153,74 @@ impl<E: Evaluator> Expectimax<E> {
         &self.evaluator
     }
 
-    /// Searches `board` and returns the best move with every move's value.
+    /// Searches `board` and returns the best move with every move's value: at `depth`, or with
+    /// a time per move at the deepest depth that finished in time (depth 1 always finishes).
     pub fn decide(&mut self, board: Board) -> Decision {
+        let Some(budget) = self.config.move_time else {
+            self.deadline = None;
+            return self.decide_at(board, self.config.depth);
+        };
+        let started = Instant::now();
+        self.deadline = None;
+        let mut best = self.decide_at(board, 1);
+        let mut nodes = best.nodes;
+        for depth in 2..=self.config.depth {
+            let elapsed = started.elapsed();
+            // The next iteration costs many times the last; start it only if it may finish.
+            if elapsed * 2 >= budget {
+                break;
+            }
+            self.deadline = Some(started + budget);
+            let decision = self.decide_at(board, depth);
+            nodes += decision.nodes;
+            if self.out_of_time {
+                break;
+            }
+            best = decision;
+        }
+        self.deadline = None;
+        Decision { nodes, ..best }
+    }
+
+    fn decide_at(&mut self, board: Board, depth: u32) -> Decision {
         self.nodes = 0;
+        self.out_of_time = false;
         if let Some(table) = &mut self.table {
-            table.generation = table.generation.wrapping_add(1);
+            table.new_search();
         }
         let reward_weight = self.evaluator.reward_weight();
         let mut values = [None; 4];
-        let mut best: Option<(Direction, f32)> = None;
-        for (i, direction) in Direction::ALL.into_iter().enumerate() {
+        let mut best: Option<(Direction, Afterstate, f32)> = None;
+        for (i, slide) in board.slides().into_iter().enumerate() {
             self.nodes += 1;
-            let Some(moved) = board.legal_move(direction) else { continue };
-            let value =
-                reward_weight * moved.reward as f32 + self.chance(moved.board, self.config.depth - 1, 1.0);
+            if slide.board == board || slide.overflow {
+                continue;
+            }
+            // Depth 1 (self-play's hot path) values the afterstate directly.
+            let below = if depth == 1 {
+                self.evaluator.evaluate(slide.board)
+            } else {
+                self.chance(slide.board, depth - 1, 1.0)
+            };
+            let value = reward_weight * slide.reward as f32 + below;
             values[i] = Some(value);
-            if best.is_none_or(|(_, v)| value > v) {
-                best = Some((direction, value));
+            if best.is_none_or(|(_, _, v)| value > v) {
+                best =
+                    Some((Direction::ALL[i], Afterstate { board: slide.board, reward: slide.reward }, value));
             }
         }
-        Decision { direction: best.map(|(d, _)| d), values, nodes: self.nodes }
+        Decision {
+            direction: best.map(|(d, _, _)| d),
+            afterstate: best.map(|(_, a, _)| a),
+            values,
+            nodes: self.nodes,
+            depth,
+        }
     }
 
     /// The searched value of an afterstate with `plies` own moves left below it.
     fn chance(&mut self, afterstate: Board, plies: u32, probability: f32) -> f32 {
-        if plies == 0 || probability < self.config.probability_threshold {
+        if plies == 0 || probability < self.config.probability_threshold || self.out_of_time {
             return self.evaluator.evaluate(afterstate);
         }
         if let Some(value) = self.table.as_ref().and_then(|t| t.get(afterstate, plies)) {
@@ -153,7 +228,7 @@ impl<E: Evaluator> Expectimax<E> {
         }
         let empty = afterstate.empty_mask();
         let cells = empty.count_ones() as f32;
-        let p4 = self.config.four_probability;
+        let p4 = self.four_probability;
         let p2 = 1.0 - p4;
         let per_cell = probability / cells;
         let mut total = 0.0;
@@ -168,7 +243,9 @@ impl<E: Evaluator> Expectimax<E> {
             }
         }
         let value = total / cells;
-        if let Some(table) = &mut self.table {
+        if let Some(table) = &mut self.table
+            && !self.out_of_time
+        {
             table.put(afterstate, plies, value);
         }
         value
@@ -176,16 +253,64 @@ impl<E: Evaluator> Expectimax<E> {
 
     /// The best move's value on a board (after a spawn), or 0 when the game is over there.
     fn max(&mut self, board: Board, plies: u32, probability: f32) -> f32 {
+        if let Some(deadline) = self.deadline
+            && self.nodes.is_multiple_of(CLOCK_EVERY)
+            && Instant::now() >= deadline
+        {
+            self.out_of_time = true;
+        }
         let reward_weight = self.evaluator.reward_weight();
         let mut best = f32::NEG_INFINITY;
-        for direction in Direction::ALL {
+        for slide in board.slides() {
             self.nodes += 1;
-            if let Some(moved) = board.legal_move(direction) {
+            if slide.board != board && !slide.overflow {
                 let value =
-                    reward_weight * moved.reward as f32 + self.chance(moved.board, plies - 1, probability);
+                    reward_weight * slide.reward as f32 + self.chance(slide.board, plies - 1, probability);
                 best = best.max(value);
             }
         }
         if best == f32::NEG_INFINITY { 0.0 } else { best }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_answers_only_for_its_board_enough_plies_and_this_search() {
+        let mut table = TranspositionTable::new(8);
+        let board = Board::from_raw(0x1234);
+        table.new_search();
+        table.put(board, 2, 7.5);
+        assert_eq!(table.get(board, 2), Some(7.5));
+        assert_eq!(table.get(board, 1), Some(7.5), "a deeper value serves a shallower question");
+        assert_eq!(table.get(board, 3), None, "a shallower value does not serve a deeper one");
+        assert_eq!(table.get(Board::from_raw(0x4321), 2), None);
+        table.new_search();
+        assert_eq!(table.get(board, 2), None, "entries of an earlier root are ignored");
+        table.put(board, 1, 1.0);
+        assert_eq!(table.get(board, 1), Some(1.0));
+    }
+
+    #[test]
+    fn with_a_time_per_move_the_search_deepens_until_time_runs_out() {
+        let board: Board = "2 4 8 16 | 0 0 2 0 | 0 4 0 0 | 2 0 0 0".parse().unwrap();
+        let mut quick = Expectimax::new(
+            crate::Heuristic::new(),
+            ExpectimaxConfig { depth: 12, move_time: Some(Duration::from_millis(20)), ..Default::default() },
+        );
+        let started = Instant::now();
+        let decision = quick.decide(board);
+        assert!(decision.direction.is_some());
+        assert!(decision.depth >= 2, "20 ms reach at least depth 2: {}", decision.depth);
+        assert!(decision.depth < 12, "but not depth 12");
+        // Generous: the last iteration stops at its first clock check past the deadline.
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let mut fixed = Expectimax::new(
+            crate::Heuristic::new(),
+            ExpectimaxConfig { depth: decision.depth, ..Default::default() },
+        );
+        assert_eq!(fixed.decide(board).direction, decision.direction, "the same depth chooses the same move");
     }
 }

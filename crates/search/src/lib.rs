@@ -6,7 +6,8 @@
 //! later crates), and [`arena`] plays seeded series of games and summarises them as a [`Strength`].
 //!
 //! [`mcts`] is the other search: Monte Carlo tree search over decision and chance nodes guided by a
-//! [`PolicyValue`] evaluator, with [`BatchedPlay`] evaluating the leaves of many games together.
+//! [`PolicyValue`] evaluator. A [`Tree`] never calls the network itself (`select` a leaf, `expand`
+//! it with a prediction), so a game runner can batch the leaves of many games into one call.
 //!
 //! This crate must never know about model files, training or the network: it sees an evaluator
 //! only through the trait, so learned models plug in without the search changing.
@@ -23,7 +24,5 @@ pub use arena::{GameResult, MILESTONE_TILES, Series, Strength, TileRate, play_ga
 pub use evaluator::Evaluator;
 pub use expectimax::{Decision, Expectimax, ExpectimaxConfig};
 pub use heuristic::{Heuristic, HeuristicWeights};
-pub use mcts::{
-    BatchedPlay, ChanceMode, MctsConfig, PolicyValue, Prediction, SearchedGame, Tree, UniformPolicy,
-};
+pub use mcts::{ChanceMode, MctsConfig, PolicyValue, Prediction, Selected, Tree, UniformPolicy};
 pub use player::{ExpectimaxPlayer, GreedyPlayer, Player, RandomPlayer};

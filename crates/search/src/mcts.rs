@@ -15,12 +15,10 @@
 //! back the board to evaluate; [`Tree::expand`] takes the prediction. [`BatchedPlay`] drives many
 //! games at once so one evaluator call sees a leaf from each of them.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use rand::{RngExt, SeedableRng};
 use rand_distr::{Distribution, Gamma};
 use serde::{Deserialize, Serialize};
-use zero2048_game::{Board, Direction, Game, GameRecord, GameRng, SearchStats, SpawnRule};
+use zero2048_game::{Board, Direction, GameRng, SearchStats, SpawnRule};
 
 /// A prediction for one board: the move probabilities (zero on illegal moves, summing to 1 when
 /// any move is legal) and the value (discounted score to go, in points).
@@ -71,8 +69,6 @@ pub struct MctsConfig {
     pub temperature: f32,
     /// See `temperature`.
     pub temperature_moves: u32,
-    /// Probability that a spawned tile is a 4.
-    pub four_probability: f32,
     /// How much the network's value counts at a leaf (1 = fully, as in AlphaZero; 0 = not at
     /// all: the search then weighs the points its moves score, and the policy). A young
     /// network's value is noise of hundreds of points between sibling boards whose real
@@ -92,7 +88,6 @@ impl Default for MctsConfig {
             noise_fraction: 0.25,
             temperature: 1.0,
             temperature_moves: 30,
-            four_probability: 0.1,
             value_weight: 1.0,
         }
     }
@@ -128,9 +123,6 @@ impl MctsConfig {
         }
         if self.noise_fraction > 0.0 && self.dirichlet_alpha <= 0.0 {
             return Err("dirichlet_alpha must be positive when noise_fraction is".into());
-        }
-        if !(0.0..=1.0).contains(&self.four_probability) {
-            return Err("four_probability must be within 0..=1".into());
         }
         Ok(())
     }
@@ -192,12 +184,14 @@ pub struct Tree {
     max_q: f32,
     noise_applied: bool,
     config: MctsConfig,
+    /// The probability of a 4 at chance nodes: the run's spawn rule.
+    four_probability: f32,
     rng: GameRng,
 }
 
 impl Tree {
-    /// A tree for `board`; `seed` drives its noise and sampling.
-    pub fn new(board: Board, config: MctsConfig, seed: u64) -> Tree {
+    /// A tree for `board` in a game spawning by `rule`; `seed` drives its noise and sampling.
+    pub fn new(board: Board, config: MctsConfig, rule: SpawnRule, seed: u64) -> Tree {
         let mut tree = Tree {
             decisions: Vec::with_capacity(config.simulations as usize * 2 + 1),
             chances: Vec::with_capacity(config.simulations as usize + 4),
@@ -207,6 +201,7 @@ impl Tree {
             max_q: f32::NEG_INFINITY,
             noise_applied: false,
             config,
+            four_probability: rule.four_probability() as f32,
             rng: GameRng::seed_from_u64(seed),
         };
         tree.reset(board);
@@ -223,6 +218,11 @@ impl Tree {
         self.max_q = f32::NEG_INFINITY;
         self.noise_applied = false;
         self.decisions.push(DecisionNode::new(board));
+    }
+
+    /// Whether the root still waits for its first prediction (its expansion is not a simulation).
+    pub fn root_unexpanded(&self) -> bool {
+        !self.decisions[0].expanded
     }
 
     /// The board at the root.
@@ -398,7 +398,7 @@ impl Tree {
             .expect("only legal moves are selected");
         let empty = moved.board.empty_mask();
         let cells = empty.count_ones() as f32;
-        let four = self.config.four_probability;
+        let four = self.four_probability;
         let mut outcomes = Vec::with_capacity(2 * cells as usize);
         for cell in 0..16u8 {
             if empty & (0xF << (4 * cell)) != 0 {
@@ -602,171 +602,6 @@ pub fn masked(policy: [f32; 4], legal: u8) -> [f32; 4] {
     out
 }
 
-/// A game finished by [`BatchedPlay`].
-#[derive(Clone, Debug)]
-pub struct SearchedGame {
-    /// Where the game's spawns came from.
-    pub seed: u64,
-    /// The record, with the search statistics of every move.
-    pub record: GameRecord,
-    /// Final score.
-    pub score: u64,
-    /// Largest tile.
-    pub max_tile: u32,
-}
-
-/// Counters of a [`BatchedPlay::run`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PlayCounters {
-    /// Simulations run (each adds one visit below a root).
-    pub simulations: u64,
-    /// Boards evaluated (leaves and roots).
-    pub evaluations: u64,
-    /// Evaluator calls (one per round).
-    pub batches: u64,
-    /// Moves played.
-    pub moves: u64,
-}
-
-struct Slot {
-    seed: u64,
-    game: Game,
-    tree: Tree,
-}
-
-/// Plays many games at once, one tree each, evaluating one leaf of every tree per evaluator call.
-/// With `parallel` games the evaluator runs at batch `parallel` (fewer near the end).
-pub struct BatchedPlay {
-    config: MctsConfig,
-    rule: SpawnRule,
-    parallel: usize,
-}
-
-impl BatchedPlay {
-    /// A driver for `parallel` simultaneous games.
-    pub fn new(config: MctsConfig, rule: SpawnRule, parallel: usize) -> BatchedPlay {
-        BatchedPlay { config, rule, parallel: parallel.max(1) }
-    }
-
-    /// Plays a game for every seed `next_seed` hands out (until it returns `None` or `stop` is
-    /// set: games in progress are then dropped) and calls `on_finish` with each finished game.
-    /// When `stop` is set, the unfinished games are returned so a caller can keep them.
-    pub fn run(
-        &self,
-        evaluator: &(impl PolicyValue + ?Sized),
-        next_seed: impl FnMut() -> Option<u64>,
-        on_finish: impl FnMut(SearchedGame),
-        stop: &AtomicBool,
-    ) -> (PlayCounters, Vec<GameRecord>) {
-        self.run_resuming(evaluator, Vec::new(), next_seed, on_finish, stop)
-    }
-
-    /// [`BatchedPlay::run`], first finishing interrupted games: each `(record, seed)` continues
-    /// from its last move with spawns from `seed` (the `seed` of its [`SearchedGame`]). A record
-    /// that does not replay is dropped.
-    pub fn run_resuming(
-        &self,
-        evaluator: &(impl PolicyValue + ?Sized),
-        resume: Vec<(GameRecord, u64)>,
-        mut next_seed: impl FnMut() -> Option<u64>,
-        mut on_finish: impl FnMut(SearchedGame),
-        stop: &AtomicBool,
-    ) -> (PlayCounters, Vec<GameRecord>) {
-        let mut counters = PlayCounters::default();
-        let mut slots: Vec<Slot> = Vec::with_capacity(self.parallel.max(resume.len()));
-        for (record, seed) in resume {
-            if let Ok(game) = Game::resume(record, seed, self.rule) {
-                let tree = Tree::new(game.board(), self.config, seed ^ 0x005E_ED0F_7EEE);
-                slots.push(Slot { seed, game, tree });
-            }
-        }
-        let mut pending: Vec<usize> = Vec::with_capacity(self.parallel);
-        let mut boards: Vec<Board> = Vec::with_capacity(self.parallel);
-        let mut exhausted = false;
-        loop {
-            if stop.load(Ordering::Relaxed) {
-                return (counters, slots.into_iter().map(|s| s.game.into_record()).collect());
-            }
-            while !exhausted && slots.len() < self.parallel {
-                match next_seed() {
-                    Some(seed) => {
-                        let game = Game::new(seed, self.rule);
-                        let tree = Tree::new(game.board(), self.config, seed ^ 0x005E_ED0F_7EEE);
-                        slots.push(Slot { seed, game, tree });
-                    }
-                    None => exhausted = true,
-                }
-            }
-            if slots.is_empty() {
-                return (counters, Vec::new());
-            }
-            pending.clear();
-            boards.clear();
-            let mut index = 0;
-            while index < slots.len() {
-                let slot = &mut slots[index];
-                let mut finished = false;
-                loop {
-                    match slot.tree.select() {
-                        Selected::Leaf(board) => {
-                            pending.push(index);
-                            boards.push(board);
-                            break;
-                        }
-                        Selected::Terminal => counters.simulations += 1,
-                        Selected::Done => {
-                            let explore = slot.game.moves() < self.config.temperature_moves;
-                            let stats = slot.tree.stats();
-                            match slot.tree.choose(explore) {
-                                Some(direction) => {
-                                    slot.game
-                                        .play_searched(direction, stats)
-                                        .expect("the search chooses legal moves");
-                                    counters.moves += 1;
-                                    slot.tree.reset(slot.game.board());
-                                }
-                                None => {
-                                    finished = true;
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                }
-                if finished {
-                    let slot = slots.swap_remove(index);
-                    let max_tile = slot.game.board().max_tile();
-                    let score = slot.game.score();
-                    on_finish(SearchedGame {
-                        seed: slot.seed,
-                        record: slot.game.into_record(),
-                        score,
-                        max_tile,
-                    });
-                    // The slot swapped in at `index` has not been visited yet this round.
-                    continue;
-                }
-                index += 1;
-            }
-            if boards.is_empty() {
-                continue;
-            }
-            let predictions = evaluator.predict(&boards);
-            counters.batches += 1;
-            counters.evaluations += boards.len() as u64;
-            for (&slot, prediction) in pending.iter().zip(&predictions) {
-                let tree = &mut slots[slot].tree;
-                // A root expansion is not a simulation.
-                let is_root = tree.simulations() == 0 && tree.decisions[0].visits == 0;
-                tree.expand(prediction);
-                if !is_root {
-                    counters.simulations += 1;
-                }
-            }
-        }
-    }
-}
-
 /// A uniform policy and a constant value: a search baseline and a test evaluator.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct UniformPolicy {
@@ -778,48 +613,4 @@ impl PolicyValue for UniformPolicy {
     fn predict(&self, boards: &[Board]) -> Vec<Prediction> {
         boards.iter().map(|_| Prediction { policy: [0.25; 4], value: self.value }).collect()
     }
-}
-
-/// Plays games `0..games` on seeds `derive_seed(base_seed, i)` with `parallel` at a time and
-/// returns their results in series order (strength is measured this way).
-pub fn play_series(
-    evaluator: &(impl PolicyValue + ?Sized),
-    config: MctsConfig,
-    rule: SpawnRule,
-    games: usize,
-    base_seed: u64,
-    parallel: usize,
-) -> (Vec<crate::arena::GameResult>, PlayCounters) {
-    let driver = BatchedPlay::new(config, rule, parallel);
-    let mut next = 0usize;
-    let mut results = Vec::with_capacity(games);
-    let (counters, _) = driver.run(
-        evaluator,
-        || {
-            let seed = (next < games).then(|| zero2048_game::derive_seed(base_seed, next as u64));
-            next += 1;
-            seed
-        },
-        |game| results.push(game),
-        &AtomicBool::new(false),
-    );
-    let mut results: Vec<crate::arena::GameResult> = results
-        .into_iter()
-        .map(|game| {
-            let index = (0..games)
-                .find(|&i| zero2048_game::derive_seed(base_seed, i as u64) == game.seed)
-                .unwrap_or(usize::MAX);
-            crate::arena::GameResult {
-                index,
-                seed: game.seed,
-                score: game.score,
-                moves: game.record.steps.len() as u32,
-                max_tile: game.max_tile,
-                nodes: game.record.search.iter().map(|s| s.visits.iter().sum::<u32>() as u64).sum(),
-                record: None,
-            }
-        })
-        .collect();
-    results.sort_by_key(|r| r.index);
-    (results, counters)
 }

@@ -1,11 +1,7 @@
-//! Monte Carlo tree search: it finds the move that matters, never visits an illegal move, records
-//! statistics the server can check, and plays the same games batched as one at a time.
-
-use std::collections::HashMap;
-use std::sync::atomic::AtomicBool;
+//! Monte Carlo tree search: it finds the move that matters and never visits an illegal move.
 
 use zero2048_game::{Board, Direction, Game, SpawnRule, derive_seed};
-use zero2048_search::mcts::{BatchedPlay, ChanceMode, MctsConfig, PolicyValue, Prediction, Tree};
+use zero2048_search::{ChanceMode, MctsConfig, PolicyValue, Prediction, Tree};
 
 /// Live boards are worth a lot, lost ones nothing; the prior points at `favourite`.
 struct Survival {
@@ -23,28 +19,6 @@ impl PolicyValue for Survival {
                     None => policy = [0.25; 4],
                 }
                 Prediction { policy, value: 100_000.0 }
-            })
-            .collect()
-    }
-}
-
-/// A deterministic evaluator that depends on the board: more empty cells, more value.
-struct EmptyCells;
-
-impl PolicyValue for EmptyCells {
-    fn predict(&self, boards: &[Board]) -> Vec<Prediction> {
-        boards
-            .iter()
-            .map(|b| {
-                let mut policy = [0f32; 4];
-                for d in Direction::ALL {
-                    if let Some(m) = b.legal_move(d) {
-                        policy[d.index() as usize] = 1.0 + m.board.empty_count() as f32;
-                    }
-                }
-                let total: f32 = policy.iter().sum::<f32>().max(1.0);
-                policy.iter_mut().for_each(|p| *p /= total);
-                Prediction { policy, value: 50.0 * b.empty_count() as f32 }
             })
             .collect()
     }
@@ -91,7 +65,7 @@ fn the_search_finds_the_one_move_that_survives_against_a_misleading_prior() {
         Direction::ALL.into_iter().find(|d| *d != survivor && board.legal_move(*d).is_some()).unwrap();
     for chance in [ChanceMode::Stratified, ChanceMode::Sampled] {
         let config = MctsConfig { simulations: 100, chance, ..MctsConfig::default().for_evaluation() };
-        let mut tree = Tree::new(board, config, 1);
+        let mut tree = Tree::new(board, config, SpawnRule::STANDARD, 1);
         tree.run(&Survival { favourite: Some(losing) });
         assert_eq!(tree.choose(false), Some(survivor), "{chance:?} on {board:?}: visits {:?}", tree.visits());
         assert_eq!(tree.simulations(), 100);
@@ -109,89 +83,8 @@ fn the_search_takes_the_biggest_merge_when_values_are_equal() {
     // Up (or Down) merges the two 1024s for 2048 points; Left and Right merge nothing worth it.
     let board: Board = "1024 2 4 8 | 1024 16 32 64 | 2 4 8 16 | 0 0 0 0".parse().unwrap();
     let config = MctsConfig { simulations: 64, ..MctsConfig::default().for_evaluation() };
-    let mut tree = Tree::new(board, config, 3);
+    let mut tree = Tree::new(board, config, SpawnRule::STANDARD, 3);
     tree.run(&Survival { favourite: Some(Direction::Left) });
     let chosen = tree.choose(false).unwrap();
     assert!(matches!(chosen, Direction::Up | Direction::Down), "{chosen:?}, visits {:?}", tree.visits());
-}
-
-fn play(parallel: usize, config: MctsConfig, games: u64) -> HashMap<u64, zero2048_search::SearchedGame> {
-    let driver = BatchedPlay::new(config, SpawnRule::STANDARD, parallel);
-    let mut next = 0u64;
-    let mut finished = HashMap::new();
-    let (counters, left) = driver.run(
-        &EmptyCells,
-        || {
-            next += 1;
-            (next <= games).then(|| derive_seed(9, next))
-        },
-        |game| {
-            finished.insert(game.seed, game);
-        },
-        &AtomicBool::new(false),
-    );
-    assert!(left.is_empty());
-    assert!(counters.evaluations >= counters.simulations, "{counters:?}");
-    let moves: u64 = finished.values().map(|g| g.record.steps.len() as u64).sum();
-    assert_eq!(counters.moves, moves);
-    if parallel > 1 {
-        assert!(counters.batches < counters.evaluations, "leaves were not batched: {counters:?}");
-    }
-    finished
-}
-
-#[test]
-fn games_played_in_a_batch_equal_games_played_alone_and_their_statistics_check_out() {
-    let config = MctsConfig { simulations: 24, temperature_moves: 10, ..MctsConfig::default() };
-    let alone = play(1, config, 6);
-    let together = play(6, config, 6);
-    assert_eq!(alone.len(), 6);
-    for (seed, game) in &alone {
-        let other = &together[seed];
-        assert_eq!(game.record, other.record, "seed {seed}");
-        let summary = game.record.replay().unwrap();
-        assert!(summary.game_over);
-        assert_eq!(summary.score, game.score);
-        assert_eq!(game.record.search.len(), game.record.steps.len());
-        assert_eq!(game.record.check_search(24), Ok(()));
-        let bytes = game.record.encode().unwrap();
-        assert_eq!(zero2048_game::GameRecord::decode(&bytes).unwrap(), game.record);
-    }
-}
-
-#[test]
-fn sampled_chance_nodes_also_play_legal_checked_games() {
-    let config = MctsConfig { simulations: 16, chance: ChanceMode::Sampled, ..MctsConfig::default() };
-    for game in play(4, config, 4).values() {
-        assert!(game.record.replay().unwrap().game_over);
-        assert_eq!(game.record.check_search(16), Ok(()));
-    }
-}
-
-#[test]
-fn a_stop_hands_back_the_games_in_progress() {
-    let config = MctsConfig { simulations: 8, ..MctsConfig::default() };
-    let driver = BatchedPlay::new(config, SpawnRule::STANDARD, 3);
-    let stop = AtomicBool::new(false);
-    let mut seeds = 0u64;
-    let mut finished = 0;
-    let (_, left) = driver.run(
-        &EmptyCells,
-        || {
-            seeds += 1;
-            Some(seeds)
-        },
-        |_| {
-            // The first game to end stops the run: the other two are in progress.
-            finished += 1;
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        },
-        &stop,
-    );
-    assert_eq!(finished, 1);
-    assert_eq!(left.len(), 2);
-    for record in left {
-        assert_eq!(record.search.len(), record.steps.len());
-        assert!(record.replay().is_ok());
-    }
 }

@@ -1,4 +1,4 @@
-//! The HTTP API (design.md §6): `GET /api/v1/latest`, `POST /api/v1/games`, `GET /api/v1/status`,
+//! The HTTP API (`docs/protocol.md`): `GET /api/v1/latest`, `POST /api/v1/games`, `GET /api/v1/status`,
 //! `GET /metrics`, and `/weights/…` when weights are served locally. Every refusal is a JSON
 //! [`ApiError`] naming the problem; every response carries the protocol version header.
 
@@ -15,12 +15,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Serialize;
 use zero2048_protocol::{
-    ApiError, BUILD_VERSION, PROTOCOL_HEADER, PROTOCOL_VERSION, WORKER_VERSION_HEADER, decode_batch,
-    decompress_limited, version_at_least,
+    ApiError, BUILD_VERSION, ModelSpec, PROTOCOL_HEADER, PROTOCOL_VERSION, UploadRules,
+    WORKER_VERSION_HEADER, decode_batch, decompress_limited, version_at_least,
 };
 use zero2048_storage::{LatestInfo, StorageAdapter, StorageStatus, UrlKind};
 use zero2048_train::{
     EvaluationRow, LiveState, Progress, RevisionRow, RunDb, WorkerRow, check_batch, store_checked,
+    stored_parent,
 };
 
 use crate::config::ApiConfig;
@@ -105,7 +106,7 @@ async fn handshake(State(state): State<Arc<AppState>>, request: Request, next: N
     };
     let refusal = refusal.or_else(|| {
         let version = headers.get(WORKER_VERSION_HEADER)?.to_str().unwrap_or("?");
-        let minimum = state.live.latest().map(|l| l.min_worker_version).unwrap_or_default();
+        let minimum = state.live.latest_spec().map(|s| s.min_worker_version).unwrap_or_default();
         (!version_at_least(version, &minimum)).then(|| {
             error(
                 StatusCode::UPGRADE_REQUIRED,
@@ -200,7 +201,7 @@ async fn upload_games(State(state): State<Arc<AppState>>, headers: HeaderMap, bo
     }
     let backlog = state
         .live
-        .stored_through
+        .queued_through
         .load(Ordering::Relaxed)
         .saturating_sub(state.live.learned_through.load(Ordering::Relaxed));
     if backlog > state.api.max_backlog_games {
@@ -245,13 +246,15 @@ async fn upload_games(State(state): State<Arc<AppState>>, headers: HeaderMap, bo
         let entries = decode_batch(&raw, state.api.max_batch_games)
             .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, "bad_batch", e.to_string())))?;
         let accepted = state.live.accepted();
-        let checked = check_batch(&entries, &accepted, state.live.search_requirement());
+        let rules = UploadRules { accepted_revisions: &accepted, search: state.live.search_requirement() };
         let mut db = state.ingest_db.lock().unwrap_or_else(|e| e.into_inner());
+        let checked = check_batch(&entries, &rules, &mut |origin| stored_parent(&db, origin))
+            .map_err(|e| Box::new(internal(e)))?;
         let mut reply =
             store_checked(&mut db, &worker, &entries, checked).map_err(|e| Box::new(internal(e)))?;
         let stored = db.last_game_id().map_err(|e| Box::new(internal(e)))?;
         drop(db);
-        state.live.stored_through.fetch_max(stored, Ordering::Relaxed);
+        state.live.stored(stored, !reply.accepted.is_empty());
         // A set: a batch may hold 10,000 games.
         let accepted: std::collections::HashSet<_> = reply.accepted.iter().collect();
         let moves: u64 = entries
@@ -293,7 +296,7 @@ pub struct LatestSummary {
     /// When the record expires (RFC 3339).
     pub deadline: String,
     /// The model.
-    pub model: serde_json::Value,
+    pub model: Option<ModelSpec>,
 }
 
 impl LatestSummary {
@@ -308,7 +311,7 @@ impl LatestSummary {
                 .deadline
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default(),
-            model: latest.model.clone(),
+            model: latest.extra.get("model").and_then(|m| serde_json::from_value(m.clone()).ok()),
         }
     }
 }
@@ -434,7 +437,7 @@ async fn prometheus(State(state): State<Arc<AppState>>) -> Response {
             kind: "gauge",
             help: "Games stored but not learned yet.",
             value: live
-                .stored_through
+                .queued_through
                 .load(Ordering::Relaxed)
                 .saturating_sub(live.learned_through.load(Ordering::Relaxed)) as f64,
         },

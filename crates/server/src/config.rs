@@ -22,6 +22,31 @@ pub struct ApiConfig {
     pub sample_seconds: f64,
 }
 
+impl ApiConfig {
+    /// Checks every value; the message names the key under `api`.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_upload_bytes < 1024 {
+            return Err(format!("api.max_upload_bytes: {} bytes; at least 1024", self.max_upload_bytes));
+        }
+        if self.max_batch_bytes < self.max_upload_bytes {
+            return Err(format!(
+                "api.max_batch_bytes: {} bytes is less than api.max_upload_bytes ({}): every upload would be refused",
+                self.max_batch_bytes, self.max_upload_bytes
+            ));
+        }
+        if self.max_batch_games == 0 {
+            return Err("api.max_batch_games: must be at least 1".into());
+        }
+        if !self.sample_seconds.is_finite() || self.sample_seconds < 0.1 {
+            return Err(format!(
+                "api.sample_seconds: {} is not a number of seconds ≥ 0.1",
+                self.sample_seconds
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for ApiConfig {
     fn default() -> ApiConfig {
         ApiConfig {

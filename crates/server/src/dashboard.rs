@@ -110,7 +110,8 @@ async fn best_game(State(state): State<Arc<AppState>>, Query(query): Query<Revis
     let mut scores = vec![0];
     let mut directions = Vec::new();
     let mut score = 0;
-    for step in record.replay_steps() {
+    let steps = if game.origin.is_some() { record.continuation_steps() } else { record.replay_steps() };
+    for step in steps {
         let Ok(step) = step else { break };
         score += step.reward as u64;
         boards.push(step.after.exponents());

@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 use zero2048_game::GameRecord;
+use zero2048_train::db::DbError;
 use zero2048_train::{RunDb, StoredGame};
 
 /// The two formats.
@@ -49,7 +50,11 @@ struct Row<'a> {
     score: u64,
     moves: u32,
     max_tile: u32,
-    record: Option<GameRecord>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parent: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    branch_step: Option<u32>,
+    record: GameRecord,
 }
 
 fn uuid_text(bytes: [u8; 16]) -> String {
@@ -63,8 +68,9 @@ pub fn write_games(
     revision: Option<u64>,
     format: ExportFormat,
     out: &mut dyn FnMut(Vec<u8>) -> bool,
-) -> Result<u64, zero2048_train::db::DbError> {
-    if format == ExportFormat::Csv && !out(b"uuid,worker,revision,score,moves,max_tile,record_hex\n".to_vec())
+) -> Result<u64, DbError> {
+    if format == ExportFormat::Csv
+        && !out(b"uuid,worker,revision,score,moves,max_tile,parent,branch_step,record_hex\n".to_vec())
     {
         return Ok(0);
     }
@@ -85,7 +91,13 @@ pub fn write_games(
                         score: game.score,
                         moves: game.moves,
                         max_tile: game.max_tile,
-                        record: GameRecord::decode(&game.record).ok(),
+                        parent: game.origin.map(|(parent, _)| uuid_text(parent)),
+                        branch_step: game.origin.map(|(_, step)| step),
+                        record: GameRecord::decode(&game.record).map_err(|e| DbError::Corrupt {
+                            what: format!("stored game {}", game.id),
+                            value: e.to_string(),
+                            expected: "a game record",
+                        })?,
                     };
                     if serde_json::to_writer(&mut chunk, &row).is_ok() {
                         chunk.push(b'\n');
@@ -95,13 +107,15 @@ pub fn write_games(
                     // Worker names are [A-Za-z0-9._-] (or "local"): no quoting needed.
                     chunk.extend_from_slice(
                         format!(
-                            "{},{},{},{},{},{},{}\n",
+                            "{},{},{},{},{},{},{},{},{}\n",
                             uuid_text(game.uuid),
                             game.worker,
                             game.revision,
                             game.score,
                             game.moves,
                             game.max_tile,
+                            game.origin.map(|(parent, _)| uuid_text(parent)).unwrap_or_default(),
+                            game.origin.map(|(_, step)| step.to_string()).unwrap_or_default(),
                             hex::encode(&game.record)
                         )
                         .as_bytes(),

@@ -1,9 +1,9 @@
 //! The training server: `zero2048 server`, and the core of the local `zero2048 train`.
 //!
-//! [`Server`] opens the run (its database and latest revision), binds the HTTP API of design.md
-//! §6 under `/api/v1` ([`api::router`]), serves `/weights/…` when `server.localhost_weights` is set,
+//! [`Server`] opens the run (its database and latest revision), binds the HTTP API of
+//! `docs/protocol.md` under `/api/v1` ([`api::router`]), serves `/weights/…` when `server.localhost_weights` is set,
 //! and runs the learner ([`zero2048_train::TrainingRun`]) in the calling thread until stopped.
-//! Uploads are decompressed with a size limit, decoded, replayed and stored by
+//! Uploads are decompressed with a size limit, decoded, replayed once and stored by
 //! [`zero2048_train::ingest`]; a game is acknowledged only after its row is committed.
 //! [`TokenStore`] holds worker tokens, hashed.
 //!

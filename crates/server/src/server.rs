@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 use zero2048_storage::StorageAdapter;
-use zero2048_train::{Budget, LiveState, RunDb, RunObserver, Summary, TrainConfig, TrainError, TrainingRun};
+use zero2048_train::{
+    Budget, LiveState, RunDb, RunObserver, SelfPlay, Summary, TrainConfig, TrainError, TrainingRun,
+};
 
 use crate::api::{self, AppState};
 use crate::config::ApiConfig;
@@ -180,15 +182,15 @@ impl Server {
     }
 
     /// Runs the learner in this thread until `stop` is set or the budget is spent (see
-    /// [`TrainingRun::run_with`]); the API keeps serving meanwhile.
+    /// [`TrainingRun::run`]); the API keeps serving meanwhile.
     pub fn train(
         &mut self,
         budget: Budget,
         stop: &AtomicBool,
-        local_selfplay: bool,
+        selfplay: SelfPlay,
         observer: &mut dyn RunObserver,
     ) -> Result<Summary, ServerError> {
-        Ok(self.run.run_with(budget, stop, local_selfplay, observer)?)
+        Ok(self.run.run(budget, stop, selfplay, observer)?)
     }
 
     /// Stops serving: requests in progress are answered first (for at most 10 s).
@@ -217,13 +219,14 @@ async fn sample_throughput(state: Arc<AppState>) {
             let live = &state.live;
             let progress = live.progress();
             let stored = live.stored_through.load(std::sync::atomic::Ordering::Relaxed);
+            let queued = live.queued_through.load(std::sync::atomic::Ordering::Relaxed);
             let learned = live.learned_through.load(std::sync::atomic::Ordering::Relaxed);
             let sample = zero2048_train::ThroughputSample {
                 at: (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64,
                 games: progress.games,
                 moves: progress.moves,
                 stored,
-                backlog: stored.saturating_sub(learned),
+                backlog: queued.saturating_sub(learned),
                 revision: live.revision.load(std::sync::atomic::Ordering::Relaxed),
             };
             if let Err(e) = state.read_db.lock().unwrap_or_else(|e| e.into_inner()).record_throughput(&sample)

@@ -1,5 +1,5 @@
-//! The `StorageAdapter`: picks the backend from configuration and applies the storage guide's
-//! fallbacks.
+//! The `StorageAdapter`: picks the backend from configuration and applies the fallbacks of
+//! `docs/storage.md`.
 //!
 //! - Local storage always holds every revision (it is the cache when a bucket is used).
 //! - R2 configured but misconfigured or missing credentials → local storage, loudly, in a
@@ -19,7 +19,7 @@ use crate::backend::{
     StorageBackend, StorageError, StorageResult, StoredWeights, UrlKind, WeightsData, WeightsUrl,
 };
 use crate::config::Config;
-use crate::latest::{LatestDetails, LatestInfo};
+use crate::latest::{LatestExtra, LatestInfo};
 use crate::local::{LocalStorageBackend, LocalUrls};
 use crate::r2::R2StorageBackend;
 
@@ -195,7 +195,7 @@ impl StorageAdapter {
         data: WeightsData,
         revision: u64,
         deadline: OffsetDateTime,
-        details: &LatestDetails,
+        extra: &LatestExtra,
     ) -> StorageResult<LatestInfo> {
         let stored = self.local.save_weights(data, revision).await?;
         let mut remote = self.healthy_remote();
@@ -207,7 +207,7 @@ impl StorageAdapter {
         }
         let url = self.url_for(&stored, remote.as_ref(), deadline).await?;
         let info =
-            self.local.update_latest_info_with(revision, &url.url, &stored.sha256, deadline, details).await?;
+            self.local.update_latest_info_with(revision, &url.url, &stored.sha256, deadline, extra).await?;
         if let Some(bucket) = &remote
             && let Err(e) = bucket.write_latest(&info).await
         {

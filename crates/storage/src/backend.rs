@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::io::AsyncRead;
 
-use crate::latest::{LatestDetails, LatestInfo};
+use crate::latest::{LatestExtra, LatestInfo};
 use crate::naming::WeightsName;
 
 /// Weights to store: a file on local disk (streamed, never read whole) or bytes in memory.
@@ -170,7 +170,7 @@ pub enum StorageError {
 pub type StorageResult<T> = Result<T, StorageError>;
 
 /// A place where weights revisions and the latest record are stored. The first three methods are
-/// the storage guide's interface; the rest are what a running system also needs.
+/// the storage interface (`docs/storage.md`); the rest are what a running system also needs.
 #[async_trait]
 pub trait StorageBackend: Send + Sync {
     /// `local` or `r2`.
@@ -203,25 +203,20 @@ pub trait StorageBackend: Send + Sync {
         weights_sha256: &str,
         deadline: OffsetDateTime,
     ) -> StorageResult<LatestInfo> {
-        self.update_latest_info_with(
-            revision,
-            weights_url,
-            weights_sha256,
-            deadline,
-            &LatestDetails::default(),
-        )
-        .await
+        self.update_latest_info_with(revision, weights_url, weights_sha256, deadline, &LatestExtra::new())
+            .await
     }
 
-    /// Points the latest record at `revision`, with the trainer's details. Refuses a revision whose
-    /// weights are not fully stored, so a record never names a missing or partial file.
+    /// Points the latest record at `revision`, with the trainer's fields (opaque here). Refuses a
+    /// revision whose weights are not fully stored, so a record never names a missing or partial
+    /// file.
     async fn update_latest_info_with(
         &self,
         revision: u64,
         weights_url: &str,
         weights_sha256: &str,
         deadline: OffsetDateTime,
-        details: &LatestDetails,
+        extra: &LatestExtra,
     ) -> StorageResult<LatestInfo> {
         let stored = self
             .list_revisions()
@@ -235,16 +230,9 @@ pub trait StorageBackend: Send + Sync {
             weights_sha256: weights_sha256.to_string(),
             weights_size: stored.size,
             deadline,
-            model: details.model.clone(),
-            selfplay: details.selfplay.clone(),
-            accepted_revisions: if details.accepted_revisions.is_empty() {
-                vec![revision]
-            } else {
-                details.accepted_revisions.clone()
-            },
-            min_worker_version: details.min_worker_version.clone(),
             weights_file: stored.name.to_string(),
             published_at: OffsetDateTime::now_utc(),
+            extra: extra.clone(),
         };
         self.write_latest(&info).await?;
         Ok(info)

@@ -151,6 +151,8 @@ pub struct Overrides {
     pub host: Option<String>,
     /// `--port`.
     pub port: Option<u16>,
+    /// `--advertised-host`.
+    pub advertised_host: Option<String>,
 }
 
 /// A configuration that cannot be used.
@@ -189,33 +191,6 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Reads `file` (if any), then applies the environment (read through `env`) and `overrides`.
-    pub fn load(
-        file: Option<&Path>,
-        env: &dyn Fn(&str) -> Option<String>,
-        overrides: &Overrides,
-    ) -> Result<Config, ConfigError> {
-        let mut config = match file {
-            Some(path) => Config::parse_file(path)?,
-            None => Config::default(),
-        };
-        config.apply(env, overrides);
-        config.validate()?;
-        Ok(config)
-    }
-
-    /// Parses one file, naming the line and key of the first problem.
-    pub fn parse_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        Config::parse_str(&text, path)
-    }
-
-    /// Parses YAML text; `path` is only used in error messages.
-    pub fn parse_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        parse_yaml(text, path)
-    }
-
     /// Layers the environment and then the flags over what the file said.
     pub fn apply(&mut self, env: &dyn Fn(&str) -> Option<String>, overrides: &Overrides) {
         let s = &mut self.storage;
@@ -255,6 +230,9 @@ impl Config {
         }
         if let Some(v) = overrides.port {
             self.server.port = v;
+        }
+        if let Some(v) = &overrides.advertised_host {
+            self.server.advertised_host = Some(v.clone());
         }
     }
 

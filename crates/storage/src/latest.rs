@@ -1,9 +1,16 @@
 //! The latest record (`latest.json`): what workers read to find the current weights.
+//!
+//! Storage owns the fields that say where the weights are. Whatever else the trainer puts in the
+//! record (the run's specs) is opaque JSON here, kept and served as written: this crate knows
+//! nothing of models.
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-/// The record of design.md §4. Workers ignore fields they do not know, so servers can add some.
+/// What the trainer adds to the record: JSON object fields, opaque to storage.
+pub type LatestExtra = serde_json::Map<String, serde_json::Value>;
+
+/// The record. Workers ignore fields they do not know, so servers can add some.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LatestInfo {
     /// The revision.
@@ -17,35 +24,12 @@ pub struct LatestInfo {
     /// When this record stops being valid; a presigned `weights_url` never expires before it.
     #[serde(with = "time::serde::rfc3339")]
     pub deadline: OffsetDateTime,
-    /// The model: at least `{"kind": ...}` and its architecture.
-    #[serde(default)]
-    pub model: serde_json::Value,
-    /// Search parameters for self-play, chosen by the server.
-    #[serde(default)]
-    pub selfplay: serde_json::Value,
-    /// Revisions whose games the server still accepts.
-    #[serde(default)]
-    pub accepted_revisions: Vec<u64>,
-    /// The oldest worker version the server talks to.
-    #[serde(default)]
-    pub min_worker_version: String,
     /// The stored file name (`r000012-0123456789ab.safetensors`).
-    #[serde(default)]
     pub weights_file: String,
     /// When the record was written.
     #[serde(with = "time::serde::rfc3339")]
     pub published_at: OffsetDateTime,
-}
-
-/// The parts of the record that the trainer decides, beyond the guide's four arguments.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct LatestDetails {
-    /// See [`LatestInfo::model`].
-    pub model: serde_json::Value,
-    /// See [`LatestInfo::selfplay`].
-    pub selfplay: serde_json::Value,
-    /// See [`LatestInfo::accepted_revisions`]; empty means just this revision.
-    pub accepted_revisions: Vec<u64>,
-    /// See [`LatestInfo::min_worker_version`].
-    pub min_worker_version: String,
+    /// The trainer's fields, as written.
+    #[serde(flatten)]
+    pub extra: LatestExtra,
 }

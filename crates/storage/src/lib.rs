@@ -1,6 +1,6 @@
 //! Where model revisions live, and how workers get them.
 //!
-//! [`StorageBackend`] is the storage guide's interface (`save_weights`, `get_weights_url`,
+//! [`StorageBackend`] is the storage interface (`docs/storage.md`) (`save_weights`, `get_weights_url`,
 //! `update_latest_info`, and what a running system also needs); [`LocalStorageBackend`] and
 //! [`R2StorageBackend`] implement it; [`StorageAdapter`] picks one from [`Config`] and applies the
 //! guide's fallback rules. [`Fetcher`] is the worker side: verified, resumable, cached downloads.
@@ -30,8 +30,8 @@ pub use backend::{
 pub use config::{Config, ConfigError, Overrides, R2Settings, ServerConfig, StorageConfig, parse_yaml};
 pub use fetch::{Expected, FetchError, Fetcher, RetryPolicy};
 pub use hashing::{hash_bytes, hash_file};
-pub use latest::{LatestDetails, LatestInfo};
-pub use local::{LocalStorageBackend, LocalUrls};
+pub use latest::{LatestExtra, LatestInfo};
+pub use local::{LocalStorageBackend, LocalUrls, StagingPath};
 pub use naming::WeightsName;
 pub use r2::R2StorageBackend;
 pub use secret::{REDACTED, Secret, redact};

@@ -172,6 +172,17 @@ impl LocalStorageBackend {
         Ok(path)
     }
 
+    /// A path in the weights directory to write a file to before publishing it, so the publish
+    /// is a rename on the same file system. The file is removed when the guard drops; one a crash
+    /// leaves behind is a `.tmp-` file that [`LocalStorageBackend::remove_leftovers`] clears.
+    pub fn staging_path(&self, revision: u64) -> StagingPath {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        StagingPath {
+            path: self.dir.join(format!(".tmp-staging-r{revision}-{}-{n}.safetensors", std::process::id())),
+        }
+    }
+
     /// Removes temp files a crash may have left behind.
     pub fn remove_leftovers(&self) -> StorageResult<usize> {
         let mut removed = 0;
@@ -194,6 +205,25 @@ impl LocalStorageBackend {
         };
         let kind = if self.urls == LocalUrls::File { UrlKind::File } else { UrlKind::Http };
         Ok(WeightsUrl { url, kind, valid_until: None })
+    }
+}
+
+/// See [`LocalStorageBackend::staging_path`].
+#[derive(Debug)]
+pub struct StagingPath {
+    path: PathBuf,
+}
+
+impl StagingPath {
+    /// The path to write to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for StagingPath {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
     }
 }
 

@@ -10,7 +10,7 @@ use common::{Garage, random_file};
 use time::OffsetDateTime;
 use tokio::io::AsyncReadExt;
 use zero2048_storage::{
-    Expected, FetchError, Fetcher, LatestDetails, R2StorageBackend, RetryPolicy, StorageAdapter,
+    Expected, FetchError, Fetcher, LatestExtra, R2StorageBackend, RetryPolicy, StorageAdapter,
     StorageBackend, StorageError, UrlKind, WeightsData, hash_file,
 };
 
@@ -47,12 +47,7 @@ async fn a_failed_presign_hands_out_the_local_url(garage: &Garage) {
     // Eight days is past the longest a presigned URL may live, so presigning fails.
     let deadline = OffsetDateTime::now_utc() + time::Duration::days(8);
     let info = adapter
-        .publish(
-            WeightsData::Bytes(Bytes::from_static(b"long deadline")),
-            1,
-            deadline,
-            &LatestDetails::default(),
-        )
+        .publish(WeightsData::Bytes(Bytes::from_static(b"long deadline")), 1, deadline, &LatestExtra::new())
         .await
         .unwrap();
     assert_eq!(info.weights_url, format!("http://127.0.0.1:8123/weights/{}", info.weights_file));
@@ -180,17 +175,18 @@ async fn latest_record_round_trips_and_names_only_stored_weights(garage: &Garage
     let stored = r2.save_weights(WeightsData::Bytes(Bytes::from_static(b"latest weights")), 6).await.unwrap();
     let url = r2.get_weights_url(&stored.name.to_string(), 6).await.unwrap();
     let deadline = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap() + time::Duration::hours(2);
-    let details = LatestDetails {
-        model: serde_json::json!({"kind": "ntuple", "tuples": 4}),
-        selfplay: serde_json::json!({"depth": 1}),
-        accepted_revisions: vec![5, 6],
-        min_worker_version: "0.1.0".into(),
-    };
+    // The trainer's fields are opaque here: kept and served as written.
+    let details: LatestExtra = serde_json::from_value(serde_json::json!({
+        "model": {"kind": "ntuple", "tuples": 4},
+        "play": {"depth": 1},
+        "accepted_revisions": [5, 6],
+    }))
+    .unwrap();
     let written = r2.update_latest_info_with(6, &url.url, &stored.sha256, deadline, &details).await.unwrap();
     let read = r2.read_latest_info().await.unwrap().unwrap();
     assert_eq!(read, written);
     assert_eq!((read.revision, read.weights_size, read.deadline), (6, 14, deadline));
-    assert_eq!(read.accepted_revisions, vec![5, 6]);
+    assert_eq!(read.extra["accepted_revisions"], serde_json::json!([5, 6]));
     // The guide's four-argument form works too, and refuses weights that are not stored.
     r2.update_latest_info(6, &url.url, &stored.sha256, deadline).await.unwrap();
     let missing = r2.update_latest_info(7, &url.url, &"a".repeat(64), deadline).await;
@@ -260,12 +256,7 @@ async fn adapter_publishes_to_the_bucket_and_keeps_a_local_copy(garage: &Garage)
     assert!(adapter.status().degraded.is_none());
     let deadline = OffsetDateTime::now_utc() + time::Duration::hours(1);
     let info = adapter
-        .publish(
-            WeightsData::Bytes(Bytes::from_static(b"adapter weights")),
-            1,
-            deadline,
-            &LatestDetails::default(),
-        )
+        .publish(WeightsData::Bytes(Bytes::from_static(b"adapter weights")), 1, deadline, &LatestExtra::new())
         .await
         .unwrap();
     assert!(info.weights_url.contains("X-Amz-Signature="), "a presigned bucket URL");
@@ -304,7 +295,7 @@ async fn wrong_credentials_fall_back_to_local_without_leaking_them(garage: &Gara
             WeightsData::Bytes(Bytes::from_static(b"kept locally")),
             1,
             OffsetDateTime::now_utc() + time::Duration::hours(1),
-            &LatestDetails::default(),
+            &LatestExtra::new(),
         )
         .await
         .unwrap();

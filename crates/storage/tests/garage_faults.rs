@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::Garage;
 use time::OffsetDateTime;
-use zero2048_storage::{LatestDetails, StorageAdapter, StorageBackend, UrlKind, WeightsData};
+use zero2048_storage::{LatestExtra, StorageAdapter, StorageBackend, UrlKind, WeightsData};
 
 async fn publish(adapter: &StorageAdapter, revision: u64) -> zero2048_storage::LatestInfo {
     let deadline = OffsetDateTime::now_utc() + time::Duration::hours(1);
     let bytes = Bytes::from(format!("weights of revision {revision}").into_bytes());
-    adapter.publish(WeightsData::Bytes(bytes), revision, deadline, &LatestDetails::default()).await.unwrap()
+    adapter.publish(WeightsData::Bytes(bytes), revision, deadline, &LatestExtra::new()).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

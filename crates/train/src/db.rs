@@ -3,9 +3,15 @@
 //! revision, same counters, the games not yet in a published revision learned again) and a status
 //! page can show its history.
 //!
-//! The `games` table is also the queue between the ingest (local self-play, or the server's
-//! upload endpoint) and the learner: a game is acknowledged once its row is committed, and the
-//! learner reads rows after its cursor, which is stored with each revision.
+//! The `games` table is also the queue between the ingest (the server's upload endpoint, or
+//! local MCTS self-play) and the learner: a game is acknowledged once its row is committed, and the
+//! learner reads queued rows after its cursor, which is stored with each revision. Games that local
+//! n-tuple threads already learned as they played them are stored unqueued (`queued = 0`): kept for
+//! the dashboard and exports, never learned twice.
+//!
+//! The schema has a version (`PRAGMA user_version`) and numbered migrations, applied in order at
+//! open, each in its own transaction: a database of an older build is upgraded, one of a newer
+//! build is refused.
 
 use std::path::Path;
 
@@ -33,6 +39,8 @@ pub struct Counters {
 pub struct NewGame<'a> {
     /// The worker's UUID for it.
     pub uuid: [u8; 16],
+    /// For a continuation: its parent's UUID and the branch step.
+    pub origin: Option<([u8; 16], u32)>,
     /// The revision that played it.
     pub revision: u64,
     /// Its score (from the replay).
@@ -52,6 +60,8 @@ pub struct StoredGame {
     pub id: u64,
     /// The worker's UUID for it.
     pub uuid: [u8; 16],
+    /// For a continuation: its parent's UUID and the branch step.
+    pub origin: Option<([u8; 16], u32)>,
     /// Who sent it.
     pub worker: String,
     /// The revision that played it.
@@ -140,14 +150,90 @@ pub struct EvaluationRow {
 
 /// A database error, with what was being done.
 #[derive(Debug, thiserror::Error)]
-#[error("run database {action}: {source}")]
-pub struct DbError {
-    action: &'static str,
-    source: rusqlite::Error,
+pub enum DbError {
+    /// SQLite failed.
+    #[error("run database: {action}: {source}")]
+    Sql {
+        /// What was being done.
+        action: &'static str,
+        /// Why it failed.
+        source: rusqlite::Error,
+    },
+    /// A stored value that is not what its column promises.
+    #[error("run database: {what} holds {value:?}, which is not {expected}")]
+    Corrupt {
+        /// Where.
+        what: String,
+        /// The value found.
+        value: String,
+        /// What it should be.
+        expected: &'static str,
+    },
+    /// A database written by a newer build.
+    #[error(
+        "run database: schema version {found} is newer than this build's {supported}; use a newer zero2048"
+    )]
+    TooNew {
+        /// The database's version.
+        found: u32,
+        /// This build's.
+        supported: u32,
+    },
 }
 
 fn ctx(action: &'static str) -> impl FnOnce(rusqlite::Error) -> DbError {
-    move |source| DbError { action, source }
+    move |source| DbError::Sql { action, source }
+}
+
+/// The schema's migrations: migration `i` takes version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: the tables of the first builds (`IF NOT EXISTS`: those databases had no version).
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+     CREATE TABLE IF NOT EXISTS revisions (
+         revision INTEGER PRIMARY KEY, file TEXT NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL,
+         games INTEGER NOT NULL, moves INTEGER NOT NULL, published_at TEXT NOT NULL);
+     CREATE TABLE IF NOT EXISTS evaluations (
+         revision INTEGER NOT NULL, depth INTEGER NOT NULL, seed INTEGER NOT NULL,
+         games_trained INTEGER NOT NULL, strength TEXT NOT NULL, PRIMARY KEY (revision, depth));
+     CREATE TABLE IF NOT EXISTS games (
+         id INTEGER PRIMARY KEY, uuid BLOB NOT NULL UNIQUE, worker TEXT NOT NULL,
+         revision INTEGER NOT NULL, score INTEGER NOT NULL, moves INTEGER NOT NULL,
+         max_tile INTEGER NOT NULL, record BLOB NOT NULL, received_at INTEGER NOT NULL,
+         quarantined INTEGER NOT NULL DEFAULT 0);
+     CREATE INDEX IF NOT EXISTS games_by_revision ON games (revision, score);
+     CREATE INDEX IF NOT EXISTS games_by_worker ON games (worker);
+     CREATE TABLE IF NOT EXISTS throughput (
+         at INTEGER NOT NULL, games INTEGER NOT NULL, moves INTEGER NOT NULL,
+         stored INTEGER NOT NULL, backlog INTEGER NOT NULL, revision INTEGER NOT NULL);
+     CREATE INDEX IF NOT EXISTS throughput_by_time ON throughput (at);
+     CREATE TABLE IF NOT EXISTS workers (
+         name TEXT PRIMARY KEY, games INTEGER NOT NULL DEFAULT 0, moves INTEGER NOT NULL DEFAULT 0,
+         rejected INTEGER NOT NULL DEFAULT 0, last_rejection TEXT,
+         first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL);",
+    // 2: continuations (the restart strategy) and games learned as they were played.
+    "ALTER TABLE games ADD COLUMN parent BLOB;
+     ALTER TABLE games ADD COLUMN branch_step INTEGER;
+     ALTER TABLE games ADD COLUMN queued INTEGER NOT NULL DEFAULT 1;
+     CREATE INDEX games_queue ON games (id) WHERE queued = 1 AND quarantined = 0;",
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+fn migrate(conn: &mut Connection) -> Result<(), DbError> {
+    let found: u32 =
+        conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(ctx("read the schema version"))?;
+    if found > SCHEMA_VERSION {
+        return Err(DbError::TooNew { found, supported: SCHEMA_VERSION });
+    }
+    for (version, migration) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = conn.transaction().map_err(ctx("begin a migration"))?;
+        tx.execute_batch(migration).map_err(ctx("migrate the schema"))?;
+        tx.pragma_update(None, "user_version", version as u32 + 1)
+            .map_err(ctx("record the schema version"))?;
+        tx.commit().map_err(ctx("commit a migration"))?;
+    }
+    Ok(())
 }
 
 /// The open database.
@@ -158,35 +244,11 @@ pub struct RunDb {
 impl RunDb {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path) -> Result<RunDb, DbError> {
-        let conn = Connection::open(path).map_err(ctx("open"))?;
+        let mut conn = Connection::open(path).map_err(ctx("open"))?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(ctx("enable WAL"))?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(ctx("set synchronous"))?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(ctx("set busy timeout"))?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-             CREATE TABLE IF NOT EXISTS revisions (
-                 revision INTEGER PRIMARY KEY, file TEXT NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL,
-                 games INTEGER NOT NULL, moves INTEGER NOT NULL, published_at TEXT NOT NULL);
-             CREATE TABLE IF NOT EXISTS evaluations (
-                 revision INTEGER NOT NULL, depth INTEGER NOT NULL, seed INTEGER NOT NULL,
-                 games_trained INTEGER NOT NULL, strength TEXT NOT NULL, PRIMARY KEY (revision, depth));
-             CREATE TABLE IF NOT EXISTS games (
-                 id INTEGER PRIMARY KEY, uuid BLOB NOT NULL UNIQUE, worker TEXT NOT NULL,
-                 revision INTEGER NOT NULL, score INTEGER NOT NULL, moves INTEGER NOT NULL,
-                 max_tile INTEGER NOT NULL, record BLOB NOT NULL, received_at INTEGER NOT NULL,
-                 quarantined INTEGER NOT NULL DEFAULT 0);
-             CREATE INDEX IF NOT EXISTS games_by_revision ON games (revision, score);
-             CREATE INDEX IF NOT EXISTS games_by_worker ON games (worker);
-             CREATE TABLE IF NOT EXISTS throughput (
-                 at INTEGER NOT NULL, games INTEGER NOT NULL, moves INTEGER NOT NULL,
-                 stored INTEGER NOT NULL, backlog INTEGER NOT NULL, revision INTEGER NOT NULL);
-             CREATE INDEX IF NOT EXISTS throughput_by_time ON throughput (at);
-             CREATE TABLE IF NOT EXISTS workers (
-                 name TEXT PRIMARY KEY, games INTEGER NOT NULL DEFAULT 0, moves INTEGER NOT NULL DEFAULT 0,
-                 rejected INTEGER NOT NULL DEFAULT 0, last_rejection TEXT,
-                 first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL);",
-        )
-        .map_err(ctx("create tables"))?;
+        migrate(&mut conn)?;
         Ok(RunDb { conn })
     }
 
@@ -210,10 +272,18 @@ impl RunDb {
             .map_err(ctx("write meta"))
     }
 
-    /// The totals, zero for a new run.
+    /// The totals, zero for a new run; a value that is not a number is an error, never a zero.
     pub fn counters(&self) -> Result<Counters, DbError> {
-        let get =
-            |key| -> Result<u64, DbError> { Ok(self.meta(key)?.and_then(|v| v.parse().ok()).unwrap_or(0)) };
+        let get = |key: &str| -> Result<u64, DbError> {
+            match self.meta(key)? {
+                None => Ok(0),
+                Some(value) => value.parse().map_err(|_| DbError::Corrupt {
+                    what: format!("counter `{key}`"),
+                    value,
+                    expected: "a whole number",
+                }),
+            }
+        };
         Ok(Counters {
             games: get("games")?,
             moves: get("moves")?,
@@ -310,29 +380,30 @@ impl RunDb {
             .map_err(ctx("list evaluations"))?
             .collect::<Result<Vec<_>, _>>()
             .map_err(ctx("list evaluations"))?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(revision, depth, seed, games_trained, strength)| {
-                serde_json::from_str(&strength).ok().map(|strength| EvaluationRow {
-                    revision,
-                    depth,
-                    seed: seed as u64,
-                    games_trained,
-                    strength,
-                })
+        rows.into_iter()
+            .map(|(revision, depth, seed, games_trained, strength)| {
+                let parsed = serde_json::from_str(&strength).map_err(|_| DbError::Corrupt {
+                    what: format!("the evaluation of revision {revision}"),
+                    value: strength.chars().take(80).collect(),
+                    expected: "a strength summary",
+                })?;
+                Ok(EvaluationRow { revision, depth, seed: seed as u64, games_trained, strength: parsed })
             })
-            .collect())
+            .collect()
     }
 
     /// Stores games from `worker` in one transaction and counts `rejected` refusals against it.
     /// Returns, per game, whether it was new (`false`: its UUID was already stored, which counts
     /// as success for an idempotent retry). Once this returns, every game is durable.
+    /// `queued`: the learner is still to learn them (`false` for games learned as they were
+    /// played).
     pub fn insert_games(
         &mut self,
         worker: &str,
         games: &[NewGame<'_>],
         rejected: u64,
         last_rejection: Option<&str>,
+        queued: bool,
     ) -> Result<Vec<bool>, DbError> {
         let now = unix_now();
         let tx = self.conn.transaction().map_err(ctx("begin storing games"))?;
@@ -341,8 +412,9 @@ impl RunDb {
         {
             let mut insert = tx
                 .prepare_cached(
-                    "INSERT OR IGNORE INTO games (uuid, worker, revision, score, moves, max_tile, record, received_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    "INSERT OR IGNORE INTO games (uuid, worker, revision, score, moves, max_tile, record, received_at,
+                         parent, branch_step, queued)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 )
                 .map_err(ctx("store games"))?;
             for game in games {
@@ -355,7 +427,10 @@ impl RunDb {
                         game.moves,
                         game.max_tile,
                         game.record,
-                        now
+                        now,
+                        game.origin.map(|(parent, _)| parent.to_vec()),
+                        game.origin.map(|(_, step)| step),
+                        queued
                     ])
                     .map_err(ctx("store a game"))?;
                 fresh.push(changed == 1);
@@ -384,13 +459,14 @@ impl RunDb {
         uuids.iter().map(|u| query.exists([&u[..]]).map_err(ctx("look up a game"))).collect()
     }
 
-    /// Up to `limit` games stored after row `after`, oldest first, skipping quarantined ones.
+    /// Up to `limit` games queued for the learner after row `after`, oldest first (quarantined
+    /// ones and games learned as they were played are skipped).
     pub fn games_after(&self, after: u64, limit: usize) -> Result<Vec<StoredGame>, DbError> {
         let mut query = self
             .conn
             .prepare_cached(
-                "SELECT id, uuid, worker, revision, score, moves, max_tile, record FROM games
-                 WHERE id > ?1 AND quarantined = 0 ORDER BY id LIMIT ?2",
+                "SELECT id, uuid, worker, revision, score, moves, max_tile, record, parent, branch_step FROM games
+                 WHERE id > ?1 AND queued = 1 AND quarantined = 0 ORDER BY id LIMIT ?2",
             )
             .map_err(ctx("read games"))?;
         query
@@ -405,7 +481,7 @@ impl RunDb {
         let mut query = self
             .conn
             .prepare_cached(
-                "SELECT id, uuid, worker, revision, score, moves, max_tile, record FROM games
+                "SELECT id, uuid, worker, revision, score, moves, max_tile, record, parent, branch_step FROM games
                  WHERE revision = ?1 ORDER BY score DESC, id LIMIT ?2",
             )
             .map_err(ctx("read games"))?;
@@ -414,6 +490,30 @@ impl RunDb {
             .map_err(ctx("read games"))?
             .collect::<Result<_, _>>()
             .map_err(ctx("read games"))
+    }
+
+    /// A stored game by its UUID (a continuation's parent), if held and not quarantined.
+    pub fn game_by_uuid(&self, uuid: &[u8; 16]) -> Result<Option<StoredGame>, DbError> {
+        let mut query = self
+            .conn
+            .prepare_cached(
+                "SELECT id, uuid, worker, revision, score, moves, max_tile, record, parent, branch_step FROM games
+                 WHERE uuid = ?1 AND quarantined = 0",
+            )
+            .map_err(ctx("read a game"))?;
+        query.query_row([&uuid[..]], stored_game).optional().map_err(ctx("read a game"))
+    }
+
+    /// The id of the last game queued for the learner (0 when none).
+    pub fn last_queued_id(&self) -> Result<u64, DbError> {
+        self.conn
+            .query_row(
+                "SELECT coalesce(max(id), 0) FROM games WHERE queued = 1 AND quarantined = 0",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|id| id as u64)
+            .map_err(ctx("count games"))
     }
 
     /// The id of the last stored game (0 when none).
@@ -540,7 +640,7 @@ impl RunDb {
         let mut query = self
             .conn
             .prepare_cached(
-                "SELECT id, uuid, worker, revision, score, moves, max_tile, record FROM games
+                "SELECT id, uuid, worker, revision, score, moves, max_tile, record, parent, branch_step FROM games
                  WHERE id > ?1 AND (?2 IS NULL OR revision = ?2) ORDER BY id LIMIT ?3",
             )
             .map_err(ctx("read games"))?;
@@ -565,11 +665,28 @@ impl RunDb {
     }
 }
 
+fn uuid_column(r: &rusqlite::Row<'_>, column: usize) -> rusqlite::Result<[u8; 16]> {
+    let bytes: Vec<u8> = r.get(column)?;
+    let len = bytes.len();
+    bytes.try_into().map_err(|_| {
+        rusqlite::Error::FromSqlConversionFailure(
+            column,
+            rusqlite::types::Type::Blob,
+            format!("a game UUID of {len} bytes instead of 16").into(),
+        )
+    })
+}
+
 fn stored_game(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredGame> {
-    let uuid: Vec<u8> = r.get(1)?;
+    let parent: Option<Vec<u8>> = r.get(8)?;
+    let origin = match parent {
+        None => None,
+        Some(_) => Some((uuid_column(r, 8)?, r.get::<_, u32>(9)?)),
+    };
     Ok(StoredGame {
         id: r.get::<_, i64>(0)? as u64,
-        uuid: uuid.try_into().unwrap_or([0; 16]),
+        uuid: uuid_column(r, 1)?,
+        origin,
         worker: r.get(2)?,
         revision: r.get::<_, i64>(3)? as u64,
         score: r.get::<_, i64>(4)? as u64,

@@ -28,12 +28,37 @@ impl Default for EvalConfig {
     }
 }
 
+impl EvalConfig {
+    /// Checks every value: `Err((key, rule))` names the key under `evaluation`.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if !(1..=1_000_000).contains(&self.games) {
+            return Err((
+                "games".into(),
+                format!(
+                    "{} games; 1 to 1000000 (turn evaluation off with evaluate_every_revisions: 0)",
+                    self.games
+                ),
+            ));
+        }
+        if !(1..=6).contains(&self.depth) {
+            return Err(("depth".into(), format!("{} is not an evaluation depth: 1 to 6", self.depth)));
+        }
+        if self.threads > 1024 {
+            return Err((
+                "threads".into(),
+                format!("{} threads; at most 1024 (0 = one per core)", self.threads),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Plays the suite with `network` and summarises it.
 pub fn evaluate(network: Arc<NTupleNetwork>, config: &EvalConfig, rule: SpawnRule) -> Strength {
     let search = ExpectimaxConfig {
         depth: config.depth.max(1),
         transposition_bits: (config.depth >= 3).then_some(20),
-        four_probability: rule.four_probability() as f32,
+        rule,
         ..ExpectimaxConfig::default()
     };
     let make = move |_seed: u64| -> Box<dyn Player> {

@@ -1,30 +1,163 @@
-//! Temporal-difference learning of afterstate values from game records.
+//! Temporal-difference learning of afterstate values, on a network shared by every thread.
 //!
 //! For the afterstates `a_0 … a_{n-1}` of a game and the reward `r_t` of the move that made `a_t`,
-//! TD(0) moves `V(a_t)` toward `r_{t+1} + V(a_{t+1})`, and the last afterstate of a finished game
-//! toward 0. The pass runs backward over the game, so each target already uses its successor's
-//! updated value, which propagates a game's outcome in one pass. With temporal coherence (TC), each
-//! weight's step is scaled by |Σ errors| / Σ |errors| seen by that weight, so weights whose errors
-//! keep their sign learn fast and noisy ones slow down.
+//! TD(λ) moves `V(a_t)` toward the λ-return `G_t = r_{t+1} + (1-λ)·V(a_{t+1}) + λ·G_{t+1}`, with
+//! `G_{n-1} = 0` when the game ended there. The pass runs backward over the whole game, so each
+//! target already uses its successor's updated value (λ = 0 is TD(0); 0.5 is what the strongest
+//! public 4×6 learners use). With temporal coherence (TC), each weight's step is scaled by
+//! |Σ errors| / Σ |errors| seen by that weight: weights whose errors keep their sign learn fast,
+//! noisy ones slow down. A run may play plain TD first and switch to TC later (with an optimistic
+//! start, the OTD → TC schedule), and may lower the TD rate at set game counts.
+//!
+//! Two ways to apply the updates ([`TdMode`]): `backward`, after each game, over the whole game
+//! (exact λ-returns; a game's early afterstates are then read again from memory), or `online`,
+//! as the game is played: each afterstate is learned once `window` later ones are known, with the
+//! λ-return truncated there (Jaśkowski's delayed TD(λ); with λ = 0 and a window of 1 it is
+//! TDL2048's forward TD(0)), on weights still in the cache from choosing the move.
+//!
+//! Many threads learn at once on one network: updates are lock-free (see
+//! `zero2048_model::Table`). Whoever needs one consistent network (to save a revision) holds the
+//! playing threads at their game boundaries (`zero2048_selfplay::Control::hold_games`).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 use zero2048_game::{Board, GameRecord, ReplayError};
-use zero2048_model::{Feature, NTupleNetwork, NetworkError, Table};
+use zero2048_model::{NTupleNetwork, NetworkError, Pages, Table};
+
+/// The TD learning rate from a game count on.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateStep {
+    /// From this many games learned (in the whole run)...
+    pub games: u64,
+    /// ...the TD learning rate is this.
+    pub learning_rate: f32,
+}
+
+/// When updates are applied: see the module documentation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TdMode {
+    /// After each game, backward over the whole game.
+    #[default]
+    Backward,
+    /// As the game is played, with a window of later afterstates.
+    Online,
+}
 
 /// How the learner steps.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TdConfig {
-    /// Step size of an update, shared among the features (each weight moves by
+    /// When updates are applied.
+    pub mode: TdMode,
+    /// Online mode: how many later afterstates an afterstate's λ-return looks at before it is
+    /// learned (0 = the shortest window whose weight λ^window falls below 0.1: 1 for λ = 0, 4 for
+    /// λ = 0.5).
+    pub window: u32,
+    /// TD step size, shared among the features (each weight moves by
     /// `learning_rate / features × error`).
     pub learning_rate: f32,
-    /// Temporal coherence: a per-weight adaptive step (needs two more tables of the network's size).
+    /// Lower the TD learning rate at these game counts (in increasing order of games).
+    pub learning_rate_schedule: Vec<RateStep>,
+    /// λ of TD(λ): 0 learns from the next afterstate only, 0.5 blends in the rest of the game.
+    pub lambda: f32,
+    /// Temporal coherence: a per-weight adaptive step (two more floats per weight).
     pub coherence: bool,
+    /// TC's meta step size β, shared among the features like `learning_rate`.
+    pub coherence_rate: f32,
+    /// Learn with plain TD for this many games of the run before TC starts (0 = TC from the
+    /// start; the OTD → TC schedule plays most of a run with TD from an optimistic start).
+    pub coherence_after_games: u64,
+    /// A new network values every afterstate at this (optimistic initialisation; 0 = none).
+    pub initial_value: f32,
 }
 
 impl Default for TdConfig {
     fn default() -> TdConfig {
-        TdConfig { learning_rate: 0.1, coherence: false }
+        TdConfig {
+            mode: TdMode::Backward,
+            window: 0,
+            learning_rate: 0.1,
+            learning_rate_schedule: Vec::new(),
+            lambda: 0.0,
+            coherence: false,
+            coherence_rate: 1.0,
+            coherence_after_games: 0,
+            initial_value: 0.0,
+        }
+    }
+}
+
+impl TdConfig {
+    /// Checks every value: `Err((key, rule))` names the key under `td`.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let positive = |key: String, value: f32| {
+            if value.is_finite() && value > 0.0 && value <= 10.0 {
+                Ok(())
+            } else {
+                Err((key, format!("{value} is not a step size in (0, 10]")))
+            }
+        };
+        positive("learning_rate".into(), self.learning_rate)?;
+        positive("coherence_rate".into(), self.coherence_rate)?;
+        for (i, step) in self.learning_rate_schedule.iter().enumerate() {
+            positive(format!("learning_rate_schedule[{i}].learning_rate"), step.learning_rate)?;
+            if i > 0 && step.games <= self.learning_rate_schedule[i - 1].games {
+                return Err((
+                    format!("learning_rate_schedule[{i}].games"),
+                    format!(
+                        "{} does not follow {}: the schedule lists increasing game counts",
+                        step.games,
+                        self.learning_rate_schedule[i - 1].games
+                    ),
+                ));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.lambda) {
+            return Err(("lambda".into(), format!("{} is not within 0..=1", self.lambda)));
+        }
+        if self.window > 64 {
+            return Err(("window".into(), format!("{} afterstates; at most 64 (0 = from λ)", self.window)));
+        }
+        if !self.initial_value.is_finite() || !(0.0..=1e7).contains(&self.initial_value) {
+            return Err((
+                "initial_value".into(),
+                format!("{} is not within 0..=10000000", self.initial_value),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The online window: as set, or the shortest whose weight λ^window falls below 0.1.
+    pub fn window(&self) -> usize {
+        if self.window > 0 {
+            return self.window as usize;
+        }
+        let mut window = 1;
+        let mut weight = self.lambda;
+        while weight >= 0.1 && window < 64 {
+            weight *= self.lambda;
+            window += 1;
+        }
+        window
+    }
+
+    /// The TD learning rate after `games` games.
+    pub fn learning_rate_at(&self, games: u64) -> f32 {
+        self.learning_rate_schedule
+            .iter()
+            .rev()
+            .find(|step| step.games <= games)
+            .map_or(self.learning_rate, |step| step.learning_rate)
+    }
+
+    /// Whether game number `games` (0-based, in the whole run) is learned with TC.
+    pub fn coherent_at(&self, games: u64) -> bool {
+        self.coherence && games >= self.coherence_after_games
     }
 }
 
@@ -33,7 +166,7 @@ impl Default for TdConfig {
 pub struct GameLearned {
     /// Moves (updates) in the game.
     pub moves: u32,
-    /// Final score.
+    /// Final score (of this record: a continuation counts from its branch point).
     pub score: u64,
     /// Largest tile reached.
     pub max_tile: u32,
@@ -41,44 +174,74 @@ pub struct GameLearned {
     pub mean_abs_error: f32,
 }
 
-/// The temporal-coherence accumulators, one pair per weight.
-struct Coherence {
-    errors: Vec<Table>,
-    magnitudes: Vec<Table>,
+/// The temporal-coherence accumulators: per weight, the sum of its errors and the sum of their
+/// magnitudes, side by side (one cache line holds both).
+pub struct Coherence {
+    tables: Vec<Table>,
 }
 
-/// A TD learner owning the network it trains.
+impl Coherence {
+    fn for_network(network: &NTupleNetwork) -> Result<Coherence, NetworkError> {
+        let tables = network
+            .tables()
+            .iter()
+            .map(|t| {
+                Table::zeroed(2 * t.len(), Pages::Huge)
+                    .map_err(|source| NetworkError::Allocation { bytes: 8 * t.len(), source })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Coherence { tables })
+    }
+
+    /// The accumulator tables, one per network table (errors at `2i`, magnitudes at `2i + 1`).
+    pub fn tables(&self) -> &[Table] {
+        &self.tables
+    }
+
+    /// The tables, to fill them from a saved learner state.
+    pub fn tables_mut(&mut self) -> &mut [Table] {
+        &mut self.tables
+    }
+}
+
+/// A TD learner training one shared network.
 pub struct TdLearner {
-    network: NTupleNetwork,
+    network: Arc<NTupleNetwork>,
     config: TdConfig,
-    coherence: Option<Coherence>,
-    afterstates: Vec<(Board, u32)>,
-    features: Vec<Feature>,
+    coherence: OnceLock<Coherence>,
+    /// Games learned in the whole run (the schedules' clock).
+    games: AtomicU64,
+}
+
+/// One thread's game in progress, for online learning: the afterstates not learned yet, each with
+/// the reward of the move that made it and its value when the move was chosen.
+#[derive(Debug, Default)]
+pub struct Trace {
+    pending: VecDeque<(Board, u32, f32)>,
+    rates: Option<Rates>,
+    total_error: f32,
+    updates: u32,
+}
+
+/// The step sizes of one game (fixed when it starts).
+#[derive(Clone, Copy, Debug)]
+struct Rates {
+    step: f32,
+    coherent: bool,
 }
 
 impl TdLearner {
-    /// A learner training `network`.
-    pub fn new(network: NTupleNetwork, config: TdConfig) -> Result<TdLearner, NetworkError> {
-        let coherence = if config.coherence {
-            let tables = |n: &NTupleNetwork| {
-                n.tables()
-                    .iter()
-                    .map(|t| {
-                        Table::zeroed(t.len())
-                            .map_err(|source| NetworkError::Allocation { bytes: t.len() * 4, source })
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-            };
-            Some(Coherence { errors: tables(&network)?, magnitudes: tables(&network)? })
-        } else {
-            None
-        };
-        let features = Vec::with_capacity(network.feature_count());
-        Ok(TdLearner { network, config, coherence, afterstates: Vec::with_capacity(4096), features })
+    /// A learner training `network`, `games_learned` games into its run. A network that has
+    /// learned nothing yet gets the optimistic initial value, if one is set.
+    pub fn new(network: Arc<NTupleNetwork>, config: TdConfig, games_learned: u64) -> TdLearner {
+        if games_learned == 0 && config.initial_value != 0.0 {
+            network.set_initial_value(config.initial_value);
+        }
+        TdLearner { network, config, coherence: OnceLock::new(), games: AtomicU64::new(games_learned) }
     }
 
     /// The network being trained.
-    pub fn network(&self) -> &NTupleNetwork {
+    pub fn network(&self) -> &Arc<NTupleNetwork> {
         &self.network
     }
 
@@ -87,66 +250,419 @@ impl TdLearner {
         &self.config
     }
 
-    /// Verifies `record` by replaying it and learns from it. An illegal record teaches nothing
-    /// and is reported.
-    pub fn learn(&mut self, record: &GameRecord) -> Result<GameLearned, ReplayError> {
-        self.afterstates.clear();
-        if record.steps.is_empty() {
+    /// Games learned in the whole run.
+    pub fn games(&self) -> u64 {
+        self.games.load(Ordering::Relaxed)
+    }
+
+    /// The TC accumulators, once TC has started.
+    pub fn coherence(&self) -> Option<&Coherence> {
+        self.coherence.get()
+    }
+
+    /// Installs saved TC accumulators (a resumed run continues its TC state instead of starting
+    /// every weight's rate afresh). Refused once TC has started in this process.
+    pub fn restore_coherence(&self, saved: Coherence) -> Result<(), Coherence> {
+        if saved.tables.len() != self.network.tables().len()
+            || saved.tables.iter().zip(self.network.tables()).any(|(c, t)| c.len() != 2 * t.len())
+        {
+            return Err(saved);
+        }
+        self.coherence.set(saved)
+    }
+
+    /// Empty TC accumulators of this network's shape (to fill from a saved learner state).
+    pub fn new_coherence(&self) -> Result<Coherence, NetworkError> {
+        Coherence::for_network(&self.network)
+    }
+
+    /// The step sizes of the next game, counting it.
+    fn next_game(&self) -> Result<Rates, NetworkError> {
+        let game = self.games.fetch_add(1, Ordering::Relaxed);
+        let features = self.network.feature_count() as f32;
+        let coherent = self.config.coherent_at(game);
+        if coherent && self.coherence.get().is_none() {
+            let made = Coherence::for_network(&self.network)?;
+            self.coherence.get_or_init(|| made);
+        }
+        let step = if coherent {
+            self.config.coherence_rate / features
+        } else {
+            self.config.learning_rate_at(game) / features
+        };
+        Ok(Rates { step, coherent })
+    }
+
+    /// Moves `afterstate`'s value by `error` at the game's rates; returns its new value.
+    #[inline]
+    fn update(&self, rates: Rates, afterstate: Board, error: f32) -> f32 {
+        match (rates.coherent, self.coherence.get()) {
+            (true, Some(tc)) => self.coherent_update(tc, afterstate, rates.step, error),
+            _ => self.network.add_and_value(afterstate, rates.step * error),
+        }
+    }
+
+    /// Online mode: the move that made `afterstate` (scoring `reward`) was just played, and the
+    /// search valued the afterstate at `value`. Learns the afterstate `window` moves back.
+    pub fn online_move(
+        &self,
+        trace: &mut Trace,
+        afterstate: Board,
+        reward: u32,
+        value: f32,
+    ) -> Result<(), NetworkError> {
+        let rates = match trace.rates {
+            Some(rates) => rates,
+            None => *trace.rates.insert(self.next_game()?),
+        };
+        trace.pending.push_back((afterstate, reward, value));
+        if trace.pending.len() <= self.config.window() {
+            return Ok(());
+        }
+        // The λ-return of the oldest pending afterstate, truncated at the newest (bootstrapped
+        // from its value), from the values the search saw: no weight is read again.
+        let lambda = self.config.lambda;
+        let newest = trace.pending.len() - 1;
+        let mut target = trace.pending[newest].2;
+        for j in (1..=newest).rev() {
+            let (_, reward, value) = trace.pending[j];
+            target =
+                reward as f32 + if j == newest { value } else { lambda * target + (1.0 - lambda) * value };
+        }
+        let (oldest, _, value) = trace.pending.pop_front().expect("more than the window pending");
+        let error = target - value;
+        trace.total_error += error.abs();
+        trace.updates += 1;
+        self.update(rates, oldest, error);
+        Ok(())
+    }
+
+    /// Online mode: the game ended (`finished`) or was abandoned. A finished game's pending
+    /// afterstates are learned backward from its end (the last one's target is 0); an abandoned
+    /// game's are dropped. Returns the game's mean absolute error.
+    pub fn online_end(&self, trace: &mut Trace, finished: bool) -> Result<f32, NetworkError> {
+        let rates = match trace.rates {
+            Some(rates) => rates,
+            None => self.next_game()?,
+        };
+        if finished {
+            let lambda = self.config.lambda;
+            let mut target = 0.0f32;
+            while let Some((afterstate, reward, _)) = trace.pending.pop_back() {
+                let error = target - self.network.value(afterstate);
+                trace.total_error += error.abs();
+                trace.updates += 1;
+                let updated = self.update(rates, afterstate, error);
+                target = reward as f32 + lambda * target + (1.0 - lambda) * updated;
+            }
+        }
+        let mean = if trace.updates > 0 { trace.total_error / trace.updates as f32 } else { 0.0 };
+        trace.pending.clear();
+        trace.rates = None;
+        trace.total_error = 0.0;
+        trace.updates = 0;
+        Ok(mean)
+    }
+
+    /// Learns one game from its afterstates and the rewards of the moves that made them, in
+    /// order, backward. `finished`: the game ended after the last afterstate (an unfinished
+    /// game's last afterstate has no target and only bootstraps the one before). Returns the mean
+    /// absolute error before each update.
+    pub fn learn_path(&self, path: &[(Board, u32)], finished: bool) -> Result<f32, NetworkError> {
+        let rates = self.next_game()?;
+        let lambda = self.config.lambda;
+        let mut updates = path.iter().rev();
+        // The λ-return of the afterstate being updated.
+        let mut target = 0.0f32;
+        if !finished {
+            let Some(&(last, reward)) = updates.next() else { return Ok(0.0) };
+            target = reward as f32 + self.network.value(last);
+        }
+        let mut total_error = 0.0f32;
+        let mut count = 0u32;
+        for &(afterstate, reward) in updates {
+            let error = target - self.network.value(afterstate);
+            total_error += error.abs();
+            count += 1;
+            let updated = self.update(rates, afterstate, error);
+            target = reward as f32 + lambda * target + (1.0 - lambda) * updated;
+        }
+        Ok(if count > 0 { total_error / count as f32 } else { 0.0 })
+    }
+
+    /// A TC update of every feature of `afterstate`; returns the afterstate's new value.
+    #[inline]
+    fn coherent_update(&self, tc: &Coherence, afterstate: Board, step: f32, error: f32) -> f32 {
+        let mut value = 0.0;
+        self.network.for_each_feature(afterstate, |feature| {
+            let accumulators = &tc.tables[feature.table as usize];
+            let at = 2 * feature.index as usize;
+            let (sum, magnitude) = (accumulators.get(at), accumulators.get(at + 1));
+            let rate = if magnitude == 0.0 { 1.0 } else { sum.abs() / magnitude };
+            self.network.add_weight(feature, step * rate * error);
+            value += self.network.weight(feature);
+            accumulators.set(at, sum + error);
+            accumulators.set(at + 1, magnitude + error.abs());
+        });
+        value
+    }
+
+    /// Verifies `record` by replaying it and learns from it, backward whatever the mode
+    /// (`continuation`: the record starts from another game's position, checked by the caller).
+    /// An illegal record teaches nothing.
+    pub fn learn(&self, record: &GameRecord, continuation: bool) -> Result<GameLearned, LearnError> {
+        if record.steps.is_empty() && !continuation {
             // No step to check the start board with: check it on its own.
             record.replay()?;
         }
+        let mut path = Vec::with_capacity(record.steps.len());
         let mut board = record.start;
         let mut score = 0u64;
-        for step in record.replay_steps() {
+        let steps = if continuation { record.continuation_steps() } else { record.replay_steps() };
+        for step in steps {
             let step = step?;
-            self.afterstates.push((step.afterstate, step.reward));
+            path.push((step.afterstate, step.reward));
             score += step.reward as u64;
             board = step.after;
         }
-        let finished = board.is_game_over();
-        let features = self.network.feature_count() as f32;
-        let step_size = self.config.learning_rate / features;
-        let mut total_error = 0.0f32;
-        let mut updates = 0u32;
-        // Target of the last afterstate: 0 if the game ended there; an unfinished game has no
-        // target for it, so its last afterstate is skipped.
-        let mut target = 0.0f32;
-        let mut skip_last = !finished;
-        for i in (0..self.afterstates.len()).rev() {
-            let (afterstate, reward) = self.afterstates[i];
-            if skip_last {
-                skip_last = false;
-                target = reward as f32 + self.network.value(afterstate);
-                continue;
-            }
-            let error = target - self.network.value(afterstate);
-            total_error += error.abs();
-            updates += 1;
-            match &mut self.coherence {
-                None => self.network.add(afterstate, step_size * error),
-                Some(tc) => {
-                    let network = &mut self.network;
-                    let features = &mut self.features;
-                    features.clear();
-                    network.for_each_feature(afterstate, |f| features.push(f));
-                    for &f in features.iter() {
-                        let (t, i) = (f.table as usize, f.index as usize);
-                        let e = &mut tc.errors[t].weights_mut()[i];
-                        let a = &mut tc.magnitudes[t].weights_mut()[i];
-                        let rate = if *a == 0.0 { 1.0 } else { e.abs() / *a };
-                        *network.weight_mut(f) += step_size * rate * error;
-                        *e += error;
-                        *a += error.abs();
-                    }
-                }
-            }
-            target = reward as f32 + self.network.value(afterstate);
-        }
+        let mean_abs_error = self.learn_path(&path, board.is_game_over())?;
         Ok(GameLearned {
             moves: record.steps.len() as u32,
             score,
             max_tile: board.max_tile(),
-            mean_abs_error: if updates > 0 { total_error / updates as f32 } else { 0.0 },
+            mean_abs_error,
         })
+    }
+}
+
+/// Why a game could not be learned.
+#[derive(Debug, thiserror::Error)]
+pub enum LearnError {
+    /// The record is not a legal game.
+    #[error(transparent)]
+    Replay(#[from] ReplayError),
+    /// The TC accumulators could not be allocated.
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zero2048_model::NTupleConfig;
+
+    fn learner(config: TdConfig) -> TdLearner {
+        TdLearner::new(Arc::new(NTupleNetwork::zeroed(NTupleConfig::small_4x4()).unwrap()), config, 0)
+    }
+
+    #[test]
+    fn the_schedule_picks_the_last_step_reached() {
+        let config = TdConfig {
+            learning_rate_schedule: vec![
+                RateStep { games: 100, learning_rate: 0.05 },
+                RateStep { games: 200, learning_rate: 0.01 },
+            ],
+            ..TdConfig::default()
+        };
+        assert_eq!(config.learning_rate_at(0), 0.1);
+        assert_eq!(config.learning_rate_at(99), 0.1);
+        assert_eq!(config.learning_rate_at(100), 0.05);
+        assert_eq!(config.learning_rate_at(5000), 0.01);
+        let backwards = TdConfig {
+            learning_rate_schedule: vec![
+                RateStep { games: 200, learning_rate: 0.05 },
+                RateStep { games: 100, learning_rate: 0.01 },
+            ],
+            ..TdConfig::default()
+        };
+        assert!(backwards.validate().unwrap_err().1.contains("increasing"));
+        for bad in [f32::NAN, -1.0, 0.0, 11.0] {
+            let config = TdConfig { learning_rate: bad, ..TdConfig::default() };
+            assert_eq!(config.validate().unwrap_err().0, "learning_rate", "{bad}");
+        }
+        assert!(TdConfig { lambda: 1.5, ..TdConfig::default() }.validate().is_err());
+    }
+
+    /// The features of a board, read cell by cell off the 8 symmetric boards.
+    fn plain_features(tuples: &[Vec<u8>], board: Board) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        for (t, cells) in tuples.iter().enumerate() {
+            for s in zero2048_game::Symmetry::ALL {
+                let b = s.apply(board);
+                out.push((
+                    t,
+                    cells.iter().enumerate().map(|(k, &c)| (b.get(c as usize) as usize) << (4 * k)).sum(),
+                ));
+            }
+        }
+        out
+    }
+
+    fn plain_value(tuples: &[Vec<u8>], tables: &[Vec<f32>], board: Board) -> f32 {
+        plain_features(tuples, board).iter().map(|&(t, i)| tables[t][i]).sum()
+    }
+
+    /// Adds `delta` to every feature and returns the sum of the weights as each write left them
+    /// (the learner's specified value after an update: exact unless features share a weight).
+    fn plain_update(tuples: &[Vec<u8>], tables: &mut [Vec<f32>], board: Board, delta: f32) -> f32 {
+        let mut sum = 0.0;
+        for (t, i) in plain_features(tuples, board) {
+            tables[t][i] += delta;
+            sum += tables[t][i];
+        }
+        sum
+    }
+
+    /// TD(λ) written plainly: weights in vectors, the same backward pass.
+    fn plain_td(
+        tuples: &[Vec<u8>],
+        tables: &mut [Vec<f32>],
+        path: &[(Board, u32)],
+        alpha: f32,
+        lambda: f32,
+        finished: bool,
+    ) {
+        let step = alpha / (tuples.len() * 8) as f32;
+        let mut target = 0.0;
+        let mut steps = path.iter().rev();
+        if !finished && let Some(&(last, reward)) = steps.next() {
+            target = reward as f32 + plain_value(tuples, tables, last);
+        }
+        for &(afterstate, reward) in steps {
+            let error = target - plain_value(tuples, tables, afterstate);
+            let updated = plain_update(tuples, tables, afterstate, step * error);
+            target = reward as f32 + lambda * target + (1.0 - lambda) * updated;
+        }
+    }
+
+    /// A random game's path of (afterstate, reward).
+    fn random_path(seed: u64) -> Vec<(Board, u32)> {
+        let mut game = zero2048_game::Game::new(seed, zero2048_game::SpawnRule::STANDARD);
+        let mut rng = zero2048_game::rng_from_seed(seed ^ 77);
+        let mut path = Vec::new();
+        while !game.is_over() {
+            let legal: Vec<_> = zero2048_game::Direction::ALL
+                .into_iter()
+                .filter_map(|d| game.board().legal_move(d).map(|m| (d, m)))
+                .collect();
+            let (direction, moved) = legal[(rand_core::Rng::next_u32(&mut rng) as usize) % legal.len()];
+            game.apply(direction, moved);
+            path.push((moved.board, moved.reward));
+        }
+        path
+    }
+
+    #[test]
+    fn backward_td_lambda_equals_the_plain_pass() {
+        for lambda in [0.0, 0.5, 1.0] {
+            let td = learner(TdConfig { learning_rate: 0.1, lambda, ..TdConfig::default() });
+            let config = NTupleConfig::small_4x4();
+            let mut plain: Vec<Vec<f32>> =
+                (0..config.tuples.len()).map(|t| vec![0.0; config.table_len(t)]).collect();
+            for seed in 0..20 {
+                let path = random_path(seed);
+                let finished = seed % 4 != 3;
+                let path = if finished { path } else { path[..path.len() / 2].to_vec() };
+                td.learn_path(&path, finished).unwrap();
+                plain_td(&config.tuples, &mut plain, &path, 0.1, lambda, finished);
+            }
+            for (t, table) in td.network().tables().iter().enumerate() {
+                for (i, w) in table.iter().enumerate() {
+                    let p = plain[t][i];
+                    assert!(
+                        (w - p).abs() <= 1e-3 * p.abs().max(1.0),
+                        "λ {lambda}: weight {t}/{i} is {w}, plainly {p}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Online TD(λ) written plainly: each afterstate learned once `window` later ones are known,
+    /// from the values seen as the game was played; the rest backward at the end.
+    fn plain_online(
+        tuples: &[Vec<u8>],
+        tables: &mut [Vec<f32>],
+        path: &[(Board, u32)],
+        alpha: f32,
+        lambda: f32,
+        window: usize,
+    ) {
+        let step = alpha / (tuples.len() * 8) as f32;
+        let mut seen: Vec<f32> = Vec::new();
+        for t in 0..path.len() {
+            seen.push(plain_value(tuples, tables, path[t].0));
+            if t >= window {
+                let i = t - window;
+                let mut target = seen[t];
+                for j in (i + 1..=t).rev() {
+                    target = path[j].1 as f32
+                        + if j == t { seen[j] } else { lambda * target + (1.0 - lambda) * seen[j] };
+                }
+                plain_update(tuples, tables, path[i].0, step * (target - seen[i]));
+            }
+        }
+        let mut target = 0.0;
+        for t in (path.len().saturating_sub(window)..path.len()).rev() {
+            let error = target - plain_value(tuples, tables, path[t].0);
+            let updated = plain_update(tuples, tables, path[t].0, step * error);
+            target = path[t].1 as f32 + lambda * target + (1.0 - lambda) * updated;
+        }
+    }
+
+    #[test]
+    fn online_td_lambda_equals_the_plain_pass() {
+        for (lambda, window) in [(0.0, 0), (0.5, 0), (0.5, 2)] {
+            let config = TdConfig { mode: TdMode::Online, lambda, window, ..TdConfig::default() };
+            let window = config.window();
+            let td = learner(config);
+            let shape = NTupleConfig::small_4x4();
+            let mut plain: Vec<Vec<f32>> =
+                (0..shape.tuples.len()).map(|t| vec![0.0; shape.table_len(t)]).collect();
+            let mut trace = Trace::default();
+            for seed in 0..10 {
+                let path = random_path(seed);
+                for &(afterstate, reward) in &path {
+                    let seen = td.network().value(afterstate);
+                    td.online_move(&mut trace, afterstate, reward, seen).unwrap();
+                }
+                td.online_end(&mut trace, true).unwrap();
+                plain_online(&shape.tuples, &mut plain, &path, 0.1, lambda, window);
+            }
+            for (t, table) in td.network().tables().iter().enumerate() {
+                for (i, w) in table.iter().enumerate() {
+                    let p = plain[t][i];
+                    assert!(
+                        (w - p).abs() <= 1e-3 * p.abs().max(1.0),
+                        "λ {lambda} window {window}: weight {t}/{i} is {w}, plainly {p}"
+                    );
+                }
+            }
+            assert_eq!(td.games(), 10);
+        }
+        assert_eq!(TdConfig { lambda: 0.0, ..TdConfig::default() }.window(), 1);
+        assert_eq!(TdConfig { lambda: 0.5, ..TdConfig::default() }.window(), 4);
+    }
+
+    #[test]
+    fn coherence_starts_at_its_game_count_and_keeps_its_tables() {
+        let td = learner(TdConfig { coherence: true, coherence_after_games: 2, ..TdConfig::default() });
+        let a: Board = "2 0 0 0 | 0 0 0 0 | 0 0 0 0 | 0 0 0 0".parse().unwrap();
+        td.learn_path(&[(a, 4), (a, 4)], true).unwrap();
+        td.learn_path(&[(a, 4), (a, 4)], true).unwrap();
+        assert!(td.coherence().is_none(), "two games of plain TD first");
+        td.learn_path(&[(a, 4), (a, 4)], true).unwrap();
+        let tc = td.coherence().expect("TC from the third game");
+        assert!(tc.tables().iter().any(|t| t.iter().any(|x| x != 0.0)));
+        assert_eq!(td.games(), 3);
+    }
+
+    #[test]
+    fn optimistic_initialisation_values_every_afterstate_alike() {
+        let td = learner(TdConfig { initial_value: 320_000.0, ..TdConfig::default() });
+        for board in ["2 0 0 0 | 0 0 0 0 | 0 0 0 0 | 0 0 0 0", "2 4 8 16 | 32 0 0 0 | 0 0 0 0 | 0 0 0 2"] {
+            let value = td.network().value(board.parse().unwrap());
+            assert!((value - 320_000.0).abs() < 1.0, "{value}");
+        }
     }
 }

@@ -43,6 +43,32 @@ pub struct ZeroConfig {
     pub device: TrainDevice,
 }
 
+impl ZeroConfig {
+    /// Checks every value: `Err((key, rule))` names the key under `zero`.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if self.batch_size == 0 || self.replay_positions < self.batch_size {
+            return Err((
+                "batch_size".into(),
+                format!(
+                    "{} must be at least 1 and at most replay_positions ({})",
+                    self.batch_size, self.replay_positions
+                ),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.discount) {
+            return Err(("discount".into(), format!("{} is not within 0..=1", self.discount)));
+        }
+        if !self.sample_reuse.is_finite() || self.sample_reuse < 0.0 {
+            return Err(("sample_reuse".into(), format!("{} is not a number ≥ 0", self.sample_reuse)));
+        }
+        if !(1..=1000).contains(&self.n_step) {
+            return Err(("n_step".into(), format!("{} is not within 1..=1000", self.n_step)));
+        }
+        self.optimizer.validate().map_err(|m| ("optimizer".to_string(), m))?;
+        Ok(())
+    }
+}
+
 impl Default for ZeroConfig {
     fn default() -> ZeroConfig {
         ZeroConfig {
@@ -104,22 +130,16 @@ pub struct ZeroReport {
     pub replay_positions: usize,
     /// Mean training losses over recent steps.
     pub train: Losses,
-    /// Losses on the held-out positions.
+    /// Losses on the held-out positions (meaningless while `validation_positions` is 0).
     pub validation: Losses,
+    /// Positions held out so far.
+    pub validation_positions: usize,
 }
 
 impl ZeroLearner {
     /// A learner starting from `network`.
     pub fn new(network: &PolicyValueNet, config: ZeroConfig) -> Result<ZeroLearner, String> {
-        if config.batch_size == 0 || config.replay_positions < config.batch_size {
-            return Err("zero.batch_size must be at least 1 and at most zero.replay_positions".into());
-        }
-        if !(0.0..=1.0).contains(&config.discount)
-            || !config.sample_reuse.is_finite()
-            || config.sample_reuse < 0.0
-        {
-            return Err("zero.discount must be within 0..=1 and zero.sample_reuse ≥ 0".into());
-        }
+        config.validate().map_err(|(key, message)| format!("zero.{key}: {message}"))?;
         Ok(ZeroLearner {
             trainer: trainer(network, config.optimizer, config.device)?,
             config,
@@ -241,7 +261,8 @@ impl ZeroLearner {
             steps: self.trainer.steps(),
             replay_positions: self.replay.len(),
             train: self.recent,
-            validation: self.trainer.evaluate(&held),
+            validation: if held.is_empty() { Losses::default() } else { self.trainer.evaluate(&held) },
+            validation_positions: held.len(),
         }
     }
 }

@@ -8,8 +8,18 @@ use zero2048_model::{NTupleConfig, NTupleNetwork};
 use zero2048_search::{ExpectimaxConfig, ExpectimaxPlayer, play_game};
 use zero2048_storage::{Config, StorageAdapter};
 use zero2048_train::{
-    Budget, EvalConfig, TdConfig, TdLearner, TrainConfig, TrainError, TrainingRun, evaluate,
+    Budget, EvalConfig, RunObserver, SelfPlay, TdConfig, TdLearner, TrainConfig, TrainError, TrainingRun,
+    evaluate,
 };
+
+struct Quiet;
+impl RunObserver for Quiet {}
+
+const ONE_THREAD: SelfPlay = SelfPlay::Local { threads: 1 };
+
+fn small_learner(config: TdConfig) -> TdLearner {
+    TdLearner::new(Arc::new(NTupleNetwork::zeroed(NTupleConfig::small_4x4()).unwrap()), config, 0)
+}
 
 fn greedy() -> ExpectimaxConfig {
     ExpectimaxConfig { depth: 1, ..ExpectimaxConfig::default() }
@@ -17,18 +27,15 @@ fn greedy() -> ExpectimaxConfig {
 
 #[test]
 fn td_learning_beats_the_untrained_network_by_a_wide_margin() {
-    let mut learner =
-        TdLearner::new(NTupleNetwork::zeroed(NTupleConfig::small_4x4()).unwrap(), TdConfig::default())
-            .unwrap();
+    let learner = small_learner(TdConfig::default());
     let suite = EvalConfig { games: 200, seed: 99, depth: 1, threads: 2 };
-    let before = evaluate(Arc::new(learner.network().try_clone().unwrap()), &suite, SpawnRule::STANDARD);
+    let before = evaluate(Arc::clone(learner.network()), &suite, SpawnRule::STANDARD);
     for game in 0..3000 {
-        let network = Arc::new(learner.network().try_clone().unwrap());
-        let mut player = ExpectimaxPlayer::new(network, greedy());
+        let mut player = ExpectimaxPlayer::new(Arc::clone(learner.network()), greedy());
         let (record, _) = play_game(&mut player, derive_seed(5, game), SpawnRule::STANDARD);
-        learner.learn(&record).unwrap();
+        learner.learn(&record, false).unwrap();
     }
-    let after = evaluate(Arc::new(learner.network().try_clone().unwrap()), &suite, SpawnRule::STANDARD);
+    let after = evaluate(Arc::clone(learner.network()), &suite, SpawnRule::STANDARD);
     assert!(
         after.mean_score > 3.0 * before.mean_score,
         "after 3000 games: {:.0} ± {:.0}, untrained: {:.0} ± {:.0}",
@@ -41,40 +48,39 @@ fn td_learning_beats_the_untrained_network_by_a_wide_margin() {
 }
 
 #[test]
-fn temporal_coherence_learns_too() {
-    let config = TdConfig { learning_rate: 1.0, coherence: true };
-    let mut learner =
-        TdLearner::new(NTupleNetwork::zeroed(NTupleConfig::small_4x4()).unwrap(), config).unwrap();
-    let suite = EvalConfig { games: 100, seed: 3, depth: 1, threads: 2 };
-    let before =
-        evaluate(Arc::new(learner.network().try_clone().unwrap()), &suite, SpawnRule::STANDARD).mean_score;
-    for game in 0..1500 {
-        let network = Arc::new(learner.network().try_clone().unwrap());
-        let (record, _) = play_game(
-            &mut ExpectimaxPlayer::new(network, greedy()),
-            derive_seed(8, game),
-            SpawnRule::STANDARD,
-        );
-        learner.learn(&record).unwrap();
+fn temporal_coherence_and_td_lambda_learn_too() {
+    for config in [
+        TdConfig { coherence: true, ..TdConfig::default() },
+        TdConfig { lambda: 0.5, ..TdConfig::default() },
+        TdConfig { lambda: 0.5, coherence: true, coherence_after_games: 500, ..TdConfig::default() },
+    ] {
+        let learner = small_learner(config.clone());
+        let suite = EvalConfig { games: 100, seed: 3, depth: 1, threads: 2 };
+        let before = evaluate(Arc::clone(learner.network()), &suite, SpawnRule::STANDARD).mean_score;
+        for game in 0..1500 {
+            let (record, _) = play_game(
+                &mut ExpectimaxPlayer::new(Arc::clone(learner.network()), greedy()),
+                derive_seed(8, game),
+                SpawnRule::STANDARD,
+            );
+            learner.learn(&record, false).unwrap();
+        }
+        let after = evaluate(Arc::clone(learner.network()), &suite, SpawnRule::STANDARD).mean_score;
+        assert!(after > 2.0 * before, "{config:?}: {after:.0} after, {before:.0} before");
     }
-    let after =
-        evaluate(Arc::new(learner.network().try_clone().unwrap()), &suite, SpawnRule::STANDARD).mean_score;
-    assert!(after > 2.0 * before, "TC: {after:.0} after, {before:.0} before");
 }
 
 #[test]
 fn an_illegal_record_teaches_nothing() {
-    let mut learner =
-        TdLearner::new(NTupleNetwork::zeroed(NTupleConfig::small_4x4()).unwrap(), TdConfig::default())
-            .unwrap();
+    let learner = small_learner(TdConfig::default());
     let (mut record, _) =
         play_game(&mut ExpectimaxPlayer::heuristic(greedy()), derive_seed(1, 1), SpawnRule::STANDARD);
     let last = record.steps.len() - 1;
     record.steps[last] = Step { spawn_exponent: 3, ..record.steps[last] };
-    assert!(learner.learn(&record).is_err());
-    let touched = learner.network().tables().iter().any(|t| t.weights().iter().any(|&w| w != 0.0));
+    assert!(learner.learn(&record, false).is_err());
+    let touched = learner.network().tables().iter().any(|t| t.iter().any(|w| w != 0.0));
     assert!(!touched, "a record that fails verification changed the weights");
-    assert!(learner.learn(&GameRecord::default()).is_err(), "an empty board is not a start");
+    assert!(learner.learn(&GameRecord::default(), false).is_err(), "an empty board is not a start");
 }
 
 fn run_config() -> TrainConfig {
@@ -102,29 +108,39 @@ fn a_resumed_run_continues_its_revisions_and_counters() {
     let stop = AtomicBool::new(false);
     let first = {
         let mut run = open(dir.path(), &runtime).unwrap();
-        let summary = run.run(Budget { games: Some(400), time: None }, &stop, &mut |_| {}).unwrap();
+        let summary =
+            run.run(Budget { games: Some(400), time: None }, &stop, ONE_THREAD, &mut Quiet).unwrap();
         assert!(summary.revisions.len() >= 3, "{} revisions", summary.revisions.len());
         assert_eq!(summary.evaluations.len(), summary.revisions.len());
         run.counters()
     };
-    assert!(first.games >= 400 && first.revision >= 3);
+    assert_eq!(first.games, 400, "a budget of games is kept exactly");
+    assert!(first.revision >= 3);
 
+    let local = zero2048_storage::LocalStorageBackend::new(
+        &dir.path().join("weights"),
+        zero2048_storage::LocalUrls::File,
+    )
+    .unwrap();
+    let published = {
+        let latest =
+            runtime.block_on(zero2048_storage::StorageBackend::read_latest_info(&local)).unwrap().unwrap();
+        assert_eq!(latest.revision, first.revision);
+        zero2048_model::weights_file::load(&local.checked_latest_file(&latest).unwrap(), None).unwrap().0
+    };
     let mut run = open(dir.path(), &runtime).unwrap();
     assert_eq!(run.counters(), first, "the database restores every counter");
-    let summary = run.run(Budget { games: Some(200), time: None }, &stop, &mut |_| {}).unwrap();
+    // The weights trained so far survive the restart: the resumed network is the published one,
+    // weight for weight, and it values positions as the trained network did.
+    let board: zero2048_game::Board = "2 4 8 16 | 0 2 0 0 | 0 0 4 0 | 0 0 0 2".parse().unwrap();
+    let resumed = run.network().expect("an n-tuple run");
+    assert!(resumed.tables().iter().zip(published.tables()).all(|(a, b)| a.iter().eq(b.iter())));
+    assert_ne!(resumed.value(board), 0.0, "a trained network");
+    let summary = run.run(Budget { games: Some(200), time: None }, &stop, ONE_THREAD, &mut Quiet).unwrap();
     assert_eq!(summary.revisions[0].revision, first.revision + 1, "revision numbers continue");
-    assert!(run.counters().games >= first.games + 200);
+    assert_eq!(run.counters().games, first.games + 200);
     let all: Vec<u64> = run.db().revisions().unwrap().iter().map(|r| r.revision).collect();
     assert_eq!(all, (1..=run.counters().revision).collect::<Vec<_>>());
-    // The weights trained so far survive the restart: the resumed network is the published one.
-    let latest = runtime.block_on(zero2048_storage::StorageBackend::read_latest_info(
-        &zero2048_storage::LocalStorageBackend::new(
-            &dir.path().join("weights"),
-            zero2048_storage::LocalUrls::File,
-        )
-        .unwrap(),
-    ));
-    assert_eq!(latest.unwrap().unwrap().revision, run.counters().revision);
 }
 
 #[test]
@@ -132,7 +148,8 @@ fn a_corrupted_latest_weights_file_is_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let mut run = open(dir.path(), &runtime).unwrap();
-    run.run(Budget { games: Some(160), time: None }, &AtomicBool::new(false), &mut |_| {}).unwrap();
+    run.run(Budget { games: Some(160), time: None }, &AtomicBool::new(false), ONE_THREAD, &mut Quiet)
+        .unwrap();
     drop(run);
     let weights = dir.path().join("weights");
     let latest: serde_json::Value =

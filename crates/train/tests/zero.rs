@@ -4,7 +4,8 @@ use std::sync::atomic::AtomicBool;
 
 use zero2048_game::{GameRecord, SpawnRule};
 use zero2048_model::{PolicyValueConfig, PolicyValueNet};
-use zero2048_search::mcts::{BatchedPlay, MctsConfig, UniformPolicy};
+use zero2048_search::{MctsConfig, UniformPolicy};
+use zero2048_selfplay::{BatchedPlay, StartedGame};
 use zero2048_train::{RewardKind, ZeroConfig, ZeroLearner};
 
 fn searched_games(n: u64) -> Vec<GameRecord> {
@@ -13,9 +14,14 @@ fn searched_games(n: u64) -> Vec<GameRecord> {
     let mut games = Vec::new();
     BatchedPlay::new(config, SpawnRule::STANDARD, 8).run(
         &UniformPolicy { value: 100.0 },
+        Vec::new(),
         || {
             next += 1;
-            (next <= n).then_some(next)
+            (next <= n).then(|| StartedGame {
+                game: zero2048_game::Game::new(next, SpawnRule::STANDARD),
+                seed: next,
+                tag: (),
+            })
         },
         |g| games.push(g.record),
         &AtomicBool::new(false),

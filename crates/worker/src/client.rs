@@ -3,9 +3,10 @@
 use std::time::Duration;
 
 use zero2048_protocol::{
-    ApiError, BUILD_VERSION, PROTOCOL_HEADER, PROTOCOL_VERSION, UploadReply, WORKER_VERSION_HEADER,
+    ApiError, BUILD_VERSION, LatestRecord, PROTOCOL_HEADER, PROTOCOL_VERSION, UploadReply,
+    WORKER_VERSION_HEADER,
 };
-use zero2048_storage::{LatestInfo, Secret};
+use zero2048_storage::Secret;
 
 /// Why a request did not give an answer to use.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -140,8 +141,9 @@ impl ServerClient {
         })
     }
 
-    /// The latest record.
-    pub async fn latest(&self) -> Result<LatestInfo, ClientError> {
+    /// The latest record, parsed and checked field by field (a record this worker cannot follow
+    /// is [`ClientError::Incompatible`], naming the field).
+    pub async fn latest(&self) -> Result<LatestRecord, ClientError> {
         let (url, own) = match &self.latest_url {
             Some(url) => (url.clone(), false),
             None => (format!("{}/api/v1/latest", self.base), true),
@@ -151,9 +153,16 @@ impl ServerClient {
             message: format!("latest: reading the answer: {}", without_url(&e)),
             retry_after: None,
         })?;
-        serde_json::from_slice(&bytes).map_err(|e| {
-            ClientError::Incompatible(format!("the latest record from {url} does not parse: {e}"))
+        LatestRecord::from_json(&bytes).map_err(|e| {
+            ClientError::Incompatible(format!("{e} (from {})", zero2048_storage::redact(&url, &[])))
         })
+    }
+
+    /// Sends an empty batch: the server checks the token before anything else, so a worker
+    /// learns at once (before downloading or playing anything) whether its games will be taken.
+    pub async fn check_token(&self) -> Result<(), ClientError> {
+        let raw = zero2048_protocol::encode_batch(std::iter::empty()).expect("an empty batch encodes");
+        self.upload(zero2048_protocol::compress(&raw, 1)).await.map(|_| ())
     }
 
     /// Uploads one zstd-compressed batch.

@@ -17,7 +17,7 @@ mod worker;
 
 pub use client::{ClientError, ServerClient};
 pub use spool::{Spool, SpoolError, SpooledGame};
-pub use worker::{Signals, Worker, WorkerConfig, WorkerError, WorkerStatus, WorkerSummary};
+pub use worker::{Signals, Worker, WorkerConfig, WorkerError, WorkerSettings, WorkerStatus, WorkerSummary};
 
 /// Exit code of a worker refused for protocol or version reasons (an upgrade is needed).
 pub const EXIT_INCOMPATIBLE: i32 = 3;

@@ -1,7 +1,8 @@
 //! The spool: finished games on disk until the server acknowledges them.
 //!
-//! One file per game, `<uuid>.game`: magic `Z2KSPOOL`, version byte, revision (u64 LE), then the
-//! record's canonical encoding. Files are written to a temporary name, then renamed, so a crash
+//! One file per game, `<uuid>.game`: magic `Z2KSPOOL`, version byte (2), revision (u64 LE), origin
+//! (u8: 0 a new game; 1 a continuation, then the parent's UUID and the branch step, u32 LE), then the
+//! record's canonical encoding. Version 1 files (no origin byte) are still read. Files are written to a temporary name, then renamed, so a crash
 //! of the worker leaves either the whole game or nothing. Playing threads do not wait for the disk:
 //! the uploader syncs each file before it sends it, so a game is durable before the server can
 //! acknowledge it, and a power cut loses at most the games of one upload interval, none of them
@@ -9,12 +10,14 @@
 //! finished after a restart; refused games are kept in `rejected/` with the server's reason.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use zero2048_game::GameRecord;
-use zero2048_protocol::Uuid;
+use zero2048_protocol::{Origin, Uuid};
 
 const MAGIC: &[u8; 8] = b"Z2KSPOOL";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 
 /// Spool trouble.
 #[derive(Debug, thiserror::Error)]
@@ -46,14 +49,18 @@ pub struct SpooledGame {
     pub uuid: Uuid,
     /// The revision that played it.
     pub revision: u64,
+    /// For a continuation, where it branched off its parent.
+    pub origin: Option<Origin>,
     /// The record.
     pub record: GameRecord,
 }
 
-/// The spool directory.
+/// The spool directory, and how many finished games it holds (kept in memory, so checking the
+/// cap costs nothing).
 #[derive(Clone, Debug)]
 pub struct Spool {
     dir: PathBuf,
+    waiting: Arc<AtomicU64>,
 }
 
 fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SpoolError + 'a {
@@ -73,7 +80,15 @@ impl Spool {
                 }
             }
         }
-        Ok(Spool { dir: dir.to_path_buf() })
+        let spool = Spool { dir: dir.to_path_buf(), waiting: Arc::default() };
+        let (games, _) = spool.size();
+        spool.waiting.store(games, Ordering::Relaxed);
+        Ok(spool)
+    }
+
+    /// Finished games waiting for upload (counted as they come and go).
+    pub fn waiting(&self) -> u64 {
+        self.waiting.load(Ordering::Relaxed)
     }
 
     /// The directory.
@@ -86,10 +101,18 @@ impl Spool {
             path: dir.join(format!("{}.game", game.uuid)),
             reason: e.to_string(),
         })?;
-        let mut bytes = Vec::with_capacity(17 + record.len());
+        let mut bytes = Vec::with_capacity(38 + record.len());
         bytes.extend_from_slice(MAGIC);
         bytes.push(VERSION);
         bytes.extend_from_slice(&game.revision.to_le_bytes());
+        match game.origin {
+            None => bytes.push(0),
+            Some(origin) => {
+                bytes.push(1);
+                bytes.extend_from_slice(origin.parent.as_bytes());
+                bytes.extend_from_slice(&origin.step.to_le_bytes());
+            }
+        }
         bytes.extend_from_slice(&record);
         let path = dir.join(format!("{}.game", game.uuid));
         let temp = dir.join(format!("{}.game.tmp", game.uuid));
@@ -110,7 +133,9 @@ impl Spool {
 
     /// Stores a finished game (whole or not at all; synced to disk by [`Spool::take_batch`]).
     pub fn put(&self, game: &SpooledGame) -> Result<(), SpoolError> {
-        self.write(&self.dir, game, false)
+        self.write(&self.dir, game, false)?;
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Stores an interrupted game durably, to be finished after a restart.
@@ -126,12 +151,24 @@ impl Spool {
             .and_then(|s| s.to_str())
             .and_then(|s| Uuid::parse_str(s).ok())
             .ok_or_else(|| damaged("the file name is not a UUID".into()))?;
-        if bytes.len() < 17 || &bytes[..8] != MAGIC || bytes[8] != VERSION {
-            return Err(damaged("not a spool file of this version".into()));
+        if bytes.len() < 17 || &bytes[..8] != MAGIC || !(1..=VERSION).contains(&bytes[8]) {
+            return Err(damaged("not a spool file of a version this build reads".into()));
         }
         let revision = u64::from_le_bytes(bytes[9..17].try_into().expect("8 bytes"));
-        let record = GameRecord::decode(&bytes[17..]).map_err(|e| damaged(e.to_string()))?;
-        Ok(SpooledGame { uuid, revision, record })
+        let (origin, record) = match (bytes[8], bytes.get(17)) {
+            (1, _) => (None, &bytes[17..]),
+            (_, Some(0)) => (None, &bytes[18..]),
+            (_, Some(1)) if bytes.len() >= 38 => (
+                Some(Origin {
+                    parent: Uuid::from_bytes(bytes[18..34].try_into().expect("16 bytes")),
+                    step: u32::from_le_bytes(bytes[34..38].try_into().expect("4 bytes")),
+                }),
+                &bytes[38..],
+            ),
+            _ => return Err(damaged("the origin byte is neither 0 nor 1, or is cut short".into())),
+        };
+        let record = GameRecord::decode(record).map_err(|e| damaged(e.to_string()))?;
+        Ok(SpooledGame { uuid, revision, origin, record })
     }
 
     fn list(dir: &Path, limit: usize) -> Result<Vec<PathBuf>, SpoolError> {
@@ -189,7 +226,10 @@ impl Spool {
         for uuid in uuids {
             let path = self.dir.join(format!("{uuid}.game"));
             match std::fs::remove_file(&path) {
-                Ok(()) => {}
+                Ok(()) => {
+                    let _ =
+                        self.waiting.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(SpoolError::Io { action: "removing", path, source: e }),
             }
@@ -200,7 +240,9 @@ impl Spool {
     fn set_aside_path(&self, path: &Path, reason: &str) {
         if let Some(name) = path.file_name() {
             let target = self.dir.join("rejected").join(name);
-            let _ = std::fs::rename(path, &target);
+            if std::fs::rename(path, &target).is_ok() && path.parent() == Some(self.dir.as_path()) {
+                let _ = self.waiting.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+            }
             let _ = std::fs::write(target.with_extension("reason"), reason);
         }
     }

@@ -1,23 +1,100 @@
-//! The worker loop: a control task keeping the model current, N playing threads writing to the
-//! spool, and an uploader emptying the spool into the server.
+//! The worker loop: a control task keeping the model current, the game runner's threads (the same
+//! runner the local trainer uses) handing finished games to a spool writer, and an uploader
+//! emptying the spool into the server.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::thread::JoinHandle;
+use std::sync::mpsc::SyncSender;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
-use zero2048_game::{Game, SpawnRule, derive_seed};
-use zero2048_model::{NTupleNetwork, PolicyValueNet, weights_file};
-use zero2048_protocol::{Claims, compress, encode_batch, new_game_uuid};
-use zero2048_search::mcts::{BatchedPlay, MctsConfig};
-use zero2048_search::{ExpectimaxConfig, ExpectimaxPlayer, Player};
-use zero2048_storage::{Expected, FetchError, Fetcher, LatestInfo, RetryPolicy, Secret};
+use zero2048_game::Board;
+use zero2048_model::{PolicyValueNet, weights_file};
+use zero2048_protocol::{BatchGame, LatestRecord, ModelSpec, compress, encode_batch};
+use zero2048_selfplay::{
+    Budget, Control, CurrentModel, Engine, FinishedGame, GameSink, Model, PartialGame, Runner, SinkClosed,
+};
+use zero2048_storage::{Expected, FetchError, Fetcher, RetryPolicy, Secret};
 
 use crate::client::{ClientError, ServerClient};
 use crate::spool::{Spool, SpoolError, SpooledGame};
+
+/// The `worker:` section of the configuration file: how a worker works, every key optional.
+/// The worker's flags override it; these defaults are the only ones.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerSettings {
+    /// Playing threads (0 = one per core).
+    pub threads: usize,
+    /// Where finished games wait for the server's acknowledgement.
+    pub spool_dir: PathBuf,
+    /// Where downloaded weights are cached (by SHA-256).
+    pub cache_dir: PathBuf,
+    /// Disk budget of the weights cache in bytes: older revisions are evicted past it (never
+    /// the one in use).
+    pub cache_budget_bytes: u64,
+    /// Games per upload.
+    pub batch_games: usize,
+    /// Upload a partial batch after this many seconds.
+    pub upload_interval_seconds: f64,
+    /// Playing pauses while the spool holds this many games, so a worker that plays faster than
+    /// the server accepts (or while the server is down) waits instead of filling its disk.
+    pub max_spool_games: u64,
+    /// Read the latest record this often (seconds).
+    pub poll_interval_seconds: f64,
+    /// A new revision is adopted after a random delay of up to this many seconds.
+    pub adopt_delay_seconds: f64,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> WorkerSettings {
+        WorkerSettings {
+            threads: 0,
+            spool_dir: PathBuf::from("zero2048-spool"),
+            cache_dir: PathBuf::from("zero2048-cache"),
+            cache_budget_bytes: 2 << 30,
+            batch_games: 64,
+            upload_interval_seconds: 5.0,
+            max_spool_games: 4096,
+            poll_interval_seconds: 15.0,
+            adopt_delay_seconds: 5.0,
+        }
+    }
+}
+
+impl WorkerSettings {
+    /// Checks every value; the message names the key under `worker`.
+    pub fn validate(&self) -> Result<(), String> {
+        let seconds = |key: &str, value: f64, min: f64| {
+            if value.is_finite() && value >= min && value <= 86_400.0 {
+                Ok(())
+            } else {
+                Err(format!("worker.{key}: {value} is not a number of seconds in {min}..=86400"))
+            }
+        };
+        if self.threads > 1024 {
+            return Err(format!("worker.threads: {} threads; at most 1024 (0 = one per core)", self.threads));
+        }
+        if !(1..=10_000).contains(&self.batch_games) {
+            return Err(format!("worker.batch_games: {} games per upload; 1 to 10000", self.batch_games));
+        }
+        if self.max_spool_games == 0 {
+            return Err("worker.max_spool_games: must be at least 1".into());
+        }
+        if self.cache_budget_bytes < 1 << 20 {
+            return Err(format!(
+                "worker.cache_budget_bytes: {} bytes; at least 1 MiB",
+                self.cache_budget_bytes
+            ));
+        }
+        seconds("upload_interval_seconds", self.upload_interval_seconds, 0.01)?;
+        seconds("poll_interval_seconds", self.poll_interval_seconds, 0.01)?;
+        seconds("adopt_delay_seconds", self.adopt_delay_seconds, 0.0)?;
+        Ok(())
+    }
+}
 
 /// How a worker works.
 #[derive(Clone, Debug)]
@@ -40,8 +117,7 @@ pub struct WorkerConfig {
     pub batch_games: usize,
     /// Upload a partial batch after this long.
     pub upload_interval: Duration,
-    /// Playing pauses while the spool holds this many games, so a worker that plays faster than
-    /// the server accepts waits instead of filling its disk.
+    /// Playing pauses while the spool holds this many games.
     pub max_spool_games: u64,
     /// Read the latest record this often.
     pub poll_interval: Duration,
@@ -49,40 +125,40 @@ pub struct WorkerConfig {
     pub adopt_delay_max: Duration,
     /// Seed of this worker's games (pick a random one: two workers with one seed play the same games).
     pub seed: u64,
-    /// Stop after this many finished games (benchmarks and tests).
+    /// Play this many games and stop (benchmarks and tests).
     pub max_games: Option<u64>,
 }
 
 impl WorkerConfig {
-    /// Defaults for a server URL.
-    pub fn new(server: &str, spool_dir: PathBuf, cache_dir: PathBuf) -> WorkerConfig {
+    /// A worker of `server` with `settings` (threads 0 = one per core) and a random seed.
+    pub fn new(server: &str, settings: &WorkerSettings) -> WorkerConfig {
+        let threads = match settings.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
         WorkerConfig {
             server: server.to_string(),
             latest_url: None,
             token: None,
-            threads: 1,
-            spool_dir,
-            cache_dir,
-            cache_budget_bytes: 2 << 30,
-            batch_games: 64,
-            upload_interval: Duration::from_secs(5),
-            max_spool_games: 4096,
-            poll_interval: Duration::from_secs(15),
-            adopt_delay_max: Duration::from_secs(5),
+            threads,
+            spool_dir: settings.spool_dir.clone(),
+            cache_dir: settings.cache_dir.clone(),
+            cache_budget_bytes: settings.cache_budget_bytes,
+            batch_games: settings.batch_games,
+            upload_interval: Duration::from_secs_f64(settings.upload_interval_seconds),
+            max_spool_games: settings.max_spool_games,
+            poll_interval: Duration::from_secs_f64(settings.poll_interval_seconds),
+            adopt_delay_max: Duration::from_secs_f64(settings.adopt_delay_seconds),
             seed: rand::random(),
             max_games: None,
         }
     }
 }
 
-/// Stop requests from outside.
-#[derive(Default)]
-pub struct Signals {
-    /// Finish the games in progress, upload what can be, and stop.
-    pub stop: AtomicBool,
-    /// Checkpoint the games in progress to the spool and stop now.
-    pub abort: AtomicBool,
-}
+/// Stop requests from outside: `stop` finishes the games in progress, uploads what can be, and
+/// stops; `abort` checkpoints the games in progress to the spool and stops now. (`pause` is the
+/// worker's own: set while the spool is full.)
+pub type Signals = Control;
 
 /// A snapshot for the status line.
 #[derive(Clone, Debug, Default)]
@@ -163,26 +239,11 @@ pub enum WorkerError {
     Runtime(std::io::Error),
 }
 
-/// The model the threads play with.
-struct Model {
-    revision: u64,
-    play: Play,
-    rule: SpawnRule,
-}
-
-/// How a revision is played: the n-tuple network with expectimax, one game per thread, or the
-/// policy-value network with MCTS, many games per thread batched into each network call.
-enum Play {
-    Expectimax { network: Arc<NTupleNetwork>, search: ExpectimaxConfig },
-    Mcts { network: Arc<PolicyValueNet>, search: MctsConfig, parallel: usize },
-}
-
 struct Shared {
     config: WorkerConfig,
     signals: Arc<Signals>,
     spool: Spool,
-    model: RwLock<Option<Arc<Model>>>,
-    partials: Mutex<VecDeque<SpooledGame>>,
+    model: Arc<CurrentModel>,
     games: AtomicU64,
     moves: AtomicU64,
     uploaded: AtomicU64,
@@ -190,8 +251,6 @@ struct Shared {
     checkpointed: AtomicU64,
     /// Set when the playing threads have all returned.
     players_done: AtomicBool,
-    /// Set by the uploader while the spool holds `max_spool_games` or more: playing pauses.
-    spool_full: AtomicBool,
     fatal: Mutex<Option<ClientError>>,
     last_upload: Mutex<Option<String>>,
     last_error: Mutex<Option<String>>,
@@ -210,8 +269,72 @@ impl Shared {
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(message);
     }
 
+    /// A success after trouble: the status line stops showing the last error.
+    fn clear_error(&self) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
     fn set_fatal(&self, error: ClientError) {
         self.fatal.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(error);
+        // The threads start no new game; the ones in progress reach the spool for a later run.
+        self.signals.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Pauses playing while the spool holds `max_spool_games` or more.
+    fn pace(&self) {
+        let full = self.spool.waiting() >= self.config.max_spool_games;
+        self.signals.pause.store(full, Ordering::Relaxed);
+    }
+}
+
+/// A playing thread's sink: finished games go to the spool writer, interrupted ones to the spool's
+/// `partial/` at once.
+struct SpoolSink {
+    shared: Arc<Shared>,
+    budget: Arc<Budget>,
+    finished: SyncSender<SpooledGame>,
+}
+
+impl GameSink for SpoolSink {
+    fn may_start(&mut self) -> bool {
+        self.budget.claim()
+    }
+
+    fn finished(&mut self, game: FinishedGame, _path: &[(Board, u32)]) -> Result<(), SinkClosed> {
+        let moves = game.record.steps.len() as u64;
+        let spooled = SpooledGame {
+            uuid: game.uuid,
+            revision: game.revision,
+            origin: game.origin,
+            record: game.record,
+        };
+        self.finished.send(spooled).map_err(|_| SinkClosed)?;
+        self.shared.moves.fetch_add(moves, Ordering::Relaxed);
+        self.shared.games.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn interrupted(&mut self, game: PartialGame) -> Result<(), SinkClosed> {
+        // Only games with at least a move are worth keeping.
+        if game.record.steps.is_empty() {
+            return Ok(());
+        }
+        let spooled = SpooledGame {
+            uuid: game.uuid,
+            revision: game.revision,
+            origin: game.origin,
+            record: game.record,
+        };
+        match self.shared.spool.put_partial(&spooled) {
+            Ok(()) => {
+                self.shared.checkpointed.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                self.shared.note_error(format!("checkpointing a game: {e}"));
+                Err(SinkClosed)
+            }
+        }
     }
 }
 
@@ -228,7 +351,7 @@ impl Worker {
     ) -> Result<WorkerSummary, WorkerError> {
         let started = Instant::now();
         let spool = Spool::open(&config.spool_dir)?;
-        let partials: VecDeque<SpooledGame> = spool.partials()?.into();
+        let partials: Vec<SpooledGame> = spool.partials()?;
         if !partials.is_empty() {
             tracing::info!("{} interrupted games will be finished first", partials.len());
         }
@@ -243,61 +366,85 @@ impl Worker {
             .enable_all()
             .build()
             .map_err(WorkerError::Runtime)?;
+        // A refused token is known before anything is downloaded or played; an unreachable server
+        // is not an error yet (uploads retry).
+        match runtime.block_on(client.check_token()) {
+            Err(ClientError::Unauthorized(_)) if config.token.is_none() => {
+                return Err(ClientError::Unauthorized(
+                    "the server takes games only from workers with a token: pass --token or set ZERO2048_TOKEN \
+                     (its operator creates one with `zero2048 token add NAME`)"
+                        .into(),
+                )
+                .into());
+            }
+            Err(error) if error.is_fatal() => return Err(error.into()),
+            _ => {}
+        }
         let shared = Arc::new(Shared {
             config: config.clone(),
-            signals,
+            signals: Arc::clone(&signals),
             spool,
-            model: RwLock::new(None),
-            partials: Mutex::new(partials),
+            model: Arc::new(CurrentModel::new()),
             games: AtomicU64::new(0),
             moves: AtomicU64::new(0),
             uploaded: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             checkpointed: AtomicU64::new(0),
             players_done: AtomicBool::new(false),
-            spool_full: AtomicBool::new(false),
             fatal: Mutex::new(None),
             last_upload: Mutex::new(None),
             last_error: Mutex::new(None),
             revisions: Mutex::new(Vec::new()),
         });
+        shared.pace();
         let control = runtime.spawn(keep_model_current(Arc::clone(&shared), client.clone(), fetcher));
         let uploader = runtime.spawn(upload_spool(Arc::clone(&shared), client));
         // Playing threads hand finished games to one writer, so they never wait for the disk.
-        let (finished, to_write) = std::sync::mpsc::sync_channel::<(SpooledGame, bool)>(1024);
+        let (finished, to_write) = std::sync::mpsc::sync_channel::<SpooledGame>(1024);
         let writer = {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
                 .name("worker-spool".into())
                 .spawn(move || -> Result<(), SpoolError> {
-                    for (game, resumed) in to_write {
+                    for game in to_write {
                         shared.spool.put(&game)?;
-                        if resumed {
-                            shared.spool.remove_partial(&game.uuid);
-                        }
+                        // A game resumed from a checkpoint is whole now.
+                        shared.spool.remove_partial(&game.uuid);
+                        shared.pace();
                     }
                     Ok(())
                 })
                 .map_err(WorkerError::Runtime)?
         };
-        let players: Vec<JoinHandle<Result<(), SpoolError>>> = (0..config.threads.max(1))
-            .map(|thread| {
-                let (shared, finished) = (Arc::clone(&shared), finished.clone());
-                std::thread::Builder::new()
-                    .name(format!("worker-play-{thread}"))
-                    .spawn(move || play(&shared, thread as u64, &finished))
-                    .map_err(WorkerError::Runtime)
+        let resume: VecDeque<PartialGame> = partials
+            .into_iter()
+            .map(|p| PartialGame { uuid: p.uuid, revision: p.revision, origin: p.origin, record: p.record })
+            .collect();
+        let runner = Runner {
+            threads: config.threads.max(1),
+            name: "worker-play".into(),
+            seed: config.seed,
+            model: Arc::clone(&shared.model),
+            control: Arc::clone(&signals),
+            resume: Arc::new(Mutex::new(resume)),
+        };
+        let budget = Arc::new(Budget::new(config.max_games));
+        let players = runner
+            .spawn(|_| SpoolSink {
+                shared: Arc::clone(&shared),
+                budget: Arc::clone(&budget),
+                finished: finished.clone(),
             })
-            .collect::<Result<_, _>>()?;
+            .map_err(WorkerError::Runtime)?;
         drop(finished);
         let status = |shared: &Shared| {
-            let (spool_games, spool_bytes) = shared.spool.size();
+            let (_, spool_bytes) = shared.spool.size();
             WorkerStatus {
-                revision: shared.model.read().unwrap_or_else(|e| e.into_inner()).as_ref().map(|m| m.revision),
+                revision: shared.model.revision(),
                 games: shared.games.load(Ordering::Relaxed),
                 moves: shared.moves.load(Ordering::Relaxed),
                 elapsed_seconds: started.elapsed().as_secs_f64(),
-                spool_games,
+                spool_games: shared.spool.waiting(),
                 spool_bytes,
                 uploaded: shared.uploaded.load(Ordering::Relaxed),
                 rejected: shared.rejected.load(Ordering::Relaxed),
@@ -309,16 +456,13 @@ impl Worker {
             on_status(&status(&shared));
             std::thread::sleep(Duration::from_millis(250));
         }
-        let mut spool_error = None;
         for player in players {
-            if let Ok(Err(e)) = player.join() {
-                spool_error.get_or_insert(e);
+            if player.join().is_err() {
+                tracing::error!("a playing thread panicked");
             }
         }
         // Every finished game reaches the spool before the uploader's last round.
-        if let Ok(Err(e)) = writer.join() {
-            spool_error.get_or_insert(e);
-        }
+        let spool_error = writer.join().ok().and_then(Result::err);
         shared.players_done.store(true, Ordering::Relaxed);
         while !uploader.is_finished() {
             on_status(&status(&shared));
@@ -346,163 +490,19 @@ impl Worker {
     }
 }
 
-/// One playing thread: finishes interrupted games first, then plays new ones, each with the model
-/// current when it starts.
-fn play(
-    shared: &Shared,
-    thread: u64,
-    finished: &std::sync::mpsc::SyncSender<(SpooledGame, bool)>,
-) -> Result<(), SpoolError> {
-    let mut counter = 0u64;
-    while !shared.stopping() {
-        let Some(model) = shared.model.read().unwrap_or_else(|e| e.into_inner()).clone() else {
-            std::thread::sleep(Duration::from_millis(20));
-            continue;
-        };
-        let (network, search) = match &model.play {
-            Play::Expectimax { network, search } => (Arc::clone(network), *search),
-            Play::Mcts { network, search, parallel } => {
-                play_mcts(shared, thread, &mut counter, finished, &model, network, *search, *parallel)?;
-                if shared.signals.abort.load(Ordering::Relaxed) {
-                    break;
-                }
-                continue;
-            }
-        };
-        let resumed = shared.partials.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
-        if resumed.is_none() && shared.spool_full.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(20));
-            continue;
-        }
-        let seed = derive_seed(shared.config.seed, (thread << 40) | counter);
-        counter += 1;
-        let mut game = match &resumed {
-            Some(partial) => match Game::resume(partial.record.clone(), seed, model.rule) {
-                Ok(game) => game,
-                Err(e) => {
-                    shared.note_error(format!("an interrupted game does not replay ({e}); set aside"));
-                    shared.spool.remove_partial(&partial.uuid);
-                    continue;
-                }
-            },
-            None => Game::new(seed, model.rule),
-        };
-        let mut player = ExpectimaxPlayer::new(network, search);
-        let mut interrupted = false;
-        while let Some(direction) = player.choose(game.board()) {
-            if shared.signals.abort.load(Ordering::Relaxed) {
-                interrupted = true;
-                break;
-            }
-            if game.play(direction).is_err() {
-                break;
-            }
-        }
-        let moves = game.moves() as u64;
-        let uuid = resumed.as_ref().map_or_else(|| new_game_uuid(rand::random()), |p| p.uuid);
-        let spooled = SpooledGame { uuid, revision: model.revision, record: game.into_record() };
-        if interrupted {
-            shared.spool.put_partial(&spooled)?;
-            shared.checkpointed.fetch_add(1, Ordering::Relaxed);
-            break;
-        }
-        if finished.send((spooled, resumed.is_some())).is_err() {
-            // The writer stopped on an error, which `run` reports.
-            break;
-        }
-        shared.moves.fetch_add(moves, Ordering::Relaxed);
-        let games = shared.games.fetch_add(1, Ordering::Relaxed) + 1;
-        if shared.config.max_games.is_some_and(|max| games >= max) {
-            shared.signals.stop.store(true, Ordering::Relaxed);
-        }
-    }
-    Ok(())
-}
-
-/// Plays a policy-value revision with MCTS, `parallel` games at once, until the revision changes,
-/// a stop is asked (games in progress finish), the spool is full, or an abort (games in progress
-/// are checkpointed). Interrupted games waiting in `shared.partials` are finished first.
-#[allow(clippy::too_many_arguments)]
-fn play_mcts(
-    shared: &Shared,
-    thread: u64,
-    counter: &mut u64,
-    finished: &std::sync::mpsc::SyncSender<(SpooledGame, bool)>,
-    model: &Model,
-    network: &Arc<PolicyValueNet>,
-    search: MctsConfig,
-    parallel: usize,
-) -> Result<(), SpoolError> {
-    // Resumed games keep their UUIDs: seed → UUID for the games this call finishes.
-    let mut resumed_uuids = std::collections::HashMap::new();
-    let mut resume = Vec::new();
-    while let Some(partial) = shared.partials.lock().unwrap_or_else(|e| e.into_inner()).pop_front() {
-        let seed = derive_seed(shared.config.seed, (thread << 40) | *counter);
-        *counter += 1;
-        resumed_uuids.insert(seed, partial.uuid);
-        resume.push((partial.record, seed));
-    }
-    let mut failure = None;
-    let driver = BatchedPlay::new(search, model.rule, parallel);
-    let current =
-        |shared: &Shared| shared.model.read().unwrap_or_else(|e| e.into_inner()).as_ref().map(|m| m.revision);
-    let (_, interrupted) = driver.run_resuming(
-        &**network,
-        resume,
-        || {
-            if shared.stopping()
-                || shared.spool_full.load(Ordering::Relaxed)
-                || current(shared) != Some(model.revision)
-            {
-                return None;
-            }
-            let seed = derive_seed(shared.config.seed, (thread << 40) | *counter);
-            *counter += 1;
-            Some(seed)
-        },
-        |game| {
-            let moves = game.record.steps.len() as u64;
-            let resumed = resumed_uuids.remove(&game.seed);
-            let uuid = resumed.unwrap_or_else(|| new_game_uuid(rand::random()));
-            let spooled = SpooledGame { uuid, revision: model.revision, record: game.record };
-            if failure.is_none() && finished.send((spooled, resumed.is_some())).is_err() {
-                failure = Some(());
-                return;
-            }
-            shared.moves.fetch_add(moves, Ordering::Relaxed);
-            let games = shared.games.fetch_add(1, Ordering::Relaxed) + 1;
-            if shared.config.max_games.is_some_and(|max| games >= max) {
-                shared.signals.stop.store(true, Ordering::Relaxed);
-            }
-        },
-        &shared.signals.abort,
-    );
-    for record in interrupted {
-        // Only games with at least a move are worth keeping; the UUID is new unless resumed.
-        if record.steps.is_empty() {
-            continue;
-        }
-        let spooled = SpooledGame { uuid: new_game_uuid(rand::random()), revision: model.revision, record };
-        shared.spool.put_partial(&spooled)?;
-        shared.checkpointed.fetch_add(1, Ordering::Relaxed);
-    }
-    // Interrupted games that had been resumed are checkpointed again under a new UUID; drop
-    // their old partial files.
-    for uuid in resumed_uuids.values() {
-        shared.spool.remove_partial(uuid);
-    }
-    if failure.is_some() {
-        // The writer stopped on an error, which `run` reports.
-        shared.signals.stop.store(true, Ordering::Relaxed);
-    }
-    if !shared.stopping() && shared.spool_full.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
+/// The batch size after the server refused a whole batch of `refused` games (too large, say):
+/// half, down to single games, which are then refused (and set aside) one by one.
+fn halved(refused: usize) -> usize {
+    (refused / 2).max(1)
 }
 
 fn jittered(delay: Duration) -> Duration {
     delay.mul_f64(0.5 + rand::random::<f64>())
+}
+
+/// The next wait after a failure: doubled, at most a minute.
+fn backoff_after(delay: Duration) -> Duration {
+    (delay * 2).min(Duration::from_secs(60))
 }
 
 /// Keeps `shared.model` at the latest revision the worker could verify and load.
@@ -516,17 +516,19 @@ async fn keep_model_current(shared: Arc<Shared>, client: ServerClient, fetcher: 
         }
         let wait = match client.latest().await {
             Ok(latest) => {
-                let current =
-                    shared.model.read().unwrap_or_else(|e| e.into_inner()).as_ref().map(|m| m.revision);
+                let current = shared.model.revision();
                 if current != Some(latest.revision)
                     && refused.as_deref() != Some(latest.weights_sha256.as_str())
                 {
                     match adopt(&shared, &fetcher, &latest, current.is_some()).await {
-                        Ok(()) => backoff = Duration::from_millis(500),
+                        Ok(()) => {
+                            backoff = Duration::from_millis(500);
+                            shared.clear_error();
+                        }
                         Err(Adoption::UrlExpired(message)) => {
                             shared.note_error(format!("{message}; reading the latest record again"));
                             tokio::time::sleep(jittered(backoff)).await;
-                            backoff = (backoff * 2).min(Duration::from_secs(60));
+                            backoff = backoff_after(backoff);
                             continue;
                         }
                         Err(Adoption::Refused(message)) => {
@@ -542,12 +544,8 @@ async fn keep_model_current(shared: Arc<Shared>, client: ServerClient, fetcher: 
                         Err(Adoption::Transient(message)) => {
                             shared.note_error(message);
                             tokio::time::sleep(jittered(backoff)).await;
-                            backoff = (backoff * 2).min(Duration::from_secs(60));
+                            backoff = backoff_after(backoff);
                             continue;
-                        }
-                        Err(Adoption::Fatal(error)) => {
-                            shared.set_fatal(error);
-                            return;
                         }
                     }
                 }
@@ -566,7 +564,7 @@ async fn keep_model_current(shared: Arc<Shared>, client: ServerClient, fetcher: 
             Err(error) => {
                 shared.note_error(format!("reading the latest record: {error}"));
                 let wait = jittered(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(60));
+                backoff = backoff_after(backoff);
                 wait
             }
         };
@@ -581,21 +579,40 @@ enum Adoption {
     UrlExpired(String),
     Refused(String),
     Transient(String),
-    Fatal(ClientError),
+}
+
+/// Loads a verified weights file as the model `spec` names, checking the file against it.
+fn load_engine(path: &std::path::Path, spec: &ModelSpec) -> Result<Engine, String> {
+    match spec {
+        ModelSpec::Ntuple { tuples, stages, stage_tile } => {
+            let expected = zero2048_model::NTupleConfig {
+                tuples: tuples.clone(),
+                stages: *stages,
+                stage_tile: *stage_tile,
+            };
+            let (network, _) = weights_file::load(path, Some(&expected)).map_err(|e| e.to_string())?;
+            Ok(Engine::Ntuple(Arc::new(network)))
+        }
+        ModelSpec::PolicyValue { filters, blocks } => {
+            let (network, _) = PolicyValueNet::load(path).map_err(|e| e.to_string())?;
+            let c = network.config();
+            if c.filters != *filters as usize || c.blocks != *blocks as usize {
+                return Err(format!(
+                    "the file holds a {}×{} network; the latest record names {filters}×{blocks}",
+                    c.filters, c.blocks
+                ));
+            }
+            Ok(Engine::PolicyValue(Arc::new(network)))
+        }
+    }
 }
 
 async fn adopt(
     shared: &Arc<Shared>,
     fetcher: &Arc<Fetcher>,
-    latest: &LatestInfo,
+    latest: &LatestRecord,
     delay: bool,
 ) -> Result<(), Adoption> {
-    let kind = latest.model.get("kind").and_then(|k| k.as_str()).unwrap_or("ntuple").to_string();
-    if kind != "ntuple" && kind != "policy_value" {
-        return Err(Adoption::Fatal(ClientError::Incompatible(format!(
-            "the server trains a {kind:?} model, which this worker cannot play"
-        ))));
-    }
     let expected = Expected { sha256: latest.weights_sha256.clone(), size: latest.weights_size };
     let path = match fetcher.fetch(&latest.weights_url, &expected).await {
         Ok(path) => path,
@@ -603,52 +620,24 @@ async fn adopt(
         Err(e @ FetchError::Mismatch { .. }) => return Err(Adoption::Refused(e.to_string())),
         Err(e) => return Err(Adoption::Transient(format!("downloading revision {}: {e}", latest.revision))),
     };
-    let selfplay = &latest.selfplay;
-    let four = selfplay.get("four_probability").and_then(|p| p.as_f64()).unwrap_or(0.1);
-    let rule =
-        SpawnRule::new(four).map_err(|e| Adoption::Refused(format!("selfplay.four_probability: {e}")))?;
-    let play = if kind == "policy_value" {
-        let search: MctsConfig = serde_json::from_value(selfplay.get("mcts").cloned().unwrap_or_default())
-            .map_err(|e| Adoption::Refused(format!("selfplay.mcts: {e}")))?;
-        search.validate().map_err(|e| Adoption::Refused(format!("selfplay.mcts: {e}")))?;
-        let parallel =
-            selfplay.get("parallel_games").and_then(|p| p.as_u64()).unwrap_or(64).clamp(1, 4096) as usize;
-        let loaded = tokio::task::spawn_blocking(move || PolicyValueNet::load(&path)).await;
-        match loaded {
-            Ok(Ok((network, _))) => Play::Mcts { network: Arc::new(network), search, parallel },
-            Ok(Err(e)) => return Err(Adoption::Refused(e.to_string())),
-            Err(e) => return Err(Adoption::Transient(e.to_string())),
-        }
-    } else {
-        let loaded = tokio::task::spawn_blocking(move || weights_file::load(&path, None)).await;
-        let network = match loaded {
-            Ok(Ok((network, _))) => network,
-            Ok(Err(e)) => return Err(Adoption::Refused(e.to_string())),
-            Err(e) => return Err(Adoption::Transient(e.to_string())),
-        };
-        let depth = selfplay.get("depth").and_then(|d| d.as_u64()).unwrap_or(1).clamp(1, 8) as u32;
-        let search = ExpectimaxConfig {
-            depth,
-            four_probability: four as f32,
-            transposition_bits: None,
-            ..ExpectimaxConfig::default()
-        };
-        Play::Expectimax { network: Arc::new(network), search }
+    let spec = latest.spec.model.clone();
+    let engine = match tokio::task::spawn_blocking(move || load_engine(&path, &spec)).await {
+        Ok(Ok(engine)) => engine,
+        Ok(Err(message)) => return Err(Adoption::Refused(message)),
+        Err(e) => return Err(Adoption::Transient(e.to_string())),
     };
     if delay && !shared.config.adopt_delay_max.is_zero() {
         // Spread a fleet's switch (and its first uploads of the new revision) over a few seconds.
         let pause = shared.config.adopt_delay_max.mul_f64(rand::random::<f64>());
         tokio::time::sleep(pause).await;
     }
-    *shared.model.write().unwrap_or_else(|e| e.into_inner()) =
-        Some(Arc::new(Model { revision: latest.revision, play, rule }));
+    shared.model.set(Model { revision: latest.revision, engine, play: latest.spec.play.clone() });
     shared.revisions.lock().unwrap_or_else(|e| e.into_inner()).push(latest.revision);
     fetcher.set_in_use(&[latest.weights_sha256.as_str()]);
     let _ = fetcher.evict(&latest.weights_sha256);
     tracing::info!("playing revision {}", latest.revision);
     Ok(())
 }
-
 /// Sends the spool to the server in batches; deletes only acknowledged games.
 async fn upload_spool(shared: Arc<Shared>, client: ServerClient) {
     let mut backoff = Duration::from_millis(500);
@@ -661,8 +650,8 @@ async fn upload_spool(shared: Arc<Shared>, client: ServerClient) {
         }
         let fatal = shared.fatal.lock().unwrap_or_else(|e| e.into_inner()).is_some();
         let finishing = fatal || shared.players_done.load(Ordering::Relaxed);
-        let (waiting, _) = shared.spool.size();
-        shared.spool_full.store(waiting >= shared.config.max_spool_games, Ordering::Relaxed);
+        let waiting = shared.spool.waiting();
+        shared.pace();
         if waiting == 0 {
             if finishing {
                 return;
@@ -685,17 +674,18 @@ async fn upload_spool(shared: Arc<Shared>, client: ServerClient) {
         let limit = batch_limit;
         let prepared = tokio::task::spawn_blocking(move || -> Result<(Vec<SpooledGame>, Vec<u8>), String> {
             let games = spool.take_batch(limit).map_err(|e| e.to_string())?;
-            let encoded: Vec<(zero2048_protocol::Uuid, u64, Claims, Vec<u8>)> = games
+            let encoded: Vec<Vec<u8>> = games
                 .iter()
-                .filter_map(|g| {
-                    let summary = g.record.replay().ok()?;
-                    let claims =
-                        Claims { score: summary.score, moves: summary.moves, max_tile: summary.max_tile };
-                    Some((g.uuid, g.revision, claims, g.record.encode().ok()?))
-                })
-                .collect();
-            let raw = encode_batch(encoded.iter().map(|(u, r, c, b)| (*u, *r, *c, b.as_slice())))
+                .map(|g| g.record.encode())
+                .collect::<Result<_, _>>()
                 .map_err(|e| e.to_string())?;
+            let raw = encode_batch(games.iter().zip(&encoded).map(|(g, record)| BatchGame {
+                uuid: g.uuid,
+                revision: g.revision,
+                origin: g.origin,
+                record,
+            }))
+            .map_err(|e| e.to_string())?;
             Ok((games, compress(&raw, 3)))
         })
         .await;
@@ -742,6 +732,10 @@ async fn upload_spool(shared: Arc<Shared>, client: ServerClient) {
                 ));
                 backoff = Duration::from_millis(500);
                 batch_limit = shared.config.batch_games.max(1);
+                if reply.rejected.is_empty() {
+                    shared.clear_error();
+                }
+                shared.pace();
             }
             Err(error) if error.is_fatal() => {
                 shared.set_fatal(error);
@@ -750,7 +744,7 @@ async fn upload_spool(shared: Arc<Shared>, client: ServerClient) {
             Err(ClientError::Refused { status, message }) => {
                 if games.len() > 1 {
                     // The batch as a whole was refused (too large, say): try smaller ones.
-                    batch_limit = (games.len() / 2).max(1);
+                    batch_limit = halved(games.len());
                     shared.note_error(format!(
                         "upload refused ({status}: {message}); retrying in batches of {batch_limit}"
                     ));
@@ -776,12 +770,63 @@ async fn upload_spool(shared: Arc<Shared>, client: ServerClient) {
                     }
                 }
                 let wait = retry_after.unwrap_or_default().max(jittered(backoff));
-                backoff = (backoff * 2).min(Duration::from_secs(60));
+                backoff = backoff_after(backoff);
                 let until = Instant::now() + wait;
                 while Instant::now() < until && !shared.signals.abort.load(Ordering::Relaxed) {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_batch_is_halved_down_to_single_games() {
+        let mut size = 64;
+        let mut sizes = Vec::new();
+        while size > 1 {
+            size = halved(size);
+            sizes.push(size);
+        }
+        assert_eq!(sizes, [32, 16, 8, 4, 2, 1]);
+        assert_eq!(halved(1), 1);
+        assert_eq!(halved(3), 1);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_a_minute_and_jitter_stays_within_half_and_one_and_a_half() {
+        let mut delay = Duration::from_millis(500);
+        for _ in 0..20 {
+            delay = backoff_after(delay);
+        }
+        assert_eq!(delay, Duration::from_secs(60));
+        assert_eq!(backoff_after(Duration::from_secs(1)), Duration::from_secs(2));
+        for _ in 0..1000 {
+            let jittered = jittered(Duration::from_secs(10));
+            assert!(
+                jittered >= Duration::from_secs(5) && jittered <= Duration::from_secs(15),
+                "{jittered:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn settings_are_checked_by_key() {
+        WorkerSettings::default().validate().unwrap();
+        let bad = |settings: WorkerSettings, key: &str| {
+            let message = settings.validate().unwrap_err();
+            assert!(message.starts_with(&format!("worker.{key}:")), "{message}");
+        };
+        bad(WorkerSettings { batch_games: 0, ..WorkerSettings::default() }, "batch_games");
+        bad(WorkerSettings { max_spool_games: 0, ..WorkerSettings::default() }, "max_spool_games");
+        bad(
+            WorkerSettings { upload_interval_seconds: f64::NAN, ..WorkerSettings::default() },
+            "upload_interval_seconds",
+        );
+        bad(WorkerSettings { cache_budget_bytes: 10, ..WorkerSettings::default() }, "cache_budget_bytes");
     }
 }

@@ -8,24 +8,41 @@ use anyhow::{Context, Result};
 use zero2048_model::NTupleConfig;
 use zero2048_server::{Server, ServerError, ServerOptions};
 
-use crate::args::{DeviceArg, LearnArgs, ListenArgs, ModelArg, NetworkShape, StorageArgs};
+use crate::args::{DeviceArg, LearnArgs, ListenArgs, ModelArg, StorageArgs, Switch};
 use crate::{bad_input, storage};
 
 /// Options for a server from the file, the environment and the flags.
 pub fn options(storage_args: &StorageArgs, listen: &ListenArgs, learn: &LearnArgs) -> Result<ServerOptions> {
-    let loaded = storage::load_all(storage_args, listen)?;
-    let mut train = loaded.train;
+    let (file, storage_config) = storage::load(storage_args, listen)?;
+    file.api.validate().map_err(bad_input)?;
+    let mut train = file.train;
     if let Some(shape) = learn.network {
-        train.network = match shape {
-            NetworkShape::Standard4x6 => NTupleConfig::standard_4x6(),
-            NetworkShape::Small4x4 => NTupleConfig::small_4x4(),
-        };
+        let stages = train.network.stages;
+        train.network = NTupleConfig { stages, ..shape.config() };
+    }
+    if let Some(stages) = learn.stages {
+        train.network.stages = stages;
     }
     if let Some(model) = learn.model {
         train.model = match model {
             ModelArg::Ntuple => zero2048_train::ModelKind::Ntuple,
             ModelArg::PolicyValue => zero2048_train::ModelKind::PolicyValue,
         };
+    }
+    if let Some(lambda) = learn.lambda {
+        train.td.lambda = lambda;
+    }
+    if let Some(coherence) = learn.coherence {
+        train.td.coherence = coherence == Switch::On;
+    }
+    if let Some(restart) = learn.restart {
+        train.restart = (restart == Switch::On).then(|| train.restart.unwrap_or_default());
+    }
+    if let Some(value) = learn.initial_value {
+        train.td.initial_value = value;
+    }
+    if let Some(depth) = learn.selfplay_depth {
+        train.selfplay_depth = depth;
     }
     if let Some(simulations) = learn.simulations {
         train.mcts.simulations = simulations;
@@ -46,12 +63,11 @@ pub fn options(storage_args: &StorageArgs, listen: &ListenArgs, learn: &LearnArg
         train.policy_value.blocks = blocks as usize;
     }
     if let Some(parallel) = learn.parallel_games {
-        train.mcts_parallel_games = parallel as usize;
+        train.mcts_parallel_games = parallel as u32;
     }
     if let Some(rate) = learn.learning_rate {
         train.td.learning_rate = rate;
     }
-    train.td.coherence |= learn.coherence;
     if let Some(n) = learn.revision_every_games {
         train.revision_every_games = n;
     }
@@ -59,23 +75,26 @@ pub fn options(storage_args: &StorageArgs, listen: &ListenArgs, learn: &LearnArg
         train.revision_every_seconds = s;
     }
     if let Some(games) = learn.eval_games {
-        train.evaluation.games = games;
-        train.mcts_evaluation_games = games;
         if games == 0 {
             train.evaluate_every_revisions = 0;
+        } else {
+            train.evaluation.games = games;
+            train.mcts_evaluation_games = games;
         }
     }
     if let Some(seed) = learn.seed {
         train.seed = seed;
     }
     if let Some(seconds) = learn.deadline_seconds {
-        train.deadline_seconds = seconds.max(1);
+        train.deadline_seconds = seconds;
     }
+    // One validation for every source: the file, the environment and the flags.
+    train.validate().map_err(|e| bad_input(e.to_string()))?;
     let resume_from =
-        learn.resume_from.as_deref().map(|spec| storage::fetch_weights(spec, &loaded.config)).transpose()?;
+        learn.resume_from.as_deref().map(|spec| storage::fetch_weights(spec, &storage_config)).transpose()?;
     Ok(ServerOptions {
-        storage: loaded.config,
-        api: loaded.api,
+        storage: storage_config,
+        api: file.api,
         train,
         db_path: learn.db.clone(),
         resume_from,

@@ -1,7 +1,7 @@
 //! `zero2048 server`: the training server for remote workers.
 
 use anyhow::Result;
-use zero2048_train::{Budget, Progress, RunObserver};
+use zero2048_train::{Budget, Progress, RunObserver, SelfPlay};
 
 use crate::args::ServerArgs;
 use crate::commands::learn;
@@ -40,8 +40,9 @@ pub fn run(args: ServerArgs) -> Result<()> {
             self.0.show(progress)
         }
     }
-    let summary =
-        server.train(Budget::default(), &stop, false, &mut Show(&display)).map_err(|e| anyhow::anyhow!(e))?;
+    let summary = server
+        .train(Budget::default(), &stop, SelfPlay::RemoteOnly, &mut Show(&display))
+        .map_err(|e| anyhow::anyhow!(e))?;
     display.finish();
     server.shutdown();
     print_summary(&summary);

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use zero2048_train::{Budget, Progress, RunObserver, Summary};
+use zero2048_train::{Budget, Progress, RunObserver, SelfPlay, Summary};
 
 use crate::args::TrainArgs;
 use crate::commands::learn;
@@ -18,6 +18,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if let Some(threads) = args.threads {
         options.train.selfplay_threads = threads as usize;
     }
+    let threads = options.train.selfplay_threads;
     if args.reset {
         reset(&args.learn.db, &options.storage.storage.weights_dir)?;
     }
@@ -39,11 +40,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         "dashboard at {url}/ · remote workers: `zero2048 worker --server {url} --token T` (tokens: `zero2048 token add NAME`)",
         url = server.local_url()
     );
-    eprintln!(
-        "press Ctrl-C to stop cleanly (the games in flight are learned and published); twice to quit at once"
-    );
-    let stop =
-        learn::two_stage_ctrl_c("stopping: learning the games in flight and publishing a last revision…")?;
+    eprintln!("press Ctrl-C to stop cleanly (what was learned is published); twice to quit at once");
+    let stop = learn::two_stage_ctrl_c("stopping: publishing what was learned as a last revision…")?;
 
     let display = Display::new();
     let budget = Budget { games: args.games, time: args.time };
@@ -53,7 +51,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
             self.0.show(progress)
         }
     }
-    let summary = server.train(budget, &stop, true, &mut Show(&display)).map_err(|e| anyhow::anyhow!(e))?;
+    let summary = server
+        .train(budget, &stop, SelfPlay::Local { threads }, &mut Show(&display))
+        .map_err(|e| anyhow::anyhow!(e))?;
     display.finish();
     server.shutdown();
     if args.json {
@@ -107,6 +107,9 @@ impl Display {
     }
 
     fn line(p: &Progress) -> String {
+        if let Some(activity) = &p.activity {
+            return format!("{} games · revision {} · {activity}…", p.games, p.revision);
+        }
         let eval = p
             .last_evaluation
             .as_ref()
@@ -135,7 +138,7 @@ impl Display {
             Some(bar) => bar.set_message(Display::line(p)),
             None => {
                 let mut last = self.last_line.lock().unwrap_or_else(|e| e.into_inner());
-                if last.elapsed().as_secs() >= 10 {
+                if last.elapsed().as_secs() >= 10 || p.activity.is_some() {
                     eprintln!("{}", Display::line(p));
                     *last = Instant::now();
                 }

@@ -21,28 +21,47 @@ pub fn run(args: WorkerArgs) -> Result<()> {
         .ok()
         .filter(|u| matches!(u.scheme(), "http" | "https"))
         .ok_or_else(|| bad_input(format!("--server {}: not an http:// or https:// URL", args.server)))?;
-    let mut config =
-        WorkerConfig::new(args.server.trim_end_matches('/'), args.spool.clone(), args.cache.clone());
+    let file = crate::config::read(args.config.as_deref(), &crate::config::environment())?;
+    let mut settings = file.worker;
+    if let Some(threads) = args.threads {
+        settings.threads = threads as usize;
+    }
+    if let Some(dir) = &args.spool {
+        settings.spool_dir = dir.clone();
+    }
+    if let Some(dir) = &args.cache {
+        settings.cache_dir = dir.clone();
+    }
+    if let Some(games) = args.batch_games {
+        settings.batch_games = games as usize;
+    }
+    if let Some(interval) = args.upload_interval {
+        settings.upload_interval_seconds = interval.as_secs_f64();
+    }
+    if let Some(games) = args.max_spool_games {
+        settings.max_spool_games = games;
+    }
+    if let Some(interval) = args.poll_interval {
+        settings.poll_interval_seconds = interval.as_secs_f64();
+    }
+    if let Some(delay) = args.adopt_delay {
+        settings.adopt_delay_seconds = delay.as_secs_f64();
+    }
+    settings.validate().map_err(bad_input)?;
+    let mut config = WorkerConfig::new(args.server.trim_end_matches('/'), &settings);
     config.token = args.token.clone().filter(|t| !t.is_empty()).map(Secret::new);
     config.latest_url = args.latest_url.clone();
-    config.threads = args
-        .threads
-        .map_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()), |t| t as usize);
-    config.batch_games = args.batch_games as usize;
-    config.upload_interval = args.upload_interval;
-    config.max_spool_games = args.max_spool_games;
-    config.poll_interval = args.poll_interval;
-    config.adopt_delay_max = args.adopt_delay;
     config.max_games = args.games;
     if let Some(seed) = args.seed {
         config.seed = seed;
     }
     eprintln!(
-        "worker for {} · {} threads · spool {} · press Ctrl-C to finish the games in progress and upload; twice to \
+        "worker for {} · {} thread{} · spool {} · press Ctrl-C to finish the games in progress and upload; twice to \
          checkpoint them and quit",
         config.server,
         config.threads,
-        args.spool.display()
+        if config.threads == 1 { "" } else { "s" },
+        config.spool_dir.display()
     );
     let signals = Arc::new(Signals::default());
     {

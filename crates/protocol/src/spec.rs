@@ -1,0 +1,337 @@
+//! What a run asks of every player: the model it trains ([`ModelSpec`]) and how its games are
+//! played ([`PlaySpec`]). The trainer builds both once from its validated configuration and puts
+//! them in the latest record; a worker parses them back with the same rules, so a value either
+//! means the same on both sides or is refused with the field's name. Each field has exactly one
+//! check ([`PlaySpec::validate`] calls them; the trainer's configuration calls the same ones).
+
+use serde::{Deserialize, Serialize};
+use zero2048_game::SpawnRule;
+use zero2048_search::MctsConfig;
+
+/// Which model a run trains.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    /// The n-tuple network, learned by TD and played with expectimax.
+    #[default]
+    Ntuple,
+    /// The policy-value network, learned from tree-search statistics and played with MCTS.
+    PolicyValue,
+}
+
+impl ModelKind {
+    /// The name in weights files, latest records and the run database.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelKind::Ntuple => "ntuple",
+            ModelKind::PolicyValue => "policy_value",
+        }
+    }
+
+    /// The kind called `name`.
+    pub fn from_name(name: &str) -> Option<ModelKind> {
+        match name {
+            "ntuple" => Some(ModelKind::Ntuple),
+            "policy_value" => Some(ModelKind::PolicyValue),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ModelKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The model a revision holds: its kind and shape. A worker checks the weights file it loads
+/// against it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ModelSpec {
+    /// An n-tuple network.
+    Ntuple {
+        /// Cell lists, cells numbered row-major 0..16.
+        tuples: Vec<Vec<u8>>,
+        /// Weight sets by largest tile.
+        stages: u8,
+        /// Exponent at which the second stage starts.
+        stage_tile: u8,
+    },
+    /// A policy-value network.
+    PolicyValue {
+        /// Convolution filters.
+        filters: u32,
+        /// Residual blocks.
+        blocks: u32,
+    },
+}
+
+impl ModelSpec {
+    /// The kind.
+    pub fn kind(&self) -> ModelKind {
+        match self {
+            ModelSpec::Ntuple { .. } => ModelKind::Ntuple,
+            ModelSpec::PolicyValue { .. } => ModelKind::PolicyValue,
+        }
+    }
+}
+
+/// A value of a spec that breaks its rule.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SpecError {
+    /// The field's path (`search.depth`, `spawn.four_probability`, …).
+    pub field: String,
+    /// What its rule says.
+    pub message: String,
+}
+
+impl SpecError {
+    fn new(field: &str, message: impl Into<String>) -> SpecError {
+        SpecError { field: field.to_string(), message: message.into() }
+    }
+
+    /// The same error under a parent key (`train.` + `search.depth`).
+    pub fn under(self, parent: &str) -> SpecError {
+        SpecError { field: format!("{parent}.{}", self.field), message: self.message }
+    }
+}
+
+/// The deepest expectimax self-play allowed: every extra ply multiplies a move's time by about
+/// 40, and depth 5 already takes seconds per move.
+pub const MAX_SELFPLAY_DEPTH: u32 = 4;
+/// The most games one MCTS thread may play at once.
+pub const MAX_PARALLEL_GAMES: u32 = 4096;
+
+/// The rule of `search.depth`: own moves searched by expectimax self-play.
+pub fn check_depth(depth: u32) -> Result<(), String> {
+    if (1..=MAX_SELFPLAY_DEPTH).contains(&depth) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{depth} is not a self-play depth: 1 (greedy on the learned value, the TD standard) to \
+             {MAX_SELFPLAY_DEPTH}"
+        ))
+    }
+}
+
+/// The rule of `spawn.four_probability`.
+pub fn check_four_probability(probability: f64) -> Result<SpawnRule, String> {
+    SpawnRule::new(probability).map_err(|e| e.to_string())
+}
+
+/// The rule of `search.parallel_games`.
+pub fn check_parallel_games(games: u32) -> Result<(), String> {
+    if (1..=MAX_PARALLEL_GAMES).contains(&games) {
+        Ok(())
+    } else {
+        Err(format!("{games} games at once per thread; 1 to {MAX_PARALLEL_GAMES} are allowed"))
+    }
+}
+
+/// The restart strategy: after a game (or a continuation) of more than `min_moves` moves, the
+/// next game of the thread continues from the afterstate at fraction `at` of it, with a fresh
+/// spawn. Late-game positions, where most is still to learn, are then played more often.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartSpec {
+    /// A game continues only if it lasted more than this many moves.
+    pub min_moves: u32,
+    /// Where in the game the continuation branches off (0 < at < 1).
+    pub at: f32,
+}
+
+impl Default for RestartSpec {
+    fn default() -> RestartSpec {
+        RestartSpec { min_moves: 10, at: 0.5 }
+    }
+}
+
+impl RestartSpec {
+    /// The rule of both fields.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if !(2..=1_000_000).contains(&self.min_moves) {
+            return Err(SpecError::new("min_moves", format!("{} is not within 2..=1000000", self.min_moves)));
+        }
+        if !(self.at > 0.0 && self.at < 1.0) {
+            return Err(SpecError::new("at", format!("{} is not strictly between 0 and 1", self.at)));
+        }
+        Ok(())
+    }
+
+    /// Where a game of `moves` moves branches off, if it is long enough: the index of the step
+    /// whose afterstate the continuation starts from.
+    pub fn branch_step(&self, moves: usize) -> Option<usize> {
+        (moves > self.min_moves as usize).then(|| ((moves as f64 * self.at as f64) as usize).min(moves - 1))
+    }
+}
+
+/// How self-play searches.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SearchSpec {
+    /// Expectimax on an n-tuple network's afterstate values.
+    Expectimax {
+        /// Own moves searched (1 = greedy on afterstate values).
+        depth: u32,
+    },
+    /// MCTS with a policy-value network, many games per thread batched into each network call.
+    Mcts {
+        /// The search.
+        mcts: MctsConfig,
+        /// Games each thread plays at once.
+        parallel_games: u32,
+    },
+}
+
+/// How a run's games are played: the same for local threads and every remote worker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "PlaySpecFields", into = "PlaySpecFields")]
+pub struct PlaySpec {
+    /// The spawn rule (the search models it; the server's verification knows every spawn anyway).
+    pub spawn: SpawnRule,
+    /// The search.
+    pub search: SearchSpec,
+    /// The restart strategy, if the run uses it.
+    pub restart: Option<RestartSpec>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlaySpecFields {
+    four_probability: f64,
+    search: SearchSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    restart: Option<RestartSpec>,
+}
+
+impl TryFrom<PlaySpecFields> for PlaySpec {
+    type Error = SpecError;
+    fn try_from(fields: PlaySpecFields) -> Result<PlaySpec, SpecError> {
+        let spawn = check_four_probability(fields.four_probability)
+            .map_err(|m| SpecError::new("four_probability", m))?;
+        let spec = PlaySpec { spawn, search: fields.search, restart: fields.restart };
+        spec.validate()?;
+        Ok(spec)
+    }
+}
+
+impl From<PlaySpec> for PlaySpecFields {
+    fn from(spec: PlaySpec) -> PlaySpecFields {
+        PlaySpecFields {
+            four_probability: spec.spawn.four_probability(),
+            search: spec.search,
+            restart: spec.restart,
+        }
+    }
+}
+
+impl PlaySpec {
+    /// Checks every field by its rule.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        match &self.search {
+            SearchSpec::Expectimax { depth } => {
+                check_depth(*depth).map_err(|m| SpecError::new("search.depth", m))?
+            }
+            SearchSpec::Mcts { mcts, parallel_games } => {
+                mcts.validate().map_err(|m| SpecError::new("search.mcts", m))?;
+                check_parallel_games(*parallel_games)
+                    .map_err(|m| SpecError::new("search.parallel_games", m))?;
+            }
+        }
+        if let Some(restart) = &self.restart {
+            restart.validate().map_err(|e| e.under("restart"))?;
+        }
+        Ok(())
+    }
+
+    /// Whether games of this spec carry search statistics (MCTS records them for the learner).
+    pub fn records_search(&self) -> bool {
+        matches!(self.search, SearchSpec::Mcts { .. })
+    }
+
+    /// The simulations every recorded move's visits must sum to, for MCTS.
+    pub fn simulations(&self) -> Option<u32> {
+        match &self.search {
+            SearchSpec::Mcts { mcts, .. } => Some(mcts.simulations),
+            SearchSpec::Expectimax { .. } => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expectimax(depth: u32) -> PlaySpec {
+        PlaySpec { spawn: SpawnRule::STANDARD, search: SearchSpec::Expectimax { depth }, restart: None }
+    }
+
+    #[test]
+    fn a_spec_round_trips_through_json() {
+        let mut spec = expectimax(2);
+        spec.restart = Some(RestartSpec::default());
+        let json = serde_json::to_string(&spec).unwrap();
+        assert_eq!(serde_json::from_str::<PlaySpec>(&json).unwrap(), spec);
+        let mcts = PlaySpec {
+            spawn: SpawnRule::new(0.2).unwrap(),
+            search: SearchSpec::Mcts { mcts: MctsConfig::default(), parallel_games: 64 },
+            restart: None,
+        };
+        let json = serde_json::to_string(&mcts).unwrap();
+        assert!(json.contains("\"four_probability\":0.2"), "{json}");
+        assert_eq!(serde_json::from_str::<PlaySpec>(&json).unwrap(), mcts);
+    }
+
+    #[test]
+    fn every_field_is_refused_by_name() {
+        let bad = |json: &str| serde_json::from_str::<PlaySpec>(json).unwrap_err().to_string();
+        assert!(
+            bad(r#"{"four_probability":0.1,"search":{"kind":"expectimax","depth":0}}"#)
+                .contains("search.depth")
+        );
+        assert!(
+            bad(r#"{"four_probability":0.1,"search":{"kind":"expectimax","depth":50}}"#)
+                .contains("search.depth")
+        );
+        assert!(
+            bad(r#"{"four_probability":1.5,"search":{"kind":"expectimax","depth":1}}"#)
+                .contains("four_probability")
+        );
+        assert!(
+            bad(r#"{"four_probability":0.1,"search":{"kind":"expectimax","depth":1},"restart":{"min_moves":10,"at":1.0}}"#)
+                .contains("restart.at")
+        );
+        assert!(
+            bad(r#"{"four_probability":0.1,"search":{"kind":"expectimax","depth":1},"extra":1}"#)
+                .contains("extra")
+        );
+        let message = bad(
+            r#"{"four_probability":0.1,"search":{"kind":"mcts","mcts":{"simulations":0},"parallel_games":8}}"#,
+        );
+        assert!(message.contains("search.mcts"), "{message}");
+        assert!(expectimax(1).validate().is_ok() && expectimax(4).validate().is_ok());
+    }
+
+    #[test]
+    fn restarts_branch_halfway_through_long_games_only() {
+        let restart = RestartSpec::default();
+        assert_eq!(restart.branch_step(10), None);
+        assert_eq!(restart.branch_step(11), Some(5));
+        assert_eq!(restart.branch_step(1000), Some(500));
+        let late = RestartSpec { min_moves: 2, at: 0.99 };
+        assert_eq!(late.branch_step(3), Some(2));
+    }
+
+    #[test]
+    fn model_specs_name_their_kind() {
+        let spec = ModelSpec::Ntuple { tuples: vec![vec![0, 1]], stages: 1, stage_tile: 14 };
+        let json = serde_json::to_value(&spec).unwrap();
+        assert_eq!(json["kind"], "ntuple");
+        assert_eq!(serde_json::from_value::<ModelSpec>(json).unwrap().kind(), ModelKind::Ntuple);
+        let unknown = serde_json::from_str::<ModelSpec>(r#"{"kind":"transformer"}"#).unwrap_err();
+        assert!(unknown.to_string().contains("transformer"));
+        assert_eq!(ModelKind::from_name("policy_value"), Some(ModelKind::PolicyValue));
+    }
+}

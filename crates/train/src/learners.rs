@@ -1,0 +1,272 @@
+//! The two model kinds behind one interface: what the run loop asks of a learner, whatever it
+//! trains. Everything kind-specific lives here, so the loop has no `match` on the model kind.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use zero2048_game::GameRecord;
+use zero2048_model::{NTupleNetwork, PolicyValueNet, weights_file};
+use zero2048_protocol::{ModelKind, ModelSpec};
+use zero2048_search::Strength;
+use zero2048_selfplay::{Engine, play_series};
+
+use crate::config::{TrainConfig, ntuple_spec, policy_value_spec};
+use crate::evaluation::evaluate;
+use crate::learner::{GameLearned, TdLearner};
+use crate::run::TrainError;
+use crate::state;
+use crate::zero::ZeroLearner;
+
+/// An evaluation to run on another thread: its result and the depth (n-tuple) or simulations
+/// (MCTS) it searched with.
+pub type EvaluationJob = Box<dyn FnOnce() -> (Strength, u32) + Send>;
+
+/// What the run loop asks of a learner.
+pub trait Learner: Send {
+    /// The model kind.
+    fn kind(&self) -> ModelKind;
+
+    /// The model's spec for the latest record.
+    fn spec(&self) -> ModelSpec;
+
+    /// What is being trained, in a few words.
+    fn describe(&self) -> String;
+
+    /// Learns stored (verified) games from the queue, each with whether it is a continuation; a
+    /// learner may spread them over threads. One result per game, in order.
+    fn learn_stored(&mut self, games: &[(GameRecord, bool)]) -> Vec<Result<GameLearned, String>>;
+
+    /// What local self-play plays now: the learner's own network (n-tuple: shared, learning as
+    /// it plays), or a snapshot of it (policy-value).
+    fn engine(&mut self) -> Result<Engine, TrainError>;
+
+    /// The TD learner local threads learn into as they play (n-tuple runs only).
+    fn in_thread(&self) -> Option<Arc<TdLearner>>;
+
+    /// Metadata to store in the revision's weights file (training counters are added by the
+    /// caller), logging what is worth logging.
+    fn revision_metadata(&self, revision: u64) -> BTreeMap<String, String>;
+
+    /// Writes the weights to `path` (the caller holds whoever else learns into them).
+    fn save(
+        &mut self,
+        path: &Path,
+        revision: u64,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<(), TrainError>;
+
+    /// Saves the learner's own state beside the revision (what the weights file does not hold;
+    /// the caller holds whoever else learns into it).
+    fn save_state(&self, revision: u64) -> Result<(), TrainError>;
+
+    /// An evaluation of the network as it is now, to run on another thread.
+    fn evaluation(&mut self, config: &TrainConfig) -> Result<EvaluationJob, TrainError>;
+}
+
+/// An n-tuple network learned by TD, shared with the local threads that play it.
+pub struct NtupleLearner {
+    td: Arc<TdLearner>,
+    state_dir: PathBuf,
+    threads: usize,
+}
+
+impl NtupleLearner {
+    /// Learns `network` with `td`, stored games on `threads` threads; the TC state lives in
+    /// `state_dir`.
+    pub fn new(td: TdLearner, state_dir: PathBuf, threads: usize) -> NtupleLearner {
+        NtupleLearner { td: Arc::new(td), state_dir, threads: threads.max(1) }
+    }
+}
+
+impl Learner for NtupleLearner {
+    fn kind(&self) -> ModelKind {
+        ModelKind::Ntuple
+    }
+
+    fn spec(&self) -> ModelSpec {
+        ntuple_spec(self.td.network().config())
+    }
+
+    fn describe(&self) -> String {
+        let td = self.td.config();
+        let mut method = if td.lambda > 0.0 { format!("TD(λ={})", td.lambda) } else { "TD(0)".to_string() };
+        if td.mode == crate::learner::TdMode::Online {
+            method.push_str(&format!(" online (window {})", td.window()));
+        }
+        if td.coherence {
+            method.push_str(if td.coherence_after_games > 0 { " then TC" } else { " with TC" });
+        }
+        format!(
+            "{} ({} MiB), {method}",
+            zero2048_search::Evaluator::name(&**self.td.network()),
+            self.td.network().config().bytes() >> 20
+        )
+    }
+
+    fn learn_stored(&mut self, games: &[(GameRecord, bool)]) -> Vec<Result<GameLearned, String>> {
+        let learn = |chunk: &[(GameRecord, bool)]| -> Vec<Result<GameLearned, String>> {
+            chunk
+                .iter()
+                .map(|(record, continuation)| self.td.learn(record, *continuation).map_err(|e| e.to_string()))
+                .collect()
+        };
+        if self.threads == 1 || games.len() < 2 * self.threads {
+            return learn(games);
+        }
+        // Lock-free updates from several threads, as the local self-play threads do.
+        let chunk = games.len().div_ceil(self.threads);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = games.chunks(chunk).map(|part| scope.spawn(move || learn(part))).collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_else(|_| vec![Err("a learner thread panicked".into())]))
+                .collect()
+        })
+    }
+
+    fn engine(&mut self) -> Result<Engine, TrainError> {
+        Ok(Engine::Ntuple(Arc::clone(self.td.network())))
+    }
+
+    fn in_thread(&self) -> Option<Arc<TdLearner>> {
+        Some(Arc::clone(&self.td))
+    }
+
+    fn revision_metadata(&self, _revision: u64) -> BTreeMap<String, String> {
+        let td = self.td.config();
+        let mut metadata = BTreeMap::new();
+        metadata.insert("learning_rate".into(), td.learning_rate_at(self.td.games()).to_string());
+        metadata.insert("lambda".into(), td.lambda.to_string());
+        metadata.insert("coherence".into(), td.coherent_at(self.td.games()).to_string());
+        metadata
+    }
+
+    fn save(
+        &mut self,
+        path: &Path,
+        revision: u64,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<(), TrainError> {
+        weights_file::save(self.td.network(), path, revision, metadata)?;
+        Ok(())
+    }
+
+    fn save_state(&self, revision: u64) -> Result<(), TrainError> {
+        state::save_coherence(&self.state_dir, revision, self.td.coherence())
+    }
+
+    fn evaluation(&mut self, config: &TrainConfig) -> Result<EvaluationJob, TrainError> {
+        // The live network: learning may go on while the suite plays (a few seconds).
+        let network: Arc<NTupleNetwork> = Arc::clone(self.td.network());
+        let (suite, rule) = (config.evaluation, config.spawn_rule());
+        Ok(Box::new(move || (evaluate(network, &suite, rule), suite.depth)))
+    }
+}
+
+/// A policy-value network learned from search statistics.
+pub struct PolicyValueLearner {
+    zero: ZeroLearner,
+    spec: ModelSpec,
+    description: String,
+}
+
+impl PolicyValueLearner {
+    /// Learns with `zero`; `network` is its starting point.
+    pub fn new(zero: ZeroLearner, network: &PolicyValueNet, config: &TrainConfig) -> PolicyValueLearner {
+        let c = network.config();
+        PolicyValueLearner {
+            zero,
+            spec: policy_value_spec(c),
+            description: format!(
+                "policy-value network ({} filters × {} blocks) with MCTS of {} simulations",
+                c.filters, c.blocks, config.mcts.simulations
+            ),
+        }
+    }
+}
+
+impl Learner for PolicyValueLearner {
+    fn kind(&self) -> ModelKind {
+        ModelKind::PolicyValue
+    }
+
+    fn spec(&self) -> ModelSpec {
+        self.spec.clone()
+    }
+
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+
+    fn learn_stored(&mut self, games: &[(GameRecord, bool)]) -> Vec<Result<GameLearned, String>> {
+        games.iter().map(|(record, _)| self.zero.learn(record)).collect()
+    }
+
+    fn engine(&mut self) -> Result<Engine, TrainError> {
+        Ok(Engine::PolicyValue(Arc::new(self.zero.snapshot().map_err(TrainError::Zero)?)))
+    }
+
+    fn in_thread(&self) -> Option<Arc<TdLearner>> {
+        None
+    }
+
+    fn revision_metadata(&self, revision: u64) -> BTreeMap<String, String> {
+        let report = self.zero.report();
+        let held_out =
+            |value: f32| if report.validation_positions > 0 { format!("{value:.4}") } else { "n/a".into() };
+        tracing::info!(
+            "revision {revision}: {} optimiser steps, {} positions in the window; loss policy {:.4} value {:.4} \
+             (training), {} {} (held out){}",
+            report.steps,
+            report.replay_positions,
+            report.train.policy,
+            report.train.value,
+            held_out(report.validation.policy),
+            held_out(report.validation.value),
+            if report.validation_positions > 0
+                && report.validation.total() > 1.5 * report.train.total()
+                && report.steps > 0
+            {
+                " — over-fitting: held-out loss well above training loss"
+            } else {
+                ""
+            }
+        );
+        let mut metadata = BTreeMap::new();
+        metadata.insert("optimizer_steps".into(), report.steps.to_string());
+        metadata.insert("train_policy_loss".into(), report.train.policy.to_string());
+        metadata.insert("train_value_loss".into(), report.train.value.to_string());
+        metadata.insert("validation_policy_loss".into(), held_out(report.validation.policy));
+        metadata.insert("validation_value_loss".into(), held_out(report.validation.value));
+        metadata
+    }
+
+    fn save(
+        &mut self,
+        path: &Path,
+        revision: u64,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<(), TrainError> {
+        self.zero.snapshot().map_err(TrainError::Zero)?.save(path, revision, metadata)?;
+        Ok(())
+    }
+
+    fn save_state(&self, _revision: u64) -> Result<(), TrainError> {
+        Ok(())
+    }
+
+    fn evaluation(&mut self, config: &TrainConfig) -> Result<EvaluationJob, TrainError> {
+        let network = self.zero.snapshot().map_err(TrainError::Zero)?;
+        let (search, rule, games, seed) = (
+            config.mcts.for_evaluation(),
+            config.spawn_rule(),
+            config.mcts_evaluation_games.max(1),
+            config.evaluation.seed,
+        );
+        Ok(Box::new(move || {
+            let (results, _) = play_series(&network, search, rule, games, seed, games.min(64));
+            (Strength::of(&results).expect("at least one game"), search.simulations)
+        }))
+    }
+}

@@ -1,0 +1,301 @@
+//! Self-play in the training process: the game runner's threads with sinks that feed this run.
+//!
+//! - n-tuple runs: each thread plays on the one shared network and learns each game as it ends,
+//!   in the same thread (no copy of the weights, no replay). The records go to a recorder thread
+//!   that stores them in the run database, off the hot path, as already learned.
+//! - policy-value runs: threads play a snapshot of the learner's network with MCTS and send each
+//!   game to an uplink thread that verifies and queues it for the learner.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use zero2048_game::Board;
+use zero2048_protocol::{BatchEntry, UploadRules};
+use zero2048_selfplay::{Budget, Control, CurrentModel, FinishedGame, GameSink, Runner, SinkClosed};
+
+use crate::db::{NewGame, RunDb};
+use crate::ingest::ingest;
+use crate::learner::{TdLearner, TdMode, Trace};
+use crate::live::LiveState;
+use crate::run::TrainError;
+
+/// The worker name under which in-process self-play games are stored.
+pub const LOCAL_WORKER: &str = "local";
+
+/// Games waiting for the recorder or the uplink before the threads wait for them.
+const QUEUE: usize = 4096;
+
+/// The first error a thread hit, reported by the run.
+type FirstError = Arc<Mutex<Option<TrainError>>>;
+
+fn note(first: &FirstError, error: TrainError) {
+    first.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(error);
+}
+
+/// Learns each game in the thread that played it (as it is played, or when it ends), then hands
+/// the record to the recorder.
+struct LearningSink {
+    learner: Arc<TdLearner>,
+    online: bool,
+    trace: Trace,
+    live: Arc<LiveState>,
+    budget: Arc<Budget>,
+    records: SyncSender<FinishedGame>,
+    error: FirstError,
+}
+
+impl GameSink for LearningSink {
+    fn may_start(&mut self) -> bool {
+        self.budget.claim()
+    }
+
+    #[inline]
+    fn moved(&mut self, afterstate: Board, reward: u32, value: f32) {
+        if self.online
+            && let Err(e) = self.learner.online_move(&mut self.trace, afterstate, reward, value)
+        {
+            note(&self.error, e.into());
+        }
+    }
+
+    fn finished(&mut self, game: FinishedGame, path: &[(Board, u32)]) -> Result<(), SinkClosed> {
+        let learned = if self.online {
+            self.learner.online_end(&mut self.trace, true)
+        } else {
+            self.learner.learn_path(path, true)
+        };
+        if let Err(e) = learned {
+            note(&self.error, e.into());
+            return Err(SinkClosed);
+        }
+        self.live.add_game(path.len() as u32, game.score, game.max_tile);
+        self.records.send(game).map_err(|_| SinkClosed)
+    }
+
+    fn interrupted(&mut self, _game: zero2048_selfplay::PartialGame) -> Result<(), SinkClosed> {
+        // What was learned online of an abandoned game stays; its pending afterstates have no
+        // target.
+        let _ = self.learner.online_end(&mut self.trace, false);
+        Ok(())
+    }
+}
+
+/// Sends each game to the uplink, which verifies and queues it for the learner.
+struct QueueSink {
+    budget: Arc<Budget>,
+    games: SyncSender<FinishedGame>,
+}
+
+impl GameSink for QueueSink {
+    fn may_start(&mut self) -> bool {
+        self.budget.claim()
+    }
+
+    fn finished(&mut self, game: FinishedGame, _path: &[(Board, u32)]) -> Result<(), SinkClosed> {
+        self.games.send(game).map_err(|_| SinkClosed)
+    }
+}
+
+/// The running local self-play.
+pub struct LocalPlay {
+    players: Vec<JoinHandle<u64>>,
+    store: JoinHandle<()>,
+    /// Stops and pauses.
+    pub control: Arc<Control>,
+    /// The model the threads play.
+    pub model: Arc<CurrentModel>,
+    error: FirstError,
+}
+
+/// What local self-play needs of its run.
+pub struct LocalSetup<'a> {
+    /// Threads.
+    pub threads: usize,
+    /// Seed of the session's games.
+    pub seed: u64,
+    /// Games this session may start.
+    pub budget: Option<u64>,
+    /// The run database (the store thread opens its own connection).
+    pub db_path: &'a Path,
+    /// The run's shared state.
+    pub live: &'a Arc<LiveState>,
+}
+
+impl LocalPlay {
+    /// Starts the threads: learning as they play into `learner` (n-tuple), or queueing their
+    /// games for the run's learner (`learner` is `None`).
+    pub fn start(setup: LocalSetup<'_>, learner: Option<Arc<TdLearner>>) -> Result<LocalPlay, TrainError> {
+        let control = Arc::new(Control::default());
+        let model = Arc::new(CurrentModel::new());
+        let budget = Arc::new(Budget::new(setup.budget));
+        let error: FirstError = Arc::default();
+        let runner = Runner {
+            threads: setup.threads,
+            name: "selfplay".into(),
+            seed: setup.seed,
+            model: Arc::clone(&model),
+            control: Arc::clone(&control),
+            resume: Arc::default(),
+        };
+        let (games, received) = sync_channel::<FinishedGame>(QUEUE);
+        let db = RunDb::open(setup.db_path)?;
+        let spawn_error =
+            |source| TrainError::Io { action: "starting", path: "self-play threads".into(), source };
+        let (players, store) = match learner {
+            Some(learner) => {
+                let store = spawn_store("local-recorder", {
+                    let (live, error) = (Arc::clone(setup.live), Arc::clone(&error));
+                    move || record(db, received, &live, &error)
+                })?;
+                let online = learner.config().mode == TdMode::Online;
+                let players = runner
+                    .spawn(|_| LearningSink {
+                        learner: Arc::clone(&learner),
+                        online,
+                        trace: Trace::default(),
+                        live: Arc::clone(setup.live),
+                        budget: Arc::clone(&budget),
+                        records: games.clone(),
+                        error: Arc::clone(&error),
+                    })
+                    .map_err(spawn_error)?;
+                (players, store)
+            }
+            None => {
+                let store = spawn_store("local-uplink", {
+                    let (live, error) = (Arc::clone(setup.live), Arc::clone(&error));
+                    move || uplink(db, received, &live, &error)
+                })?;
+                let players = runner
+                    .spawn(|_| QueueSink { budget: Arc::clone(&budget), games: games.clone() })
+                    .map_err(spawn_error)?;
+                (players, store)
+            }
+        };
+        Ok(LocalPlay { players, store, control, model, error })
+    }
+
+    /// Whether every playing thread has returned.
+    pub fn finished(&self) -> bool {
+        self.players.iter().all(JoinHandle::is_finished)
+    }
+
+    /// Waits for the threads and the store thread (every game played is then stored), and
+    /// reports the first error any of them hit.
+    pub fn join(self) -> Result<(), TrainError> {
+        for player in self.players {
+            if player.join().is_err() {
+                tracing::error!("a self-play thread panicked");
+            }
+        }
+        if self.store.join().is_err() {
+            tracing::error!("the local store thread panicked");
+        }
+        match self.error.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+}
+
+fn spawn_store(name: &str, body: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, TrainError> {
+    std::thread::Builder::new().name(name.into()).spawn(body).map_err(|source| TrainError::Io {
+        action: "starting",
+        path: name.into(),
+        source,
+    })
+}
+
+/// Takes up to 256 games: the first waits, the rest are those already waiting (or arriving within
+/// 50 ms). `None` once every sender is gone and nothing is left.
+fn next_batch(received: &Receiver<FinishedGame>) -> Option<Vec<FinishedGame>> {
+    let first = received.recv().ok()?;
+    let mut batch = vec![first];
+    let until = Instant::now() + Duration::from_millis(50);
+    while batch.len() < 256 {
+        match received.recv_timeout(until.saturating_duration_since(Instant::now())) {
+            Ok(game) => batch.push(game),
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    Some(batch)
+}
+
+/// Stores games the threads already learned: for the dashboard and exports, never learned again.
+fn record(mut db: RunDb, received: Receiver<FinishedGame>, live: &LiveState, error: &FirstError) {
+    while let Some(batch) = next_batch(&received) {
+        let encoded: Result<Vec<Vec<u8>>, _> = batch.iter().map(|g| g.record.encode()).collect();
+        let encoded = match encoded {
+            Ok(encoded) => encoded,
+            Err(e) => {
+                note(error, TrainError::Zero(format!("a local game cannot be encoded: {e}")));
+                continue;
+            }
+        };
+        let games: Vec<NewGame<'_>> = batch
+            .iter()
+            .zip(&encoded)
+            .map(|(game, bytes)| NewGame {
+                uuid: *game.uuid.as_bytes(),
+                origin: game.origin.map(|o| (*o.parent.as_bytes(), o.step)),
+                revision: game.revision,
+                score: game.score,
+                moves: game.record.steps.len() as u32,
+                max_tile: game.max_tile,
+                record: bytes,
+            })
+            .collect();
+        let stored = db.insert_games(LOCAL_WORKER, &games, 0, None, false).and_then(|_| db.last_game_id());
+        match stored {
+            Ok(id) => live.stored(id, false),
+            Err(e) => {
+                note(error, e.into());
+                return;
+            }
+        }
+    }
+}
+
+/// Verifies and queues policy-value games for the learner.
+fn uplink(mut db: RunDb, received: Receiver<FinishedGame>, live: &LiveState, error: &FirstError) {
+    while let Some(batch) = next_batch(&received) {
+        let entries: Vec<BatchEntry> = batch
+            .into_iter()
+            .map(|game| BatchEntry {
+                uuid: game.uuid,
+                revision: game.revision,
+                origin: game.origin,
+                record: Ok(game.record),
+            })
+            .collect();
+        let accepted = live.accepted();
+        let rules = UploadRules { accepted_revisions: &accepted, search: live.search_requirement() };
+        let stored = ingest(&mut db, LOCAL_WORKER, &entries, &rules).and_then(|reply| {
+            for rejection in &reply.rejected {
+                tracing::warn!("a local self-play game was refused: {}", rejection.reason);
+            }
+            db.last_game_id()
+        });
+        match stored {
+            Ok(id) => live.stored(id, true),
+            Err(e) => {
+                note(error, e.into());
+                return;
+            }
+        }
+    }
+}
+
+/// Pauses policy-value self-play while more than `max` of its games wait to be learned: they
+/// would come from an ever older snapshot.
+pub fn pace(control: &Control, live: &LiveState, max: u64) {
+    let waiting = live
+        .queued_through
+        .load(Ordering::Relaxed)
+        .saturating_sub(live.learned_through.load(Ordering::Relaxed));
+    control.pause.store(waiting > max, Ordering::Relaxed);
+}

@@ -19,6 +19,7 @@ pub fn overrides(args: &StorageArgs, listen: &ListenArgs) -> Overrides {
         r2_endpoint: args.r2_endpoint.clone(),
         r2_public_url: args.r2_public_url.clone(),
         weights_dir: args.weights_dir.clone(),
+        weights_budget_mib: args.weights_budget_mib,
         host: listen.host.clone(),
         port: listen.port,
         advertised_host: listen.advertised_host.clone(),
@@ -32,6 +33,11 @@ pub fn load(args: &StorageArgs, listen: &ListenArgs) -> Result<(FileConfig, Conf
     let mut storage = crate::config::storage(&file, &overrides(args, listen))?;
     storage.server.localhost_weights |= listen.localhost_weights;
     storage.validate().map_err(|e| bad_input(e.to_string()))?;
+    if storage.storage.use_r2 {
+        // A bucket that cannot work as configured is the user's to fix; the storage fallback is
+        // for buckets that fail while the run goes on.
+        storage.r2_settings().map_err(bad_input)?;
+    }
     Ok((file, storage))
 }
 

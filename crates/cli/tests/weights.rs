@@ -111,9 +111,27 @@ fn r2_flags_reach_the_adapter_and_fall_back_loudly_without_printing_secrets() {
     let everything = format!("{stderr}{}", String::from_utf8_lossy(&output.stdout));
     assert!(!everything.contains(secret) && !everything.contains("AKIAFLAGKEY"), "{everything}");
 
+    // Missing settings are the user's to fix, not an outage to ride out: exit 2, naming each one.
     let incomplete =
         zero2048(&["weights", "list", "--weights-dir", dir.path().to_str().unwrap(), "--use-r2"]);
-    assert!(String::from_utf8_lossy(&incomplete.stderr).contains("missing r2_bucket"));
+    let stderr = String::from_utf8_lossy(&incomplete.stderr);
+    assert_eq!(incomplete.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("missing r2_bucket") && stderr.contains("r2_secret_key"), "{stderr}");
+    let train = zero2048(&[
+        "train",
+        "--weights-dir",
+        dir.path().join("w").to_str().unwrap(),
+        "--db",
+        dir.path().join("run.db").to_str().unwrap(),
+        "--use-r2",
+        "--r2-bucket=runs",
+        "--games",
+        "1",
+    ]);
+    let stderr = String::from_utf8_lossy(&train.stderr);
+    assert_eq!(train.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("missing r2_access_key"), "{stderr}");
+    assert!(!dir.path().join("run.db").exists(), "a refused start wrote the run database");
 }
 
 #[test]

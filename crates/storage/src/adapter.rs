@@ -9,6 +9,7 @@
 //!   answers again, then returns to normal. Nothing published is ever lost.
 //! - Presigning fails → the local URL (HTTP if the server serves weights, else file://).
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::backend::{
-    StorageBackend, StorageError, StorageResult, StoredWeights, UrlKind, WeightsData, WeightsUrl,
+    Retention, StorageBackend, StorageError, StorageResult, StoredWeights, UrlKind, WeightsData, WeightsUrl,
 };
 use crate::config::Config;
 use crate::latest::{LatestExtra, LatestInfo};
@@ -40,6 +41,12 @@ pub struct StorageStatus {
     pub pending_catch_up: usize,
     /// When the last catch-up attempt ran, and what it said.
     pub last_catch_up: Option<String>,
+    /// Bytes the stored revisions take in the weights directory (None if it cannot be read).
+    pub weights_bytes: Option<u64>,
+    /// Their disk budget (0: none besides `keep_revisions`).
+    pub weights_budget_bytes: u64,
+    /// Newest revisions kept.
+    pub keep_revisions: usize,
 }
 
 #[derive(Debug)]
@@ -64,8 +71,12 @@ struct State {
 pub struct StorageAdapter {
     local: LocalStorageBackend,
     state: Mutex<State>,
+    /// Held by every writer of the latest record (publishing, refreshing) and by the last step
+    /// of a catch-up, so no revision can be published between the catch-up's final check of the
+    /// bucket and its return to normal.
+    publishing: tokio::sync::Mutex<()>,
     url_grace: time::Duration,
-    keep_revisions: usize,
+    retention: Retention,
     catch_up_interval: Duration,
 }
 
@@ -110,8 +121,12 @@ impl StorageAdapter {
         let adapter = StorageAdapter {
             local,
             state: Mutex::new(State { remote, served_as: None, pending: 0, last_catch_up: None }),
+            publishing: tokio::sync::Mutex::new(()),
             url_grace: time::Duration::seconds(config.storage.url_grace_seconds as i64),
-            keep_revisions: config.storage.keep_revisions,
+            retention: Retention {
+                keep_revisions: config.storage.keep_revisions,
+                budget_bytes: config.storage.weights_budget_mib << 20,
+            },
             catch_up_interval: Duration::from_secs(config.storage.catch_up_interval_seconds.max(1)),
         };
         if let Some(latest) = adapter.local.read_latest_info().await? {
@@ -184,6 +199,9 @@ impl StorageAdapter {
             bucket,
             pending_catch_up: state.pending,
             last_catch_up: state.last_catch_up.clone(),
+            weights_bytes: self.local.disk_usage().ok(),
+            weights_budget_bytes: self.retention.budget_bytes,
+            keep_revisions: self.retention.keep_revisions,
         }
     }
 
@@ -197,6 +215,7 @@ impl StorageAdapter {
         deadline: OffsetDateTime,
         extra: &LatestExtra,
     ) -> StorageResult<LatestInfo> {
+        let _publishing = self.publishing.lock().await;
         let stored = self.local.save_weights(data, revision).await?;
         let mut remote = self.healthy_remote();
         if let Some(bucket) = &remote
@@ -251,23 +270,17 @@ impl StorageAdapter {
     }
 
     /// Brings the bucket up to date after a fallback: uploads every local revision it lacks, then
-    /// the latest record (re-pointed at a bucket URL). Returns to normal on success. Safe to call
-    /// at any time; does nothing when there is no usable bucket.
+    /// the latest record (re-pointed at a bucket URL), and returns to normal. Revisions published
+    /// while it runs are uploaded too: it lists local storage again until nothing is missing, and
+    /// takes its last look with publishing held off. Safe to call at any time; does nothing when
+    /// there is no usable bucket.
     pub async fn catch_up(&self) -> Option<StorageResult<usize>> {
         let bucket = self.remote()?;
         let result = self.catch_up_with(&bucket).await;
-        let mut state = self.lock();
         let now = OffsetDateTime::now_utc();
+        let mut state = self.lock();
         match &result {
-            Ok(uploaded) => {
-                if let Remote::Ready { degraded, .. } = &mut state.remote
-                    && degraded.take().is_some()
-                {
-                    tracing::info!("bucket {} is back: {uploaded} revisions caught up", bucket.bucket());
-                }
-                state.pending = 0;
-                state.last_catch_up = Some(format!("{now}: ok, {uploaded} uploaded"));
-            }
+            Ok(uploaded) => state.last_catch_up = Some(format!("{now}: ok, {uploaded} uploaded")),
             Err(e) => {
                 if let Remote::Ready { degraded, .. } = &mut state.remote {
                     *degraded = Some(e.to_string());
@@ -280,22 +293,25 @@ impl StorageAdapter {
 
     async fn catch_up_with(&self, bucket: &R2StorageBackend) -> StorageResult<usize> {
         bucket.probe().await?;
-        let in_bucket: Vec<String> =
+        let mut in_bucket: HashSet<String> =
             bucket.list_revisions().await?.into_iter().map(|w| w.name.to_string()).collect();
+        // The bulk of the uploads runs while publishing goes on (to local storage, as the
+        // bucket is still marked behind); each pass picks up what was published meanwhile.
         let mut uploaded = 0;
-        let local = self.local.list_revisions().await?;
-        {
-            self.lock().pending = local.iter().filter(|w| !in_bucket.contains(&w.name.to_string())).count();
-        }
-        for weights in &local {
-            if in_bucket.contains(&weights.name.to_string()) {
-                continue;
-            }
-            bucket.save_weights(self.stored_data(weights), weights.name.revision()).await?;
-            uploaded += 1;
-            self.lock().pending -= 1;
-        }
+        while self.upload_missing(bucket, &mut in_bucket, &mut uploaded).await? > 0 {}
+
+        let _publishing = self.publishing.lock().await;
+        self.upload_missing(bucket, &mut in_bucket, &mut uploaded).await?;
         if let Some(mut latest) = self.local.read_latest_info().await? {
+            if !in_bucket.contains(&latest.weights_file) {
+                return Err(StorageError::Remote {
+                    operation: "catch-up",
+                    message: format!(
+                        "the latest record names {}, which local storage no longer holds",
+                        latest.weights_file
+                    ),
+                });
+            }
             let bucket_latest = bucket.read_latest_info().await?;
             if bucket_latest
                 .as_ref()
@@ -316,7 +332,40 @@ impl StorageAdapter {
                 bucket.write_latest(&latest).await?;
             }
         }
+        let mut state = self.lock();
+        state.pending = 0;
+        if let Remote::Ready { degraded, .. } = &mut state.remote
+            && degraded.take().is_some()
+        {
+            tracing::info!("bucket {} is back: {uploaded} revisions caught up", bucket.bucket());
+        }
         Ok(uploaded)
+    }
+
+    /// One pass of the catch-up: uploads every local revision not in `in_bucket`, keeping the
+    /// pending count true as it goes. Returns how many it uploaded.
+    async fn upload_missing(
+        &self,
+        bucket: &R2StorageBackend,
+        in_bucket: &mut HashSet<String>,
+        uploaded: &mut usize,
+    ) -> StorageResult<usize> {
+        let missing: Vec<StoredWeights> = self
+            .local
+            .list_revisions()
+            .await?
+            .into_iter()
+            .filter(|w| !in_bucket.contains(&w.name.to_string()))
+            .collect();
+        self.lock().pending = missing.len();
+        for weights in &missing {
+            bucket.save_weights(self.stored_data(weights), weights.name.revision()).await?;
+            in_bucket.insert(weights.name.to_string());
+            *uploaded += 1;
+            let mut state = self.lock();
+            state.pending = state.pending.saturating_sub(1);
+        }
+        Ok(missing.len())
     }
 
     /// Runs [`StorageAdapter::catch_up`] every `catch_up_interval_seconds` while degraded.
@@ -332,13 +381,14 @@ impl StorageAdapter {
         })
     }
 
-    /// Applies `keep_revisions` to local storage and the bucket; failures are logged, not fatal.
+    /// Applies `keep_revisions` and the disk budget to local storage and the bucket; failures are
+    /// logged, not fatal.
     pub async fn prune(&self) {
-        if let Err(e) = self.local.prune(self.keep_revisions).await {
+        if let Err(e) = self.local.prune(self.retention).await {
             tracing::warn!("pruning local revisions failed: {e}");
         }
         if let Some(bucket) = self.healthy_remote()
-            && let Err(e) = bucket.prune(self.keep_revisions).await
+            && let Err(e) = bucket.prune(self.retention).await
         {
             tracing::warn!("pruning bucket revisions failed: {e}");
         }
@@ -352,6 +402,7 @@ impl StorageAdapter {
     /// A fresh URL for the latest weights valid past `deadline`, for re-issuing the record
     /// before a presigned URL expires.
     pub async fn refresh_latest(&self, deadline: OffsetDateTime) -> StorageResult<Option<LatestInfo>> {
+        let _publishing = self.publishing.lock().await;
         let Some(mut latest) = self.local.read_latest_info().await? else { return Ok(None) };
         let Some(stored) = self
             .local

@@ -254,22 +254,55 @@ pub trait StorageBackend: Send + Sync {
     async fn delete_weights(&self, name: &WeightsName) -> StorageResult<()>;
 
     /// Deletes all but the newest `keep` revisions (0 keeps everything), never the latest one.
-    async fn prune(&self, keep: usize) -> StorageResult<Vec<WeightsName>> {
-        if keep == 0 {
-            return Ok(Vec::new());
-        }
+    async fn prune(&self, retention: Retention) -> StorageResult<Vec<WeightsName>> {
         let latest = self.read_latest_info().await?.map(|l| l.weights_file);
         let stored = self.list_revisions().await?;
-        let excess = stored.len().saturating_sub(keep);
         let mut deleted = Vec::new();
-        for weights in stored.into_iter().take(excess) {
-            if latest.as_deref() == Some(&weights.name.to_string()) {
-                continue;
-            }
+        for weights in retention.doomed(&stored, latest.as_deref()) {
             self.delete_weights(&weights.name).await?;
-            deleted.push(weights.name);
+            deleted.push(weights.name.clone());
         }
         Ok(deleted)
+    }
+}
+
+/// What storage keeps of old revisions: the newest `keep_revisions` that fit in `budget_bytes`,
+/// and always the one the latest record names (beyond the count, inside the budget). Zero means
+/// no limit, for either.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Newest revisions kept (0: all).
+    pub keep_revisions: usize,
+    /// Bytes the kept revisions may take in all (0: no limit).
+    pub budget_bytes: u64,
+}
+
+impl Retention {
+    /// Keeps the newest `keep_revisions`, whatever their size.
+    pub fn newest(keep_revisions: usize) -> Retention {
+        Retention { keep_revisions, budget_bytes: 0 }
+    }
+
+    /// The revisions of `stored` (oldest first) that this retention drops.
+    pub fn doomed<'a>(&self, stored: &'a [StoredWeights], latest: Option<&str>) -> Vec<&'a StoredWeights> {
+        let is_latest = |w: &StoredWeights| Some(w.name.to_string().as_str()) == latest;
+        // The latest record's file is always kept, and its bytes are spent first.
+        let mut bytes: u64 = stored.iter().filter(|w| is_latest(w)).map(|w| w.size).sum();
+        let mut doomed = Vec::new();
+        for (rank, weights) in stored.iter().rev().enumerate() {
+            if is_latest(weights) {
+                continue;
+            }
+            let by_count = self.keep_revisions == 0 || rank < self.keep_revisions;
+            let by_size = self.budget_bytes == 0 || bytes + weights.size <= self.budget_bytes;
+            if by_count && by_size {
+                bytes += weights.size;
+            } else {
+                doomed.push(weights);
+            }
+        }
+        doomed.reverse();
+        doomed
     }
 }
 
@@ -328,4 +361,44 @@ pub async fn verify_stored(backend: &dyn StorageBackend, stored: &StoredWeights)
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(revision: u64, size: u64) -> StoredWeights {
+        let sha256 = format!("{revision:064x}");
+        StoredWeights { name: WeightsName::new(revision, &sha256), sha256, size, stored_at: None }
+    }
+
+    fn dropped(retention: Retention, sizes: &[u64], latest: Option<u64>) -> Vec<u64> {
+        let all: Vec<StoredWeights> =
+            sizes.iter().enumerate().map(|(i, &s)| stored(i as u64 + 1, s)).collect();
+        let latest = latest.map(|r| all[r as usize - 1].name.to_string());
+        retention.doomed(&all, latest.as_deref()).iter().map(|w| w.name.revision()).collect()
+    }
+
+    #[test]
+    fn retention_keeps_the_newest_that_fit_and_always_the_latest() {
+        let none = Retention::default();
+        assert!(dropped(none, &[10; 6], Some(6)).is_empty(), "no limits keep everything");
+        assert_eq!(dropped(Retention::newest(3), &[10; 6], Some(1)), [2, 3]);
+        // A budget of 35 bytes holds three 10-byte files: the latest's first, then the newest.
+        let budget = Retention { keep_revisions: 0, budget_bytes: 35 };
+        assert_eq!(dropped(budget, &[10; 6], Some(6)), [1, 2, 3]);
+        assert_eq!(dropped(budget, &[10; 6], Some(2)), [1, 3, 4]);
+        // The latest is kept even when it alone is over budget; nothing else then fits.
+        let tiny = Retention { keep_revisions: 0, budget_bytes: 5 };
+        assert_eq!(dropped(tiny, &[10; 4], Some(4)), [1, 2, 3]);
+        // Both limits at once: the stricter wins.
+        let both = Retention { keep_revisions: 2, budget_bytes: 1000 };
+        assert_eq!(dropped(both, &[10; 5], Some(5)), [1, 2, 3]);
+        assert_eq!(
+            dropped(Retention { keep_revisions: 3, budget_bytes: 15 }, &[10; 5], Some(5)),
+            [1, 2, 3, 4]
+        );
+        // Without a latest record, the count and the budget alone decide.
+        assert_eq!(dropped(Retention { keep_revisions: 0, budget_bytes: 25 }, &[10; 4], None), [1, 2]);
+    }
 }

@@ -44,6 +44,9 @@ pub struct StorageConfig {
     pub catch_up_interval_seconds: u64,
     /// Newest revisions kept in storage (0 keeps all); the one the latest record names is kept too.
     pub keep_revisions: usize,
+    /// Disk budget of the stored revisions in MiB (0: none): the oldest go first past it, never
+    /// the one the latest record names. Applies to the weights directory and the bucket alike.
+    pub weights_budget_mib: u64,
 }
 
 impl Default for StorageConfig {
@@ -64,6 +67,7 @@ impl Default for StorageConfig {
             url_grace_seconds: 3600,
             catch_up_interval_seconds: 30,
             keep_revisions: 20,
+            weights_budget_mib: 0,
         }
     }
 }
@@ -147,6 +151,8 @@ pub struct Overrides {
     pub r2_public_url: Option<String>,
     /// `--weights-dir`.
     pub weights_dir: Option<PathBuf>,
+    /// `--weights-budget-mib`.
+    pub weights_budget_mib: Option<u64>,
     /// `--host`.
     pub host: Option<String>,
     /// `--port`.
@@ -224,6 +230,9 @@ impl Config {
         }
         if let Some(v) = &overrides.weights_dir {
             s.weights_dir = v.clone();
+        }
+        if let Some(v) = overrides.weights_budget_mib {
+            s.weights_budget_mib = v;
         }
         if let Some(v) = &overrides.host {
             self.server.host = v.clone();

@@ -376,6 +376,18 @@ impl Fetcher {
         Ok(target)
     }
 
+    /// The bytes of weights in the cache now, and the budget they are held to.
+    pub fn usage(&self) -> std::io::Result<(u64, u64)> {
+        let mut total = 0;
+        for entry in std::fs::read_dir(&self.cache_dir)? {
+            let entry = entry?;
+            if is_sha256_hex(&entry.file_name().to_string_lossy()) {
+                total += entry.metadata()?.len();
+            }
+        }
+        Ok((total, self.budget_bytes))
+    }
+
     /// Deletes the least recently used cached files until the cache fits its budget, never
     /// `keep` nor a file marked in use. Returns the bytes freed.
     pub fn evict(&self, keep: &str) -> std::io::Result<u64> {

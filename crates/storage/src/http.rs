@@ -24,7 +24,11 @@ pub fn weights_router(dir: PathBuf) -> Router {
 }
 
 fn not_found(what: &str) -> Response {
-    let body = serde_json::json!({ "error": format!("{what} is not a stored weights file") });
+    // The shape of every API error (`error`, `code`), so clients parse one kind of answer.
+    let body = serde_json::json!({
+        "error": format!("{what} is not a stored weights file"),
+        "code": "not_found",
+    });
     (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 

@@ -24,8 +24,8 @@ mod secret;
 
 pub use adapter::{StorageAdapter, StorageStatus};
 pub use backend::{
-    StorageBackend, StorageError, StorageResult, StoredWeights, UrlKind, WeightsData, WeightsReader,
-    WeightsUrl, verify_stored,
+    Retention, StorageBackend, StorageError, StorageResult, StoredWeights, UrlKind, WeightsData,
+    WeightsReader, WeightsUrl, verify_stored,
 };
 pub use config::{Config, ConfigError, Overrides, R2Settings, ServerConfig, StorageConfig, parse_yaml};
 pub use fetch::{Expected, FetchError, Fetcher, RetryPolicy};

@@ -172,6 +172,19 @@ impl LocalStorageBackend {
         Ok(path)
     }
 
+    /// Bytes the stored revisions take on disk (weights files and their sidecars).
+    pub fn disk_usage(&self) -> StorageResult<u64> {
+        let mut total = 0;
+        for entry in fs::read_dir(&self.dir).map_err(io("listing", &self.dir))? {
+            let entry = entry.map_err(io("listing", &self.dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if WeightsName::parse(name.trim_end_matches(SIDECAR_SUFFIX)).is_ok() {
+                total += entry.metadata().map_err(io("reading", &entry.path()))?.len();
+            }
+        }
+        Ok(total)
+    }
+
     /// A path in the weights directory to write a file to before publishing it, so the publish
     /// is a rename on the same file system. The file is removed when the guard drops; one a crash
     /// leaves behind is a `.tmp-` file that [`LocalStorageBackend::remove_leftovers`] clears.

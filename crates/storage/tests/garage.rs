@@ -10,7 +10,7 @@ use common::{Garage, random_file};
 use time::OffsetDateTime;
 use tokio::io::AsyncReadExt;
 use zero2048_storage::{
-    Expected, FetchError, Fetcher, LatestExtra, R2StorageBackend, RetryPolicy, StorageAdapter,
+    Expected, FetchError, Fetcher, LatestExtra, R2StorageBackend, Retention, RetryPolicy, StorageAdapter,
     StorageBackend, StorageError, UrlKind, WeightsData, hash_file,
 };
 
@@ -214,7 +214,7 @@ async fn retention_keeps_the_latest_revision(garage: &Garage) {
     )
     .await
     .unwrap();
-    let deleted = r2.prune(2).await.unwrap();
+    let deleted = r2.prune(Retention::newest(2)).await.unwrap();
     let left: Vec<u64> = r2.list_revisions().await.unwrap().iter().map(|w| w.name.revision()).collect();
     assert_eq!(left, vec![2, 4, 5]);
     assert_eq!(deleted.iter().map(|n| n.revision()).collect::<Vec<_>>(), vec![1, 3]);

@@ -78,3 +78,49 @@ async fn bucket_down_mid_run_falls_back_and_catches_up() {
     assert!(fourth.weights_url.contains("X-Amz-Signature="));
     assert_eq!(bucket.read_latest_info().await.unwrap().unwrap().revision, 4);
 }
+
+/// A revision published while the catch-up is uploading must reach the bucket too, and the
+/// bucket's latest record must never name an object the bucket does not hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revision_published_during_the_catch_up_reaches_the_bucket() {
+    let mut garage = Garage::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = garage.config(dir.path(), "catch-up-race");
+    let adapter = std::sync::Arc::new(StorageAdapter::from_config(&config).await.unwrap());
+    publish(&adapter, 1).await;
+
+    garage.stop();
+    let deadline = OffsetDateTime::now_utc() + time::Duration::hours(1);
+    for revision in 2..=5 {
+        // Large enough that the catch-up is still uploading when the next revision arrives.
+        let bytes = Bytes::from(vec![revision as u8; 16 << 20]);
+        adapter.publish(WeightsData::Bytes(bytes), revision, deadline, &LatestExtra::new()).await.unwrap();
+    }
+    assert!(adapter.is_degraded());
+    garage.restart();
+
+    let catching_up = {
+        let adapter = std::sync::Arc::clone(&adapter);
+        tokio::spawn(async move { adapter.catch_up().await })
+    };
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let during = publish(&adapter, 6).await;
+    catching_up.await.unwrap().unwrap().unwrap();
+    assert!(!adapter.is_degraded(), "{:?}", adapter.status());
+    assert_eq!(adapter.status().pending_catch_up, 0);
+
+    let bucket = adapter.remote().unwrap();
+    let in_bucket: Vec<String> =
+        bucket.list_revisions().await.unwrap().iter().map(|w| w.name.to_string()).collect();
+    for stored in adapter.local().list_revisions().await.unwrap() {
+        assert!(
+            in_bucket.contains(&stored.name.to_string()),
+            "{} never uploaded: {in_bucket:?}",
+            stored.name
+        );
+    }
+    let latest = bucket.read_latest_info().await.unwrap().unwrap();
+    assert_eq!(latest.revision, 6);
+    assert_eq!(latest.weights_file, during.weights_file);
+    assert!(in_bucket.contains(&latest.weights_file), "the bucket's latest.json names a missing object");
+}

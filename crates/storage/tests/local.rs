@@ -7,8 +7,8 @@ use time::OffsetDateTime;
 use tokio::io::AsyncReadExt;
 use zero2048_storage::http::{RangeRequest, parse_range, weights_router};
 use zero2048_storage::{
-    LocalStorageBackend, LocalUrls, StorageBackend, StorageError, UrlKind, WeightsData, WeightsName,
-    hash_bytes,
+    LocalStorageBackend, LocalUrls, Retention, StorageBackend, StorageError, UrlKind, WeightsData,
+    WeightsName, hash_bytes,
 };
 
 fn deadline() -> OffsetDateTime {
@@ -90,7 +90,7 @@ async fn retention_and_leftovers() {
     }
     let url = local.get_weights_url(&stored[0].name.to_string(), 1).await.unwrap();
     local.update_latest_info(1, &url.url, &stored[0].sha256, deadline()).await.unwrap();
-    local.prune(3).await.unwrap();
+    local.prune(Retention::newest(3)).await.unwrap();
     let left: Vec<u64> = local.list_revisions().await.unwrap().iter().map(|w| w.name.revision()).collect();
     assert_eq!(left, vec![1, 4, 5, 6], "the newest three, and the latest record's revision though old");
     assert!(!dir.path().join(stored[1].name.sidecar()).exists(), "sidecars go with their files");
@@ -183,5 +183,11 @@ async fn the_http_handler_serves_ranges_and_etags_and_nothing_else() {
         assert_eq!(response.status(), 404, "{escape}");
         let body = response.text().await.unwrap();
         assert!(!body.contains("outside the weights directory"), "{escape} leaked {body}");
+        if escape.starts_with("/weights/") && !escape.contains("/../") {
+            // The same error shape as every other API error: a message and a machine-readable code.
+            let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(error["code"], "not_found", "{escape}: {body}");
+            assert!(error["error"].as_str().is_some_and(|m| !m.is_empty()), "{escape}: {body}");
+        }
     }
 }

@@ -16,6 +16,13 @@ pub fn run(args: ExportArgs) -> Result<()> {
         return Err(bad_input(format!("{}: no run database there (--db FILE)", db.display())));
     }
     let db = RunDb::open(&db).map_err(|e| anyhow::anyhow!(e))?;
+    if let Some(revision) = revision
+        && !db.revisions_with_games().map_err(|e| anyhow::anyhow!(e))?.contains(&revision)
+    {
+        return Err(bad_input(format!(
+            "revision {revision} has no stored games (zero2048 weights list shows the revisions)"
+        )));
+    }
     let format = match format {
         ExportFormatArg::Jsonl => ExportFormat::Jsonl,
         ExportFormatArg::Csv => ExportFormat::Csv,

@@ -102,6 +102,9 @@ pub fn options(storage_args: &StorageArgs, listen: &ListenArgs, learn: &LearnArg
     })
 }
 
+/// Exit code of a `train` or `server` refused because another process runs the same run.
+pub const EXIT_LOCKED: u8 = 5;
+
 /// Starts the server; a port that is busy is a usage error, unless `fallback_port` allows
 /// taking a free one instead (the local main job, whose port nobody chose).
 pub fn start(
@@ -122,11 +125,15 @@ pub fn start(
             Ok(server)
         }
         Err(e @ ServerError::Bind { .. }) => Err(bad_input(e.to_string())),
+        Err(e @ ServerError::Train(zero2048_train::TrainError::Locked { .. })) => {
+            Err(anyhow::Error::new(crate::Exit(EXIT_LOCKED, e.to_string())))
+        }
         Err(e) => Err(anyhow::anyhow!(e)),
     }
 }
 
-/// First Ctrl-C sets the returned flag (with `first` printed); the second exits with 130.
+/// First Ctrl-C (or SIGTERM, what systemd and container runtimes send, or SIGHUP) sets the
+/// returned flag (with `first` printed); the second exits with 130.
 pub fn two_stage_ctrl_c(first: &'static str) -> Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
     let presses = Arc::new(AtomicUsize::new(0));

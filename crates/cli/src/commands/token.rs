@@ -9,7 +9,17 @@ use crate::bad_input;
 
 /// Runs the command.
 pub fn run(args: TokenArgs) -> Result<()> {
+    let existed = args.db.is_file();
+    if !existed && !matches!(args.action, TokenAction::Add { .. }) {
+        return Err(bad_input(format!("{}: no run database there (--db FILE)", args.db.display())));
+    }
     let store = TokenStore::open(&args.db).with_context(|| format!("opening {}", args.db.display()))?;
+    if !existed {
+        eprintln!(
+            "created a new run database at {} (no run was there yet; give --db if the server's is elsewhere)",
+            args.db.display()
+        );
+    }
     let user_error = |e: TokenStoreError| match e {
         TokenStoreError::Db { .. } => anyhow::anyhow!(e),
         other => bad_input(other.to_string()),

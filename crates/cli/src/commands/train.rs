@@ -20,7 +20,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     let threads = options.train.selfplay_threads;
     if args.reset {
+        // Never delete a run another process is using.
+        let held = zero2048_train::RunLock::acquire(&args.learn.db, &options.storage.storage.weights_dir)
+            .map_err(|e| anyhow::Error::new(crate::Exit(learn::EXIT_LOCKED, e.to_string())))?;
         reset(&args.learn.db, &options.storage.storage.weights_dir)?;
+        drop(held);
     }
     let runtime = storage::runtime()?;
     let fallback_port = args.listen.port.is_none();
@@ -95,7 +99,7 @@ pub(crate) struct Display {
 impl Display {
     pub(crate) fn new() -> Display {
         let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = ProgressBar::new_spinner();
+            let bar = crate::logging::bars().add(ProgressBar::new_spinner());
             bar.set_style(
                 ProgressStyle::with_template("{spinner} {msg}")
                     .unwrap_or_else(|_| ProgressStyle::default_spinner()),
@@ -164,6 +168,15 @@ pub(crate) fn print_summary(summary: &Summary) {
         p.elapsed_seconds
     );
     println!("{:<24}{} (published this session: {})", "revision", p.revision, summary.revisions.len());
+    let storage = &summary.storage;
+    if let (Some(bucket), Some(reason)) = (&storage.bucket, &storage.degraded) {
+        println!(
+            "{:<24}{bucket} is behind: {} revisions are on local disk only ({reason}); the next run uploads them once the bucket answers",
+            "bucket", storage.pending_catch_up
+        );
+    } else if let Some(reason) = &storage.degraded {
+        println!("{:<24}never used: {reason}", "bucket");
+    }
     println!(
         "{:<24}{} (2048 in {:.1}%)",
         "recent training mean",

@@ -52,8 +52,15 @@ fn three_workers_train_a_server_and_follow_its_revisions() {
     assert!(switched, "no worker moved to a newer revision");
     let games = stored_games(&dir.path().join("zero2048.db"));
     assert_eq!(games.len() as u64, played, "the database holds every game once");
-    let names: HashSet<&str> = games.iter().map(|g| g.1.as_str()).collect();
-    assert_eq!(names, HashSet::from(["w1", "w2", "w3"]));
+    // Each game names its worker as token@machine: three tokens, each on its own machine.
+    let tokens: HashSet<&str> = games.iter().map(|g| g.1.split('@').next().unwrap()).collect();
+    assert_eq!(tokens, HashSet::from(["w1", "w2", "w3"]));
+    let workers: HashSet<&str> = games.iter().map(|g| g.1.as_str()).collect();
+    assert_eq!(workers.len(), 3, "{workers:?}");
+    assert!(
+        workers.iter().all(|w| w.split_once('@').is_some_and(|(_, machine)| !machine.is_empty())),
+        "{workers:?}"
+    );
 
     wait_for(Duration::from_secs(60), "the learner to catch up", || status(port)["training"]["backlog"] == 0);
     let status = status(port);
@@ -294,7 +301,7 @@ fn token_commands_store_only_hashes_and_purge_quarantines_games() {
     );
     let conn = rusqlite::Connection::open(dir.path().join("zero2048.db")).unwrap();
     let (all, quarantined): (i64, i64) = conn
-        .query_row("SELECT count(*), sum(quarantined) FROM games WHERE worker = 'alice'", [], |r| {
+        .query_row("SELECT count(*), sum(quarantined) FROM games WHERE worker LIKE 'alice@%'", [], |r| {
             Ok((r.get(0)?, r.get(1)?))
         })
         .unwrap();

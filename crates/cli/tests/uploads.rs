@@ -195,6 +195,72 @@ fn every_bad_upload_gets_its_own_4xx_and_the_server_keeps_serving() {
 }
 
 #[test]
+fn machines_sharing_a_token_are_separate_workers_and_a_revoked_token_marks_them_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = token(dir.path(), "shared");
+    let other = token(dir.path(), "other");
+    let port = free_port();
+    let _server = server(dir.path(), port, &["--revision-every-games", "1000000"]);
+
+    let from = |machine: &str, seed: u64| {
+        let reply =
+            post(port, Some(&shared), batch(&[upload(seed)]), &[("zero2048-worker-machine", machine)]);
+        assert_eq!(reply.status(), 200);
+    };
+    from("laptop-0a1b2c", 1);
+    from("desktop-3d4e5f", 2);
+    from("laptop-0a1b2c", 3);
+    let reply = post(port, Some(&other), batch(&[upload(4)]), &[("zero2048-worker-machine", "box-1")]);
+    assert_eq!(reply.status(), 200);
+    let message = json_error(
+        post(port, Some(&shared), batch(&[upload(5)]), &[("zero2048-worker-machine", "no spaces please")]),
+        400,
+        "bad_machine",
+    );
+    assert!(message.contains("no spaces please"), "{message}");
+
+    let workers = |status: &serde_json::Value| -> Vec<(String, String, u64, bool, bool)> {
+        let mut rows: Vec<_> = status["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| {
+                (
+                    w["token"].as_str().unwrap().to_string(),
+                    w["machine"].as_str().unwrap_or("-").to_string(),
+                    w["games"].as_u64().unwrap(),
+                    w["active"].as_bool().unwrap(),
+                    !w["revoked_at"].is_null(),
+                )
+            })
+            .collect();
+        rows.sort();
+        rows
+    };
+    let before = workers(&status(port));
+    assert_eq!(
+        before,
+        [
+            ("other".into(), "box-1".into(), 1, true, false),
+            ("shared".into(), "desktop-3d4e5f".into(), 1, true, false),
+            ("shared".into(), "laptop-0a1b2c".into(), 2, true, false),
+        ]
+    );
+    let out = zero2048(dir.path(), &["token", "revoke", "shared"]);
+    assert!(out.status.success());
+    let after = workers(&status(port));
+    assert_eq!(
+        after,
+        [
+            ("other".into(), "box-1".into(), 1, true, false),
+            ("shared".into(), "desktop-3d4e5f".into(), 1, false, true),
+            ("shared".into(), "laptop-0a1b2c".into(), 2, false, true),
+        ],
+        "a revoked token's machines are marked and no longer active"
+    );
+}
+
+#[test]
 fn uploads_are_rate_limited_per_token_with_retry_after() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("api.yaml"), "api:\n  uploads_per_minute: 3\n").unwrap();

@@ -44,6 +44,23 @@ pub const PROTOCOL_HEADER: &str = "zero2048-protocol";
 /// Request header carrying the worker's version (the crate version of its build).
 pub const WORKER_VERSION_HEADER: &str = "zero2048-worker-version";
 
+/// Request header naming the worker's machine (a host name and a short id kept in its spool
+/// directory), so several machines sharing one token show as several workers. Checked with
+/// [`check_machine`].
+pub const WORKER_MACHINE_HEADER: &str = "zero2048-worker-machine";
+
+/// The rule for [`WORKER_MACHINE_HEADER`]: 1–64 characters of letters, digits, `.`, `_`, `-`.
+pub fn check_machine(machine: &str) -> Result<(), String> {
+    let valid = !machine.is_empty()
+        && machine.len() <= 64
+        && machine.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!("{WORKER_MACHINE_HEADER} {machine:?} is not 1-64 letters, digits, '.', '_' or '-'"))
+    }
+}
+
 /// This build's version, as workers report it and servers compare it with `min_worker_version`.
 pub const BUILD_VERSION: &str = env!("CARGO_PKG_VERSION");
 

@@ -16,7 +16,8 @@ use axum::routing::{get, post};
 use serde::Serialize;
 use zero2048_protocol::{
     ApiError, BUILD_VERSION, ModelSpec, PROTOCOL_HEADER, PROTOCOL_VERSION, UploadRules,
-    WORKER_VERSION_HEADER, decode_batch, decompress_limited, version_at_least,
+    WORKER_MACHINE_HEADER, WORKER_VERSION_HEADER, check_machine, decode_batch, decompress_limited,
+    version_at_least,
 };
 use zero2048_storage::{LatestInfo, StorageAdapter, StorageStatus, UrlKind};
 use zero2048_train::{
@@ -182,10 +183,24 @@ async fn latest(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
     }
 }
 
+/// The worker as the run's tables name it: its token, and the machine it names, if any
+/// (`alice@laptop-3fa2c1`), so machines sharing one token are counted apart. The error is the
+/// message of a `bad_machine` refusal.
+fn worker_identity(token: String, headers: &HeaderMap) -> Result<String, String> {
+    let Some(value) = headers.get(WORKER_MACHINE_HEADER) else { return Ok(token) };
+    let machine = value.to_str().map_err(|_| format!("{WORKER_MACHINE_HEADER} is not text"))?;
+    check_machine(machine)?;
+    Ok(format!("{token}@{machine}"))
+}
+
 async fn upload_games(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
-    let worker = match authenticate(&state, &headers).await {
-        Ok(worker) => worker,
+    let token = match authenticate(&state, &headers).await {
+        Ok(token) => token,
         Err(refusal) => return refusal,
+    };
+    let worker = match worker_identity(token, &headers) {
+        Ok(worker) => worker,
+        Err(message) => return error(StatusCode::BAD_REQUEST, "bad_machine", message),
     };
     if let Err(wait) = state.limiter.check(&worker) {
         let mut response = error(

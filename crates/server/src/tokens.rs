@@ -20,6 +20,9 @@ pub enum TokenStoreError {
         /// Why it failed.
         source: rusqlite::Error,
     },
+    /// The database's schema could not be brought up to date.
+    #[error(transparent)]
+    Schema(zero2048_train::db::DbError),
     /// A name that cannot be used.
     #[error("invalid worker name {0:?}: use 1-64 letters, digits, '.', '_' or '-' (and not \"local\")")]
     BadName(String),
@@ -78,17 +81,12 @@ fn now() -> i64 {
 }
 
 impl TokenStore {
-    /// Opens (creating) the tokens table in the database at `path`.
+    /// Opens the tokens table of the run database at `path` (creating the database if needed).
     pub fn open(path: &Path) -> Result<TokenStore, TokenStoreError> {
+        // The run database's schema (and its migrations) owns the tokens table.
+        zero2048_train::db::migrate_file(path).map_err(TokenStoreError::Schema)?;
         let conn = Connection::open(path).map_err(db("open"))?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(db("enable WAL"))?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(db("set busy timeout"))?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS tokens (
-                 name TEXT PRIMARY KEY, hash BLOB NOT NULL UNIQUE,
-                 created_at INTEGER NOT NULL, revoked_at INTEGER);",
-        )
-        .map_err(db("create the tokens table"))?;
         Ok(TokenStore { conn })
     }
 

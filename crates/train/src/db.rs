@@ -112,6 +112,14 @@ pub struct WorkerRow {
     pub last_seen: i64,
     /// Games quarantined (their token was revoked with `--purge-games`).
     pub quarantined: u64,
+    /// The token it authenticates with (several machines may share one).
+    pub token: String,
+    /// The machine, when the worker names one.
+    pub machine: Option<String>,
+    /// When its token was revoked, if it was.
+    pub revoked_at: Option<i64>,
+    /// Seen in the last [`ACTIVE_WORKER_SECONDS`] with a token not revoked.
+    pub active: bool,
 }
 
 /// A published revision.
@@ -215,6 +223,11 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE games ADD COLUMN branch_step INTEGER;
      ALTER TABLE games ADD COLUMN queued INTEGER NOT NULL DEFAULT 1;
      CREATE INDEX games_queue ON games (id) WHERE queued = 1 AND quarantined = 0;",
+    // 3: worker tokens belong to the schema (the server made this table on its own before), and
+    // a worker is a token on a machine: `token@machine` in `workers.name` and `games.worker`.
+    "CREATE TABLE IF NOT EXISTS tokens (
+         name TEXT PRIMARY KEY, hash BLOB NOT NULL UNIQUE,
+         created_at INTEGER NOT NULL, revoked_at INTEGER);",
 ];
 
 /// The schema version this build writes.
@@ -234,6 +247,21 @@ fn migrate(conn: &mut Connection) -> Result<(), DbError> {
         tx.commit().map_err(ctx("commit a migration"))?;
     }
     Ok(())
+}
+
+/// How long a worker may go unseen and still count as active.
+pub const ACTIVE_WORKER_SECONDS: i64 = 10 * 60;
+
+/// The token part of a worker name (`token@machine`, or a bare token from before machines were
+/// named).
+pub fn token_of(worker: &str) -> &str {
+    worker.split_once('@').map_or(worker, |(token, _)| token)
+}
+
+/// Brings the database file at `path` to this build's schema without keeping it open: for the
+/// server's token store, which shares the file.
+pub fn migrate_file(path: &Path) -> Result<(), DbError> {
+    RunDb::open(path).map(drop)
 }
 
 /// The open database.
@@ -532,11 +560,15 @@ impl RunDb {
             .map_err(ctx("count games"))
     }
 
-    /// Marks every game of `worker` as quarantined: the learner skips them from now on. Returns
-    /// how many games were marked.
-    pub fn quarantine_worker(&self, worker: &str) -> Result<u64, DbError> {
+    /// Marks every game sent with `token` (from any machine) as quarantined: the learner skips
+    /// them from now on. Returns how many games were marked.
+    pub fn quarantine_worker(&self, token: &str) -> Result<u64, DbError> {
         self.conn
-            .execute("UPDATE games SET quarantined = 1 WHERE worker = ?1 AND quarantined = 0", [worker])
+            .execute(
+                "UPDATE games SET quarantined = 1
+                 WHERE (worker = ?1 OR substr(worker, 1, length(?1) + 1) = ?1 || '@') AND quarantined = 0",
+                [token],
+            )
             .map(|n| n as u64)
             .map_err(ctx("quarantine games"))
     }
@@ -546,22 +578,33 @@ impl RunDb {
         let mut query = self
             .conn
             .prepare_cached(
-                "SELECT name, games, moves, rejected, last_rejection, first_seen, last_seen,
-                        (SELECT count(*) FROM games g WHERE g.worker = w.name AND g.quarantined = 1)
-                 FROM workers w ORDER BY last_seen DESC, name",
+                "SELECT w.name, w.games, w.moves, w.rejected, w.last_rejection, w.first_seen, w.last_seen,
+                        (SELECT count(*) FROM games g WHERE g.worker = w.name AND g.quarantined = 1),
+                        t.revoked_at
+                 FROM workers w LEFT JOIN tokens t ON t.name =
+                     CASE WHEN instr(w.name, '@') > 0 THEN substr(w.name, 1, instr(w.name, '@') - 1) ELSE w.name END
+                 ORDER BY w.last_seen DESC, w.name",
             )
             .map_err(ctx("list workers"))?;
+        let now = unix_now();
         query
             .query_map([], |r| {
+                let name: String = r.get(0)?;
+                let last_seen: i64 = r.get(6)?;
+                let revoked_at: Option<i64> = r.get(8)?;
                 Ok(WorkerRow {
-                    name: r.get(0)?,
+                    token: token_of(&name).to_string(),
+                    machine: name.split_once('@').map(|(_, machine)| machine.to_string()),
                     games: r.get::<_, i64>(1)? as u64,
                     moves: r.get::<_, i64>(2)? as u64,
                     rejected: r.get::<_, i64>(3)? as u64,
                     last_rejection: r.get(4)?,
                     first_seen: r.get(5)?,
-                    last_seen: r.get(6)?,
+                    last_seen,
                     quarantined: r.get::<_, i64>(7)? as u64,
+                    active: revoked_at.is_none() && now - last_seen <= ACTIVE_WORKER_SECONDS,
+                    revoked_at,
+                    name,
                 })
             })
             .map_err(ctx("list workers"))?

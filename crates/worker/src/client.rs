@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use zero2048_protocol::{
     ApiError, BUILD_VERSION, LatestRecord, PROTOCOL_HEADER, PROTOCOL_VERSION, UploadReply,
-    WORKER_VERSION_HEADER,
+    WORKER_MACHINE_HEADER, WORKER_VERSION_HEADER,
 };
 use zero2048_storage::Secret;
 
@@ -52,6 +52,8 @@ pub struct ServerClient {
     base: String,
     latest_url: Option<String>,
     token: Option<Secret>,
+    /// Sent with every request: which machine this is (see `Spool::machine`).
+    machine: String,
 }
 
 impl ServerClient {
@@ -61,6 +63,7 @@ impl ServerClient {
         base: &str,
         latest_url: Option<String>,
         token: Option<Secret>,
+        machine: String,
     ) -> Result<ServerClient, ClientError> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
@@ -68,7 +71,7 @@ impl ServerClient {
             .user_agent(concat!("zero2048-worker/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ClientError::Transient { message: e.to_string(), retry_after: None })?;
-        Ok(ServerClient { http, base: base.trim_end_matches('/').to_string(), latest_url, token })
+        Ok(ServerClient { http, base: base.trim_end_matches('/').to_string(), latest_url, token, machine })
     }
 
     /// The server's base URL.
@@ -81,7 +84,8 @@ impl ServerClient {
             .http
             .request(method, url)
             .header(PROTOCOL_HEADER, PROTOCOL_VERSION.to_string())
-            .header(WORKER_VERSION_HEADER, BUILD_VERSION);
+            .header(WORKER_VERSION_HEADER, BUILD_VERSION)
+            .header(WORKER_MACHINE_HEADER, &self.machine);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token.expose());
         }

@@ -86,6 +86,37 @@ impl Spool {
         Ok(spool)
     }
 
+    /// This worker's machine name for the server: the host name and a short random id, made
+    /// once and kept in the spool directory, so the same worker keeps its name across restarts
+    /// and two workers on one machine (two spools) are told apart.
+    pub fn machine(&self) -> Result<String, SpoolError> {
+        let path = self.dir.join("machine");
+        match std::fs::read_to_string(&path) {
+            Ok(name) if zero2048_protocol::check_machine(name.trim()).is_ok() => {
+                return Ok(name.trim().to_string());
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("reading", &path)(e)),
+        }
+        let host: String = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .or_else(|| std::env::var("COMPUTERNAME").ok())
+            .unwrap_or_default()
+            .trim()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            .take(48)
+            .collect();
+        let host = if host.is_empty() { "worker".to_string() } else { host };
+        let name = format!("{host}-{:06x}", rand::random::<u32>() & 0xff_ffff);
+        let temporary = self.dir.join("machine.tmp");
+        std::fs::write(&temporary, &name).map_err(io("writing", &temporary))?;
+        std::fs::rename(&temporary, &path).map_err(io("writing", &path))?;
+        Ok(name)
+    }
+
     /// Finished games waiting for upload (counted as they come and go).
     pub fn waiting(&self) -> u64 {
         self.waiting.load(Ordering::Relaxed)

@@ -32,9 +32,9 @@ pub struct WorkerSettings {
     pub spool_dir: PathBuf,
     /// Where downloaded weights are cached (by SHA-256).
     pub cache_dir: PathBuf,
-    /// Disk budget of the weights cache in bytes: older revisions are evicted past it (never
-    /// the one in use).
-    pub cache_budget_bytes: u64,
+    /// Disk budget of the weights cache in MiB: older revisions are evicted past it (never the
+    /// one in use).
+    pub cache_budget_mib: u64,
     /// Games per upload.
     pub batch_games: usize,
     /// Upload a partial batch after this many seconds.
@@ -54,7 +54,7 @@ impl Default for WorkerSettings {
             threads: 0,
             spool_dir: PathBuf::from("zero2048-spool"),
             cache_dir: PathBuf::from("zero2048-cache"),
-            cache_budget_bytes: 2 << 30,
+            cache_budget_mib: 2048,
             batch_games: 64,
             upload_interval_seconds: 5.0,
             max_spool_games: 4096,
@@ -83,11 +83,8 @@ impl WorkerSettings {
         if self.max_spool_games == 0 {
             return Err("worker.max_spool_games: must be at least 1".into());
         }
-        if self.cache_budget_bytes < 1 << 20 {
-            return Err(format!(
-                "worker.cache_budget_bytes: {} bytes; at least 1 MiB",
-                self.cache_budget_bytes
-            ));
+        if !(1..=1 << 30).contains(&self.cache_budget_mib) {
+            return Err(format!("worker.cache_budget_mib: {} MiB; at least 1", self.cache_budget_mib));
         }
         seconds("upload_interval_seconds", self.upload_interval_seconds, 0.01)?;
         seconds("poll_interval_seconds", self.poll_interval_seconds, 0.01)?;
@@ -143,7 +140,7 @@ impl WorkerConfig {
             threads,
             spool_dir: settings.spool_dir.clone(),
             cache_dir: settings.cache_dir.clone(),
-            cache_budget_bytes: settings.cache_budget_bytes,
+            cache_budget_bytes: settings.cache_budget_mib << 20,
             batch_games: settings.batch_games,
             upload_interval: Duration::from_secs_f64(settings.upload_interval_seconds),
             max_spool_games: settings.max_spool_games,
@@ -175,6 +172,10 @@ pub struct WorkerStatus {
     pub spool_games: u64,
     /// Their bytes.
     pub spool_bytes: u64,
+    /// Bytes of weights in the download cache.
+    pub cache_bytes: u64,
+    /// The cache's disk budget.
+    pub cache_budget_bytes: u64,
     /// Games acknowledged by the server this session.
     pub uploaded: u64,
     /// Games refused by the server this session.
@@ -190,12 +191,14 @@ impl WorkerStatus {
     pub fn line(&self) -> String {
         let hours = (self.elapsed_seconds / 3600.0).max(1e-9);
         format!(
-            "revision {} · {:.0} games/h · {:.0} moves/s · spool {} games ({} KiB) · uploaded {}{}{}",
+            "revision {} · {:.0} games/h · {:.0} moves/s · spool {} games ({} KiB) · cache {} of {} MiB · uploaded {}{}{}",
             self.revision.map_or("-".to_string(), |r| r.to_string()),
             self.games as f64 / hours,
             self.moves as f64 / self.elapsed_seconds.max(1e-9),
             self.spool_games,
             self.spool_bytes / 1024,
+            self.cache_bytes >> 20,
+            self.cache_budget_bytes >> 20,
             self.uploaded,
             self.last_upload.as_ref().map(|u| format!(" · last upload {u}")).unwrap_or_default(),
             self.last_error.as_ref().map(|e| format!(" · {e}")).unwrap_or_default(),
@@ -360,7 +363,10 @@ impl Worker {
             // Only the server's own weights URLs get the token; never a bucket's.
             fetcher.authorize(&config.server, token.clone());
         }
-        let client = ServerClient::new(&config.server, config.latest_url.clone(), config.token.clone())?;
+        let machine = spool.machine()?;
+        tracing::info!("this worker is {machine} to the server");
+        let client =
+            ServerClient::new(&config.server, config.latest_url.clone(), config.token.clone(), machine)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -397,7 +403,9 @@ impl Worker {
             revisions: Mutex::new(Vec::new()),
         });
         shared.pace();
-        let control = runtime.spawn(keep_model_current(Arc::clone(&shared), client.clone(), fetcher));
+        let fetcher = Arc::new(fetcher);
+        let control =
+            runtime.spawn(keep_model_current(Arc::clone(&shared), client.clone(), Arc::clone(&fetcher)));
         let uploader = runtime.spawn(upload_spool(Arc::clone(&shared), client));
         // Playing threads hand finished games to one writer, so they never wait for the disk.
         let (finished, to_write) = std::sync::mpsc::sync_channel::<SpooledGame>(1024);
@@ -439,7 +447,10 @@ impl Worker {
         drop(finished);
         let status = |shared: &Shared| {
             let (_, spool_bytes) = shared.spool.size();
+            let (cache_bytes, cache_budget_bytes) = fetcher.usage().unwrap_or((0, config.cache_budget_bytes));
             WorkerStatus {
+                cache_bytes,
+                cache_budget_bytes,
                 revision: shared.model.revision(),
                 games: shared.games.load(Ordering::Relaxed),
                 moves: shared.moves.load(Ordering::Relaxed),
@@ -500,14 +511,19 @@ fn jittered(delay: Duration) -> Duration {
     delay.mul_f64(0.5 + rand::random::<f64>())
 }
 
+/// A wait as people read it in a log line: "0.7 s", "12 s".
+fn seconds(wait: Duration) -> String {
+    let s = wait.as_secs_f64();
+    if s < 10.0 { format!("{s:.1} s") } else { format!("{s:.0} s") }
+}
+
 /// The next wait after a failure: doubled, at most a minute.
 fn backoff_after(delay: Duration) -> Duration {
     (delay * 2).min(Duration::from_secs(60))
 }
 
 /// Keeps `shared.model` at the latest revision the worker could verify and load.
-async fn keep_model_current(shared: Arc<Shared>, client: ServerClient, fetcher: Fetcher) {
-    let fetcher = Arc::new(fetcher);
+async fn keep_model_current(shared: Arc<Shared>, client: ServerClient, fetcher: Arc<Fetcher>) {
     let mut backoff = Duration::from_millis(500);
     let mut refused: Option<String> = None;
     loop {
@@ -526,8 +542,12 @@ async fn keep_model_current(shared: Arc<Shared>, client: ServerClient, fetcher: 
                             shared.clear_error();
                         }
                         Err(Adoption::UrlExpired(message)) => {
-                            shared.note_error(format!("{message}; reading the latest record again"));
-                            tokio::time::sleep(jittered(backoff)).await;
+                            let wait = jittered(backoff);
+                            shared.note_error(format!(
+                                "{message}; reading the latest record again in {}",
+                                seconds(wait)
+                            ));
+                            tokio::time::sleep(wait).await;
                             backoff = backoff_after(backoff);
                             continue;
                         }
@@ -542,8 +562,9 @@ async fn keep_model_current(shared: Arc<Shared>, client: ServerClient, fetcher: 
                             refused = Some(latest.weights_sha256.clone());
                         }
                         Err(Adoption::Transient(message)) => {
-                            shared.note_error(message);
-                            tokio::time::sleep(jittered(backoff)).await;
+                            let wait = jittered(backoff);
+                            shared.note_error(format!("{message}; retrying in {}", seconds(wait)));
+                            tokio::time::sleep(wait).await;
                             backoff = backoff_after(backoff);
                             continue;
                         }
@@ -562,8 +583,9 @@ async fn keep_model_current(shared: Arc<Shared>, client: ServerClient, fetcher: 
                 return;
             }
             Err(error) => {
-                shared.note_error(format!("reading the latest record: {error}"));
                 let wait = jittered(backoff);
+                shared
+                    .note_error(format!("reading the latest record: {error}; retrying in {}", seconds(wait)));
                 backoff = backoff_after(backoff);
                 wait
             }
@@ -614,8 +636,23 @@ async fn adopt(
     delay: bool,
 ) -> Result<(), Adoption> {
     let expected = Expected { sha256: latest.weights_sha256.clone(), size: latest.weights_size };
+    let started = Instant::now();
+    tracing::info!(
+        "fetching revision {} ({:.1} MiB, SHA-256 {}…)",
+        latest.revision,
+        latest.weights_size as f64 / (1 << 20) as f64,
+        &latest.weights_sha256[..12.min(latest.weights_sha256.len())]
+    );
     let path = match fetcher.fetch(&latest.weights_url, &expected).await {
-        Ok(path) => path,
+        Ok(path) => {
+            let seconds = started.elapsed().as_secs_f64();
+            tracing::info!(
+                "revision {} fetched and verified in {seconds:.1} s ({:.1} MiB/s, cached files are not downloaded again)",
+                latest.revision,
+                latest.weights_size as f64 / (1 << 20) as f64 / seconds.max(1e-3)
+            );
+            path
+        }
         Err(e @ FetchError::UrlRejected { .. }) => return Err(Adoption::UrlExpired(e.to_string())),
         Err(e @ FetchError::Mismatch { .. }) => return Err(Adoption::Refused(e.to_string())),
         Err(e) => return Err(Adoption::Transient(format!("downloading revision {}: {e}", latest.revision))),
@@ -635,7 +672,7 @@ async fn adopt(
     shared.revisions.lock().unwrap_or_else(|e| e.into_inner()).push(latest.revision);
     fetcher.set_in_use(&[latest.weights_sha256.as_str()]);
     let _ = fetcher.evict(&latest.weights_sha256);
-    tracing::info!("playing revision {}", latest.revision);
+    tracing::info!("adopted revision {}: new games play it", latest.revision);
     Ok(())
 }
 /// Sends the spool to the server in batches; deletes only acknowledged games.
@@ -762,14 +799,14 @@ async fn upload_spool(shared: Arc<Shared>, client: ServerClient) {
                     ClientError::Transient { retry_after, .. } => *retry_after,
                     _ => None,
                 };
-                shared.note_error(format!("upload failed, will retry: {error}"));
+                let wait = retry_after.unwrap_or_default().max(jittered(backoff));
+                shared.note_error(format!("upload failed: {error}; retrying in {}", seconds(wait)));
                 if finishing {
                     final_failures += 1;
                     if final_failures >= 3 {
                         return;
                     }
                 }
-                let wait = retry_after.unwrap_or_default().max(jittered(backoff));
                 backoff = backoff_after(backoff);
                 let until = Instant::now() + wait;
                 while Instant::now() < until && !shared.signals.abort.load(Ordering::Relaxed) {
@@ -827,6 +864,6 @@ mod tests {
             WorkerSettings { upload_interval_seconds: f64::NAN, ..WorkerSettings::default() },
             "upload_interval_seconds",
         );
-        bad(WorkerSettings { cache_budget_bytes: 10, ..WorkerSettings::default() }, "cache_budget_bytes");
+        bad(WorkerSettings { cache_budget_mib: 0, ..WorkerSettings::default() }, "cache_budget_mib");
     }
 }

@@ -29,6 +29,9 @@ pub fn run(args: WorkerArgs) -> Result<()> {
     if let Some(dir) = &args.spool {
         settings.spool_dir = dir.clone();
     }
+    if let Some(mib) = args.cache_budget_mib {
+        settings.cache_budget_mib = mib;
+    }
     if let Some(dir) = &args.cache {
         settings.cache_dir = dir.clone();
     }

@@ -191,14 +191,29 @@ impl<E: Evaluator> Expectimax<E> {
         let reward_weight = self.evaluator.reward_weight();
         let mut values = [None; 4];
         let mut best: Option<(Direction, Afterstate, f32)> = None;
-        for (i, slide) in board.slides().into_iter().enumerate() {
+        let slides = board.slides();
+        // Depth 1 (self-play's hot path) values the afterstates directly, all at once.
+        let mut direct = [0.0f32; 4];
+        if depth == 1 {
+            let mut legal = [Board::EMPTY; 4];
+            let mut count = 0;
+            for slide in &slides {
+                if slide.board != board && !slide.overflow {
+                    legal[count] = slide.board;
+                    count += 1;
+                }
+            }
+            self.evaluator.evaluate_all(&legal[..count], &mut direct[..count]);
+        }
+        let mut next_direct = 0;
+        for (i, slide) in slides.into_iter().enumerate() {
             self.nodes += 1;
             if slide.board == board || slide.overflow {
                 continue;
             }
-            // Depth 1 (self-play's hot path) values the afterstate directly.
             let below = if depth == 1 {
-                self.evaluator.evaluate(slide.board)
+                next_direct += 1;
+                direct[next_direct - 1]
             } else {
                 self.chance(slide.board, depth - 1, 1.0)
             };

@@ -12,12 +12,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::grad_clipping::GradientClippingConfig;
-use burn::module::{AutodiffModule, Module};
+use burn::module::{AutodiffModule, Module, ParamId, list_param_ids};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
+use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use burn::tensor::activation::{log_softmax, relu, sigmoid, softmax};
 use burn::tensor::backend::AutodiffBackend;
@@ -559,18 +560,71 @@ impl<B: AutodiffBackend> Trainer<B> {
         let mut network = Network::<B>::new(&start.config, &device);
         load_into(&mut network, start.to_bytes(0, &BTreeMap::new())?, Path::new("<memory>"))
             .map_err(|e| e.to_string())?;
-        let mut adamw = AdamWConfig::new().with_weight_decay(optimizer_config.weight_decay);
-        if optimizer_config.clip_norm > 0.0 {
-            adamw = adamw.with_grad_clipping(Some(GradientClippingConfig::Norm(optimizer_config.clip_norm)));
-        }
         Ok(Trainer {
             config: start.config,
             optimizer_config,
             network: Some(network),
-            optimizer: adamw.init(),
+            optimizer: Self::fresh_optimizer(&optimizer_config),
             device,
             steps: 0,
         })
+    }
+
+    fn fresh_optimizer(config: &OptimizerConfig) -> OptimizerAdaptor<AdamW, Network<B>, B> {
+        let mut adamw = AdamWConfig::new().with_weight_decay(config.weight_decay);
+        if config.clip_norm > 0.0 {
+            adamw = adamw.with_grad_clipping(Some(GradientClippingConfig::Norm(config.clip_norm)));
+        }
+        adamw.init()
+    }
+
+    /// The optimiser's whole state as bytes: the step count (u64 LE), then AdamW's moments per
+    /// parameter in burn's binary record, keyed by the parameter's position in the network rather
+    /// than its random id, so they fit the same network loaded again from its weights file.
+    pub fn optimizer_state(&self) -> Result<Vec<u8>, String> {
+        let network = self.network.as_ref().expect("the network is always put back");
+        let position: std::collections::HashMap<ParamId, u64> =
+            list_param_ids(network).into_iter().enumerate().map(|(i, id)| (id, i as u64)).collect();
+        let record: OptimizerRecord<B> = self
+            .optimizer
+            .to_record()
+            .into_iter()
+            .filter_map(|(id, moments)| position.get(&id).map(|&i| (ParamId::from(i), moments)))
+            .collect();
+        let mut bytes = self.steps.to_le_bytes().to_vec();
+        let moments = BinBytesRecorder::<FullPrecisionSettings>::default()
+            .record(record, ())
+            .map_err(|e| format!("recording the optimiser state: {e}"))?;
+        bytes.extend(moments);
+        Ok(bytes)
+    }
+
+    /// Restores what [`Trainer::optimizer_state`] saved for this same network. The bytes must be
+    /// intact (the caller checks their digest: burn's decoder does not survive damaged input).
+    pub fn restore_optimizer_state(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let (steps, moments) = bytes
+            .split_first_chunk::<8>()
+            .ok_or_else(|| format!("{} bytes are too few for an optimiser state", bytes.len()))?;
+        let record: OptimizerRecord<B> = BinBytesRecorder::<FullPrecisionSettings>::default()
+            .load(moments.to_vec(), &self.device)
+            .map_err(|e| format!("reading the optimiser state: {e}"))?;
+        let network = self.network.as_ref().expect("the network is always put back");
+        let ids = list_param_ids(network);
+        let rekeyed = record
+            .into_iter()
+            .map(|(position, moments)| {
+                ids.get(position.val() as usize).map(|id| (*id, moments)).ok_or_else(|| {
+                    format!(
+                        "the optimiser state names parameter {} of a network with {} parameters",
+                        position.val(),
+                        ids.len()
+                    )
+                })
+            })
+            .collect::<Result<OptimizerRecord<B>, String>>()?;
+        self.optimizer = Self::fresh_optimizer(&self.optimizer_config).load_record(rekeyed);
+        self.steps = u64::from_le_bytes(*steps);
+        Ok(())
     }
 
     /// Optimiser steps taken.
@@ -636,6 +690,9 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 }
 
+/// AdamW's per-parameter moments, as burn records them.
+type OptimizerRecord<B> = <OptimizerAdaptor<AdamW, Network<B>, B> as Optimizer<Network<B>, B>>::Record;
+
 /// What a training loop needs of a trainer, whatever backend it runs on.
 pub trait NetworkTrainer: Send {
     /// One optimiser step on `batch`; returns its losses before the step.
@@ -646,6 +703,10 @@ pub trait NetworkTrainer: Send {
     fn snapshot(&self) -> Result<PolicyValueNet, String>;
     /// Optimiser steps taken.
     fn steps(&self) -> u64;
+    /// The optimiser's state (step count and moments) as bytes.
+    fn optimizer_state(&self) -> Result<Vec<u8>, String>;
+    /// Restores a state [`NetworkTrainer::optimizer_state`] saved for this network.
+    fn restore_optimizer_state(&mut self, bytes: &[u8]) -> Result<(), String>;
 }
 
 impl<B: AutodiffBackend> NetworkTrainer for Trainer<B>
@@ -663,6 +724,12 @@ where
     }
     fn steps(&self) -> u64 {
         Trainer::steps(self)
+    }
+    fn optimizer_state(&self) -> Result<Vec<u8>, String> {
+        Trainer::optimizer_state(self)
+    }
+    fn restore_optimizer_state(&mut self, bytes: &[u8]) -> Result<(), String> {
+        Trainer::restore_optimizer_state(self, bytes)
     }
 }
 

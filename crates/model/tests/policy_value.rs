@@ -143,6 +143,54 @@ fn a_tiny_network_overfits_a_tiny_dataset() {
     }
 }
 
+/// A trainer rebuilt from a saved network and its saved optimiser state continues exactly as the
+/// original would have: same step count, same next update (AdamW's moments came back).
+#[test]
+fn a_restored_optimizer_continues_where_it_stopped() {
+    let net = PolicyValueNet::new(tiny(), 4).unwrap();
+    let samples: Vec<Sample> = boards(24)
+        .into_iter()
+        .filter(|b| !b.is_game_over())
+        .enumerate()
+        .map(|(i, board)| {
+            let legal = Direction::ALL.into_iter().find(|d| board.legal_move(*d).is_some()).unwrap();
+            let mut policy = [0.0; 4];
+            policy[legal.index() as usize] = 1.0;
+            Sample { board, policy, value: 50.0 * (i % 3) as f32 }
+        })
+        .collect();
+    let optimizer = OptimizerConfig {
+        learning_rate: 3e-3,
+        warmup_steps: 4,
+        decay_steps: 100,
+        ..OptimizerConfig::default()
+    };
+    let mut original = Trainer::<CpuTrainBackend>::new(&net, optimizer, Default::default()).unwrap();
+    for _ in 0..10 {
+        original.step(&samples);
+    }
+    let state = original.optimizer_state().unwrap();
+    let saved = original.snapshot().unwrap();
+
+    let mut restored = Trainer::<CpuTrainBackend>::new(&saved, optimizer, Default::default()).unwrap();
+    restored.restore_optimizer_state(&state).unwrap();
+    assert_eq!(restored.steps(), 10);
+    let mut fresh = Trainer::<CpuTrainBackend>::new(&saved, optimizer, Default::default()).unwrap();
+    original.step(&samples);
+    restored.step(&samples);
+    fresh.step(&samples);
+    let probe: Vec<Board> = samples.iter().map(|s| s.board).collect();
+    let value = |t: &Trainer<CpuTrainBackend>| -> Vec<f32> {
+        t.snapshot().unwrap().predict_boards(&probe).iter().map(|p| p.value).collect()
+    };
+    let (a, b, c) = (value(&original), value(&restored), value(&fresh));
+    let differ = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
+    assert!(differ(&a, &b) < 1e-4, "the restored trainer's step differs by {}", differ(&a, &b));
+    assert!(differ(&a, &c) > 1e-3, "a fresh optimiser should step differently ({})", differ(&a, &c));
+
+    assert!(restored.restore_optimizer_state(&state[..5]).is_err());
+}
+
 #[test]
 fn weights_round_trip_and_wrong_files_are_refused() {
     let dir = tempfile::tempdir().unwrap();

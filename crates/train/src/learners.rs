@@ -167,16 +167,24 @@ impl Learner for NtupleLearner {
 /// A policy-value network learned from search statistics.
 pub struct PolicyValueLearner {
     zero: ZeroLearner,
+    state_dir: PathBuf,
     spec: ModelSpec,
     description: String,
 }
 
 impl PolicyValueLearner {
-    /// Learns with `zero`; `network` is its starting point.
-    pub fn new(zero: ZeroLearner, network: &PolicyValueNet, config: &TrainConfig) -> PolicyValueLearner {
+    /// Learns with `zero`; `network` is its starting point; the optimiser's state goes to
+    /// `state_dir` with each revision.
+    pub fn new(
+        zero: ZeroLearner,
+        network: &PolicyValueNet,
+        config: &TrainConfig,
+        state_dir: PathBuf,
+    ) -> PolicyValueLearner {
         let c = network.config();
         PolicyValueLearner {
             zero,
+            state_dir,
             spec: policy_value_spec(c),
             description: format!(
                 "policy-value network ({} filters × {} blocks) with MCTS of {} simulations",
@@ -200,11 +208,11 @@ impl Learner for PolicyValueLearner {
     }
 
     fn learn_stored(&mut self, games: &[(GameRecord, bool)]) -> Vec<Result<GameLearned, String>> {
-        games.iter().map(|(record, _)| self.zero.learn(record)).collect()
+        games.iter().map(|(record, _)| self.zero.learn(record).map_err(|e| e.to_string())).collect()
     }
 
     fn engine(&mut self) -> Result<Engine, TrainError> {
-        Ok(Engine::PolicyValue(Arc::new(self.zero.snapshot().map_err(TrainError::Zero)?)))
+        Ok(Engine::PolicyValue(Arc::new(self.zero.snapshot()?)))
     }
 
     fn in_thread(&self) -> Option<Arc<TdLearner>> {
@@ -248,16 +256,16 @@ impl Learner for PolicyValueLearner {
         revision: u64,
         metadata: &BTreeMap<String, String>,
     ) -> Result<(), TrainError> {
-        self.zero.snapshot().map_err(TrainError::Zero)?.save(path, revision, metadata)?;
+        self.zero.snapshot()?.save(path, revision, metadata)?;
         Ok(())
     }
 
-    fn save_state(&self, _revision: u64) -> Result<(), TrainError> {
-        Ok(())
+    fn save_state(&self, revision: u64) -> Result<(), TrainError> {
+        state::save_optimizer(&self.state_dir, revision, &self.zero.optimizer_state()?)
     }
 
     fn evaluation(&mut self, config: &TrainConfig) -> Result<EvaluationJob, TrainError> {
-        let network = self.zero.snapshot().map_err(TrainError::Zero)?;
+        let network = self.zero.snapshot()?;
         let (search, rule, games, seed) = (
             config.mcts.for_evaluation(),
             config.spawn_rule(),

@@ -21,6 +21,7 @@ mod learner;
 mod learners;
 mod live;
 mod local;
+mod lock;
 mod publish;
 mod run;
 mod state;
@@ -34,7 +35,8 @@ pub use learner::{Coherence, GameLearned, LearnError, RateStep, TdConfig, TdLear
 pub use learners::{EvaluationJob, Learner};
 pub use live::{LiveState, Progress, Totals};
 pub use local::LOCAL_WORKER;
+pub use lock::RunLock;
 pub use publish::Acceptance;
 pub use run::{Budget, RunObserver, SelfPlay, Summary, TrainError, TrainingRun, state_dir};
-pub use zero::{RewardKind, ZeroConfig, ZeroLearner, ZeroReport};
+pub use zero::{RewardKind, ZeroConfig, ZeroError, ZeroLearner, ZeroReport};
 pub use zero2048_protocol::ModelKind;

@@ -232,7 +232,7 @@ fn record(mut db: RunDb, received: Receiver<FinishedGame>, live: &LiveState, err
         let encoded = match encoded {
             Ok(encoded) => encoded,
             Err(e) => {
-                note(error, TrainError::Zero(format!("a local game cannot be encoded: {e}")));
+                note(error, TrainError::Encode(e));
                 continue;
             }
         };

@@ -25,8 +25,10 @@ use crate::learner::TdLearner;
 use crate::learners::{EvaluationJob, Learner, NtupleLearner, PolicyValueLearner};
 use crate::live::{LiveState, Progress};
 use crate::local::{LocalPlay, LocalSetup, pace};
+use crate::lock::RunLock;
 use crate::publish::{Acceptance, Publisher};
 use crate::state;
+use crate::zero::ZeroError;
 use crate::zero::ZeroLearner;
 
 /// When to stop, besides a stop request.
@@ -63,6 +65,8 @@ pub struct Summary {
     pub revisions: Vec<RevisionRow>,
     /// Evaluations made this session.
     pub evaluations: Vec<EvaluationRow>,
+    /// Where the revisions went at the end: a bucket still behind shows here.
+    pub storage: zero2048_storage::StorageStatus,
 }
 
 /// A run failing.
@@ -86,9 +90,24 @@ pub enum TrainError {
     /// Resuming is impossible as asked.
     #[error("cannot resume: {0}")]
     Resume(String),
+    /// Another process runs this run.
+    #[error(
+        "another zero2048{} is running this run ({}); stop it first, or give this one another --db and --weights-dir",
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+        path.display()
+    )]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+        /// The holder's process id, if it wrote one.
+        pid: Option<u32>,
+    },
+    /// A game this process played cannot be written as a record.
+    #[error("a local game cannot be encoded: {0}")]
+    Encode(#[from] zero2048_game::EncodeError),
     /// The policy-value learner failed.
     #[error("policy-value learner: {0}")]
-    Zero(String),
+    Zero(#[from] crate::zero::ZeroError),
     /// Local file trouble.
     #[error("{action} {path}: {source}")]
     Io {
@@ -109,6 +128,7 @@ pub trait RunObserver {
 
 /// A run, opened and ready to train.
 pub struct TrainingRun {
+    _lock: RunLock,
     config: TrainConfig,
     db: RunDb,
     db_path: PathBuf,
@@ -116,6 +136,18 @@ pub struct TrainingRun {
     learner: Box<dyn Learner>,
     publisher: Publisher,
     counters: Counters,
+}
+
+/// The newest stored revision whose file matches its recorded hash and size.
+async fn newest_intact(local: &zero2048_storage::LocalStorageBackend) -> Option<PathBuf> {
+    use zero2048_storage::StorageBackend;
+    let stored = local.list_revisions().await.ok()?;
+    for weights in stored.iter().rev() {
+        if zero2048_storage::verify_stored(local, weights).await.is_ok() {
+            return Some(local.path_of(&weights.name));
+        }
+    }
+    None
 }
 
 /// The run's state directory beside its database (`zero2048.db` → `zero2048.state/`).
@@ -136,6 +168,7 @@ impl TrainingRun {
         resume_from: Option<&Path>,
     ) -> Result<TrainingRun, TrainError> {
         config.validate()?;
+        let lock = RunLock::acquire(db_path, adapter.local().dir())?;
         let db = RunDb::open(db_path)?;
         let mut counters = db.counters()?;
         if let Some(kind) = db.setting("model")?
@@ -148,15 +181,22 @@ impl TrainingRun {
         }
         let latest = runtime.block_on(adapter.read_latest_info())?;
         let latest_file = match &latest {
-            Some(latest) if resume_from.is_none() => {
-                Some(adapter.local().checked_latest_file(latest).map_err(|e| {
-                    TrainError::Resume(format!(
-                        "the latest revision's weights fail their check: {e}; start from an intact revision \
-                         with --resume-from <file> (`zero2048 weights verify` lists them), or start over with \
-                         --reset"
-                    ))
-                })?)
-            }
+            Some(latest) if resume_from.is_none() => match adapter.local().checked_latest_file(latest) {
+                Ok(path) => Some(path),
+                Err(e) => {
+                    let advice = match runtime.block_on(newest_intact(adapter.local())) {
+                        Some(path) => format!(
+                            "the newest intact revision is {}: continue from it with --resume-from {}",
+                            path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                            path.display()
+                        ),
+                        None => "no stored revision is intact".to_string(),
+                    };
+                    return Err(TrainError::Resume(format!(
+                        "the latest revision's weights fail their check: {e}; {advice}, or start over with --reset"
+                    )));
+                }
+            },
             _ => None,
         };
         let start_file = resume_from.map(Path::to_path_buf).or(latest_file);
@@ -205,11 +245,22 @@ impl TrainingRun {
                         );
                         network
                     }
-                    None => {
-                        PolicyValueNet::new(config.policy_value, config.seed).map_err(TrainError::Zero)?
-                    }
+                    None => PolicyValueNet::new(config.policy_value, config.seed)
+                        .map_err(|e| TrainError::Zero(ZeroError::Network(e)))?,
                 };
-                let mut zero = ZeroLearner::new(&network, config.zero).map_err(TrainError::Zero)?;
+                let mut zero = ZeroLearner::new(&network, config.zero)?;
+                if resume_from.is_none() && counters.revision > 0 {
+                    match state::load_optimizer(&state_dir, counters.revision)? {
+                        Some(bytes) => {
+                            zero.restore_optimizer_state(&bytes)?;
+                            tracing::info!("the optimiser resumes from revision {}", counters.revision);
+                        }
+                        None => tracing::warn!(
+                            "no optimiser state for revision {}: AdamW starts afresh (warm-up and schedule from step 0)",
+                            counters.revision
+                        ),
+                    }
+                }
                 // The replay window as it was: the newest games already learned.
                 let window_games = (config.zero.replay_positions / 200).max(1);
                 let from = counters.learned_through.saturating_sub(window_games as u64 * 4);
@@ -220,9 +271,9 @@ impl TrainingRun {
                     let record = GameRecord::decode(&game.record).map_err(|e| {
                         TrainError::Resume(format!("stored game {} does not decode: {e}", game.id))
                     })?;
-                    zero.remember(&record).map_err(TrainError::Zero)?;
+                    zero.remember(&record)?;
                 }
-                Box::new(PolicyValueLearner::new(zero, &network, &config))
+                Box::new(PolicyValueLearner::new(zero, &network, &config, state_dir))
             }
         };
         // The run can start: only now is anything written.
@@ -251,7 +302,16 @@ impl TrainingRun {
             acceptance,
             deadline: time::Duration::seconds(config.deadline_seconds as i64),
         };
-        Ok(TrainingRun { config, db, db_path: db_path.to_path_buf(), live, learner, publisher, counters })
+        Ok(TrainingRun {
+            _lock: lock,
+            config,
+            db,
+            db_path: db_path.to_path_buf(),
+            live,
+            learner,
+            publisher,
+            counters,
+        })
     }
 
     /// What the run shares with other threads while it runs.
@@ -685,6 +745,7 @@ impl Session {
             progress: run.live.progress(),
             revisions: self.revisions,
             evaluations: self.evaluations,
+            storage: run.publisher.adapter.status(),
         })
     }
 }

@@ -5,6 +5,11 @@
 //!
 //! Format of `coherence.bin`: magic `Z2KTCST1`, the revision (u64 LE), the table count (u32 LE),
 //! then per table its length in floats (u64 LE) and the floats (f32 LE).
+//!
+//! The policy-value learner's optimiser (step count and AdamW moments) goes to `optimizer.bin`:
+//! magic `Z2KOPTS1`, the revision (u64 LE), the state's length (u64 LE), its SHA-256, the state.
+//! The digest is checked before the state is decoded, so a damaged file is an error, never a
+//! crash or a silently wrong optimiser.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -15,6 +20,8 @@ use crate::run::TrainError;
 
 const MAGIC: &[u8; 8] = b"Z2KTCST1";
 const FILE: &str = "coherence.bin";
+const OPTIMIZER_MAGIC: &[u8; 8] = b"Z2KOPTS1";
+const OPTIMIZER_FILE: &str = "optimizer.bin";
 
 fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> TrainError + 'a {
     move |source| TrainError::Io { action, path: path.to_path_buf(), source }
@@ -23,28 +30,16 @@ fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
 /// Saves the TC accumulators of `revision` (nothing when TC has not started).
 pub fn save_coherence(dir: &Path, revision: u64, coherence: Option<&Coherence>) -> Result<(), TrainError> {
     let Some(coherence) = coherence else { return Ok(()) };
-    std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
-    let path = dir.join(FILE);
-    let temp: PathBuf = dir.join(format!(".tmp-{FILE}"));
-    {
-        let file = File::create(&temp).map_err(io("creating", &temp))?;
-        let mut out = BufWriter::with_capacity(1 << 20, &file);
-        out.write_all(MAGIC).map_err(io("writing", &temp))?;
-        out.write_all(&revision.to_le_bytes()).map_err(io("writing", &temp))?;
-        out.write_all(&(coherence.tables().len() as u32).to_le_bytes()).map_err(io("writing", &temp))?;
+    write_whole(dir, FILE, |out| {
+        out.write_all(MAGIC)?;
+        out.write_all(&revision.to_le_bytes())?;
+        out.write_all(&(coherence.tables().len() as u32).to_le_bytes())?;
         for table in coherence.tables() {
-            out.write_all(&(table.len() as u64).to_le_bytes()).map_err(io("writing", &temp))?;
-            table.write_le(&mut out).map_err(io("writing", &temp))?;
+            out.write_all(&(table.len() as u64).to_le_bytes())?;
+            table.write_le(&mut *out)?;
         }
-        out.flush().map_err(io("writing", &temp))?;
-        drop(out);
-        file.sync_all().map_err(io("syncing", &temp))?;
-    }
-    std::fs::rename(&temp, &path).map_err(io("renaming", &temp))?;
-    if let Ok(dir) = File::open(dir) {
-        let _ = dir.sync_all();
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// Fills `into` with the saved accumulators if they belong to `revision`; `Ok(false)` when there
@@ -84,4 +79,106 @@ pub fn load_coherence(dir: &Path, revision: u64, into: &mut Coherence) -> Result
         table.read_le(&mut input).map_err(|_| damaged(format!("table {i} is truncated")))?;
     }
     Ok(true)
+}
+
+/// Writes `file` in `dir` whole: a temporary file, synced, then renamed over the old one.
+fn write_whole(
+    dir: &Path,
+    file: &str,
+    write: impl FnOnce(&mut BufWriter<&File>) -> std::io::Result<()>,
+) -> Result<(), TrainError> {
+    std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+    let path = dir.join(file);
+    let temp: PathBuf = dir.join(format!(".tmp-{file}"));
+    {
+        let handle = File::create(&temp).map_err(io("creating", &temp))?;
+        let mut out = BufWriter::with_capacity(1 << 20, &handle);
+        write(&mut out).and_then(|()| out.flush()).map_err(io("writing", &temp))?;
+        drop(out);
+        handle.sync_all().map_err(io("syncing", &temp))?;
+    }
+    std::fs::rename(&temp, &path).map_err(io("renaming", &temp))?;
+    if let Ok(dir) = File::open(dir) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+/// Saves the policy-value optimiser's state of `revision`.
+pub fn save_optimizer(dir: &Path, revision: u64, state: &[u8]) -> Result<(), TrainError> {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(state);
+    write_whole(dir, OPTIMIZER_FILE, |out| {
+        out.write_all(OPTIMIZER_MAGIC)?;
+        out.write_all(&revision.to_le_bytes())?;
+        out.write_all(&(state.len() as u64).to_le_bytes())?;
+        out.write_all(&digest)?;
+        out.write_all(state)
+    })
+}
+
+/// The saved optimiser state if it belongs to `revision` and is intact; `Ok(None)` when there is
+/// none or it belongs to another revision; an error naming the file when it is damaged.
+pub fn load_optimizer(dir: &Path, revision: u64) -> Result<Option<Vec<u8>>, TrainError> {
+    use sha2::Digest;
+    let path = dir.join(OPTIMIZER_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io("reading", &path)(e)),
+    };
+    let damaged = |message: &str| {
+        TrainError::Resume(format!(
+            "{}: {message}; delete it to resume with a fresh optimiser",
+            path.display()
+        ))
+    };
+    const HEADER: usize = 8 + 8 + 8 + 32;
+    if bytes.len() < HEADER {
+        return Err(damaged("shorter than its header"));
+    }
+    if &bytes[..8] != OPTIMIZER_MAGIC {
+        return Err(damaged("not an optimiser state file"));
+    }
+    let saved = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+    if saved != revision {
+        return Ok(None);
+    }
+    let length = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
+    let state = &bytes[HEADER..];
+    if state.len() as u64 != length {
+        return Err(damaged(&format!("holds {} bytes of state, its header says {length}", state.len())));
+    }
+    if sha2::Sha256::digest(state).as_slice() != &bytes[24..HEADER] {
+        return Err(damaged("its SHA-256 does not match: the file is damaged"));
+    }
+    Ok(Some(state.to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_optimizer_state_comes_back_only_for_its_revision_and_only_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(load_optimizer(dir.path(), 3).unwrap().is_none(), "nothing saved yet");
+        let state: Vec<u8> = (0..5000u32).map(|i| (i * 7) as u8).collect();
+        save_optimizer(dir.path(), 3, &state).unwrap();
+        assert_eq!(load_optimizer(dir.path(), 3).unwrap().as_deref(), Some(&state[..]));
+        assert!(load_optimizer(dir.path(), 4).unwrap().is_none(), "another revision's state");
+
+        let path = dir.path().join(OPTIMIZER_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let error = load_optimizer(dir.path(), 3).unwrap_err().to_string();
+        assert!(error.contains("SHA-256 does not match") && error.contains("optimizer.bin"), "{error}");
+        std::fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
+        let error = load_optimizer(dir.path(), 3).unwrap_err().to_string();
+        assert!(error.contains("bytes of state"), "{error}");
+        std::fs::write(&path, b"Z2KOPTS1").unwrap();
+        assert!(load_optimizer(dir.path(), 3).unwrap_err().to_string().contains("shorter than its header"));
+    }
 }

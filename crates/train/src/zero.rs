@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
-use zero2048_game::{GameRecord, GameRng};
+use zero2048_game::{GameRecord, GameRng, ReplayError};
 use zero2048_model::PolicyValueNet;
 use zero2048_model::policy_value::{Losses, NetworkTrainer, OptimizerConfig, Sample, TrainDevice, trainer};
 
@@ -109,6 +109,39 @@ impl RewardKind {
     }
 }
 
+/// Why the policy-value learner refused a game or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ZeroError {
+    /// A setting breaks its rule.
+    #[error("zero.{key}: {message}")]
+    Config {
+        /// The key under `zero`.
+        key: String,
+        /// Its rule.
+        message: String,
+    },
+    /// A game without search statistics for every move (not an MCTS game).
+    #[error("the game has search statistics for {statistics} of {moves} moves")]
+    MissingStatistics {
+        /// Moves with statistics.
+        statistics: usize,
+        /// Moves.
+        moves: usize,
+    },
+    /// A move whose search visited nothing.
+    #[error("move {0} has no visits")]
+    NoVisits(usize),
+    /// The game does not replay by the rules.
+    #[error(transparent)]
+    Replay(#[from] ReplayError),
+    /// The network or its trainer failed.
+    #[error("the network: {0}")]
+    Network(String),
+    /// A saved optimiser state that does not fit.
+    #[error("the optimiser state: {0}")]
+    OptimizerState(String),
+}
+
 /// The learner of a policy-value run.
 pub struct ZeroLearner {
     trainer: Box<dyn NetworkTrainer>,
@@ -138,10 +171,10 @@ pub struct ZeroReport {
 
 impl ZeroLearner {
     /// A learner starting from `network`.
-    pub fn new(network: &PolicyValueNet, config: ZeroConfig) -> Result<ZeroLearner, String> {
-        config.validate().map_err(|(key, message)| format!("zero.{key}: {message}"))?;
+    pub fn new(network: &PolicyValueNet, config: ZeroConfig) -> Result<ZeroLearner, ZeroError> {
+        config.validate().map_err(|(key, message)| ZeroError::Config { key, message })?;
         Ok(ZeroLearner {
-            trainer: trainer(network, config.optimizer, config.device)?,
+            trainer: trainer(network, config.optimizer, config.device).map_err(ZeroError::Network)?,
             config,
             replay: VecDeque::with_capacity(config.replay_positions.min(1 << 20)),
             validation: VecDeque::new(),
@@ -153,15 +186,19 @@ impl ZeroLearner {
     }
 
     /// The samples of a verified game with search statistics.
-    pub fn samples(record: &GameRecord, config: &ZeroConfig) -> Result<Vec<Sample>, String> {
+    pub fn samples(record: &GameRecord, config: &ZeroConfig) -> Result<Vec<Sample>, ZeroError> {
+        ZeroLearner::walk(record, config).map(|(samples, _)| samples)
+    }
+
+    /// The samples of a game and what the game was (moves, score, largest tile), from one replay.
+    fn walk(record: &GameRecord, config: &ZeroConfig) -> Result<(Vec<Sample>, GameLearned), ZeroError> {
         if record.search.len() != record.steps.len() {
-            return Err(format!(
-                "the game has search statistics for {} of {} moves",
-                record.search.len(),
-                record.steps.len()
-            ));
+            return Err(ZeroError::MissingStatistics {
+                statistics: record.search.len(),
+                moves: record.steps.len(),
+            });
         }
-        let steps: Vec<_> = record.replay_steps().collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+        let steps: Vec<_> = record.replay_steps().collect::<Result<_, _>>()?;
         let rewards: Vec<f32> = steps
             .iter()
             .map(|s| config.reward.reward(s.reward, s.before.max_tile(), s.after.max_tile()))
@@ -172,7 +209,7 @@ impl ZeroLearner {
         for (t, (step, stats)) in steps.iter().zip(&record.search).enumerate() {
             let total: u32 = stats.visits.iter().sum();
             if total == 0 {
-                return Err(format!("move {t} has no visits"));
+                return Err(ZeroError::NoVisits(t));
             }
             let policy = stats.visits.map(|v| v as f32 / total as f32);
             let mut value = 0.0f32;
@@ -187,7 +224,13 @@ impl ZeroLearner {
             }
             samples.push(Sample { board: step.before, policy, value });
         }
-        Ok(samples)
+        let learned = GameLearned {
+            moves: steps.len() as u32,
+            score: steps.iter().map(|s| s.reward as u64).sum(),
+            max_tile: steps.last().map_or(record.start, |s| s.after).max_tile(),
+            mean_abs_error: 0.0,
+        };
+        Ok((samples, learned))
     }
 
     /// Whether a game is held out for validation (one in twenty, decided by its content so a
@@ -198,7 +241,7 @@ impl ZeroLearner {
     }
 
     /// Adds a game to the window without training on it (rebuilding the window after a restart).
-    pub fn remember(&mut self, record: &GameRecord) -> Result<(), String> {
+    pub fn remember(&mut self, record: &GameRecord) -> Result<(), ZeroError> {
         let samples = ZeroLearner::samples(record, &self.config)?;
         self.push(record, samples);
         Ok(())
@@ -221,9 +264,8 @@ impl ZeroLearner {
     }
 
     /// Learns from a verified game: adds its positions and takes the optimiser steps they are due.
-    pub fn learn(&mut self, record: &GameRecord) -> Result<GameLearned, String> {
-        let summary = record.replay().map_err(|e| e.to_string())?;
-        let samples = ZeroLearner::samples(record, &self.config)?;
+    pub fn learn(&mut self, record: &GameRecord) -> Result<GameLearned, ZeroError> {
+        let (samples, summary) = ZeroLearner::walk(record, &self.config)?;
         let added = self.push(record, samples);
         self.games += 1;
         self.steps_due += added as f64 * self.config.sample_reuse / self.config.batch_size as f64;
@@ -241,17 +283,23 @@ impl ZeroLearner {
                 self.recent.value = keep * self.recent.value + (1.0 - keep) * losses.value;
             }
         }
-        Ok(GameLearned {
-            moves: summary.moves,
-            score: summary.score,
-            max_tile: summary.max_tile,
-            mean_abs_error: self.recent.value,
-        })
+        Ok(GameLearned { mean_abs_error: self.recent.value, ..summary })
     }
 
     /// The current weights as a CPU network.
-    pub fn snapshot(&self) -> Result<PolicyValueNet, String> {
-        self.trainer.snapshot()
+    pub fn snapshot(&self) -> Result<PolicyValueNet, ZeroError> {
+        self.trainer.snapshot().map_err(ZeroError::Network)
+    }
+
+    /// The optimiser's state (step count, AdamW moments) for a resumed run to carry on with.
+    pub fn optimizer_state(&self) -> Result<Vec<u8>, ZeroError> {
+        self.trainer.optimizer_state().map_err(ZeroError::OptimizerState)
+    }
+
+    /// Restores an optimiser state saved for this same network: a resumed run keeps its
+    /// learning-rate schedule's place and its moments instead of warming up again.
+    pub fn restore_optimizer_state(&mut self, bytes: &[u8]) -> Result<(), ZeroError> {
+        self.trainer.restore_optimizer_state(bytes).map_err(ZeroError::OptimizerState)
     }
 
     /// Losses now (the validation loss is computed on the held-out positions).

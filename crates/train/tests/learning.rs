@@ -164,4 +164,7 @@ fn a_corrupted_latest_weights_file_is_refused_by_name() {
         Ok(_) => panic!("a corrupted weights file was accepted"),
     };
     assert!(message.contains(&file.display().to_string()) && message.contains("sha256"), "{message}");
+    // The error offers the newest revision that is still whole.
+    assert!(message.contains("newest intact revision is r000001-"), "{message}");
+    assert!(message.contains("--resume-from"), "{message}");
 }

@@ -60,12 +60,54 @@ async fn wait_js(client: &fantoccini::Client, what: &str, script: &str) -> serde
     }
 }
 
+async fn browser(driver_port: u16) -> fantoccini::Client {
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     "--no-first-run", "--window-size=1400,1800"]
+        }),
+    );
+    ClientBuilder::rustls()
+        .expect("a TLS configuration")
+        .capabilities(capabilities)
+        .connect(&format!("http://127.0.0.1:{driver_port}"))
+        .await
+        .expect("a WebDriver session")
+}
+
+/// What the page draws, read back from the page: every y-axis's tick labels must differ from their
+/// neighbours (no "1 0 0 0" for small rates), and no legend value may read "--".
+const AXES_AND_LEGENDS: &str = "
+    const problems = [];
+    for (const id in charts) {
+      const u = charts[id].plot;
+      u.axes.forEach((axis, i) => {
+        if (i === 0 || !axis._values) return;
+        const labels = axis._values.filter((v) => v !== '' && v != null);
+        if (new Set(labels).size !== labels.length) problems.push(id + ' axis ' + i + ': ' + labels.join(' '));
+      });
+    }
+    document.querySelectorAll('.u-legend .u-label').forEach((l) => { if (l.textContent === 'Value') problems.push('a legend says Value'); });
+    document.querySelectorAll('.u-legend .u-value').forEach((v) => { if (v.textContent.trim() === '--') problems.push('a legend value says --'); });
+    return problems.join('; ')";
+
 #[test]
 fn the_dashboard_shows_a_real_run_in_a_real_browser() {
+    // Before the first evaluation the strength charts say why they are empty.
+    let quiet = tempfile::tempdir().unwrap();
+    std::fs::write(quiet.path().join("quiet.yaml"), "train:\n  evaluate_every_revisions: 0\n").unwrap();
+    let quiet_port = free_port();
+    let quiet_server = server(quiet.path(), quiet_port, &["--config", "quiet.yaml"]);
+
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("fast.yaml"), "api:\n  sample_seconds: 0.3\n").unwrap();
     let port = free_port();
-    let _server = server(dir.path(), port, &["--config", "fast.yaml", "--revision-every-games", "300"]);
+    let mut server_proc =
+        server(dir.path(), port, &["--config", "fast.yaml", "--revision-every-games", "300"]);
     let token = token(dir.path(), "painter");
     let w = worker(dir.path(), port, &token, "painter", &["--games", "1500", "--upload-interval", "100ms"]);
     let (code, _, log) = w.wait(Duration::from_secs(120));
@@ -82,22 +124,19 @@ fn the_dashboard_shows_a_real_run_in_a_real_browser() {
     let (_driver, driver_port) = chromedriver();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let mut capabilities = serde_json::Map::new();
-        capabilities.insert(
-            "goog:chromeOptions".into(),
-            serde_json::json!({
-                "binary": "/usr/bin/chromium",
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                         "--no-first-run", "--window-size=1280,1800"]
-            }),
-        );
-        let client = ClientBuilder::rustls()
-            .expect("a TLS configuration")
-            .capabilities(capabilities)
-            .connect(&format!("http://127.0.0.1:{driver_port}"))
-            .await
-            .expect("a WebDriver session");
+        let client = browser(driver_port).await;
+        client.goto(&format!("http://127.0.0.1:{quiet_port}/")).await.unwrap();
+        wait_js(&client, "the status", "return document.body.dataset.ready === 'status'").await;
+        for chart in ["strength-chart", "reach-chart"] {
+            let message = client.find(Locator::Id(chart)).await.unwrap().text().await.unwrap();
+            assert!(message.contains("no evaluation yet"), "{chart} says {message:?}");
+        }
+        client.close().await.unwrap();
+    });
+    drop(quiet_server);
+
+    runtime.block_on(async {
+        let client = browser(driver_port).await;
         client.goto(&format!("http://127.0.0.1:{port}/")).await.unwrap();
         wait_js(&client, "the status", "return document.body.dataset.ready === 'status'").await;
         for chart in ["strength-chart", "reach-chart", "throughput-chart", "backlog-chart"] {
@@ -116,6 +155,25 @@ fn the_dashboard_shows_a_real_run_in_a_real_browser() {
         assert!(rows[0].text().await.unwrap().contains("painter"));
         let storage = client.find(Locator::Css("#storage")).await.unwrap().text().await.unwrap();
         assert!(storage.contains("local") && storage.contains("http"), "{storage}");
+        assert!(storage.contains("weights on disk"), "{storage}");
+
+        // At 1400 px: the workers table is whole, no storage value (hash, timestamp) runs over two
+        // lines, the axes and legends read as numbers.
+        let cut = js(&client, "const s = document.querySelector('#workers').parentElement; return s.scrollWidth - s.clientWidth").await;
+        assert!(cut.as_i64().unwrap() <= 0, "the workers table is cut by {cut} px at 1400 px");
+        let wrapped = js(
+            &client,
+            "const dds = [...document.querySelectorAll('#storage dd')];
+             const line = parseFloat(getComputedStyle(dds[0]).lineHeight);
+             return dds.filter((d) => d.getBoundingClientRect().height > 1.5 * line)
+                       .map((d) => d.previousSibling.textContent + ': ' + d.textContent).join('; ')",
+        )
+        .await;
+        assert_eq!(wrapped, "", "storage values wrap over several lines");
+        let deadline = js(&client, "return [...document.querySelectorAll('#storage dt')].find((d) => d.textContent === 'record valid until').nextSibling.textContent").await;
+        assert!(deadline.as_str().unwrap().ends_with(" UTC") && deadline.as_str().unwrap().len() == 23, "{deadline}");
+        let problems = js(&client, AXES_AND_LEGENDS).await;
+        assert_eq!(problems, "", "the charts read badly");
 
         // The viewer loads the best game of the latest revision with games, and steps through it.
         let moves = best["moves"].as_u64().unwrap();
@@ -144,6 +202,35 @@ fn the_dashboard_shows_a_real_run_in_a_real_browser() {
         let png = client.screenshot().await.unwrap();
         std::fs::write(artifact("dashboard.png"), &png).unwrap();
         assert!(png.starts_with(b"\x89PNG"));
+
+        client.close().await.unwrap();
+    });
+
+    // The server goes away for a while and comes back: the throughput charts show a gap there, not a
+    // rate of zero.
+    server_proc.kill9();
+    std::thread::sleep(Duration::from_secs(2));
+    let down_since = port_closed(port);
+    let _server = server(dir.path(), port, &["--config", "fast.yaml", "--revision-every-games", "300"]);
+    wait_for(Duration::from_secs(30), "samples after the restart", || samples_after(port, down_since) >= 2);
+    runtime.block_on(async {
+        let client = browser(driver_port).await;
+        client.goto(&format!("http://127.0.0.1:{port}/")).await.unwrap();
+        wait_js(
+            &client,
+            "the throughput chart",
+            "return Number(document.getElementById('throughput-chart').dataset.points) >= 2",
+        )
+        .await;
+        let gap = js(
+            &client,
+            "const data = charts['throughput-chart'].plot.data;
+             return data.slice(1).every((series) => series.some((v) => v === null))",
+        )
+        .await;
+        assert_eq!(gap, true, "the outage is not drawn as a gap");
+        let problems = js(&client, AXES_AND_LEGENDS).await;
+        assert_eq!(problems, "", "the charts read badly after the restart");
 
         // A phone-sized window: nothing wider than the screen but the scrollable table.
         client.set_window_size(390, 844).await.unwrap();
@@ -181,4 +268,19 @@ fn the_dashboard_shows_a_real_run_in_a_real_browser() {
     assert_eq!(download.text().unwrap(), csv);
     let missing = zero2048(dir.path(), &["export", "games", "--db", "nope.db"]);
     assert_eq!(missing.status.code(), Some(2));
+}
+
+/// Waits until nothing listens on `port` any more; returns the time (ms since the epoch).
+fn port_closed(port: u16) -> u64 {
+    wait_for(Duration::from_secs(10), "the port to close", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+    });
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// How many throughput samples the server at `port` took after `since` (ms since the epoch).
+fn samples_after(port: u16, since: u64) -> usize {
+    let Ok(response) = http().get(format!("http://127.0.0.1:{port}/api/v1/history")).send() else { return 0 };
+    let Ok(history) = response.json::<serde_json::Value>() else { return 0 };
+    history["samples"].as_array().unwrap().iter().filter(|s| s["at"].as_u64().unwrap() > since).count()
 }

@@ -5,20 +5,42 @@
 const $ = (selector) => document.querySelector(selector);
 const charts = {};
 const TILES = [2048, 4096, 8192, 16384, 32768];
+const X_LABELS = { revision: "revision", games: "games trained", time: "published" };
+const NO_EVALUATION = "no evaluation yet: each revision is scored on fixed seeds when it is published (train.evaluate_every_revisions)";
+const NO_SAMPLES = "no throughput yet: a point every api.sample_seconds once the run is learning";
 const COLORS = ["#f67c5f", "#edc53f", "#6a9fb5", "#8fbc5a", "#9b6ab5", "#3c3a32"];
 let status = null;
 let samples = [];
+let samplePeriod = 10;
 let viewer = null;
 let shown = 0;
 let playing = null;
 
 function number(n) {
-  if (!isFinite(n)) return "-";
+  if (n == null || !isFinite(n)) return "-";
   const a = Math.abs(n);
   if (a >= 1e9) return (n / 1e9).toFixed(2) + "G";
   if (a >= 1e6) return (n / 1e6).toFixed(2) + "M";
   if (a >= 1e4) return (n / 1e3).toFixed(1) + "k";
-  return String(Math.round(n));
+  if (a >= 100 || Number.isInteger(n)) return String(Math.round(n));
+  // Small rates (a worker's 0.4 games/s) keep their decimals, or every tick reads "0" or "1".
+  return String(Number(n.toPrecision(2)));
+}
+
+// Axis tick labels: as many decimals as the tick spacing needs, so neighbouring labels differ.
+function ticks(u, values, axisIndex, space, increment) {
+  if (increment != null && increment < 1 && increment > 0) {
+    const decimals = Math.min(6, Math.ceil(-Math.log10(increment) - 1e-9));
+    return values.map((v) => (v == null ? "" : v.toFixed(decimals)));
+  }
+  return values.map(number);
+}
+
+// Timestamps as people read them: "2026-12-02 01:16:51 UTC", never nanoseconds.
+function when(rfc3339) {
+  const t = Date.parse(rfc3339);
+  if (!isFinite(t)) return rfc3339 || "-";
+  return new Date(t).toISOString().slice(0, 19).replace("T", " ") + " UTC";
 }
 
 function ago(unixSeconds) {
@@ -39,29 +61,50 @@ function chartWidth(el) {
   return Math.max(260, Math.floor(el.getBoundingClientRect().width || el.parentElement.clientWidth - 24));
 }
 
-// Draws or updates a chart; `data[0]` is x. The element's data-points says how many points it has.
-function draw(id, series, data, xIsTime, yLabel) {
+// Shows the newest point's values in the legend whenever the cursor is not on the chart, instead of
+// uPlot's "--".
+function legendAtLatest(u) {
+  if (u.cursor.idx == null && u.data[0].length) u.setLegend({ idx: u.data[0].length - 1 });
+}
+
+// Draws or updates a chart; `data[0]` is x. The element's data-points says how many points it has;
+// with none, the chart says why (`empty`) instead of staying blank.
+function draw(id, series, data, xIsTime, yLabel, xLabel, empty) {
   const el = document.getElementById(id);
   el.dataset.points = String(data[0].length);
-  const key = series.map((s) => s.label).join("|") + (xIsTime ? ":t" : ":n");
   const chart = charts[id];
+  if (!data[0].length) {
+    if (chart) chart.plot.destroy();
+    delete charts[id];
+    el.textContent = "";
+    el.append(text("p", empty, "empty"));
+    return;
+  }
+  const key = series.map((s) => s.label).join("|") + ":" + xLabel;
   if (chart && chart.key === key) {
     chart.plot.setData(data);
+    legendAtLatest(chart.plot);
     return;
   }
   if (chart) chart.plot.destroy();
   el.textContent = "";
+  const x = xIsTime
+    ? { label: xLabel, value: (u, v) => (v == null ? "-" : new Date(v * 1000).toISOString().slice(11, 19) + " UTC") }
+    : { label: xLabel, value: (u, v) => (v == null ? "-" : number(v)) };
   const options = {
     width: chartWidth(el),
     height: 220,
     scales: { x: { time: xIsTime } },
-    series: [{}].concat(series),
-    axes: [xIsTime ? {} : { values: (u, ticks) => ticks.map((v) => (Number.isInteger(v) ? number(v) : "")) }, { label: yLabel, size: 60, values: (u, ticks) => ticks.map(number) }].concat(
-      series.some((s) => s.scale === "moves") ? [{ scale: "moves", side: 1, size: 60, label: "moves/s", grid: { show: false }, values: (u, ticks) => ticks.map(number) }] : []
+    series: [x].concat(series),
+    axes: [xIsTime ? {} : { values: (u, v, a, s, inc) => ticks(u, v, a, s, Math.max(1, inc)) }, { label: yLabel, size: 60, values: ticks }].concat(
+      series.some((s) => s.scale === "moves") ? [{ scale: "moves", side: 1, size: 60, label: "moves/s", grid: { show: false }, values: ticks }] : []
     ),
     legend: { live: true },
+    hooks: { setCursor: [legendAtLatest] },
   };
-  charts[id] = { key, plot: new uPlot(options, data, el) };
+  const plot = new uPlot(options, data, el);
+  charts[id] = { key, plot };
+  legendAtLatest(plot);
 }
 
 function line(label, color, extra) {
@@ -83,7 +126,9 @@ function renderStrength() {
     [line("mean score", COLORS[0]), line("95% low", COLORS[2], { width: 1, dash: [4, 4] }), line("95% high", COLORS[2], { width: 1, dash: [4, 4] })],
     [x, mean, low, high],
     mode === "time",
-    "score"
+    "score",
+    X_LABELS[mode],
+    NO_EVALUATION
   );
   const reach = TILES.map((tile) =>
     evals.map((e) => {
@@ -91,7 +136,7 @@ function renderStrength() {
       return r ? 100 * r.rate : 0;
     })
   );
-  draw("reach-chart", TILES.map((t, i) => line(t + " reached %", COLORS[i])), [x].concat(reach), mode === "time", "% of games");
+  draw("reach-chart", TILES.map((t, i) => line(t + " reached %", COLORS[i])), [x].concat(reach), mode === "time", "% of games", X_LABELS[mode], NO_EVALUATION);
 }
 
 function renderThroughput() {
@@ -101,6 +146,11 @@ function renderThroughput() {
     const dt = (b.at - a.at) / 1000;
     if (dt <= 0) continue;
     t.push(b.at / 1000);
+    if (dt > 3 * samplePeriod) {
+      // The server was down: a gap, not a rate averaged over the outage.
+      games.push(null), stored.push(null), moves.push(null), backlog.push(null);
+      continue;
+    }
     games.push(Math.max(0, b.games - a.games) / dt);
     moves.push(Math.max(0, b.moves - a.moves) / dt);
     stored.push(Math.max(0, b.stored - a.stored) / dt);
@@ -111,9 +161,11 @@ function renderThroughput() {
     [line("games learned/s", COLORS[0]), line("games received/s", COLORS[3]), line("learner updates (moves)/s", COLORS[2], { scale: "moves" })],
     [t, games, stored, moves],
     true,
-    "per second"
+    "per second",
+    "time",
+    NO_SAMPLES
   );
-  draw("backlog-chart", [line("upload backlog (games)", COLORS[4])], [t, backlog], true, "games");
+  draw("backlog-chart", [line("upload backlog (games)", COLORS[4])], [t, backlog], true, "games", "time", NO_SAMPLES);
 }
 
 function renderSummary() {
@@ -124,7 +176,7 @@ function renderSummary() {
     ["games learned", number(p.games)],
     ["moves/s", number(p.moves_per_second)],
     ["backlog", number(p.backlog)],
-    ["workers", status.workers.length],
+    ["workers", status.workers.filter((w) => w.active).length + " active of " + status.workers.length],
     ["storage", s.backend + (s.degraded ? " (degraded)" : "")],
   ];
   const summary = $("#summary");
@@ -142,8 +194,12 @@ function renderWorkers() {
   for (const w of status.workers) {
     const hours = Math.max((w.last_seen - w.first_seen) / 3600, 1 / 60);
     const row = document.createElement("tr");
+    const state = w.revoked_at != null ? "revoked" : w.active ? "active" : "idle";
+    row.className = state;
     row.append(
-      text("td", w.name),
+      text("td", w.token),
+      text("td", w.machine || "-"),
+      text("td", state, "state-" + state),
       text("td", ago(w.last_seen)),
       text("td", number(w.games)),
       text("td", number(w.moves)),
@@ -163,17 +219,22 @@ function renderStorage() {
     ["state", s.degraded ? "degraded: " + s.degraded : "ok"],
     ["bucket", s.bucket || "-"],
     ["pending catch-up", String(s.pending_catch_up)],
+    ["weights on disk", (s.weights_bytes == null ? "unreadable" : number(s.weights_bytes) + "B") +
+      (s.weights_budget_bytes ? " of a " + number(s.weights_budget_bytes) + "B budget" : ", no byte budget") +
+      " · " + (s.keep_revisions ? "newest " + s.keep_revisions + " kept" : "all kept")],
     ["latest revision", l ? String(l.revision) : "-"],
     ["file", l ? l.weights_file : "-"],
     ["size", l ? number(l.weights_size) + "B" : "-"],
-    ["sha256", l ? l.weights_sha256 : "-"],
+    ["sha256", l ? l.weights_sha256.slice(0, 16) + "…" : "-", l ? l.weights_sha256 : ""],
     ["served as", l ? l.served_as : "-"],
-    ["record valid until", l ? l.deadline : "-"],
+    ["record valid until", l ? when(l.deadline) : "-", l ? l.deadline : ""],
   ];
   const dl = $("#storage");
   dl.textContent = "";
-  for (const [k, v] of rows) {
-    dl.append(text("dt", k), text("dd", v, k === "state" && s.degraded ? "degraded" : ""));
+  for (const [k, v, full] of rows) {
+    const dd = text("dd", v, k === "state" && s.degraded ? "degraded" : "");
+    dd.title = full || v;
+    dl.append(text("dt", k), dd);
   }
 }
 
@@ -243,7 +304,9 @@ async function refreshStatus() {
 async function refreshHistory() {
   try {
     const response = await fetch("api/v1/history");
-    samples = (await response.json()).samples;
+    const history = await response.json();
+    samples = history.samples;
+    samplePeriod = history.sample_seconds;
     renderThroughput();
   } catch (e) {
     /* the status line says when the server is away */

@@ -45,6 +45,9 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 
 #[derive(Serialize)]
 struct History {
+    /// The period the samples were taken at (`api.sample_seconds`): a longer step between two
+    /// samples is a time the server was down.
+    sample_seconds: f64,
     samples: Vec<ThroughputSample>,
 }
 
@@ -55,7 +58,9 @@ async fn history(State(state): State<Arc<AppState>>) -> Response {
     })
     .await;
     match samples {
-        Ok(Ok(samples)) => axum::Json(History { samples }).into_response(),
+        Ok(Ok(samples)) => {
+            axum::Json(History { sample_seconds: state.api.sample_seconds, samples }).into_response()
+        }
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
     }

@@ -84,19 +84,20 @@ pub enum ExportFormatArg {
 
 /// Where the server listens (`server.host` / `server.port` in the configuration file).
 #[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Server")]
 pub struct ListenArgs {
-    /// Address to listen on [server.host; default: 127.0.0.1]: 0.0.0.0 accepts remote workers
-    /// (give --advertised-host then).
+    /// Address to listen on: 0.0.0.0 accepts remote workers (give --advertised-host then)
+    /// [server.host; default: 127.0.0.1].
     #[arg(long, value_name = "HOST")]
     pub host: Option<String>,
-    /// The name or address workers reach this server at, put in the URLs it hands out
-    /// [server.advertised_host]; needed when --host is a wildcard such as 0.0.0.0.
+    /// The name or address workers reach this server at, put in the URLs it hands out; needed when
+    /// --host is a wildcard such as 0.0.0.0 [server.advertised_host; default: none, the --host].
     #[arg(long, value_name = "HOST")]
     pub advertised_host: Option<String>,
-    /// Port to listen on (0 picks a free one).
+    /// Port to listen on, 0 picks a free one [server.port; default: 8000].
     #[arg(long)]
     pub port: Option<u16>,
-    /// Serve the weights over HTTP from this server (server.localhost_weights).
+    /// Serve the weights over HTTP from this server [server.localhost_weights].
     #[arg(long)]
     pub localhost_weights: bool,
 }
@@ -105,76 +106,82 @@ pub struct ListenArgs {
 #[derive(Args, Debug, Clone, Default)]
 pub struct LearnArgs {
     /// The run database.
-    #[arg(long, default_value = "zero2048.db", value_name = "FILE")]
+    #[arg(long, default_value = "zero2048.db", value_name = "FILE", help_heading = "Run")]
     pub db: PathBuf,
     /// Start from this weights file instead of the latest revision: a path, a file://, http:// or
-    /// https:// URL, or r2://bucket/key (with the configured R2 credentials).
-    #[arg(long, value_name = "PATH|URL|r2://bucket/key")]
+    /// https:// URL, or r2://bucket/key (with the configured R2 credentials) [default: none, the
+    /// run's latest revision].
+    #[arg(long, value_name = "PATH|URL|r2://bucket/key", help_heading = "Run")]
     pub resume_from: Option<String>,
     /// The model to train: the n-tuple network with expectimax, or the policy-value network with
-    /// MCTS (a run keeps the kind it started with).
-    #[arg(long, value_enum)]
+    /// MCTS; a run keeps the kind it started with [train.model; default: ntuple].
+    #[arg(long, value_enum, help_heading = "Run")]
     pub model: Option<ModelArg>,
-    /// MCTS simulations per move (policy-value runs; sent to every worker).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100000))]
-    pub simulations: Option<u32>,
-    /// Where policy-value training runs (zero.device): cpu, or cuda in a build with `--features cuda`.
-    #[arg(long, value_enum)]
-    pub device: Option<DeviceArg>,
-    /// How much the network's value counts in the search (0..=1; mcts.value_weight).
-    #[arg(long)]
-    pub value_weight: Option<f32>,
-    /// Convolution filters of a new policy-value network.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=512))]
-    pub filters: Option<u64>,
-    /// Residual blocks of a new policy-value network.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=64))]
-    pub blocks: Option<u64>,
-    /// Games each MCTS self-play thread plays at once (the network's batch size).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
-    pub parallel_games: Option<u64>,
-    /// The n-tuple network for a new run.
-    #[arg(long, value_enum)]
-    pub network: Option<NetworkShape>,
-    /// Weight sets by largest tile for a new n-tuple run (2: a second set from 16384 on; each
-    /// stage adds the network's size in memory).
-    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=4))]
-    pub stages: Option<u8>,
-    /// TD step size (td.learning_rate), shared by the features.
-    #[arg(long)]
-    pub learning_rate: Option<f32>,
-    /// λ of TD(λ) (td.lambda): 0 learns from the next afterstate only.
-    #[arg(long)]
-    pub lambda: Option<f32>,
-    /// Temporal-coherence learning (td.coherence; adaptive per-weight steps, three times the
-    /// memory): `on` or `off`.
-    #[arg(long, value_enum)]
-    pub coherence: Option<Switch>,
-    /// The restart strategy (train.restart): after a game of more than 10 moves, the next game
-    /// continues from its middle. `on` or `off`.
-    #[arg(long, value_enum)]
-    pub restart: Option<Switch>,
-    /// Optimistic initialisation of a new network (td.initial_value): every afterstate starts
-    /// valued at this.
-    #[arg(long, value_name = "SCORE")]
-    pub initial_value: Option<f32>,
-    /// Self-play search depth (train.selfplay_depth; sent to every worker).
-    #[arg(long, value_name = "PLIES")]
-    pub selfplay_depth: Option<u32>,
-    /// Publish a revision every this many games.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    pub revision_every_games: Option<u64>,
-    /// ...or every this many seconds.
-    #[arg(long)]
-    pub revision_every_seconds: Option<f64>,
-    /// Games in each revision's evaluation on the fixed seeds (0 = no evaluation).
-    #[arg(long)]
-    pub eval_games: Option<usize>,
-    /// Run seed.
-    #[arg(long)]
+    /// Run seed [train.seed; default: 2048].
+    #[arg(long, help_heading = "Run")]
     pub seed: Option<u64>,
-    /// Seconds each latest record stays valid (presigned URLs outlive it).
-    #[arg(long)]
+    /// The n-tuple network of a new run, train.network in the file [default: 4x6].
+    #[arg(long, value_enum, help_heading = "N-tuple learning")]
+    pub network: Option<NetworkShape>,
+    /// Weight sets by largest tile for a new n-tuple run: 2 adds a second set from 16384 on, each
+    /// stage the network's size in memory [train.network.stages; default: 1].
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=4), help_heading = "N-tuple learning")]
+    pub stages: Option<u8>,
+    /// TD step size, shared by the features [train.td.learning_rate; default: 0.1].
+    #[arg(long, help_heading = "N-tuple learning")]
+    pub learning_rate: Option<f32>,
+    /// λ of TD(λ): 0 learns from the next afterstate only [train.td.lambda; default: 0].
+    #[arg(long, help_heading = "N-tuple learning")]
+    pub lambda: Option<f32>,
+    /// Temporal-coherence learning: adaptive per-weight steps, three times the memory
+    /// [train.td.coherence; default: off].
+    #[arg(long, value_enum, help_heading = "N-tuple learning")]
+    pub coherence: Option<Switch>,
+    /// The restart strategy: after a game of more than 10 moves, the next game continues from its
+    /// middle [train.restart; default: off].
+    #[arg(long, value_enum, help_heading = "N-tuple learning")]
+    pub restart: Option<Switch>,
+    /// Optimistic initialisation of a new network: every afterstate starts valued at this
+    /// [train.td.initial_value; default: 0].
+    #[arg(long, value_name = "SCORE", help_heading = "N-tuple learning")]
+    pub initial_value: Option<f32>,
+    /// Self-play search depth, sent to every worker [train.selfplay_depth; default: 1].
+    #[arg(long, value_name = "PLIES", help_heading = "N-tuple learning")]
+    pub selfplay_depth: Option<u32>,
+    /// MCTS simulations per move, sent to every worker [train.mcts.simulations; default: 100].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100000), help_heading = "Policy-value learning")]
+    pub simulations: Option<u32>,
+    /// Where policy-value training runs: cpu, or cuda in a build with `--features cuda`
+    /// [train.zero.device; default: cpu].
+    #[arg(long, value_enum, help_heading = "Policy-value learning")]
+    pub device: Option<DeviceArg>,
+    /// How much the network's value counts in the search, 0..=1 [train.mcts.value_weight;
+    /// default: 1].
+    #[arg(long, help_heading = "Policy-value learning")]
+    pub value_weight: Option<f32>,
+    /// Convolution filters of a new policy-value network [train.policy_value.filters; default: 32].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=512), help_heading = "Policy-value learning")]
+    pub filters: Option<u64>,
+    /// Residual blocks of a new policy-value network [train.policy_value.blocks; default: 2].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=64), help_heading = "Policy-value learning")]
+    pub blocks: Option<u64>,
+    /// Games each MCTS self-play thread plays at once, the network's batch size
+    /// [train.mcts_parallel_games; default: 64].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096), help_heading = "Policy-value learning")]
+    pub parallel_games: Option<u64>,
+    /// Publish a revision every this many games [train.revision_every_games; default: 20000].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Publishing and evaluation")]
+    pub revision_every_games: Option<u64>,
+    /// ...or every this many seconds [train.revision_every_seconds; default: 300].
+    #[arg(long, help_heading = "Publishing and evaluation")]
+    pub revision_every_seconds: Option<f64>,
+    /// Games in each revision's evaluation on the fixed seeds, 0 for none
+    /// [train.evaluation.games; default: 200].
+    #[arg(long, help_heading = "Publishing and evaluation")]
+    pub eval_games: Option<usize>,
+    /// Seconds each latest record stays valid; presigned URLs outlive it
+    /// [train.deadline_seconds; default: 86400].
+    #[arg(long, help_heading = "Publishing and evaluation")]
     pub deadline_seconds: Option<u64>,
 }
 
@@ -214,8 +221,9 @@ pub struct ServerArgs {
     pub listen: ListenArgs,
     #[command(flatten)]
     pub learn: LearnArgs,
-    /// Tokens are needed for `GET /api/v1/latest` and the weights too (api.require_token_for_latest).
-    #[arg(long)]
+    /// Tokens are needed for `GET /api/v1/latest` and the weights too
+    /// [api.require_token_for_latest].
+    #[arg(long, help_heading = "Server")]
     pub require_token_for_latest: bool,
 }
 
@@ -226,13 +234,13 @@ pub struct WorkerArgs {
     /// The server's URL (http://host:port).
     #[arg(long, value_name = "URL")]
     pub server: String,
-    /// The worker token (`zero2048 token add NAME` on the server); or ZERO2048_TOKEN.
+    /// The worker token (`zero2048 token add NAME` on the server) [default: none, ZERO2048_TOKEN].
     #[arg(long, value_name = "TOKEN", env = "ZERO2048_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Configuration file (its `worker:` section; see config.example.yaml).
+    /// Configuration file, its `worker:` section; see config.example.yaml [default: none].
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Playing threads [worker.threads; default: one per core].
+    /// Playing threads [worker.threads; default: 0, one per core].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub threads: Option<u64>,
     /// Where finished games wait for the server's acknowledgement [worker.spool_dir; default:
@@ -242,7 +250,12 @@ pub struct WorkerArgs {
     /// Where downloaded weights are cached, by SHA-256 [worker.cache_dir; default: zero2048-cache].
     #[arg(long, value_name = "DIR")]
     pub cache: Option<PathBuf>,
-    /// Read the latest record from this URL (a bucket's public latest.json) instead of the server.
+    /// Disk budget of the weights cache in MiB; older revisions are evicted past it, never the
+    /// one in use [worker.cache_budget_mib; default: 2048].
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
+    pub cache_budget_mib: Option<u64>,
+    /// Read the latest record from this URL (a bucket's public latest.json) instead of the server
+    /// [default: none, the server's /api/v1/latest].
     #[arg(long, value_name = "URL")]
     pub latest_url: Option<String>,
     /// Games per upload [worker.batch_games; default: 64].
@@ -262,10 +275,10 @@ pub struct WorkerArgs {
     /// default: 5s].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub adopt_delay: Option<std::time::Duration>,
-    /// Stop after this many games (and upload them).
+    /// Stop after this many games and upload them [default: none, play until stopped].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub games: Option<u64>,
-    /// Seed of this worker's games (default: random).
+    /// Seed of this worker's games [default: random].
     #[arg(long)]
     pub seed: Option<u64>,
     /// Print the summary as JSON.
@@ -310,31 +323,41 @@ pub enum TokenAction {
 
 /// Where weights are stored: the configuration file and the storage flags (`docs/storage.md`).
 #[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Storage")]
 pub struct StorageArgs {
-    /// Configuration file (YAML; see config.example.yaml).
+    /// Configuration file, YAML; see config.example.yaml [default: none, the embedded defaults].
     #[arg(long, value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
-    /// Use Cloudflare R2 or another S3-compatible bucket.
+    /// Use Cloudflare R2 or another S3-compatible bucket [storage.use_r2].
     #[arg(long, global = true)]
     pub use_r2: bool,
-    /// The bucket.
+    /// The bucket [storage.r2_bucket; default: none].
     #[arg(long, value_name = "NAME", global = true)]
     pub r2_bucket: Option<String>,
-    /// Access key ID (prefer the R2_ACCESS_KEY environment variable: flags show in `ps`).
+    /// Access key ID; prefer the R2_ACCESS_KEY environment variable, flags show in `ps`
+    /// [storage.r2_access_key; default: none].
     #[arg(long, value_name = "KEY", global = true)]
     pub r2_access_key: Option<String>,
-    /// Secret access key (prefer the R2_SECRET_KEY environment variable).
+    /// Secret access key; prefer the R2_SECRET_KEY environment variable
+    /// [storage.r2_secret_key; default: none].
     #[arg(long, value_name = "SECRET", global = true)]
     pub r2_secret_key: Option<String>,
-    /// The S3 API endpoint URL (or R2_ENDPOINT).
+    /// The S3 API endpoint URL, or R2_ENDPOINT [storage.r2_endpoint_url; default: none].
     #[arg(long, value_name = "URL", global = true)]
     pub r2_endpoint: Option<String>,
-    /// Public base URL of the bucket: hand out unsigned URLs under it.
+    /// Public base URL of the bucket: hand out unsigned URLs under it
+    /// [storage.r2_public_url; default: none].
     #[arg(long, value_name = "URL", global = true)]
     pub r2_public_url: Option<String>,
-    /// Local weights directory (the store, or the cache when a bucket is used).
+    /// Local weights directory: the store, or the cache when a bucket is used
+    /// [storage.weights_dir; default: weights].
     #[arg(long, value_name = "DIR", global = true)]
     pub weights_dir: Option<PathBuf>,
+    /// Disk budget of the stored revisions in MiB, here and in the bucket: the oldest go first,
+    /// never the latest; 0 for none besides storage.keep_revisions
+    /// [storage.weights_budget_mib; default: 0].
+    #[arg(long, value_name = "MIB", global = true)]
+    pub weights_budget_mib: Option<u64>,
 }
 
 /// `zero2048 weights`.
@@ -373,25 +396,25 @@ pub enum WeightsAction {
 pub struct TrainArgs {
     #[command(flatten)]
     pub storage: StorageArgs,
-    /// Stop after learning from this many games in this session.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Stop after learning from this many games in this session [default: none, until Ctrl-C].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Run")]
     pub games: Option<u64>,
-    /// Stop after this long (e.g. `90s`, `1h`, `2h 30m`).
-    #[arg(long, value_parser = humantime::parse_duration)]
+    /// Stop after this long, e.g. `90s`, `1h`, `2h 30m` [default: none, until Ctrl-C].
+    #[arg(long, value_parser = humantime::parse_duration, help_heading = "Run")]
     pub time: Option<std::time::Duration>,
-    /// Self-play threads, each playing and learning on the one shared network (default: one per
-    /// core; train.selfplay_threads).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
+    /// Self-play threads, each playing and learning on the one shared network
+    /// [train.selfplay_threads; default: 0, one per core].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256), help_heading = "Run")]
     pub threads: Option<u64>,
     /// Start over from zero: delete the run database and the local weights directory first.
-    #[arg(long)]
+    #[arg(long, help_heading = "Run")]
     pub reset: bool,
     #[command(flatten)]
     pub listen: ListenArgs,
     #[command(flatten)]
     pub learn: LearnArgs,
     /// Print the summary as JSON.
-    #[arg(long)]
+    #[arg(long, help_heading = "Run")]
     pub json: bool,
 }
 
@@ -511,9 +534,10 @@ pub struct PlayArgs {
     /// Seed of the game (spawns and the player's own random choices).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Milliseconds to wait after each move.
-    #[arg(long, default_value_t = 0, value_name = "MS")]
-    pub delay: u64,
+    /// Milliseconds to wait after each move [default: 100 when the board is drawn on a terminal, 0
+    /// otherwise].
+    #[arg(long, value_name = "MS")]
+    pub delay: Option<u64>,
     /// Print only the result.
     #[arg(long)]
     pub quiet: bool,
@@ -636,4 +660,104 @@ pub struct AnalyzeArgs {
 
 fn parse_board(s: &str) -> Result<Board, String> {
     s.parse().map_err(|e: zero2048_game::ParseBoardError| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+    use crate::config::FileConfig;
+
+    /// `[section.key; default: VALUE]` in an option's help, as (key, value).
+    fn documented_default(help: &str) -> Option<(String, String)> {
+        let start = help.rfind('[')?;
+        let (key, rest) = help[start + 1..].split_once("; default: ")?;
+        let value = rest.split([']', ',']).next()?.trim();
+        Some((key.to_string(), value.to_string()))
+    }
+
+    /// Whether the help's `written` default is the configuration's `value`: numbers equal as
+    /// numbers (an f32 setting reads 0.10000000149 in JSON; a number of seconds may carry its `s`),
+    /// switches as on/off, nothing as none/off.
+    fn same(written: &str, value: &serde_json::Value) -> bool {
+        match value {
+            serde_json::Value::Bool(b) => written == if *b { "on" } else { "off" },
+            serde_json::Value::Null => written == "none" || written == "off",
+            serde_json::Value::String(s) => written == s,
+            serde_json::Value::Number(n) => {
+                let expected = n.as_f64().unwrap();
+                written
+                    .trim_end_matches('s')
+                    .parse::<f64>()
+                    .is_ok_and(|x| (x - expected).abs() <= 1e-6 * expected.abs().max(1.0))
+            }
+            _ => false,
+        }
+    }
+
+    #[test]
+    fn every_option_shows_its_default_and_each_documented_default_is_the_configurations() {
+        let defaults = serde_json::to_value(FileConfig::default()).unwrap();
+        let mut cli = Cli::command();
+        cli.build();
+        let mut checked = 0;
+        for name in ["train", "server", "worker"] {
+            let command = cli.find_subcommand(name).unwrap();
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                let plain_switch = !arg.get_action().takes_values();
+                if id == "help"
+                    || id == "version"
+                    || arg.is_positional()
+                    || arg.is_required_set()
+                    || plain_switch
+                {
+                    continue;
+                }
+                let help = arg.get_long_help().or(arg.get_help()).map(|h| h.to_string()).unwrap_or_default();
+                let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+                let clap_default = !arg.get_default_values().is_empty();
+                assert!(
+                    clap_default || help.contains("default: "),
+                    "`{name} --{id}` does not say its default: {help:?}"
+                );
+                let Some((key, value)) = documented_default(&help) else { continue };
+                let found = key.split('.').try_fold(&defaults, |v, part| v.get(part));
+                let found =
+                    found.unwrap_or_else(|| panic!("`{name} --{id}` names {key}, which is not a key"));
+                assert!(
+                    same(&value, found),
+                    "`{name} --{id}` says {key} defaults to {value}, the configuration says {found}"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 30, "only {checked} documented defaults were checked");
+    }
+
+    #[test]
+    fn train_options_are_grouped() {
+        let mut cli = Cli::command();
+        cli.build();
+        let train = cli.find_subcommand("train").unwrap();
+        let headings: std::collections::BTreeSet<_> =
+            train.get_arguments().filter_map(|a| a.get_help_heading()).collect();
+        for heading in [
+            "Run",
+            "Storage",
+            "Server",
+            "N-tuple learning",
+            "Policy-value learning",
+            "Publishing and evaluation",
+        ] {
+            assert!(headings.contains(heading), "no {heading:?} group in {headings:?}");
+        }
+        let ungrouped: Vec<_> = train
+            .get_arguments()
+            .filter(|a| a.get_help_heading().is_none() && !["help", "version"].contains(&a.get_id().as_str()))
+            .map(|a| a.get_id().to_string())
+            .collect();
+        assert!(ungrouped.is_empty(), "options outside every group: {ungrouped:?}");
+    }
 }

@@ -4,6 +4,7 @@
 mod args;
 mod commands;
 mod config;
+mod logging;
 mod players;
 mod render;
 mod storage;
@@ -49,7 +50,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) => return report_usage_error(error),
     };
-    init_logging();
+    logging::init();
     let result = match cli.command {
         Command::Train(args) => commands::train::run(args),
         Command::Play(args) => commands::play::run(args),
@@ -83,21 +84,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// Warnings and errors from the libraries (a bucket falling back to local storage, say) go to
-/// stderr as plain lines; `RUST_LOG` changes the level.
-fn init_logging() {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .without_time()
-        .try_init();
-}
-
 /// Help and version print as clap renders them; every other parse error becomes one line naming
 /// the problem and the accepted values, with exit code 2.
 fn report_usage_error(error: clap::Error) -> ExitCode {
@@ -119,8 +105,19 @@ fn report_usage_error(error: clap::Error) -> ExitCode {
                     !l.is_empty() && !l.starts_with("For more information") && !l.starts_with("Usage:")
                 })
                 .collect::<Vec<_>>()
-                .join(" ");
-            eprintln!("{line}");
+                .join("; ");
+            // clap suggests a near spelling when there is one; otherwise point at the list.
+            let lost = matches!(error.kind(), ErrorKind::UnknownArgument | ErrorKind::InvalidSubcommand);
+            if lost && !line.contains("similar") {
+                let command = std::env::args().nth(1).filter(|c| !c.starts_with('-'));
+                let help = match command {
+                    Some(c) if error.kind() == ErrorKind::UnknownArgument => format!("zero2048 {c} --help"),
+                    _ => "zero2048 --help".to_string(),
+                };
+                eprintln!("{line}; `{help}` lists what is accepted");
+            } else {
+                eprintln!("{line}");
+            }
             ExitCode::from(2)
         }
     }

@@ -66,6 +66,9 @@ fn bad_input_gets_one_clear_line_and_exit_code_2() {
         ),
         (vec!["replay", "/nonexistent/game.bin"], "reading /nonexistent/game.bin"),
         (vec!["frobnicate"], "unrecognized subcommand 'frobnicate'"),
+        (vec!["trian"], "a similar subcommand exists: 'train'"),
+        (vec!["train", "--thread", "2"], "a similar argument exists: '--threads'"),
+        (vec!["eval", "--lamda", "2"], "`zero2048 eval --help` lists what is accepted"),
     ];
     for (args, expected) in cases {
         let output = zero2048(&args);

@@ -144,7 +144,7 @@ impl Progress {
     fn new(total: u64, show: bool) -> Progress {
         let terminal = std::io::stderr().is_terminal();
         let bar = (show && terminal).then(|| {
-            let bar = ProgressBar::new(total);
+            let bar = crate::logging::bars().add(ProgressBar::new(total));
             bar.set_style(
                 ProgressStyle::with_template("{bar:40.cyan/blue} {pos}/{len} games · {msg} · eta {eta}")
                     .unwrap_or_else(|_| ProgressStyle::default_bar()),

@@ -9,6 +9,9 @@ use zero2048_game::{Game, SpawnRule, derive_seed};
 use crate::args::PlayArgs;
 use crate::{players, render};
 
+/// Milliseconds between moves when a game is drawn on a terminal and no `--delay` is given.
+const WATCHING_DELAY_MS: u64 = 100;
+
 /// Runs the command.
 pub fn run(args: PlayArgs) -> Result<()> {
     let rule = SpawnRule::new(args.player.four_probability as f64)?;
@@ -17,6 +20,8 @@ pub fn run(args: PlayArgs) -> Result<()> {
     let mut player = factory.build(derive_seed(args.seed, u64::MAX));
     let mut game = Game::new(args.seed, rule);
     let terminal = std::io::stdout().is_terminal();
+    // A game drawn on a terminal is watched: by default slow enough to follow.
+    let delay = args.delay.unwrap_or(if terminal && !args.quiet { WATCHING_DELAY_MS } else { 0 });
     let mut out = std::io::stdout().lock();
     let mut last_move = None;
     loop {
@@ -41,8 +46,8 @@ pub fn run(args: PlayArgs) -> Result<()> {
         game.play(direction)
             .with_context(|| format!("the player chose an illegal move on {:?}", game.board()))?;
         last_move = Some(direction);
-        if args.delay > 0 {
-            std::thread::sleep(Duration::from_millis(args.delay));
+        if delay > 0 {
+            std::thread::sleep(Duration::from_millis(delay));
         }
     }
     writeln!(

@@ -27,7 +27,7 @@ fn greedy() -> ExpectimaxConfig {
 
 #[test]
 fn td_learning_beats_the_untrained_network_by_a_wide_margin() {
-    let learner = small_learner(TdConfig::td0());
+    let learner = small_learner(TdConfig::default());
     let suite = EvalConfig { games: 200, seed: 99, depth: 1, threads: 2 };
     let before = evaluate(Arc::clone(learner.network()), &suite, SpawnRule::STANDARD);
     for game in 0..3000 {
@@ -50,10 +50,9 @@ fn td_learning_beats_the_untrained_network_by_a_wide_margin() {
 #[test]
 fn temporal_coherence_and_td_lambda_learn_too() {
     for config in [
-        TdConfig { coherence: true, ..TdConfig::td0() },
-        TdConfig { lambda: 0.5, ..TdConfig::td0() },
-        TdConfig { coherence_after_games: 500, ..TdConfig::default() },
-        TdConfig::default(),
+        TdConfig { coherence: true, ..TdConfig::default() },
+        TdConfig { lambda: 0.5, ..TdConfig::default() },
+        TdConfig { lambda: 0.5, coherence: true, coherence_after_games: 500, ..TdConfig::default() },
     ] {
         let learner = small_learner(config.clone());
         let suite = EvalConfig { games: 100, seed: 3, depth: 1, threads: 2 };

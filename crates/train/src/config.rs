@@ -14,8 +14,9 @@ use crate::evaluation::EvalConfig;
 use crate::learner::TdConfig;
 use crate::zero::ZeroConfig;
 
-/// Everything a run is configured with. Every key is optional; the defaults are the recipe that
-/// measured best for an hour of local training (BENCHMARKS.md).
+/// Everything a run is configured with. Every key is optional; the defaults are plain TD(0) with a
+/// fixed step (BENCHMARKS.md says why the better-measured TD(0.5) + TC + restart is not the default
+/// yet).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {

@@ -9,6 +9,7 @@
 //! acknowledged. Interrupted games wait in `partial/` to be
 //! finished after a restart; refused games are kept in `rejected/` with the server's reason.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -217,21 +218,36 @@ impl Spool {
     }
 
     /// Up to `limit` finished games, oldest first, each synced to disk before it is returned (so
-    /// before it is uploaded). A damaged file is moved to `rejected/` (with the reason) rather
-    /// than blocking the spool.
+    /// before it is uploaded). A continuation whose parent is still waiting comes right after it,
+    /// in the same batch: the server takes a continuation only once it holds the parent, and "oldest
+    /// first" cannot promise that order by itself, since a short continuation can be written in
+    /// the same clock tick as its parent (equal modification times). A damaged file is moved to
+    /// `rejected/` (with the reason) rather than blocking the spool.
     pub fn take_batch(&self, limit: usize) -> Result<Vec<SpooledGame>, SpoolError> {
-        let mut games = Vec::new();
+        let mut games: Vec<SpooledGame> = Vec::new();
+        let mut taken: HashSet<Uuid> = HashSet::new();
         for path in Spool::list(&self.dir, limit)? {
-            if let Ok(file) = std::fs::File::open(&path) {
-                file.sync_all().map_err(io("syncing", &path))?;
+            if games.len() >= limit {
+                break;
             }
-            match Spool::read(&path) {
-                Ok(game) => games.push(game),
-                Err(SpoolError::Damaged { reason, .. }) => {
-                    tracing::warn!("spool file {} is damaged ({reason}); moved to rejected/", path.display());
-                    self.set_aside_path(&path, &reason);
+            let Some(game) = self.take_file(&path)? else { continue };
+            if taken.contains(&game.uuid) {
+                continue;
+            }
+            let mut chain = vec![game];
+            while let Some(origin) = chain.last().and_then(|g| g.origin) {
+                if taken.contains(&origin.parent) || chain.iter().any(|g| g.uuid == origin.parent) {
+                    break;
                 }
-                Err(e) => return Err(e),
+                let parent = self.dir.join(format!("{}.game", origin.parent));
+                match self.take_file(&parent)? {
+                    Some(parent) => chain.push(parent),
+                    None => break,
+                }
+            }
+            for game in chain.into_iter().rev() {
+                taken.insert(game.uuid);
+                games.push(game);
             }
         }
         if !games.is_empty()
@@ -240,6 +256,25 @@ impl Spool {
             let _ = dir.sync_all();
         }
         Ok(games)
+    }
+
+    /// One spool file, synced and read; `None` if it is gone (acknowledged meanwhile) or damaged
+    /// (then moved to `rejected/`).
+    fn take_file(&self, path: &Path) -> Result<Option<SpooledGame>, SpoolError> {
+        match std::fs::File::open(path) {
+            Ok(file) => file.sync_all().map_err(io("syncing", path))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(SpoolError::Io { action: "opening", path: path.to_path_buf(), source: e }),
+        }
+        match Spool::read(path) {
+            Ok(game) => Ok(Some(game)),
+            Err(SpoolError::Damaged { reason, .. }) => {
+                tracing::warn!("spool file {} is damaged ({reason}); moved to rejected/", path.display());
+                self.set_aside_path(path, &reason);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Every interrupted game, removing nothing.
@@ -290,5 +325,51 @@ impl Spool {
             .filter_map(Result::ok)
             .filter(|e| e.path().extension().is_some_and(|x| x == "game"))
             .fold((0, 0), |(n, b), e| (n + 1, b + e.metadata().map_or(0, |m| m.len())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zero2048_game::{Game, SpawnRule};
+
+    fn game(uuid: u128, origin: Option<u128>) -> SpooledGame {
+        SpooledGame {
+            uuid: Uuid::from_u128(uuid),
+            revision: 1,
+            origin: origin.map(|parent| Origin { parent: Uuid::from_u128(parent), step: 0 }),
+            record: Game::new(uuid as u64, SpawnRule::STANDARD).into_record(),
+        }
+    }
+
+    /// Files written in one clock tick share a modification time, so only their names (random
+    /// UUIDs) order them: here every continuation sorts before its parent.
+    #[test]
+    fn a_continuation_travels_with_its_parent_whatever_their_file_times() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let when = std::time::SystemTime::now();
+        for (uuid, origin) in [(3, None), (2, Some(3)), (1, Some(2)), (9, None)] {
+            spool.put(&game(uuid, origin)).unwrap();
+            let path = dir.path().join(format!("{}.game", Uuid::from_u128(uuid)));
+            std::fs::File::options().write(true).open(&path).unwrap().set_modified(when).unwrap();
+        }
+        let first = spool.take_batch(1).unwrap();
+        let order: Vec<u128> = first.iter().map(|g| g.uuid.as_u128()).collect();
+        assert_eq!(order, [3, 2, 1], "parents first, in the one batch");
+        spool.remove(&first.iter().map(|g| g.uuid).collect::<Vec<_>>()).unwrap();
+        let rest: Vec<u128> = spool.take_batch(10).unwrap().iter().map(|g| g.uuid.as_u128()).collect();
+        assert_eq!(rest, [9]);
+        assert_eq!(spool.waiting(), 1);
+    }
+
+    #[test]
+    fn a_continuation_whose_parent_was_acknowledged_goes_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        spool.put(&game(5, Some(4))).unwrap();
+        let batch = spool.take_batch(10).unwrap();
+        assert_eq!(batch.len(), 1);
+        assert_eq!(batch[0].origin.unwrap().parent, Uuid::from_u128(4));
     }
 }

@@ -92,7 +92,7 @@ fn records(count: u64) -> Vec<GameRecord> {
 /// play: greedy play on a zero network ends after a hundred moves).
 fn trained(config: &NTupleConfig, pages: Pages, games: &[GameRecord]) -> Arc<NTupleNetwork> {
     let network = Arc::new(NTupleNetwork::zeroed_on(config.clone(), pages).expect("network"));
-    let learner = TdLearner::new(Arc::clone(&network), TdConfig::default(), 0);
+    let learner = TdLearner::new(Arc::clone(&network), TdConfig::td0(), 0);
     for record in games {
         learner.learn(record, false).expect("heuristic games replay");
     }
@@ -198,11 +198,8 @@ fn two_pass(snapshot: &Arc<NTupleNetwork>, learner: &TdLearner, window: Duration
 /// Every learning benchmark on `config` (the 4×6 network for the real figures).
 pub fn run(effort: Effort, config: &NTupleConfig) -> Vec<Comparison> {
     let games = records(if effort == Effort::Full { 40 } else { 3 });
-    let learner = TdLearner::new(
-        Arc::new(NTupleNetwork::zeroed(config.clone()).expect("network")),
-        TdConfig::default(),
-        0,
-    );
+    let learner =
+        TdLearner::new(Arc::new(NTupleNetwork::zeroed(config.clone()).expect("network")), TdConfig::td0(), 0);
     let mut next = 0;
     let fast_learning = measure(effort.budget(), || {
         let record = &games[next % games.len()];
@@ -233,15 +230,15 @@ pub fn run(effort: Effort, config: &NTupleConfig) -> Vec<Comparison> {
     });
 
     let window = effort.budget() * 2;
-    let (loop_huge, _) = one_loop(&huge, TdConfig::default(), 1, window);
-    let (loop_small, _) = one_loop(&small, TdConfig::default(), 1, window);
+    let (loop_huge, _) = one_loop(&huge, TdConfig::td0(), 1, window);
+    let (loop_small, _) = one_loop(&small, TdConfig::td0(), 1, window);
     let snapshot = trained(config, Pages::Huge, &games);
-    let old_shape = two_pass(&snapshot, &TdLearner::new(Arc::clone(&huge), TdConfig::default(), 1), window);
+    let old_shape = two_pass(&snapshot, &TdLearner::new(Arc::clone(&huge), TdConfig::td0(), 1), window);
     drop(snapshot);
-    let recipe = TdConfig { lambda: 0.5, coherence: true, ..TdConfig::default() };
+    let recipe = TdConfig::default();
     let (loop_recipe, _) = one_loop(&huge, recipe, 1, window);
-    let (loop_one, games_one) = one_loop(&huge, TdConfig::default(), 1, window);
-    let (loop_two, games_two) = one_loop(&huge, TdConfig::default(), 2, window);
+    let (loop_one, games_one) = one_loop(&huge, TdConfig::td0(), 1, window);
+    let (loop_two, games_two) = one_loop(&huge, TdConfig::td0(), 2, window);
     let per_wall = |m: &Measurement, games: u64| Measurement {
         items: games,
         wall_seconds: m.wall_seconds,

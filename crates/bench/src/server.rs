@@ -86,7 +86,7 @@ pub struct ServerReport {
 /// A 4×4 network trained for a few seconds, so games have realistic lengths.
 fn trained_network(games: u64) -> NTupleNetwork {
     let network = Arc::new(NTupleNetwork::zeroed(NTupleConfig::small_4x4()).expect("the small network fits"));
-    let learner = TdLearner::new(Arc::clone(&network), TdConfig::default(), 0);
+    let learner = TdLearner::new(Arc::clone(&network), TdConfig::td0(), 0);
     for i in 0..games {
         let mut player = ExpectimaxPlayer::new(
             Arc::clone(&network),

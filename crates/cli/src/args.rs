@@ -130,15 +130,15 @@ pub struct LearnArgs {
     /// TD step size, shared by the features [train.td.learning_rate; default: 0.1].
     #[arg(long, help_heading = "N-tuple learning")]
     pub learning_rate: Option<f32>,
-    /// λ of TD(λ): 0 learns from the next afterstate only [train.td.lambda; default: 0].
+    /// λ of TD(λ): 0 learns from the next afterstate only [train.td.lambda; default: 0.5].
     #[arg(long, help_heading = "N-tuple learning")]
     pub lambda: Option<f32>,
     /// Temporal-coherence learning: adaptive per-weight steps, three times the memory
-    /// [train.td.coherence; default: off].
+    /// [train.td.coherence; default: on].
     #[arg(long, value_enum, help_heading = "N-tuple learning")]
     pub coherence: Option<Switch>,
     /// The restart strategy: after a game of more than 10 moves, the next game continues from its
-    /// middle [train.restart; default: off].
+    /// middle [train.restart; default: on].
     #[arg(long, value_enum, help_heading = "N-tuple learning")]
     pub restart: Option<Switch>,
     /// Optimistic initialisation of a new network: every afterstate starts valued at this
@@ -478,10 +478,17 @@ pub struct PlayerArgs {
     /// Probability that a spawned tile is a 4.
     #[arg(long, default_value_t = 0.1, value_parser = probability)]
     pub four_probability: f32,
-    /// Weights of the ntuple player: a .safetensors file or URL (file://, http://, https://), a
-    /// weights directory (its latest revision), or `latest` (./weights).
+    /// Weights of the ntuple or mcts player: a .safetensors file or URL (file://, http://,
+    /// https://), a weights directory (its latest revision), or `latest` (./weights).
     #[arg(long, value_name = "FILE|URL|DIR|latest")]
     pub weights: Option<String>,
+    /// Simulations per move of the mcts player.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub simulations: u32,
+    /// How much the policy-value network's value counts at a leaf of the mcts player's search
+    /// (1 = fully; 0 = only the points scored on the way and the policy).
+    #[arg(long, default_value_t = 1.0, value_parser = probability)]
+    pub value_weight: f32,
 }
 
 /// The players this build knows.
@@ -495,6 +502,9 @@ pub enum PlayerKind {
     Expectimax,
     /// The learned n-tuple network (`--weights`), greedy at depth 1 or expectimax deeper.
     Ntuple,
+    /// Monte Carlo tree search with a learned policy-value network (`--weights` of a
+    /// `--model policy-value` run, `--simulations` per move).
+    Mcts,
 }
 
 fn table_bits(s: &str) -> Result<u8, String> {
@@ -684,6 +694,7 @@ mod tests {
         match value {
             serde_json::Value::Bool(b) => written == if *b { "on" } else { "off" },
             serde_json::Value::Null => written == "none" || written == "off",
+            serde_json::Value::Object(_) => written == "on",
             serde_json::Value::String(s) => written == s,
             serde_json::Value::Number(n) => {
                 let expected = n.as_f64().unwrap();

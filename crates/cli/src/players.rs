@@ -5,8 +5,10 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use zero2048_game::SpawnRule;
-use zero2048_model::{DOWNGRADE_FROM, Downgrading, NTupleNetwork, weights_file};
-use zero2048_search::{ExpectimaxConfig, ExpectimaxPlayer, GreedyPlayer, Player, RandomPlayer};
+use zero2048_model::{DOWNGRADE_FROM, Downgrading, NTupleNetwork, PolicyValueNet, weights_file};
+use zero2048_search::{
+    ExpectimaxConfig, ExpectimaxPlayer, GreedyPlayer, MctsConfig, MctsPlayer, Player, RandomPlayer,
+};
 use zero2048_storage::{LocalStorageBackend, LocalUrls, StorageBackend};
 
 use crate::args::{PlayerArgs, PlayerKind};
@@ -16,25 +18,56 @@ use crate::bad_input;
 pub struct PlayerFactory {
     args: PlayerArgs,
     network: Option<Arc<NTupleNetwork>>,
+    policy_value: Option<Arc<PolicyValueNet>>,
     source: Option<PathBuf>,
 }
+
+/// Which player plays which kind of weights file, for messages about the wrong one.
+const KINDS_HINT: &str = "`--player ntuple` plays the n-tuple weights of a `--model ntuple` run, `--player mcts` \
+                          the policy-value weights of a `--model policy-value` run";
 
 impl PlayerFactory {
     /// Checks the options and loads what they name.
     pub fn new(args: &PlayerArgs) -> Result<PlayerFactory> {
-        let (network, source) = match args.player {
-            PlayerKind::Ntuple => {
-                let spec = args
-                    .weights
-                    .as_deref()
-                    .ok_or_else(|| bad_input("the ntuple player needs --weights FILE|DIR|latest"))?;
-                let path = resolve_weights(spec)?;
-                let (network, _) = weights_file::load(&path, None).map_err(|e| bad_input(e.to_string()))?;
-                (Some(Arc::new(network)), Some(path))
-            }
-            _ => (None, None),
+        let weights = |player: &str| -> Result<PathBuf> {
+            let spec = args
+                .weights
+                .as_deref()
+                .ok_or_else(|| bad_input(format!("the {player} player needs --weights FILE|DIR|latest")))?;
+            resolve_weights(spec)
         };
-        Ok(PlayerFactory { args: args.clone(), network, source })
+        let mut factory =
+            PlayerFactory { args: args.clone(), network: None, policy_value: None, source: None };
+        match args.player {
+            PlayerKind::Ntuple => {
+                let path = weights("ntuple")?;
+                let (network, _) =
+                    weights_file::load(&path, None).map_err(|e| bad_input(format!("{e}; {KINDS_HINT}")))?;
+                factory.network = Some(Arc::new(network));
+                factory.source = Some(path);
+            }
+            PlayerKind::Mcts => {
+                let path = weights("mcts")?;
+                let (network, _) =
+                    PolicyValueNet::load(&path).map_err(|e| bad_input(format!("{e}; {KINDS_HINT}")))?;
+                factory.policy_value = Some(Arc::new(network));
+                factory.source = Some(path);
+            }
+            PlayerKind::Random | PlayerKind::Greedy | PlayerKind::Expectimax => {}
+        }
+        Ok(factory)
+    }
+
+    fn rule(&self) -> SpawnRule {
+        SpawnRule::new(self.args.four_probability as f64).unwrap_or(SpawnRule::STANDARD)
+    }
+
+    fn mcts(&self) -> MctsConfig {
+        MctsConfig {
+            simulations: self.args.simulations,
+            value_weight: self.args.value_weight,
+            ..MctsConfig::default().for_evaluation()
+        }
     }
 
     fn search(&self) -> ExpectimaxConfig {
@@ -43,12 +76,15 @@ impl PlayerFactory {
             move_time: self.args.move_time,
             probability_threshold: self.args.prune_below,
             transposition_bits: self.args.table_bits(),
-            rule: SpawnRule::new(self.args.four_probability as f64).unwrap_or(SpawnRule::STANDARD),
+            rule: self.rule(),
         }
     }
 
     /// A player for one game; `seed` drives its own random choices.
     pub fn build(&self, seed: u64) -> Box<dyn Player> {
+        if let (PlayerKind::Mcts, Some(network)) = (self.args.player, &self.policy_value) {
+            return Box::new(MctsPlayer::new(Arc::clone(network), self.mcts(), self.rule(), seed));
+        }
         match (&self.args.player, &self.network) {
             (PlayerKind::Random, _) => Box::new(RandomPlayer::new(seed)),
             (PlayerKind::Greedy, _) => Box::new(GreedyPlayer::new(seed)),
@@ -82,6 +118,12 @@ impl PlayerFactory {
                 "ntuple {depth} ({}{table}{})",
                 self.source.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
                 if self.args.no_downgrade { "" } else { ", tile-downgrading" }
+            ),
+            PlayerKind::Mcts => format!(
+                "mcts {} simulations, value weight {} ({})",
+                self.args.simulations,
+                self.args.value_weight,
+                self.source.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
             ),
         }
     }

@@ -115,7 +115,7 @@ fn killing_the_server_mid_upload_loses_and_duplicates_nothing() {
         let (code, out, log) = worker.wait(Duration::from_secs(300));
         assert_eq!(code, Some(0), "{log}");
         let s = summary(&out);
-        assert_eq!(s["spool_left"], 0, "{s}");
+        assert_eq!(s["spool_left"], 0, "{s}\n{log}");
         played += s["games"].as_u64().unwrap();
     }
     let games = stored_games(&db);
@@ -335,8 +335,9 @@ fn ctrl_c_twice_checkpoints_games_in_progress_and_the_next_start_finishes_them()
     assert_eq!(code, Some(0), "{log}");
     let s = summary(&out);
     // Games finished between the two Ctrl-C of the first run wait in the spool and go up now too.
-    assert_eq!(s["spool_left"], 0, "{s}");
-    assert!(s["uploaded"].as_u64().unwrap() >= s["games"].as_u64().unwrap(), "{s}");
+    assert_eq!(s["spool_left"], 0, "{s}\n{log}");
+    assert_eq!(s["rejected"], 0, "{s}\n{log}");
+    assert!(s["uploaded"].as_u64().unwrap() >= s["games"].as_u64().unwrap(), "{s}\n{log}");
     assert_eq!(spool_files(&partial), 0, "checkpointed games were left unfinished");
     assert!(stored_games(&db).len() >= stored + checkpointed, "the finished games were not all uploaded");
 }

@@ -165,6 +165,48 @@ fn a_run_keeps_its_model_kind_and_cuda_needs_a_cuda_build() {
     let weights: Vec<_> =
         std::fs::read_dir(dir.path().join("weights")).unwrap().map(|e| e.unwrap().path()).collect();
     assert!(weights.iter().any(|p| p.extension().is_some_and(|e| e == "safetensors")));
+    // Its weights are played by the mcts player, reproducibly, and refused by the ntuple one.
+    let zero2048 = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_zero2048"))
+            .current_dir(dir.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let eval =
+        ["eval", "--player", "mcts", "--weights", "latest", "--simulations", "8", "--games", "3", "--json"];
+    let first_eval = zero2048(&eval);
+    assert!(first_eval.status.success(), "{}", String::from_utf8_lossy(&first_eval.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&first_eval.stdout).unwrap();
+    assert_eq!(report["games"], 3, "{report}");
+    assert!(report["player"].as_str().unwrap().starts_with("mcts 8 simulations"), "{report}");
+    assert!(report["strength"]["mean_score"].as_f64().unwrap() > 0.0, "{report}");
+    let again: serde_json::Value = serde_json::from_slice(&zero2048(&eval).stdout).unwrap();
+    assert_eq!(again["strength"], report["strength"], "the same seeds gave other games");
+    let played =
+        zero2048(&["play", "--player", "mcts", "--weights", "latest", "--simulations", "2", "--quiet"]);
+    assert!(played.status.success(), "{}", String::from_utf8_lossy(&played.stderr));
+    let wrong = zero2048(&["eval", "--player", "ntuple", "--weights", "latest", "--games", "1"]);
+    assert_eq!(wrong.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(stderr.contains("policy_value") && stderr.contains("--player mcts"), "{stderr}");
+    let missing = zero2048(&["eval", "--player", "mcts", "--games", "1"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("the mcts player needs --weights"));
+    // A time limit that ends before the first policy-value game says so, and what was dropped.
+    let short = tempfile::tempdir().unwrap();
+    let cut = std::process::Command::new(env!("CARGO_BIN_EXE_zero2048"))
+        .current_dir(short.path())
+        .args(["train", "--port", "0", "--threads", "1", "--model", "policy-value", "--filters", "4"])
+        .args(["--blocks", "0", "--simulations", "2000", "--time", "2s"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&cut.stderr);
+    assert!(cut.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("games in progress") && stderr.contains("no game finished in this session"),
+        "{stderr}"
+    );
     let switched = train(&["--model", "ntuple", "--network", "4x4", "--games", "3"]);
     assert!(!switched.status.success());
     let stderr = String::from_utf8_lossy(&switched.stderr);

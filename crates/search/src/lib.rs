@@ -25,4 +25,4 @@ pub use evaluator::Evaluator;
 pub use expectimax::{Decision, Expectimax, ExpectimaxConfig};
 pub use heuristic::{Heuristic, HeuristicWeights};
 pub use mcts::{ChanceMode, MctsConfig, PolicyValue, Prediction, Selected, Tree, UniformPolicy};
-pub use player::{ExpectimaxPlayer, GreedyPlayer, Player, RandomPlayer};
+pub use player::{ExpectimaxPlayer, GreedyPlayer, MctsPlayer, Player, RandomPlayer};

@@ -4,9 +4,14 @@
 use rand_core::Rng;
 use zero2048_game::{Board, Direction, GameRng, rng_from_seed};
 
+use std::sync::Arc;
+
+use zero2048_game::SpawnRule;
+
 use crate::evaluator::Evaluator;
 use crate::expectimax::{Expectimax, ExpectimaxConfig};
 use crate::heuristic::Heuristic;
+use crate::mcts::{MctsConfig, PolicyValue, Tree};
 
 /// Picks moves. One instance plays one game at a time on one thread.
 pub trait Player: Send {
@@ -97,6 +102,44 @@ impl<E: Evaluator> Player for ExpectimaxPlayer<E> {
         let decision = self.search.decide(board);
         self.nodes += decision.nodes;
         decision.direction
+    }
+
+    fn nodes(&self) -> u64 {
+        self.nodes
+    }
+}
+
+/// Plays the move a Monte Carlo tree search with a policy-value network visits most (or draws
+/// it from the visits, if `config` keeps a temperature for the first moves).
+pub struct MctsPlayer<P: ?Sized> {
+    network: Arc<P>,
+    tree: Tree,
+    moves: u32,
+    temperature_moves: u32,
+    nodes: u64,
+}
+
+impl<P: PolicyValue + ?Sized> MctsPlayer<P> {
+    /// A player searching with `network`, one tree per move; `seed` drives the tree's noise and
+    /// sampling, `rule` is the spawn rule its chance nodes expect.
+    pub fn new(network: Arc<P>, config: MctsConfig, rule: SpawnRule, seed: u64) -> MctsPlayer<P> {
+        MctsPlayer {
+            network,
+            tree: Tree::new(Board::EMPTY, config, rule, seed),
+            moves: 0,
+            temperature_moves: config.temperature_moves,
+            nodes: 0,
+        }
+    }
+}
+
+impl<P: PolicyValue + ?Sized> Player for MctsPlayer<P> {
+    fn choose(&mut self, board: Board) -> Option<Direction> {
+        self.tree.reset(board);
+        self.nodes += self.tree.run(&*self.network);
+        let explore = self.moves < self.temperature_moves;
+        self.moves += 1;
+        self.tree.choose(explore)
     }
 
     fn nodes(&self) -> u64 {

@@ -88,3 +88,23 @@ fn the_search_takes_the_biggest_merge_when_values_are_equal() {
     let chosen = tree.choose(false).unwrap();
     assert!(matches!(chosen, Direction::Up | Direction::Down), "{chosen:?}, visits {:?}", tree.visits());
 }
+
+/// The MCTS player plays legal moves to the end of a game, the same game for the same seed, and
+/// counts every evaluation it asked for.
+#[test]
+fn the_mcts_player_finishes_games_reproducibly() {
+    use std::sync::Arc;
+    use zero2048_search::{MctsPlayer, Player, UniformPolicy, play_game};
+    let config = MctsConfig { simulations: 16, ..MctsConfig::default().for_evaluation() };
+    let play = |seed: u64| {
+        let mut player =
+            MctsPlayer::new(Arc::new(UniformPolicy { value: 1000.0 }), config, SpawnRule::STANDARD, seed);
+        let (record, score) = play_game(&mut player, seed, SpawnRule::STANDARD);
+        (record, score, player.nodes())
+    };
+    let (record, score, nodes) = play(5);
+    let summary = record.replay().expect("every move legal");
+    assert!(summary.game_over && summary.score == score);
+    assert!(nodes >= summary.moves as u64, "{nodes} evaluations for {} moves", summary.moves);
+    assert_eq!(play(5).0, record);
+}

@@ -317,6 +317,7 @@ impl ThreadState<'_> {
             if !current.as_ref().is_some_and(|m| Arc::ptr_eq(m, model)) {
                 return Ok(());
             }
+            path.clear();
             let (uuid, origin, mut game) = match self.pop_resume() {
                 Some(partial) => {
                     let seed = self.next_seed();
@@ -325,7 +326,16 @@ impl ThreadState<'_> {
                         Some(_) => Game::resume_continuation(partial.record.clone(), seed, model.play.spawn),
                     };
                     match resumed {
-                        Ok(game) => (partial.uuid, partial.origin, game),
+                        Ok(game) => {
+                            // The path covers the whole game, so that a restart branches at a
+                            // step of the record the server holds and a learner sees every move.
+                            let steps = match partial.origin {
+                                None => partial.record.replay_steps(),
+                                Some(_) => partial.record.continuation_steps(),
+                            };
+                            path.extend(steps.map_while(Result::ok).map(|s| (s.afterstate, s.reward)));
+                            (partial.uuid, partial.origin, game)
+                        }
                         Err(e) => {
                             tracing::warn!(
                                 "an interrupted game {} does not replay ({e}); dropped",
@@ -334,6 +344,11 @@ impl ThreadState<'_> {
                             continue;
                         }
                     }
+                }
+                // A full spool pauses continuations too: a chain of them can run for long.
+                None if control.pause.load(Ordering::Relaxed) => {
+                    std::thread::sleep(IDLE);
+                    continue;
                 }
                 None => match self.branch.take() {
                     Some(branch) => {
@@ -348,10 +363,6 @@ impl ThreadState<'_> {
                         (new_uuid(), Some(Origin { parent: branch.parent, step: branch.step }), game)
                     }
                     None => {
-                        if control.pause.load(Ordering::Relaxed) {
-                            std::thread::sleep(IDLE);
-                            continue;
-                        }
                         if !sink.may_start() {
                             control.stop.store(true, Ordering::Relaxed);
                             return Ok(());
@@ -361,7 +372,6 @@ impl ThreadState<'_> {
                     }
                 },
             };
-            path.clear();
             control.enter_game();
             let played = self.play_one(&mut search, &mut game, &mut path, sink);
             let result = match played {
@@ -672,5 +682,65 @@ mod tests {
             assert!(game.record.replay().unwrap().game_over);
         }
         assert_eq!(finished.len(), 12 + interrupted.len(), "resumed games take no budget");
+    }
+
+    /// Pausing (a full spool) holds back a pending continuation as well as new games.
+    #[test]
+    fn a_pause_holds_back_continuations_too() {
+        struct PauseAfterFirst {
+            control: Arc<Control>,
+            finished: Arc<AtomicU64>,
+        }
+        impl GameSink for PauseAfterFirst {
+            fn finished(&mut self, _game: FinishedGame, _path: &[(Board, u32)]) -> Result<(), SinkClosed> {
+                self.finished.fetch_add(1, Ordering::Relaxed);
+                self.control.pause.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+        }
+        let (runner, _) = runner(1, Some(RestartSpec { min_moves: 10, at: 0.5 }), 1);
+        let finished = Arc::new(AtomicU64::new(0));
+        let threads = runner
+            .spawn(|_| PauseAfterFirst {
+                control: Arc::clone(&runner.control),
+                finished: Arc::clone(&finished),
+            })
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert_eq!(finished.load(Ordering::Relaxed), 1, "a game was played while paused");
+        runner.control.stop.store(true, Ordering::Relaxed);
+        for thread in threads {
+            thread.join().unwrap();
+        }
+    }
+
+    /// A resumed game's restart branches at a step of its whole record (the steps played before
+    /// the interruption count), as the server checks it.
+    #[test]
+    fn a_resumed_game_branches_at_a_step_of_its_whole_record() {
+        let (first, keep) = runner(1, None, 4);
+        let control = Arc::clone(&first.control);
+        let timer = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            control.abort.store(true, Ordering::Relaxed);
+        });
+        run(&first, &keep);
+        timer.join().unwrap();
+        let interrupted = keep.interrupted.lock().unwrap().clone();
+        assert_eq!(interrupted.len(), 1);
+        let restart = RestartSpec { min_moves: 10, at: 0.5 };
+        let (again, keep) = runner(1, Some(restart), 1);
+        again.resume.lock().unwrap().extend(interrupted.iter().cloned());
+        run(&again, &keep);
+        let finished = keep.games.lock().unwrap();
+        let (resumed, path) = finished.iter().find(|(g, _)| g.uuid == interrupted[0].uuid).unwrap();
+        assert_eq!(*path, resumed.record.steps.len(), "the path covers the whole game");
+        let child =
+            finished.iter().map(|(g, _)| g).find(|g| g.origin.is_some_and(|o| o.parent == resumed.uuid));
+        let child = child.expect("the resumed game was long enough to branch");
+        let step = child.origin.unwrap().step as usize;
+        assert_eq!(step, restart.branch_step(resumed.record.steps.len()).unwrap());
+        let afterstate = resumed.record.afterstate_at(step, false).unwrap();
+        assert!(zero2048_game::is_branch_of(child.record.start, afterstate));
     }
 }

@@ -14,9 +14,8 @@ use crate::evaluation::EvalConfig;
 use crate::learner::TdConfig;
 use crate::zero::ZeroConfig;
 
-/// Everything a run is configured with. Every key is optional; the defaults are plain TD(0) with a
-/// fixed step (BENCHMARKS.md says why the better-measured TD(0.5) + TC + restart is not the default
-/// yet).
+/// Everything a run is configured with. Every key is optional; the defaults are the recipe that
+/// measured best for an hour of local training (BENCHMARKS.md).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
@@ -43,7 +42,8 @@ pub struct TrainConfig {
     /// Own moves searched per self-play move, by local threads and (through the latest record)
     /// by every worker: 1 = greedy on the learned value, the TD standard.
     pub selfplay_depth: u32,
-    /// The restart strategy for n-tuple self-play (`null`: none).
+    /// The restart strategy for n-tuple self-play (`null`: none). Policy-value runs always play
+    /// whole games: their published play spec carries no restart whatever this says.
     pub restart: Option<RestartSpec>,
     /// The probability that a spawned tile is a 4: the game every player of the run plays.
     pub four_probability: f64,
@@ -85,7 +85,7 @@ impl Default for TrainConfig {
             selfplay_threads: 0,
             learner_threads: 0,
             selfplay_depth: 1,
-            restart: None,
+            restart: Some(RestartSpec::default()),
             four_probability: SpawnRule::STANDARD.four_probability(),
             seed: 2048,
             revision_every_games: 20_000,
@@ -167,13 +167,6 @@ impl TrainConfig {
             "must be at least 1 (the latest revision)".into()
         })?;
         rule("local_backlog_games", self.local_backlog_games >= 1, || "must be at least 1".into())?;
-        if self.model == ModelKind::PolicyValue && self.restart.is_some() {
-            return Err(ConfigError {
-                key: "restart".into(),
-                message: "the restart strategy is for n-tuple self-play; policy-value runs play whole games"
-                    .into(),
-            });
-        }
         Ok(())
     }
 

@@ -77,7 +77,17 @@ pub struct TdConfig {
 }
 
 impl Default for TdConfig {
+    /// The recipe that measured best for an hour from zero on 2 cores (BENCHMARKS.md): TD(0.5)
+    /// with temporal coherence, together with the run's restart strategy.
     fn default() -> TdConfig {
+        TdConfig { lambda: 0.5, coherence: true, ..TdConfig::td0() }
+    }
+}
+
+impl TdConfig {
+    /// Plain TD(0) with a fixed step of 0.1: the textbook learner, the baseline of the
+    /// benchmarks and of the anchors' own defaults.
+    pub fn td0() -> TdConfig {
         TdConfig {
             mode: TdMode::Backward,
             window: 0,
@@ -659,7 +669,7 @@ mod tests {
 
     #[test]
     fn optimistic_initialisation_values_every_afterstate_alike() {
-        let td = learner(TdConfig { initial_value: 320_000.0, ..TdConfig::default() });
+        let td = learner(TdConfig { initial_value: 320_000.0, ..TdConfig::td0() });
         for board in ["2 0 0 0 | 0 0 0 0 | 0 0 0 0 | 0 0 0 0", "2 4 8 16 | 32 0 0 0 | 0 0 0 0 | 0 0 0 2"] {
             let value = td.network().value(board.parse().unwrap());
             assert!((value - 320_000.0).abs() < 1.0, "{value}");

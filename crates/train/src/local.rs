@@ -7,7 +7,7 @@
 //!   game to an uplink thread that verifies and queues it for the learner.
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -46,6 +46,27 @@ struct LearningSink {
     budget: Arc<Budget>,
     records: SyncSender<FinishedGame>,
     error: FirstError,
+    dropped: Arc<Dropped>,
+}
+
+/// Games an abort (the time limit, Ctrl-C) stopped before they ended: local games are not
+/// checkpointed, so the run says how much play it threw away.
+#[derive(Debug, Default)]
+pub struct Dropped {
+    games: AtomicU64,
+    moves: AtomicU64,
+}
+
+impl Dropped {
+    fn add(&self, game: &zero2048_selfplay::PartialGame) {
+        self.games.fetch_add(1, Ordering::Relaxed);
+        self.moves.fetch_add(game.record.steps.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Games dropped, and the moves they had played.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.games.load(Ordering::Relaxed), self.moves.load(Ordering::Relaxed))
+    }
 }
 
 impl GameSink for LearningSink {
@@ -76,10 +97,11 @@ impl GameSink for LearningSink {
         self.records.send(game).map_err(|_| SinkClosed)
     }
 
-    fn interrupted(&mut self, _game: zero2048_selfplay::PartialGame) -> Result<(), SinkClosed> {
+    fn interrupted(&mut self, game: zero2048_selfplay::PartialGame) -> Result<(), SinkClosed> {
         // What was learned online of an abandoned game stays; its pending afterstates have no
         // target.
         let _ = self.learner.online_end(&mut self.trace, false);
+        self.dropped.add(&game);
         Ok(())
     }
 }
@@ -88,6 +110,7 @@ impl GameSink for LearningSink {
 struct QueueSink {
     budget: Arc<Budget>,
     games: SyncSender<FinishedGame>,
+    dropped: Arc<Dropped>,
 }
 
 impl GameSink for QueueSink {
@@ -97,6 +120,11 @@ impl GameSink for QueueSink {
 
     fn finished(&mut self, game: FinishedGame, _path: &[(Board, u32)]) -> Result<(), SinkClosed> {
         self.games.send(game).map_err(|_| SinkClosed)
+    }
+
+    fn interrupted(&mut self, game: zero2048_selfplay::PartialGame) -> Result<(), SinkClosed> {
+        self.dropped.add(&game);
+        Ok(())
     }
 }
 
@@ -108,6 +136,8 @@ pub struct LocalPlay {
     pub control: Arc<Control>,
     /// The model the threads play.
     pub model: Arc<CurrentModel>,
+    /// Games stopped before their end.
+    pub dropped: Arc<Dropped>,
     error: FirstError,
 }
 
@@ -133,6 +163,7 @@ impl LocalPlay {
         let model = Arc::new(CurrentModel::new());
         let budget = Arc::new(Budget::new(setup.budget));
         let error: FirstError = Arc::default();
+        let dropped: Arc<Dropped> = Arc::default();
         let runner = Runner {
             threads: setup.threads,
             name: "selfplay".into(),
@@ -161,6 +192,7 @@ impl LocalPlay {
                         budget: Arc::clone(&budget),
                         records: games.clone(),
                         error: Arc::clone(&error),
+                        dropped: Arc::clone(&dropped),
                     })
                     .map_err(spawn_error)?;
                 (players, store)
@@ -171,12 +203,16 @@ impl LocalPlay {
                     move || uplink(db, received, &live, &error)
                 })?;
                 let players = runner
-                    .spawn(|_| QueueSink { budget: Arc::clone(&budget), games: games.clone() })
+                    .spawn(|_| QueueSink {
+                        budget: Arc::clone(&budget),
+                        games: games.clone(),
+                        dropped: Arc::clone(&dropped),
+                    })
                     .map_err(spawn_error)?;
                 (players, store)
             }
         };
-        Ok(LocalPlay { players, store, control, model, error })
+        Ok(LocalPlay { players, store, control, model, dropped, error })
     }
 
     /// Whether every playing thread has returned.

@@ -706,6 +706,29 @@ impl Session {
         })
     }
 
+    /// Says what a stop threw away: games in progress are not checkpointed locally, and a run
+    /// that ends before its first game finishes learns nothing.
+    fn say_dropped(run: &TrainingRun, (games, moves): (u64, u64)) {
+        if games == 0 {
+            return;
+        }
+        let finished = run.live.totals.session_games.load(Ordering::Relaxed);
+        tracing::warn!(
+            "stopped with {games} games in progress ({moves} moves played in them): they end here, not learned"
+        );
+        if finished == 0 {
+            let hint = match run.learner.kind() {
+                ModelKind::PolicyValue => format!(
+                    "a policy-value game plays {} simulations per move and the threads play {} games at once, \
+                     so the first ones take minutes: give --time more, or fewer --simulations",
+                    run.config.mcts.simulations, run.config.mcts_parallel_games
+                ),
+                ModelKind::Ntuple => "give --time more".to_string(),
+            };
+            tracing::warn!("no game finished in this session, so nothing was learned or published; {hint}");
+        }
+    }
+
     /// Learns what the local threads left, publishes what was learned since the last revision,
     /// and evaluates it (saying so: it can take a while).
     fn finish(
@@ -714,8 +737,10 @@ impl Session {
         observer: &mut dyn RunObserver,
     ) -> Result<Summary, TrainError> {
         if let Some(local) = self.local.take() {
+            let dropped = Arc::clone(&local.dropped);
             local.join()?;
             while run.learn_queued(&mut self.cursor)? > 0 {}
+            Session::say_dropped(run, dropped.counts());
         }
         if let Some(evaluating) = &self.evaluating {
             let activity = format!("finishing the evaluation of revision {}", evaluating.revision);

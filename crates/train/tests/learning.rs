@@ -27,7 +27,7 @@ fn greedy() -> ExpectimaxConfig {
 
 #[test]
 fn td_learning_beats_the_untrained_network_by_a_wide_margin() {
-    let learner = small_learner(TdConfig::default());
+    let learner = small_learner(TdConfig::td0());
     let suite = EvalConfig { games: 200, seed: 99, depth: 1, threads: 2 };
     let before = evaluate(Arc::clone(learner.network()), &suite, SpawnRule::STANDARD);
     for game in 0..3000 {
@@ -50,9 +50,10 @@ fn td_learning_beats_the_untrained_network_by_a_wide_margin() {
 #[test]
 fn temporal_coherence_and_td_lambda_learn_too() {
     for config in [
-        TdConfig { coherence: true, ..TdConfig::default() },
-        TdConfig { lambda: 0.5, ..TdConfig::default() },
-        TdConfig { lambda: 0.5, coherence: true, coherence_after_games: 500, ..TdConfig::default() },
+        TdConfig { coherence: true, ..TdConfig::td0() },
+        TdConfig { lambda: 0.5, ..TdConfig::td0() },
+        TdConfig { coherence_after_games: 500, ..TdConfig::default() },
+        TdConfig::default(),
     ] {
         let learner = small_learner(config.clone());
         let suite = EvalConfig { games: 100, seed: 3, depth: 1, threads: 2 };
@@ -111,7 +112,12 @@ fn a_resumed_run_continues_its_revisions_and_counters() {
         let summary =
             run.run(Budget { games: Some(400), time: None }, &stop, ONE_THREAD, &mut Quiet).unwrap();
         assert!(summary.revisions.len() >= 3, "{} revisions", summary.revisions.len());
-        assert_eq!(summary.evaluations.len(), summary.revisions.len());
+        // A revision published while the previous one is still being evaluated is not evaluated
+        // (on a busy machine that happens here); the last one always is.
+        let published: Vec<u64> = summary.revisions.iter().map(|r| r.revision).collect();
+        let evaluated: Vec<u64> = summary.evaluations.iter().map(|e| e.revision).collect();
+        assert!(evaluated.iter().all(|r| published.contains(r)), "{evaluated:?} of {published:?}");
+        assert_eq!(evaluated.last(), published.last(), "the last revision was not evaluated");
         run.counters()
     };
     assert_eq!(first.games, 400, "a budget of games is kept exactly");

@@ -680,7 +680,10 @@ async fn upload_spool(shared: Arc<Shared>, client: ServerClient) {
     let mut backoff = Duration::from_millis(500);
     let mut last_attempt = Instant::now();
     let mut batch_limit = shared.config.batch_games.max(1);
-    let mut final_failures = 0;
+    // Once playing is over, the last uploads keep trying this long (a server restarting, say)
+    // before the worker exits and leaves the rest in the spool for its next start.
+    const FINAL_PATIENCE: Duration = Duration::from_secs(30);
+    let mut failing_since: Option<Instant> = None;
     loop {
         if shared.signals.abort.load(Ordering::Relaxed) {
             return;
@@ -768,6 +771,7 @@ async fn upload_spool(shared: Arc<Shared>, client: ServerClient) {
                     done.len()
                 ));
                 backoff = Duration::from_millis(500);
+                failing_since = None;
                 batch_limit = shared.config.batch_games.max(1);
                 if reply.rejected.is_empty() {
                     shared.clear_error();
@@ -801,11 +805,13 @@ async fn upload_spool(shared: Arc<Shared>, client: ServerClient) {
                 };
                 let wait = retry_after.unwrap_or_default().max(jittered(backoff));
                 shared.note_error(format!("upload failed: {error}; retrying in {}", seconds(wait)));
-                if finishing {
-                    final_failures += 1;
-                    if final_failures >= 3 {
-                        return;
-                    }
+                if finishing && failing_since.get_or_insert_with(Instant::now).elapsed() >= FINAL_PATIENCE {
+                    tracing::warn!(
+                        "the server did not take the last {} games for {} s; they stay in the spool for the next start",
+                        shared.spool.waiting(),
+                        FINAL_PATIENCE.as_secs()
+                    );
+                    return;
                 }
                 backoff = backoff_after(backoff);
                 let until = Instant::now() + wait;

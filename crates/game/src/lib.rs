@@ -6,6 +6,24 @@
 //! replay to verify a game step by step. [`reference`] holds a plain implementation used as the
 //! oracle in tests and the baseline in benchmarks.
 //!
+//! ```
+//! use zero2048_game::{Board, Direction, Game, SpawnRule};
+//!
+//! // Boards are written row by row; a move returns the afterstate and the points it scored.
+//! let board: Board = "2 2 4 . | . . . . | . . . . | . . . .".parse().unwrap();
+//! let moved = board.legal_move(Direction::Left).unwrap();
+//! assert_eq!(moved.reward, 4); // 2+2 merge once: "4 4 . ."
+//!
+//! // A seeded game replays identically from its record, which is how a server checks it.
+//! let mut game = Game::new(7, SpawnRule::STANDARD);
+//! while let Some(direction) = Direction::ALL.into_iter().find(|d| game.board().legal_move(*d).is_some()) {
+//!     game.play(direction).unwrap();
+//! }
+//! let score = game.score();
+//! let summary = game.into_record().replay().unwrap();
+//! assert!(summary.game_over && summary.score == score);
+//! ```
+//!
 //! This crate must never depend on anything heavier than a random-number generator and serde, and
 //! never allocate or branch unpredictably on the move path: every search, learner and server
 //! verification calls it billions of times.

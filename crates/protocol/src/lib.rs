@@ -11,6 +11,30 @@
 //!   from its parent's position), its search statistics fit the run, and it ended.
 //! - The JSON bodies: [`UploadReply`] and [`ApiError`].
 //!
+//! ```
+//! use zero2048_game::{Direction, Game, SpawnRule};
+//! use zero2048_protocol::{
+//!     BatchGame, SearchRequirement, UploadRules, Uuid, compress, decode_batch, decompress_limited,
+//!     encode_batch, verify_game,
+//! };
+//!
+//! // A worker plays a game to its end and sends it; the server decodes and replays it.
+//! let mut game = Game::new(5, SpawnRule::STANDARD);
+//! while let Some(direction) = Direction::ALL.into_iter().find(|d| game.board().legal_move(*d).is_some()) {
+//!     game.play(direction).unwrap();
+//! }
+//! let record = game.into_record().encode().unwrap();
+//! let uuid = Uuid::from_u128(1);
+//! let raw = encode_batch([BatchGame { uuid, revision: 3, origin: None, record: &record }].into_iter()).unwrap();
+//! let body = compress(&raw, 3);
+//!
+//! let entries = decode_batch(&decompress_limited(&body, 1 << 20).unwrap(), 100).unwrap();
+//! let rules = UploadRules { accepted_revisions: &[3], search: SearchRequirement::Absent };
+//! assert!(verify_game(&entries[0], &rules, None).is_ok());
+//! let stale = UploadRules { accepted_revisions: &[4], ..rules };
+//! assert!(verify_game(&entries[0], &stale, None).is_err());
+//! ```
+//!
 //! This crate must never trust a byte it decodes: every length is checked against what is left
 //! before anything is allocated, and decoding never panics. It does no I/O.
 

@@ -565,7 +565,7 @@ mod tests {
     #[test]
     fn backward_td_lambda_equals_the_plain_pass() {
         for lambda in [0.0, 0.5, 1.0] {
-            let td = learner(TdConfig { learning_rate: 0.1, lambda, ..TdConfig::default() });
+            let td = learner(TdConfig { learning_rate: 0.1, lambda, ..TdConfig::td0() });
             let config = NTupleConfig::small_4x4();
             let mut plain: Vec<Vec<f32>> =
                 (0..config.tuples.len()).map(|t| vec![0.0; config.table_len(t)]).collect();
@@ -623,7 +623,7 @@ mod tests {
     #[test]
     fn online_td_lambda_equals_the_plain_pass() {
         for (lambda, window) in [(0.0, 0), (0.5, 0), (0.5, 2)] {
-            let config = TdConfig { mode: TdMode::Online, lambda, window, ..TdConfig::default() };
+            let config = TdConfig { mode: TdMode::Online, lambda, window, ..TdConfig::td0() };
             let window = config.window();
             let td = learner(config);
             let shape = NTupleConfig::small_4x4();

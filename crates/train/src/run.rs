@@ -713,6 +713,11 @@ impl Session {
             return;
         }
         let finished = run.live.totals.session_games.load(Ordering::Relaxed);
+        // An n-tuple game is a fraction of a second of play; a policy-value game is minutes.
+        if finished > 0 && run.learner.kind() == ModelKind::Ntuple {
+            tracing::info!("stopped with {games} games in progress ({moves} moves played in them)");
+            return;
+        }
         tracing::warn!(
             "stopped with {games} games in progress ({moves} moves played in them): they end here, not learned"
         );

@@ -82,19 +82,19 @@ impl PlayerFactory {
 
     /// A player for one game; `seed` drives its own random choices.
     pub fn build(&self, seed: u64) -> Box<dyn Player> {
-        if let (PlayerKind::Mcts, Some(network)) = (self.args.player, &self.policy_value) {
-            return Box::new(MctsPlayer::new(Arc::clone(network), self.mcts(), self.rule(), seed));
-        }
-        match (&self.args.player, &self.network) {
-            (PlayerKind::Random, _) => Box::new(RandomPlayer::new(seed)),
-            (PlayerKind::Greedy, _) => Box::new(GreedyPlayer::new(seed)),
-            (PlayerKind::Ntuple, Some(network)) if self.args.no_downgrade => {
+        match (&self.args.player, &self.network, &self.policy_value) {
+            (PlayerKind::Random, ..) => Box::new(RandomPlayer::new(seed)),
+            (PlayerKind::Greedy, ..) => Box::new(GreedyPlayer::new(seed)),
+            (PlayerKind::Ntuple, Some(network), _) if self.args.no_downgrade => {
                 Box::new(ExpectimaxPlayer::new(Arc::clone(network), self.search()))
             }
-            (PlayerKind::Ntuple, Some(network)) => Box::new(ExpectimaxPlayer::new(
+            (PlayerKind::Ntuple, Some(network), _) => Box::new(ExpectimaxPlayer::new(
                 Downgrading { network: Arc::clone(network), from: DOWNGRADE_FROM },
                 self.search(),
             )),
+            (PlayerKind::Mcts, _, Some(network)) => {
+                Box::new(MctsPlayer::new(Arc::clone(network), self.mcts(), self.rule(), seed))
+            }
             _ => Box::new(ExpectimaxPlayer::heuristic(self.search())),
         }
     }

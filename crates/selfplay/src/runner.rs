@@ -654,9 +654,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn an_abort_hands_back_games_in_progress_which_resume_under_their_uuid() {
-        // Depth-4 moves take milliseconds: 100 ms in, the first game is in progress.
+    /// Plays depth-4 games (milliseconds a move) and aborts 100 ms in: the games then in progress.
+    fn games_in_progress_at_an_abort() -> Vec<PartialGame> {
         let (first, keep) = runner(1, None, 4);
         let control = Arc::clone(&first.control);
         let timer = std::thread::spawn(move || {
@@ -665,7 +664,12 @@ mod tests {
         });
         run(&first, &keep);
         timer.join().unwrap();
-        let interrupted = keep.interrupted.lock().unwrap().clone();
+        keep.interrupted.lock().unwrap().clone()
+    }
+
+    #[test]
+    fn an_abort_hands_back_games_in_progress_which_resume_under_their_uuid() {
+        let interrupted = games_in_progress_at_an_abort();
         assert_eq!(interrupted.len(), 1, "the game in progress");
         for partial in &interrupted {
             assert!(!partial.record.steps.is_empty());
@@ -718,15 +722,7 @@ mod tests {
     /// the interruption count), as the server checks it.
     #[test]
     fn a_resumed_game_branches_at_a_step_of_its_whole_record() {
-        let (first, keep) = runner(1, None, 4);
-        let control = Arc::clone(&first.control);
-        let timer = std::thread::spawn(move || {
-            std::thread::sleep(std::time::Duration::from_millis(100));
-            control.abort.store(true, Ordering::Relaxed);
-        });
-        run(&first, &keep);
-        timer.join().unwrap();
-        let interrupted = keep.interrupted.lock().unwrap().clone();
+        let interrupted = games_in_progress_at_an_abort();
         assert_eq!(interrupted.len(), 1);
         let restart = RestartSpec { min_moves: 10, at: 0.5 };
         let (again, keep) = runner(1, Some(restart), 1);

@@ -6,6 +6,7 @@
 //!
 //! This crate must never be used to assert on speed in tests: it measures, it does not judge.
 
+pub mod downloads;
 pub mod learning;
 pub mod server;
 pub mod storage;

@@ -40,6 +40,7 @@ fn three_workers_train_a_server_and_follow_its_revisions() {
     }
     let mut played = 0;
     let mut switched = false;
+    let mut deltas = 0;
     for worker in workers {
         let (code, out, log) = worker.wait(Duration::from_secs(240));
         assert_eq!(code, Some(0), "{log}");
@@ -48,8 +49,13 @@ fn three_workers_train_a_server_and_follow_its_revisions() {
         assert_eq!(s["spool_left"], 0);
         played += s["games"].as_u64().unwrap();
         switched |= s["revisions"].as_array().unwrap().len() > 1;
+        // The first revision comes compressed, later ones as deltas from the one before.
+        assert!(log.contains("fetched compressed"), "{log}");
+        deltas += log.matches("fetched as a delta from a cached revision").count();
+        assert!(s["weights_downloaded_bytes"].as_u64().unwrap() > 0, "{s}");
     }
     assert!(switched, "no worker moved to a newer revision");
+    assert!(deltas > 0, "no worker fetched a revision as a delta");
     let games = stored_games(&dir.path().join("zero2048.db"));
     assert_eq!(games.len() as u64, played, "the database holds every game once");
     // Each game names its worker as token@machine: three tokens, each on its own machine.
@@ -185,6 +191,10 @@ fn a_worker_refreshes_expired_urls_and_refuses_corrupted_weights_keeping_its_rev
     let mut expired = good.clone();
     expired["weights_url"] = scripted.url("/expired.safetensors").into();
     scripted.set("/expired.safetensors", 403, "Request has expired", &[]);
+    // The compressed copy the record offers has expired too (a worker tries it first).
+    assert!(expired["compressed"].is_object(), "{expired}");
+    expired["compressed"]["url"] = scripted.url("/expired.zst").into();
+    scripted.set("/expired.zst", 403, "Request has expired", &[]);
     scripted.set("/latest.json", 200, expired.to_string(), &[]);
     let w = worker(
         dir.path(),

@@ -52,9 +52,60 @@ pub struct LatestRecord {
     /// When the record was written.
     #[serde(with = "time::serde::rfc3339")]
     pub published_at: OffsetDateTime,
+    /// The weights compressed whole, when the server offers it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compressed: Option<PatchOffer>,
+    /// A delta from an earlier revision, when the server offers one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<PatchOffer>,
     /// The run's part.
     #[serde(flatten)]
     pub spec: RunSpec,
+}
+
+/// A patch the record offers instead of the whole weights file (`docs/formats.md`, weights patches).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchOffer {
+    /// Where to download it: file://, http:// or https://.
+    pub url: String,
+    /// The stored patch's name.
+    pub file: String,
+    /// SHA-256 of the patch file: 64 lower-case hex digits.
+    pub sha256: String,
+    /// Size of the patch file in bytes: at least 1.
+    pub size: u64,
+    /// SHA-256 of the weights file a delta applies to; absent for a compressed whole file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_sha256: Option<String>,
+}
+
+fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+impl PatchOffer {
+    /// Checks each field against its rule; `field` names the offer (`compressed`, `delta`).
+    pub fn validate(&self, field: &str) -> Result<(), SpecError> {
+        let rule = |ok: bool, sub: &str, message: String| {
+            if ok { Ok(()) } else { Err(SpecError { field: format!("{field}.{sub}"), message }) }
+        };
+        let scheme_ok = ["file://", "http://", "https://"].iter().any(|s| self.url.starts_with(s));
+        rule(scheme_ok, "url", "is not a file://, http:// or https:// URL".into())?;
+        rule(
+            is_sha256_hex(&self.sha256),
+            "sha256",
+            format!("`{}` is not 64 lower-case hex digits", self.sha256),
+        )?;
+        rule(self.size >= 1, "size", "0 bytes is not a patch".into())?;
+        match (&self.base_sha256, field) {
+            (Some(base), _) => {
+                rule(is_sha256_hex(base), "base_sha256", format!("`{base}` is not 64 lower-case hex digits"))
+            }
+            (None, "delta") => rule(false, "base_sha256", "a delta must name its base".into()),
+            (None, _) => Ok(()),
+        }
+    }
 }
 
 /// Why a latest record cannot be used.
@@ -83,7 +134,21 @@ impl LatestRecord {
             serde_json::from_value::<PlaySpec>(play.clone())
                 .map_err(|e| LatestError::Spec(SpecError { field: "play".into(), message: e.to_string() }))?;
         }
-        serde_json::from_value(value).map_err(|e| LatestError::Malformed(e.to_string()))
+        let record: LatestRecord =
+            serde_json::from_value(value).map_err(|e| LatestError::Malformed(e.to_string()))?;
+        if let Some(compressed) = &record.compressed {
+            compressed.validate("compressed")?;
+            if compressed.base_sha256.is_some() {
+                return Err(LatestError::Spec(SpecError {
+                    field: "compressed.base_sha256".into(),
+                    message: "a compressed whole file has no base".into(),
+                }));
+            }
+        }
+        if let Some(delta) = &record.delta {
+            delta.validate("delta")?;
+        }
+        Ok(record)
     }
 }
 
@@ -102,6 +167,14 @@ mod tests {
             weights_file: "r000003-0123456789ab.safetensors".into(),
             deadline: OffsetDateTime::UNIX_EPOCH,
             published_at: OffsetDateTime::UNIX_EPOCH,
+            compressed: None,
+            delta: Some(PatchOffer {
+                url: "file:///w/r000003-0123456789ab.from-r000002-abcdefabcdef.zst".into(),
+                file: "r000003-0123456789ab.from-r000002-abcdefabcdef.zst".into(),
+                sha256: "cd".repeat(32),
+                size: 100,
+                base_sha256: Some("ef".repeat(32)),
+            }),
             spec: RunSpec {
                 model: ModelSpec::Ntuple { tuples: vec![vec![0, 1, 2, 3]], stages: 1, stage_tile: 14 },
                 play: PlaySpec {
@@ -135,5 +208,24 @@ mod tests {
         let mut value = serde_json::to_value(record()).unwrap();
         value.as_object_mut().unwrap().remove("model");
         assert!(matches!(LatestRecord::from_value(value), Err(LatestError::Malformed(_))));
+    }
+
+    #[test]
+    fn a_bad_patch_offer_is_named_by_its_field() {
+        for (path, value, field) in [
+            ("sha256", serde_json::json!("XY"), "delta.sha256"),
+            ("size", serde_json::json!(0), "delta.size"),
+            ("url", serde_json::json!("ftp://x/y"), "delta.url"),
+            ("base_sha256", serde_json::Value::Null, "delta.base_sha256"),
+        ] {
+            let mut record = serde_json::to_value(record()).unwrap();
+            record["delta"][path] = value;
+            let error = LatestRecord::from_value(record).unwrap_err().to_string();
+            assert!(error.contains(field), "{path}: {error}");
+        }
+        let mut record = serde_json::to_value(record()).unwrap();
+        record["compressed"] = record["delta"].clone();
+        let error = LatestRecord::from_value(record).unwrap_err().to_string();
+        assert!(error.contains("compressed.base_sha256"), "{error}");
     }
 }

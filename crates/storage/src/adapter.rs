@@ -20,8 +20,9 @@ use crate::backend::{
     Retention, StorageBackend, StorageError, StorageResult, StoredWeights, UrlKind, WeightsData, WeightsUrl,
 };
 use crate::config::Config;
-use crate::latest::{LatestExtra, LatestInfo};
-use crate::local::{LocalStorageBackend, LocalUrls};
+use crate::latest::{LatestExtra, LatestInfo, PatchOffer};
+use crate::local::{LocalStorageBackend, LocalUrls, StoredPatch};
+use crate::naming::WeightsName;
 use crate::r2::R2StorageBackend;
 
 /// What the adapter is doing, for status pages. Never contains a credential or a signed URL.
@@ -78,6 +79,7 @@ pub struct StorageAdapter {
     url_grace: time::Duration,
     retention: Retention,
     catch_up_interval: Duration,
+    patches: bool,
 }
 
 impl StorageAdapter {
@@ -128,6 +130,7 @@ impl StorageAdapter {
                 budget_bytes: config.storage.weights_budget_mib << 20,
             },
             catch_up_interval: Duration::from_secs(config.storage.catch_up_interval_seconds.max(1)),
+            patches: config.storage.patches,
         };
         if let Some(latest) = adapter.local.read_latest_info().await? {
             adapter.lock().served_as = Some(UrlKind::of(&latest.weights_url));
@@ -216,17 +219,23 @@ impl StorageAdapter {
         extra: &LatestExtra,
     ) -> StorageResult<LatestInfo> {
         let _publishing = self.publishing.lock().await;
+        let previous = self.previous_revision().await;
         let stored = self.local.save_weights(data, revision).await?;
+        let patches = self.save_patches(&stored, previous).await;
         let mut remote = self.healthy_remote();
         if let Some(bucket) = &remote
-            && let Err(e) = bucket.save_weights(self.stored_data(&stored), revision).await
+            && let Err(e) = self.upload(bucket, &stored, &patches).await
         {
             self.degrade(e.to_string());
             remote = None;
         }
         let url = self.url_for(&stored, remote.as_ref(), deadline).await?;
-        let info =
+        let mut info =
             self.local.update_latest_info_with(revision, &url.url, &stored.sha256, deadline, extra).await?;
+        if !patches.is_empty() {
+            (info.compressed, info.delta) = self.offers(&patches, remote.as_ref(), deadline).await;
+            self.local.write_latest(&info).await?;
+        }
         if let Some(bucket) = &remote
             && let Err(e) = bucket.write_latest(&info).await
         {
@@ -239,6 +248,147 @@ impl StorageAdapter {
             self.lock().pending += 1;
         }
         Ok(info)
+    }
+
+    /// The revision the latest record names now, if it is stored: the base of the next delta.
+    async fn previous_revision(&self) -> Option<StoredWeights> {
+        let latest = self.local.read_latest_info().await.ok()??;
+        let name = WeightsName::parse(&latest.weights_file).ok()?;
+        self.local.stat(&name).ok()?
+    }
+
+    /// Writes the patches of a new revision, when configured. A patch is an optimisation: if it
+    /// cannot be written, the revision is published without it (workers download the whole
+    /// file), and the reason is logged.
+    async fn save_patches(&self, stored: &StoredWeights, base: Option<StoredWeights>) -> Vec<StoredPatch> {
+        if !self.patches {
+            return Vec::new();
+        }
+        let local = self.local.clone();
+        let target = stored.clone();
+        let started = std::time::Instant::now();
+        let result =
+            tokio::task::spawn_blocking(move || local.save_patches_blocking(&target, base.as_ref())).await;
+        match result {
+            Ok(Ok(patches)) => {
+                let sizes: Vec<String> = patches
+                    .iter()
+                    .map(|p| {
+                        let what = if p.name.base().is_some() { "delta" } else { "compressed" };
+                        format!("{what} {:.1}%", 100.0 * p.size as f64 / stored.size.max(1) as f64)
+                    })
+                    .collect();
+                tracing::debug!(
+                    "patches of revision {} written in {:.2} s: {}",
+                    stored.name.revision(),
+                    started.elapsed().as_secs_f64(),
+                    sizes.join(", ")
+                );
+                patches
+            }
+            Ok(Err(e)) => {
+                tracing::warn!("revision {} is published without patches: {e}", stored.name.revision());
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::warn!("revision {} is published without patches: {e}", stored.name.revision());
+                Vec::new()
+            }
+        }
+    }
+
+    /// Uploads a stored revision and its patches to the bucket, the weights first.
+    async fn upload(
+        &self,
+        bucket: &R2StorageBackend,
+        stored: &StoredWeights,
+        patches: &[StoredPatch],
+    ) -> StorageResult<()> {
+        bucket.save_weights(self.stored_data(stored), stored.name.revision()).await?;
+        for patch in patches {
+            bucket.save_patch(&self.local.patch_path(&patch.name), patch).await?;
+        }
+        Ok(())
+    }
+
+    /// The record's offers for `patches`: URLs from the bucket when it is up, else local ones.
+    async fn offers(
+        &self,
+        patches: &[StoredPatch],
+        remote: Option<&R2StorageBackend>,
+        deadline: OffsetDateTime,
+    ) -> (Option<PatchOffer>, Option<PatchOffer>) {
+        let mut compressed = None;
+        let mut delta = None;
+        for patch in patches {
+            let url = match remote {
+                Some(bucket) => bucket.patch_url_until(&patch.name, deadline + self.url_grace).await,
+                None => self.local.patch_url(&patch.name),
+            };
+            let url = match url {
+                Ok(url) => url,
+                Err(e) => match self.local.patch_url(&patch.name) {
+                    Ok(url) => {
+                        tracing::warn!(
+                            "presigning {} failed, handing out the local URL instead: {e}",
+                            patch.name
+                        );
+                        url
+                    }
+                    Err(_) => continue,
+                },
+            };
+            let base_sha256 = match patch.name.base() {
+                Some(base) => match self.local.stat(base) {
+                    Ok(Some(base)) => Some(base.sha256),
+                    // The base's full hash is gone with it: no worker can be offered this delta.
+                    _ => continue,
+                },
+                None => None,
+            };
+            let offer = PatchOffer {
+                url: url.url,
+                file: patch.name.to_string(),
+                sha256: patch.sha256.clone(),
+                size: patch.size,
+                base_sha256,
+            };
+            // Patches come sorted by name: the last delta is against the newest base.
+            if offer.base_sha256.is_some() {
+                delta = Some(offer);
+            } else {
+                compressed = Some(offer);
+            }
+        }
+        (compressed, delta)
+    }
+
+    /// Fresh URLs for the patches a record already offers (from the bucket when it is up). An
+    /// offer whose URL cannot be made is withdrawn: workers then download the whole file.
+    async fn reissue_offers(
+        &self,
+        latest: &mut LatestInfo,
+        remote: Option<&R2StorageBackend>,
+        deadline: OffsetDateTime,
+    ) {
+        for offer in [&mut latest.compressed, &mut latest.delta] {
+            let Some(current) = offer.as_mut() else { continue };
+            let Ok(name) = crate::patch::PatchName::parse(&current.file) else {
+                *offer = None;
+                continue;
+            };
+            let url = match remote {
+                Some(bucket) => bucket.patch_url_until(&name, deadline + self.url_grace).await,
+                None => self.local.patch_url(&name),
+            };
+            match url {
+                Ok(url) => current.url = url.url,
+                Err(e) => {
+                    tracing::warn!("{name} is no longer offered: {e}");
+                    *offer = None;
+                }
+            }
+        }
     }
 
     /// A locally stored file, with its recorded hash, for uploading without re-hashing.
@@ -326,6 +476,8 @@ impl StorageAdapter {
                     .await;
                 if let Ok(url) = url {
                     latest.weights_url = url.url;
+                    let deadline = latest.deadline;
+                    self.reissue_offers(&mut latest, Some(bucket), deadline).await;
                     self.local.write_latest(&latest).await?;
                     self.lock().served_as = Some(url.kind);
                 }
@@ -359,7 +511,8 @@ impl StorageAdapter {
             .collect();
         self.lock().pending = missing.len();
         for weights in &missing {
-            bucket.save_weights(self.stored_data(weights), weights.name.revision()).await?;
+            let patches = self.local.patches_of(&weights.name)?;
+            self.upload(bucket, weights, &patches).await?;
             in_bucket.insert(weights.name.to_string());
             *uploaded += 1;
             let mut state = self.lock();
@@ -417,6 +570,7 @@ impl StorageAdapter {
         let url = self.url_for(&stored, remote.as_ref(), deadline).await?;
         latest.weights_url = url.url;
         latest.deadline = deadline;
+        self.reissue_offers(&mut latest, remote.as_ref(), deadline).await;
         self.local.write_latest(&latest).await?;
         if let Some(bucket) = &remote
             && let Err(e) = bucket.write_latest(&latest).await

@@ -232,6 +232,8 @@ pub trait StorageBackend: Send + Sync {
             deadline,
             weights_file: stored.name.to_string(),
             published_at: OffsetDateTime::now_utc(),
+            compressed: None,
+            delta: None,
             extra: extra.clone(),
         };
         self.write_latest(&info).await?;

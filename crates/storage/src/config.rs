@@ -47,6 +47,10 @@ pub struct StorageConfig {
     /// Disk budget of the stored revisions in MiB (0: none): the oldest go first past it, never
     /// the one the latest record names. Applies to the weights directory and the bucket alike.
     pub weights_budget_mib: u64,
+    /// Store beside each revision its weights compressed whole and a delta from the revision
+    /// before, and name both in the latest record, so a worker that follows a run downloads a
+    /// fraction of each revision.
+    pub patches: bool,
 }
 
 impl Default for StorageConfig {
@@ -68,6 +72,7 @@ impl Default for StorageConfig {
             catch_up_interval_seconds: 30,
             keep_revisions: 20,
             weights_budget_mib: 0,
+            patches: true,
         }
     }
 }

@@ -27,6 +27,59 @@ pub struct Expected {
     pub size: u64,
 }
 
+/// A patch the latest record offers instead of the whole file (see [`crate::patch`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PatchSource {
+    /// Where to download it.
+    pub url: String,
+    /// The patch file's own SHA-256 and size.
+    pub expected: Expected,
+    /// The weights file it applies to (a delta); none for a compressed whole file.
+    pub base_sha256: Option<String>,
+}
+
+/// How a fetch got its file, and the bytes it downloaded for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fetched {
+    /// Already in the cache: nothing downloaded.
+    Cached,
+    /// A delta applied to a cached revision.
+    Delta {
+        /// Bytes downloaded.
+        bytes: u64,
+    },
+    /// The whole file, compressed.
+    Compressed {
+        /// Bytes downloaded.
+        bytes: u64,
+    },
+    /// The whole file as stored.
+    Whole {
+        /// Bytes downloaded.
+        bytes: u64,
+    },
+}
+
+impl Fetched {
+    /// Bytes downloaded.
+    pub fn bytes(self) -> u64 {
+        match self {
+            Fetched::Cached => 0,
+            Fetched::Delta { bytes } | Fetched::Compressed { bytes } | Fetched::Whole { bytes } => bytes,
+        }
+    }
+
+    /// `cached`, `delta`, `compressed` or `whole`.
+    pub fn how(self) -> &'static str {
+        match self {
+            Fetched::Cached => "cached",
+            Fetched::Delta { .. } => "delta",
+            Fetched::Compressed { .. } => "compressed",
+            Fetched::Whole { .. } => "whole",
+        }
+    }
+}
+
 /// How often and how patiently to retry.
 #[derive(Clone, Copy, Debug)]
 pub struct RetryPolicy {
@@ -104,6 +157,14 @@ pub enum FetchError {
     /// A URL scheme other than file, http and https.
     #[error("unsupported URL `{0}`: weights URLs are file://, http:// or https://")]
     UnsupportedUrl(String),
+    /// A patch downloaded intact could not be applied to the cached base.
+    #[error("the patch {url} could not be applied: {message}")]
+    Patch {
+        /// The patch URL (redacted).
+        url: String,
+        /// What was wrong.
+        message: String,
+    },
     /// The record's hash is not a SHA-256.
     #[error("the expected SHA-256 `{0}` is not 64 lower-case hex digits")]
     BadExpectedHash(String),
@@ -194,18 +255,145 @@ impl Fetcher {
         }
     }
 
+    /// Fetches the file with the fewest bytes on the wire: nothing if it is cached, else a delta
+    /// against a cached revision, else the compressed file, else the whole file (with retries).
+    /// A patch that fails (unreachable, corrupt, for another base) is logged and the next way is
+    /// tried; whatever way is taken, the result is checked against the full file's SHA-256.
+    pub async fn fetch_smallest(
+        &self,
+        url: &str,
+        expected: &Expected,
+        patches: &[PatchSource],
+    ) -> Result<(PathBuf, Fetched), FetchError> {
+        if !is_sha256_hex(&expected.sha256) {
+            return Err(FetchError::BadExpectedHash(expected.sha256.clone()));
+        }
+        if let Some(path) = self.cached_intact(expected) {
+            return Ok((path, Fetched::Cached));
+        }
+        let mut usable: Vec<&PatchSource> = patches
+            .iter()
+            .filter(|p| p.base_sha256.as_deref().is_none_or(|base| self.cached(base).is_some()))
+            .collect();
+        // Deltas first (a base is cached), then the compressed whole file; smaller first within each.
+        usable.sort_by_key(|p| (p.base_sha256.is_none(), p.expected.size));
+        for patch in usable {
+            match self.fetch_patch(patch, expected).await {
+                Ok(path) => {
+                    let bytes = patch.expected.size;
+                    let fetched = if patch.base_sha256.is_some() {
+                        Fetched::Delta { bytes }
+                    } else {
+                        Fetched::Compressed { bytes }
+                    };
+                    return Ok((path, fetched));
+                }
+                Err(e) => tracing::warn!("downloading the whole weights file instead of a patch: {e}"),
+            }
+        }
+        let path = self.fetch(url, expected).await?;
+        Ok((path, Fetched::Whole { bytes: expected.size }))
+    }
+
+    /// Downloads a patch, checks it against its own hash, applies it to its cached base and
+    /// accepts the result only if it hashes to `expected`.
+    async fn fetch_patch(&self, patch: &PatchSource, expected: &Expected) -> Result<PathBuf, FetchError> {
+        if !is_sha256_hex(&patch.expected.sha256) {
+            return Err(FetchError::BadExpectedHash(patch.expected.sha256.clone()));
+        }
+        let shown = redact_signed_queries(&patch.url);
+        let base = match &patch.base_sha256 {
+            Some(sha) => Some((
+                self.cached(sha).ok_or_else(|| FetchError::Patch {
+                    url: shown.clone(),
+                    message: format!("its base {sha} left the cache"),
+                })?,
+                sha.clone(),
+            )),
+            None => None,
+        };
+        let patch_file = self.cache_dir.join(format!("patch-{}.partial", patch.expected.sha256));
+        let downloaded = async {
+            let parsed =
+                url::Url::parse(&patch.url).map_err(|_| FetchError::UnsupportedUrl(shown.clone()))?;
+            match parsed.scheme() {
+                "file" => {
+                    let source =
+                        parsed.to_file_path().map_err(|_| FetchError::UnsupportedUrl(shown.clone()))?;
+                    self.copy_file(&source, &patch_file).await?;
+                }
+                "http" | "https" => self.download(&patch.url, &patch_file, patch.expected.size).await?,
+                _ => return Err(FetchError::UnsupportedUrl(shown.clone())),
+            }
+            let (sha256, size) = hash_async(&patch_file).await.map_err(io_error("hashing", &patch_file))?;
+            if size != patch.expected.size || sha256 != patch.expected.sha256 {
+                return Err(FetchError::Mismatch {
+                    url: shown.clone(),
+                    check: if size != patch.expected.size { "size" } else { "sha256" },
+                    expected: format!("{} bytes, {}", patch.expected.size, patch.expected.sha256),
+                    actual: format!("{size} bytes, {sha256}"),
+                });
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = downloaded {
+            let _ = tokio::fs::remove_file(&patch_file).await;
+            return Err(e);
+        }
+        let partial = self.cache_dir.join(format!("{}.partial", expected.sha256));
+        let (source, target, wanted) = (patch_file.clone(), partial.clone(), expected.clone());
+        let applied = tokio::task::spawn_blocking(move || -> Result<(), String> {
+            let patch = std::fs::File::open(&source).map_err(|e| e.to_string())?;
+            let mut base_file = match &base {
+                Some((path, sha)) => {
+                    Some((std::fs::File::open(path).map_err(|e| e.to_string())?, sha.as_str()))
+                }
+                None => None,
+            };
+            let out = std::fs::File::create(&target).map_err(|e| e.to_string())?;
+            let mut writer = std::io::BufWriter::with_capacity(CHUNK, out);
+            crate::patch::apply_patch(
+                std::io::BufReader::with_capacity(CHUNK, patch),
+                base_file.as_mut().map(|(file, sha)| (file as &mut dyn std::io::Read, *sha)),
+                wanted.size,
+                &wanted.sha256,
+                &mut writer,
+            )
+            .map_err(|e| e.to_string())?;
+            let out = writer.into_inner().map_err(|e| e.to_string())?;
+            out.sync_all().map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        let _ = tokio::fs::remove_file(&patch_file).await;
+        if let Err(message) = applied {
+            let _ = tokio::fs::remove_file(&partial).await;
+            return Err(FetchError::Patch { url: shown, message });
+        }
+        self.accept(&patch.url, &partial, expected).await
+    }
+
+    /// The cached file with `expected`'s hash, if its size is right too (touched, so eviction
+    /// sees it as recently used); a cached file of the wrong size is removed.
+    fn cached_intact(&self, expected: &Expected) -> Option<PathBuf> {
+        let path = self.cached(&expected.sha256)?;
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        if size == expected.size {
+            let _ = std::fs::File::open(&path).and_then(|f| f.set_modified(SystemTime::now()));
+            return Some(path);
+        }
+        let _ = std::fs::remove_file(&path);
+        None
+    }
+
     /// One attempt, no retry.
     pub async fn fetch_once(&self, url: &str, expected: &Expected) -> Result<PathBuf, FetchError> {
         if !is_sha256_hex(&expected.sha256) {
             return Err(FetchError::BadExpectedHash(expected.sha256.clone()));
         }
-        if let Some(path) = self.cached(&expected.sha256) {
-            let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-            if size == expected.size {
-                let _ = std::fs::File::open(&path).and_then(|f| f.set_modified(SystemTime::now()));
-                return Ok(path);
-            }
-            let _ = std::fs::remove_file(&path);
+        if let Some(path) = self.cached_intact(expected) {
+            return Ok(path);
         }
         let partial = self.cache_dir.join(format!("{}.partial", expected.sha256));
         let parsed =

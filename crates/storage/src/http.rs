@@ -1,6 +1,6 @@
 //! Serving the weights directory over HTTP, for `server.localhost_weights`: `GET`/`HEAD
 //! /weights/<file>` with `ETag` (the file's SHA-256), `If-None-Match`, and single byte ranges, so
-//! interrupted downloads resume. Only content-addressed weights names are served; anything else,
+//! interrupted downloads resume. Only content-addressed weights names and patch names are served; anything else,
 //! including `..`, absolute paths and percent-encoded tricks, is a 404.
 
 use std::io::SeekFrom;
@@ -17,6 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::local::{LocalStorageBackend, LocalUrls};
 use crate::naming::WeightsName;
+use crate::patch::PatchName;
 
 /// A router serving `/weights/{file}` from `dir`; mount it in the server.
 pub fn weights_router(dir: PathBuf) -> Router {
@@ -33,13 +34,21 @@ fn not_found(what: &str) -> Response {
 }
 
 async fn serve(State(dir): State<Arc<PathBuf>>, Path(file): Path<String>, headers: HeaderMap) -> Response {
-    let Ok(name) = WeightsName::parse(&file) else { return not_found("that name") };
     let Ok(local) = LocalStorageBackend::new(&dir, LocalUrls::File) else { return not_found("that name") };
-    let stored = match local.stat(&name) {
-        Ok(Some(stored)) => stored,
-        _ => return not_found(&name.to_string()),
+    let (name, path, sha256) = if let Ok(name) = WeightsName::parse(&file) {
+        match local.stat(&name) {
+            Ok(Some(stored)) => (name.to_string(), local.path_of(&name), stored.sha256),
+            _ => return not_found(&name.to_string()),
+        }
+    } else if let Ok(name) = PatchName::parse(&file) {
+        match local.stat_patch(&name) {
+            Ok(Some(stored)) => (name.to_string(), local.patch_path(&name), stored.sha256),
+            _ => return not_found(&name.to_string()),
+        }
+    } else {
+        return not_found("that name");
     };
-    let etag = format!("\"{}\"", stored.sha256);
+    let etag = format!("\"{sha256}\"");
     if headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -47,11 +56,10 @@ async fn serve(State(dir): State<Arc<PathBuf>>, Path(file): Path<String>, header
     {
         return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
     }
-    let path = local.path_of(&name);
-    let Ok(mut file) = tokio::fs::File::open(&path).await else { return not_found(&name.to_string()) };
+    let Ok(mut file) = tokio::fs::File::open(&path).await else { return not_found(&name) };
     let size = match file.metadata().await {
         Ok(m) => m.len(),
-        Err(_) => return not_found(&name.to_string()),
+        Err(_) => return not_found(&name),
     };
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(|v| parse_range(v, size));
     let (status, start, length) = match range {
@@ -63,7 +71,7 @@ async fn serve(State(dir): State<Arc<PathBuf>>, Path(file): Path<String>, header
         Some(RangeRequest::Bytes { start, end }) => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
     };
     if start > 0 && file.seek(SeekFrom::Start(start)).await.is_err() {
-        return not_found(&name.to_string());
+        return not_found(&name);
     }
     let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file.take(length), 256 * 1024));
     let mut response = Response::new(body);

@@ -10,6 +10,22 @@ use time::OffsetDateTime;
 /// What the trainer adds to the record: JSON object fields, opaque to storage.
 pub type LatestExtra = serde_json::Map<String, serde_json::Value>;
 
+/// A patch the record offers instead of the whole weights file (see [`crate::patch`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PatchOffer {
+    /// Where to download it (formed like `weights_url`).
+    pub url: String,
+    /// The stored patch's name.
+    pub file: String,
+    /// SHA-256 of the patch file, lower-case hex.
+    pub sha256: String,
+    /// Size of the patch file in bytes.
+    pub size: u64,
+    /// SHA-256 of the weights file it applies to (a delta's only; none for a compressed whole file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_sha256: Option<String>,
+}
+
 /// The record. Workers ignore fields they do not know, so servers can add some.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LatestInfo {
@@ -29,6 +45,12 @@ pub struct LatestInfo {
     /// When the record was written.
     #[serde(with = "time::serde::rfc3339")]
     pub published_at: OffsetDateTime,
+    /// The weights compressed whole, for a faster download (absent in records of older servers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compressed: Option<PatchOffer>,
+    /// A delta from the previous revision, for a worker that holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<PatchOffer>,
     /// The trainer's fields, as written.
     #[serde(flatten)]
     pub extra: LatestExtra,

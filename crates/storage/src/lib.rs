@@ -19,6 +19,7 @@ pub mod http;
 mod latest;
 mod local;
 pub mod naming;
+pub mod patch;
 mod r2;
 mod secret;
 
@@ -28,10 +29,10 @@ pub use backend::{
     WeightsReader, WeightsUrl, verify_stored,
 };
 pub use config::{Config, ConfigError, Overrides, R2Settings, ServerConfig, StorageConfig, parse_yaml};
-pub use fetch::{Expected, FetchError, Fetcher, RetryPolicy};
+pub use fetch::{Expected, FetchError, Fetched, Fetcher, PatchSource, RetryPolicy};
 pub use hashing::{hash_bytes, hash_file};
-pub use latest::{LatestExtra, LatestInfo};
-pub use local::{LocalStorageBackend, LocalUrls, StagingPath};
+pub use latest::{LatestExtra, LatestInfo, PatchOffer};
+pub use local::{LocalStorageBackend, LocalUrls, StagingPath, StoredPatch};
 pub use naming::WeightsName;
 pub use r2::R2StorageBackend;
 pub use secret::{REDACTED, Secret, redact};

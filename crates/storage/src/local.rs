@@ -16,9 +16,21 @@ use crate::backend::{
     StorageBackend, StorageError, StorageResult, StoredWeights, UrlKind, WeightsData, WeightsReader,
     WeightsUrl, parse_weights_path,
 };
-use crate::hashing::copy_hashing;
+use crate::hashing::{HashingWriter, copy_hashing};
 use crate::latest::LatestInfo;
 use crate::naming::{LATEST_FILE, SIDECAR_SUFFIX, WeightsName, is_sha256_hex};
+use crate::patch::{PatchName, write_patch};
+
+/// A stored patch (see [`crate::patch`]): its name, and its own SHA-256 and size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredPatch {
+    /// Its name (target, and base for a delta).
+    pub name: PatchName,
+    /// SHA-256 of the patch file's bytes.
+    pub sha256: String,
+    /// Size of the patch file in bytes.
+    pub size: u64,
+}
 
 /// How local weights URLs are formed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,6 +95,127 @@ impl LocalStorageBackend {
             size,
             stored_at: metadata.modified().ok().map(OffsetDateTime::from),
         }))
+    }
+
+    /// The path of a stored patch.
+    pub fn patch_path(&self, name: &PatchName) -> PathBuf {
+        self.dir.join(name.to_string())
+    }
+
+    /// The stored patch `name`, with its recorded hash and size, if it is there.
+    pub fn stat_patch(&self, name: &PatchName) -> StorageResult<Option<StoredPatch>> {
+        if !self.patch_path(name).is_file() {
+            return Ok(None);
+        }
+        let (sha256, size) = read_sidecar(&self.dir.join(format!("{name}{SIDECAR_SUFFIX}")))?;
+        Ok(Some(StoredPatch { name: name.clone(), sha256, size }))
+    }
+
+    /// Every stored patch that produces `target`.
+    pub fn patches_of(&self, target: &WeightsName) -> StorageResult<Vec<StoredPatch>> {
+        let mut patches = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(io("listing", &self.dir))? {
+            let entry = entry.map_err(io("listing", &self.dir))?;
+            if let Ok(name) = PatchName::parse(&entry.file_name().to_string_lossy())
+                && name.target() == target
+                && let Some(patch) = self.stat_patch(&name)?
+            {
+                patches.push(patch);
+            }
+        }
+        patches.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(patches)
+    }
+
+    /// Writes the patches that make `target` small to download: the whole file compressed, and a
+    /// delta against `base` when there is one of the same size. Each is written like a weights
+    /// file (temp, fsync, sidecar, rename), so a crash never leaves a partial patch under its name.
+    pub fn save_patches_blocking(
+        &self,
+        target: &StoredWeights,
+        base: Option<&StoredWeights>,
+    ) -> StorageResult<Vec<StoredPatch>> {
+        let mut saved = vec![self.save_patch(target, None)?];
+        if let Some(base) = base.filter(|b| b.size == target.size && b.name != target.name) {
+            saved.push(self.save_patch(target, Some(base))?);
+        }
+        Ok(saved)
+    }
+
+    fn save_patch(&self, target: &StoredWeights, base: Option<&StoredWeights>) -> StorageResult<StoredPatch> {
+        let name = match base {
+            Some(base) => PatchName::delta(target.name.clone(), base.name.clone()),
+            None => PatchName::whole(target.name.clone()),
+        };
+        if let Some(existing) = self.stat_patch(&name)? {
+            return Ok(existing);
+        }
+        let temp = self.temp_path("patch");
+        let result = (|| {
+            let target_path = self.path_of(&target.name);
+            let mut target_file = File::open(&target_path).map_err(io("opening", &target_path))?;
+            let mut base_file = match base {
+                Some(base) => {
+                    let path = self.path_of(&base.name);
+                    Some((File::open(&path).map_err(io("opening", &path))?, base))
+                }
+                None => None,
+            };
+            let out = File::create(&temp).map_err(io("creating", &temp))?;
+            let mut writer = HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, out));
+            write_patch(
+                &mut target_file,
+                target.size,
+                &target.sha256,
+                base_file
+                    .as_mut()
+                    .map(|(file, base)| (file as &mut dyn std::io::Read, base.size, base.sha256.as_str())),
+                &mut writer,
+            )
+            .map_err(|e| StorageError::Io {
+                action: "writing the patch",
+                path: temp.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            let (buffered, sha256, size) = writer.finish();
+            let out = buffered.into_inner().map_err(|e| io("writing", &temp)(e.into_error()))?;
+            out.sync_all().map_err(io("syncing", &temp))?;
+            drop(out);
+            self.write_atomically(
+                &format!("{name}{SIDECAR_SUFFIX}"),
+                format!("{sha256} {size}\n").as_bytes(),
+            )?;
+            let final_path = self.patch_path(&name);
+            fs::rename(&temp, &final_path).map_err(io("renaming into place", &final_path))?;
+            self.sync_dir()?;
+            Ok(StoredPatch { name: name.clone(), sha256, size })
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&temp);
+        }
+        result
+    }
+
+    /// Removes the patches that produce `target` (with their sidecars).
+    fn remove_patches_of(&self, target: &WeightsName) -> StorageResult<()> {
+        for patch in self.patches_of(target)? {
+            let path = self.patch_path(&patch.name);
+            fs::remove_file(&path).map_err(io("deleting", &path))?;
+            let _ = fs::remove_file(self.dir.join(format!("{}{SIDECAR_SUFFIX}", patch.name)));
+        }
+        Ok(())
+    }
+
+    /// A URL for a stored patch, formed like the weights URLs.
+    pub fn patch_url(&self, name: &PatchName) -> StorageResult<WeightsUrl> {
+        let url = match &self.urls {
+            LocalUrls::File => url::Url::from_file_path(self.patch_path(name))
+                .map_err(|_| StorageError::NotFound(name.to_string()))?
+                .to_string(),
+            LocalUrls::Http { base } => format!("{}/weights/{name}", base.trim_end_matches('/')),
+        };
+        let kind = if self.urls == LocalUrls::File { UrlKind::File } else { UrlKind::Http };
+        Ok(WeightsUrl { url, kind, valid_until: None })
     }
 
     fn save_blocking(&self, data: WeightsData, revision: u64) -> StorageResult<StoredWeights> {
@@ -172,13 +305,14 @@ impl LocalStorageBackend {
         Ok(path)
     }
 
-    /// Bytes the stored revisions take on disk (weights files and their sidecars).
+    /// Bytes the stored revisions take on disk (weights files, their patches, and sidecars).
     pub fn disk_usage(&self) -> StorageResult<u64> {
         let mut total = 0;
         for entry in fs::read_dir(&self.dir).map_err(io("listing", &self.dir))? {
             let entry = entry.map_err(io("listing", &self.dir))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if WeightsName::parse(name.trim_end_matches(SIDECAR_SUFFIX)).is_ok() {
+            let stem = name.trim_end_matches(SIDECAR_SUFFIX);
+            if WeightsName::parse(stem).is_ok() || PatchName::parse(stem).is_ok() {
                 total += entry.metadata().map_err(io("reading", &entry.path()))?.len();
             }
         }
@@ -360,6 +494,7 @@ impl StorageBackend for LocalStorageBackend {
                 Err(e) => return Err(io("deleting", &path)(e)),
             }
             let _ = fs::remove_file(this.dir.join(name.sidecar()));
+            this.remove_patches_of(&name)?;
             this.sync_dir()
         })
         .await

@@ -1,6 +1,7 @@
 //! Weights in Cloudflare R2 or any S3-compatible bucket, on `object_store`.
 //!
 //! Keys (under `r2_prefix`, if set): `weights/<name>` for the file, `weights/<name>.sha256` for its recorded hash and size,
+//! `weights/<patch name>` for the patches that make downloads small (`crate::patch`),
 //! `latest.json` for the latest record (one PUT, so readers see the old record or the new one).
 //! Large files go up in 8 MiB multipart chunks streamed from disk; downloads stream too.
 //! Timeouts and retries are explicit and short, so an unreachable bucket is noticed in seconds
@@ -28,7 +29,9 @@ use crate::backend::{
 use crate::config::R2Settings;
 use crate::hashing::{hash_bytes, hash_file};
 use crate::latest::LatestInfo;
+use crate::local::StoredPatch;
 use crate::naming::{LATEST_FILE, SIDECAR_SUFFIX, WEIGHTS_PREFIX, WeightsName, is_sha256_hex};
+use crate::patch::PatchName;
 use crate::secret::redact;
 
 /// Multipart chunk size.
@@ -223,31 +226,7 @@ impl StorageBackend for R2StorageBackend {
         valid_until: OffsetDateTime,
     ) -> StorageResult<WeightsUrl> {
         let name = parse_weights_path(weights_path)?;
-        if let Some(base) = &self.settings.public_url {
-            return Ok(WeightsUrl {
-                url: format!("{}/{}", base.trim_end_matches('/'), self.key(&name.key())),
-                kind: UrlKind::Public,
-                valid_until: None,
-            });
-        }
-        let wanted = (valid_until - OffsetDateTime::now_utc()).max(time::Duration::seconds(1));
-        let wanted = Duration::try_from(wanted).unwrap_or(MAX_PRESIGN);
-        if wanted > MAX_PRESIGN {
-            return Err(StorageError::Presign(format!(
-                "a presigned URL lives at most 7 days; {} days were asked for (shorten the record's deadline)",
-                wanted.as_secs() / 86_400
-            )));
-        }
-        let url = self
-            .store
-            .signed_url(object_store::signer::Method::GET, &self.key(&name.key()), wanted)
-            .await
-            .map_err(|e| StorageError::Presign(redact_error(&self.settings, &e)))?;
-        Ok(WeightsUrl {
-            url: url.to_string(),
-            kind: UrlKind::Presigned,
-            valid_until: Some(OffsetDateTime::now_utc() + wanted),
-        })
+        self.url_until(&name.key(), valid_until).await
     }
 
     async fn write_latest(&self, info: &LatestInfo) -> StorageResult<()> {
@@ -315,11 +294,76 @@ impl StorageBackend for R2StorageBackend {
         }
         // Sidecar first: without it the file no longer counts as stored, even if the second delete fails.
         self.store.delete(&self.sidecar_key(name)).await.map_err(|e| self.remote("delete", &e))?;
-        self.store.delete(&self.key(&name.key())).await.map_err(|e| self.remote("delete", &e))
+        self.store.delete(&self.key(&name.key())).await.map_err(|e| self.remote("delete", &e))?;
+        self.delete_patches_of(name).await
     }
 }
 
 impl R2StorageBackend {
+    /// A URL for the object `relative` (`weights/<name>`) that still works at `valid_until`:
+    /// under the public base URL if one is set, else presigned.
+    async fn url_until(&self, relative: &str, valid_until: OffsetDateTime) -> StorageResult<WeightsUrl> {
+        if let Some(base) = &self.settings.public_url {
+            return Ok(WeightsUrl {
+                url: format!("{}/{}", base.trim_end_matches('/'), self.key(relative)),
+                kind: UrlKind::Public,
+                valid_until: None,
+            });
+        }
+        let wanted = (valid_until - OffsetDateTime::now_utc()).max(time::Duration::seconds(1));
+        let wanted = Duration::try_from(wanted).unwrap_or(MAX_PRESIGN);
+        if wanted > MAX_PRESIGN {
+            return Err(StorageError::Presign(format!(
+                "a presigned URL lives at most 7 days; {} days were asked for (shorten the record's deadline)",
+                wanted.as_secs() / 86_400
+            )));
+        }
+        let url = self
+            .store
+            .signed_url(object_store::signer::Method::GET, &self.key(relative), wanted)
+            .await
+            .map_err(|e| StorageError::Presign(redact_error(&self.settings, &e)))?;
+        Ok(WeightsUrl {
+            url: url.to_string(),
+            kind: UrlKind::Presigned,
+            valid_until: Some(OffsetDateTime::now_utc() + wanted),
+        })
+    }
+
+    /// Uploads a locally stored patch (`path`) under its name. Its hash and size travel in the
+    /// latest record, so it needs no sidecar; a patch cut short by a failure is never named.
+    pub async fn save_patch(&self, path: &std::path::Path, patch: &StoredPatch) -> StorageResult<()> {
+        self.upload_file(path, &self.key(&patch.name.key()), patch.size).await
+    }
+
+    /// A URL for a patch in the bucket that still works at `valid_until`.
+    pub async fn patch_url_until(
+        &self,
+        name: &PatchName,
+        valid_until: OffsetDateTime,
+    ) -> StorageResult<WeightsUrl> {
+        self.url_until(&name.key(), valid_until).await
+    }
+
+    /// Every patch stored in the bucket.
+    pub async fn list_patches(&self) -> StorageResult<Vec<PatchName>> {
+        let prefix = self.key(WEIGHTS_PREFIX);
+        let objects: Vec<_> =
+            self.store.list(Some(&prefix)).try_collect().await.map_err(|e| self.remote("listing", &e))?;
+        let mut patches: Vec<PatchName> =
+            objects.iter().filter_map(|o| PatchName::parse(o.location.filename()?).ok()).collect();
+        patches.sort();
+        Ok(patches)
+    }
+
+    /// Deletes the patches in the bucket that produce `target`.
+    async fn delete_patches_of(&self, target: &WeightsName) -> StorageResult<()> {
+        for patch in self.list_patches().await?.into_iter().filter(|p| p.target() == target) {
+            self.store.delete(&self.key(&patch.key())).await.map_err(|e| self.remote("delete", &e))?;
+        }
+        Ok(())
+    }
+
     /// Streams any object of the bucket (`r2://bucket/key` as given to `--resume-from`) into a
     /// local file, never whole in memory.
     pub async fn download_key(&self, key: &str, destination: &std::path::Path) -> StorageResult<u64> {

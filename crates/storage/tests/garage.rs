@@ -10,8 +10,8 @@ use common::{Garage, random_file};
 use time::OffsetDateTime;
 use tokio::io::AsyncReadExt;
 use zero2048_storage::{
-    Expected, FetchError, Fetcher, LatestExtra, R2StorageBackend, Retention, RetryPolicy, StorageAdapter,
-    StorageBackend, StorageError, UrlKind, WeightsData, hash_file,
+    Expected, FetchError, Fetcher, LatestExtra, PatchSource, R2StorageBackend, Retention, RetryPolicy,
+    StorageAdapter, StorageBackend, StorageError, UrlKind, WeightsData, hash_file,
 };
 
 fn quick_retry() -> RetryPolicy {
@@ -36,6 +36,52 @@ async fn s3_backend_against_real_garage() {
     adapter_publishes_to_the_bucket_and_keeps_a_local_copy(&garage).await;
     wrong_credentials_fall_back_to_local_without_leaking_them(&garage).await;
     a_failed_presign_hands_out_the_local_url(&garage).await;
+    patches_go_to_the_bucket_download_presigned_and_leave_with_their_revision(&garage).await;
+}
+
+async fn patches_go_to_the_bucket_download_presigned_and_leave_with_their_revision(garage: &Garage) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = garage.config(dir.path(), "patches");
+    config.storage.keep_revisions = 1;
+    let adapter = StorageAdapter::from_config(&config).await.unwrap();
+    let deadline = OffsetDateTime::now_utc() + time::Duration::hours(1);
+    let mut weights = vec![0u8; 300_000];
+    weights[1000..1100].fill(7);
+    let cache = tempfile::tempdir().unwrap();
+    let fetcher = Fetcher::new(cache.path(), u64::MAX, quick_retry()).unwrap();
+    let mut hows = Vec::new();
+    for revision in 1..=3u64 {
+        weights[revision as usize * 10_000] = revision as u8;
+        let info = adapter
+            .publish(
+                WeightsData::Bytes(Bytes::from(weights.clone())),
+                revision,
+                deadline,
+                &LatestExtra::new(),
+            )
+            .await
+            .unwrap();
+        let offers: Vec<_> = [&info.delta, &info.compressed].into_iter().flatten().collect();
+        assert!(offers.iter().all(|o| o.url.contains("X-Amz-Signature=")), "{offers:?}");
+        let patches: Vec<PatchSource> = offers
+            .iter()
+            .map(|o| PatchSource {
+                url: o.url.clone(),
+                expected: Expected { sha256: o.sha256.clone(), size: o.size },
+                base_sha256: o.base_sha256.clone(),
+            })
+            .collect();
+        let expected = Expected { sha256: info.weights_sha256.clone(), size: info.weights_size };
+        let (path, fetched) = fetcher.fetch_smallest(&info.weights_url, &expected, &patches).await.unwrap();
+        assert_eq!(std::fs::read(path).unwrap(), weights);
+        hows.push(fetched.how());
+    }
+    assert_eq!(hows, ["compressed", "delta", "delta"]);
+    // Only the kept revision's patches stay in the bucket.
+    let bucket = adapter.remote().unwrap();
+    let patches = bucket.list_patches().await.unwrap();
+    assert_eq!(patches.len(), 2, "{patches:?}");
+    assert!(patches.iter().all(|p| p.target().revision() == 3), "{patches:?}");
 }
 
 async fn a_failed_presign_hands_out_the_local_url(garage: &Garage) {

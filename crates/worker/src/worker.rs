@@ -16,7 +16,7 @@ use zero2048_protocol::{BatchGame, LatestRecord, ModelSpec, compress, encode_bat
 use zero2048_selfplay::{
     Budget, Control, CurrentModel, Engine, FinishedGame, GameSink, Model, PartialGame, Runner, SinkClosed,
 };
-use zero2048_storage::{Expected, FetchError, Fetcher, RetryPolicy, Secret};
+use zero2048_storage::{Expected, FetchError, Fetched, Fetcher, PatchSource, RetryPolicy, Secret};
 
 use crate::client::{ClientError, ServerClient};
 use crate::spool::{Spool, SpoolError, SpooledGame};
@@ -176,6 +176,8 @@ pub struct WorkerStatus {
     pub cache_bytes: u64,
     /// The cache's disk budget.
     pub cache_budget_bytes: u64,
+    /// Bytes of weights downloaded this session.
+    pub downloaded_bytes: u64,
     /// Games acknowledged by the server this session.
     pub uploaded: u64,
     /// Games refused by the server this session.
@@ -191,7 +193,7 @@ impl WorkerStatus {
     pub fn line(&self) -> String {
         let hours = (self.elapsed_seconds / 3600.0).max(1e-9);
         format!(
-            "revision {} · {:.0} games/h · {:.0} moves/s · spool {} games ({} KiB) · cache {} of {} MiB · uploaded {}{}{}",
+            "revision {} · {:.0} games/h · {:.0} moves/s · spool {} games ({} KiB) · cache {} of {} MiB · downloaded {:.1} MiB · uploaded {}{}{}",
             self.revision.map_or("-".to_string(), |r| r.to_string()),
             self.games as f64 / hours,
             self.moves as f64 / self.elapsed_seconds.max(1e-9),
@@ -199,6 +201,7 @@ impl WorkerStatus {
             self.spool_bytes / 1024,
             self.cache_bytes >> 20,
             self.cache_budget_bytes >> 20,
+            self.downloaded_bytes as f64 / (1 << 20) as f64,
             self.uploaded,
             self.last_upload.as_ref().map(|u| format!(" · last upload {u}")).unwrap_or_default(),
             self.last_error.as_ref().map(|e| format!(" · {e}")).unwrap_or_default(),
@@ -223,6 +226,8 @@ pub struct WorkerSummary {
     pub checkpointed: u64,
     /// Revisions played with, in order of adoption.
     pub revisions: Vec<u64>,
+    /// Bytes of weights downloaded (whole files, compressed files and deltas).
+    pub weights_downloaded_bytes: u64,
 }
 
 /// Why a worker stopped early.
@@ -258,6 +263,8 @@ struct Shared {
     last_upload: Mutex<Option<String>>,
     last_error: Mutex<Option<String>>,
     revisions: Mutex<Vec<u64>>,
+    /// Bytes of weights (files and patches) downloaded this session.
+    downloaded_bytes: AtomicU64,
 }
 
 impl Shared {
@@ -401,6 +408,7 @@ impl Worker {
             last_upload: Mutex::new(None),
             last_error: Mutex::new(None),
             revisions: Mutex::new(Vec::new()),
+            downloaded_bytes: AtomicU64::new(0),
         });
         shared.pace();
         let fetcher = Arc::new(fetcher);
@@ -451,6 +459,7 @@ impl Worker {
             WorkerStatus {
                 cache_bytes,
                 cache_budget_bytes,
+                downloaded_bytes: shared.downloaded_bytes.load(Ordering::Relaxed),
                 revision: shared.model.revision(),
                 games: shared.games.load(Ordering::Relaxed),
                 moves: shared.moves.load(Ordering::Relaxed),
@@ -497,6 +506,7 @@ impl Worker {
             spool_left: final_status.spool_games,
             checkpointed: shared.checkpointed.load(Ordering::Relaxed),
             revisions: shared.revisions.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            weights_downloaded_bytes: shared.downloaded_bytes.load(Ordering::Relaxed),
         })
     }
 }
@@ -643,13 +653,31 @@ async fn adopt(
         latest.weights_size as f64 / (1 << 20) as f64,
         &latest.weights_sha256[..12.min(latest.weights_sha256.len())]
     );
-    let path = match fetcher.fetch(&latest.weights_url, &expected).await {
-        Ok(path) => {
+    let patches: Vec<PatchSource> = [&latest.delta, &latest.compressed]
+        .into_iter()
+        .flatten()
+        .map(|offer| PatchSource {
+            url: offer.url.clone(),
+            expected: Expected { sha256: offer.sha256.clone(), size: offer.size },
+            base_sha256: offer.base_sha256.clone(),
+        })
+        .collect();
+    let path = match fetcher.fetch_smallest(&latest.weights_url, &expected, &patches).await {
+        Ok((path, fetched)) => {
             let seconds = started.elapsed().as_secs_f64();
+            shared.downloaded_bytes.fetch_add(fetched.bytes(), Ordering::Relaxed);
             tracing::info!(
-                "revision {} fetched and verified in {seconds:.1} s ({:.1} MiB/s, cached files are not downloaded again)",
+                "revision {} {} and verified in {seconds:.1} s: {:.1} MiB downloaded for a {:.1} MiB file ({:.1}%)",
                 latest.revision,
-                latest.weights_size as f64 / (1 << 20) as f64 / seconds.max(1e-3)
+                match fetched {
+                    Fetched::Cached => "found in the cache",
+                    Fetched::Delta { .. } => "fetched as a delta from a cached revision",
+                    Fetched::Compressed { .. } => "fetched compressed",
+                    Fetched::Whole { .. } => "fetched whole",
+                },
+                fetched.bytes() as f64 / (1 << 20) as f64,
+                latest.weights_size as f64 / (1 << 20) as f64,
+                100.0 * fetched.bytes() as f64 / latest.weights_size.max(1) as f64
             );
             path
         }

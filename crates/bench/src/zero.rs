@@ -91,7 +91,10 @@ fn mcts_strength(net: &PolicyValueNet, config: MctsConfig, games: usize, seed: u
         let (results, counters) = play_series(net, config, SpawnRule::STANDARD, games, seed, games.min(64));
         let seconds = cpu.elapsed().as_secs_f64();
         PlayerStrength {
-            player: format!("MCTS {} simulations, {:?} chance nodes", config.simulations, config.chance),
+            player: format!(
+                "MCTS {} simulations, {:?} root, {:?} chance nodes",
+                config.simulations, config.root, config.chance
+            ),
             cpu_ms_per_move: 1000.0 * seconds / counters.moves.max(1) as f64,
             strength: Strength::of(&results).expect("at least one game"),
         }
@@ -123,7 +126,8 @@ fn expectimax_strength(network: &Arc<NTupleNetwork>, depth: u32, games: usize, s
     }
 }
 
-/// MCTS with the network (stratified and sampled chance nodes) against expectimax with the
+/// MCTS with the network (stratified and sampled chance nodes, PUCT root; stratified with a
+/// Gumbel root) against expectimax with the
 /// n-tuple network at the deepest depth whose CPU time per move does not exceed the MCTS's, on
 /// the same seeds.
 pub fn compare(
@@ -137,8 +141,10 @@ pub fn compare(
     let config = MctsConfig { simulations, value_weight, ..MctsConfig::default() }.for_evaluation();
     let stratified = mcts_strength(net, config, games, seed);
     let sampled = mcts_strength(net, MctsConfig { chance: ChanceMode::Sampled, ..config }, games, seed);
+    let gumbel =
+        mcts_strength(net, MctsConfig { root: zero2048_search::RootRule::Gumbel, ..config }, games, seed);
     let budget = stratified.cpu_ms_per_move;
-    let mut rows = vec![stratified, sampled];
+    let mut rows = vec![stratified, sampled, gumbel];
     // The deepest search whose time per move on sample boards fits the budget plays the games.
     let boards = boards_from_play(200);
     let mut depth = 1;

@@ -151,6 +151,9 @@ pub struct LearnArgs {
     /// MCTS simulations per move, sent to every worker [train.mcts.simulations; default: 100].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100000), help_heading = "Policy-value learning")]
     pub simulations: Option<u32>,
+    /// How the MCTS root chooses, sent to every worker [train.mcts.root; default: puct].
+    #[arg(long, value_enum, help_heading = "Policy-value learning")]
+    pub root: Option<RootArg>,
     /// Where policy-value training runs: cpu, or cuda in a build with `--features cuda`
     /// [train.zero.device; default: cpu].
     #[arg(long, value_enum, help_heading = "Policy-value learning")]
@@ -183,6 +186,26 @@ pub struct LearnArgs {
     /// [train.deadline_seconds; default: 86400].
     #[arg(long, help_heading = "Publishing and evaluation")]
     pub deadline_seconds: Option<u64>,
+}
+
+/// How an MCTS root chooses the moves to simulate.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RootArg {
+    /// PUCT with Dirichlet noise; the policy learns the visit counts.
+    Puct,
+    /// Gumbel-top-k with sequential halving; the policy learns the improved policy (works with 2–16
+    /// simulations).
+    Gumbel,
+}
+
+impl RootArg {
+    /// As the search crate's rule.
+    pub fn rule(self) -> zero2048_search::RootRule {
+        match self {
+            RootArg::Puct => zero2048_search::RootRule::Puct,
+            RootArg::Gumbel => zero2048_search::RootRule::Gumbel,
+        }
+    }
 }
 
 /// An on/off setting.
@@ -485,6 +508,9 @@ pub struct PlayerArgs {
     /// Simulations per move of the mcts player.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub simulations: u32,
+    /// How the mcts player's root chooses.
+    #[arg(long, value_enum, default_value_t = RootArg::Puct)]
+    pub root: RootArg,
     /// How much the policy-value network's value counts at a leaf of the mcts player's search
     /// (1 = fully; 0 = only the points scored on the way and the policy).
     #[arg(long, default_value_t = 1.0, value_parser = probability)]
@@ -641,6 +667,9 @@ pub enum BenchSuite {
     /// Policy-value inference at batch 1/64/512 and MCTS simulations batched across games, on one
     /// core; with --ntuple-weights, MCTS against expectimax at equal time per move.
     Zero,
+    /// What a worker following a run downloads per revision (delta, compressed, whole) and the
+    /// time to apply and verify a delta, from the run's --weights-dir.
+    Downloads,
 }
 
 /// `zero2048 replay`.

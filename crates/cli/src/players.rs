@@ -66,6 +66,7 @@ impl PlayerFactory {
         MctsConfig {
             simulations: self.args.simulations,
             value_weight: self.args.value_weight,
+            root: self.args.root.rule(),
             ..MctsConfig::default().for_evaluation()
         }
     }
@@ -120,8 +121,9 @@ impl PlayerFactory {
                 if self.args.no_downgrade { "" } else { ", tile-downgrading" }
             ),
             PlayerKind::Mcts => format!(
-                "mcts {} simulations, value weight {} ({})",
+                "mcts {} simulations, {:?} root, value weight {} ({})",
                 self.args.simulations,
+                self.args.root.rule(),
                 self.args.value_weight,
                 self.source.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
             ),

@@ -260,11 +260,12 @@ fn the_zero_bench_measures_batching_and_compares_mcts_with_expectimax() {
     }
     let players: Vec<&str> =
         report["strength"].as_array().unwrap().iter().map(|r| r["player"].as_str().unwrap()).collect();
-    assert_eq!(players.len(), 3, "{report}");
+    assert_eq!(players.len(), 4, "{report}");
     assert!(
-        players[0].starts_with("MCTS")
-            && players[1].starts_with("MCTS")
-            && players[2].starts_with("expectimax")
+        players[..3].iter().all(|p| p.starts_with("MCTS"))
+            && players[2].contains("Gumbel root")
+            && players[3].starts_with("expectimax"),
+        "{players:?}"
     );
     for row in report["strength"].as_array().unwrap() {
         assert!(row["strength"]["mean_score"].as_f64().unwrap() > 0.0, "{row}");

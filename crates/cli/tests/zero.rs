@@ -1,5 +1,5 @@
 //! The policy-value pipeline as users run it: `zero2048 server --model policy-value` and a worker
-//! process playing MCTS over real HTTP, games carrying their search statistics, the server
+//! process playing MCTS (Gumbel root) over real HTTP, games carrying their search statistics, the server
 //! learning from them and refusing statistics that cannot be true.
 
 mod support;
@@ -68,6 +68,8 @@ fn a_policy_value_server_learns_from_an_mcts_worker_and_refuses_false_statistics
             "16",
             "--revision-every-games",
             "40",
+            "--root",
+            "gumbel",
         ],
     );
     let latest: serde_json::Value =
@@ -77,6 +79,7 @@ fn a_policy_value_server_learns_from_an_mcts_worker_and_refuses_false_statistics
         latest["play"]["search"]["mcts"]["simulations"], SIMULATIONS,
         "the search parameters travel: {latest}"
     );
+    assert_eq!(latest["play"]["search"]["mcts"]["root"], "gumbel", "{latest}");
     let token = token(dir.path(), "mcts");
     let w = worker(dir.path(), port, &token, "mcts", &["--upload-interval", "100ms"]);
     wait_for(Duration::from_secs(240), "revision 3 and games of revision 2", || {
@@ -96,6 +99,10 @@ fn a_policy_value_server_learns_from_an_mcts_worker_and_refuses_false_statistics
     for (_, record) in &records {
         assert_eq!(record.search.len(), record.steps.len(), "every move carries its statistics");
         assert_eq!(record.check_search(SIMULATIONS), Ok(()));
+        assert!(
+            record.search.iter().all(|s| s.policy.is_some()),
+            "a Gumbel root records its improved policy"
+        );
     }
     // Evaluations run beside the learner: one is recorded soon after the revisions.
     wait_for(Duration::from_secs(180), "an evaluation", || {
@@ -117,6 +124,8 @@ fn a_policy_value_server_learns_from_an_mcts_worker_and_refuses_false_statistics
     illegal_visit.search[step].visits[played] -= 1;
     illegal_visit.search[step].visits[illegal.index() as usize] += 1;
     let (without, _) = play_game(&mut GreedyPlayer::new(3), 3, SpawnRule::STANDARD);
+    let mut visits_only = good.clone();
+    visits_only.search.iter_mut().for_each(|s| s.policy = None);
     let reply = post(
         port,
         &token,
@@ -124,12 +133,14 @@ fn a_policy_value_server_learns_from_an_mcts_worker_and_refuses_false_statistics
             (Uuid::from_u128(1), extra_visit),
             (Uuid::from_u128(2), illegal_visit),
             (Uuid::from_u128(3), without),
+            (Uuid::from_u128(5), visits_only),
             (Uuid::from_u128(4), good.clone()),
         ],
     );
     let codes: Vec<&str> =
         reply["rejected"].as_array().unwrap().iter().map(|r| r["code"].as_str().unwrap()).collect();
-    assert_eq!(codes, ["inconsistent_search_stats"; 3], "{reply}");
+    assert_eq!(codes, ["inconsistent_search_stats"; 4], "{reply}");
+    assert!(reply["rejected"].to_string().contains("improved policy"), "{reply}");
     let reasons = reply["rejected"].to_string();
     assert!(reasons.contains("visits sum to 9"), "{reasons}");
     assert!(reasons.contains("illegal move"), "{reasons}");

@@ -41,8 +41,9 @@ pub use board::{
 };
 pub use game::Game;
 pub use record::{
-    DecodeError, EncodeError, GameRecord, RECORD_FORMAT_VERSION, RECORD_FORMAT_VERSION_SEARCH, ReplayError,
-    ReplaySteps, ReplaySummary, ReplayedStep, SearchStats, SearchStatsError, Step, is_branch_of,
+    DecodeError, EncodeError, GameRecord, POLICY_UNIT, RECORD_FORMAT_VERSION, RECORD_FORMAT_VERSION_POLICY,
+    RECORD_FORMAT_VERSION_SEARCH, ReplayError, ReplaySteps, ReplaySummary, ReplayedStep, SearchStats,
+    SearchStatsError, Step, is_branch_of, quantize_policy,
 };
 pub use spawn::{BadProbability, GameRng, Spawn, SpawnRule, derive_seed, rng_from_seed};
 pub use symmetry::Symmetry;

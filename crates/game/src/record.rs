@@ -34,6 +34,20 @@ pub struct SearchStats {
     pub visits: [u32; 4],
     /// The search's value of the board before the move (discounted score to go).
     pub root_value: f32,
+    /// The search's improved policy, when it computes one (Gumbel root search: a few simulations
+    /// make visit counts a poor target), in units of 1/65535, `Direction::ALL` order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<[u16; 4]>,
+}
+
+/// The sum an improved policy's entries must have, and how far rounding may take them from it.
+pub const POLICY_UNIT: u32 = 65535;
+const POLICY_ROUNDING: u32 = 4;
+
+/// `probabilities` as [`SearchStats::policy`] entries: each rounded to 1/65535, so they sum to
+/// 65535 within rounding.
+pub fn quantize_policy(probabilities: [f32; 4]) -> [u16; 4] {
+    probabilities.map(|p| (p.clamp(0.0, 1.0) * POLICY_UNIT as f32).round() as u16)
 }
 
 impl SearchStats {
@@ -61,6 +75,15 @@ impl SearchStats {
         }
         if !self.root_value.is_finite() {
             return Err(SearchStatsError::BadValue { step, value: self.root_value });
+        }
+        if let Some(policy) = self.policy {
+            let sum: u32 = policy.iter().map(|&p| p as u32).sum();
+            let on_illegal = Direction::ALL
+                .iter()
+                .any(|&d| policy[d.index() as usize] > 0 && before.legal_move(d).is_none());
+            if sum.abs_diff(POLICY_UNIT) > POLICY_ROUNDING || on_illegal {
+                return Err(SearchStatsError::BadPolicy { step, policy });
+            }
         }
         Ok(())
     }
@@ -122,6 +145,20 @@ pub enum SearchStatsError {
         step: usize,
         /// The move.
         direction: Direction,
+    },
+    /// An improved policy that is not a distribution over the legal moves.
+    #[error("step {step}: policy {policy:?} does not sum to 65535 over legal moves only")]
+    BadPolicy {
+        /// Index of the step.
+        step: usize,
+        /// The policy.
+        policy: [u16; 4],
+    },
+    /// Some steps carry an improved policy and others do not.
+    #[error("step {step}: an improved policy for some steps but not this one")]
+    MixedPolicy {
+        /// Index of the first step that differs from the first.
+        step: usize,
     },
     /// The root value is not a finite number.
     #[error("step {step}: root value {value} is not finite")]
@@ -206,6 +243,9 @@ impl GameRecord {
         if self.search.len() != self.steps.len() {
             return Err(SearchStatsError::Count { stats: self.search.len(), steps: self.steps.len() });
         }
+        if let Some(step) = self.mixed_policy_step() {
+            return Err(SearchStatsError::MixedPolicy { step });
+        }
         let mut board = self.start;
         for (step, (played, stats)) in self.steps.iter().zip(&self.search).enumerate() {
             stats.check(step, board, played.direction, simulations)?;
@@ -217,6 +257,12 @@ impl GameRecord {
             }
         }
         Ok(())
+    }
+
+    /// The first step whose statistics differ from the first step's in carrying a policy.
+    pub fn mixed_policy_step(&self) -> Option<usize> {
+        let first = self.search.first()?.policy.is_some();
+        self.search.iter().position(|s| s.policy.is_some() != first)
     }
 
     /// The afterstate of step `step` (the board after its move, before its spawn), found by
@@ -356,6 +402,9 @@ impl ReplaySteps<'_> {
 pub const RECORD_FORMAT_VERSION: u8 = 1;
 /// The version byte of a record with search statistics (version 1, then the statistics).
 pub const RECORD_FORMAT_VERSION_SEARCH: u8 = 2;
+/// The version byte of a record whose search statistics carry an improved policy (version 2,
+/// each step's statistics followed by its four policy entries, u16 little-endian).
+pub const RECORD_FORMAT_VERSION_POLICY: u8 = 3;
 
 /// Why bytes are not a game record.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -365,7 +414,7 @@ pub enum DecodeError {
     Empty,
     /// A version this build does not read.
     #[error(
-        "record format version {0} is not supported (this build reads versions {RECORD_FORMAT_VERSION} and {RECORD_FORMAT_VERSION_SEARCH})"
+        "record format version {0} is not supported (this build reads versions {RECORD_FORMAT_VERSION} to {RECORD_FORMAT_VERSION_POLICY})"
     )]
     UnsupportedVersion(u8),
     /// The input ends early.
@@ -407,13 +456,20 @@ impl GameRecord {
     /// one byte per step: bits 0–3 spawn cell, bits 4–5 direction, bit 6 set for a 4, bit 7 zero.
     ///
     /// With search statistics the version byte is 2 and, after the steps, each step adds its four
-    /// visit counts (LEB128) and its root value (f32 little-endian). Statistics must cover every
-    /// step (see [`GameRecord::check_search`]); a mismatch is an [`EncodeError`] on the first step
-    /// without them.
+    /// visit counts (LEB128) and its root value (f32 little-endian); with an improved policy in
+    /// every step's statistics the version byte is 3 and each step's four policy entries (u16
+    /// little-endian) follow its root value. Statistics must cover every step, and carry a
+    /// policy on all steps or none (see [`GameRecord::check_search`]); a mismatch is an
+    /// [`EncodeError`] on the first step that breaks the rule.
     pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
         let with_search = !self.search.is_empty();
-        let mut out = Vec::with_capacity(1 + 8 + 5 + self.steps.len() * if with_search { 9 } else { 1 });
-        out.push(if with_search { RECORD_FORMAT_VERSION_SEARCH } else { RECORD_FORMAT_VERSION });
+        let with_policy = self.search.first().is_some_and(|s| s.policy.is_some());
+        let mut out = Vec::with_capacity(1 + 8 + 5 + self.steps.len() * if with_search { 17 } else { 1 });
+        out.push(match (with_search, with_policy) {
+            (false, _) => RECORD_FORMAT_VERSION,
+            (true, false) => RECORD_FORMAT_VERSION_SEARCH,
+            (true, true) => RECORD_FORMAT_VERSION_POLICY,
+        });
         out.extend_from_slice(&self.start.raw().to_le_bytes());
         write_leb128(&mut out, self.steps.len() as u64);
         for (i, step) in self.steps.iter().enumerate() {
@@ -429,11 +485,20 @@ impl GameRecord {
                     self.steps.get(step).map_or((0, 0), |s| (s.spawn_cell, s.spawn_exponent));
                 return Err(EncodeError { step, cell, exponent });
             }
+            if let Some(step) = self.mixed_policy_step() {
+                let (cell, exponent) = (self.steps[step].spawn_cell, self.steps[step].spawn_exponent);
+                return Err(EncodeError { step, cell, exponent });
+            }
             for stats in &self.search {
                 for visits in stats.visits {
                     write_leb128(&mut out, visits as u64);
                 }
                 out.extend_from_slice(&stats.root_value.to_le_bytes());
+                if with_policy {
+                    for p in stats.policy.unwrap_or_default() {
+                        out.extend_from_slice(&p.to_le_bytes());
+                    }
+                }
             }
         }
         Ok(out)
@@ -443,10 +508,11 @@ impl GameRecord {
     /// only the one encoding `encode` produces, so `decode(b).encode() == b`.
     pub fn decode(bytes: &[u8]) -> Result<GameRecord, DecodeError> {
         let (&version, rest) = bytes.split_first().ok_or(DecodeError::Empty)?;
-        if version != RECORD_FORMAT_VERSION && version != RECORD_FORMAT_VERSION_SEARCH {
+        if !(RECORD_FORMAT_VERSION..=RECORD_FORMAT_VERSION_POLICY).contains(&version) {
             return Err(DecodeError::UnsupportedVersion(version));
         }
-        let with_search = version == RECORD_FORMAT_VERSION_SEARCH;
+        let with_search = version >= RECORD_FORMAT_VERSION_SEARCH;
+        let with_policy = version == RECORD_FORMAT_VERSION_POLICY;
         let (start, mut rest) = rest.split_first_chunk::<8>().ok_or(DecodeError::Truncated("start board"))?;
         let mut count = 0u64;
         for shift in (0..).step_by(7) {
@@ -488,7 +554,15 @@ impl GameRecord {
                 let (value, tail) =
                     trailing.split_first_chunk::<4>().ok_or(DecodeError::Truncated("root value"))?;
                 trailing = tail;
-                search.push(SearchStats { visits, root_value: f32::from_le_bytes(*value) });
+                let policy = if with_policy {
+                    let (entries, tail) =
+                        trailing.split_first_chunk::<8>().ok_or(DecodeError::Truncated("policy"))?;
+                    trailing = tail;
+                    Some(std::array::from_fn(|i| u16::from_le_bytes([entries[2 * i], entries[2 * i + 1]])))
+                } else {
+                    None
+                };
+                search.push(SearchStats { visits, root_value: f32::from_le_bytes(*value), policy });
             }
         }
         if !trailing.is_empty() {

@@ -3,8 +3,8 @@
 use proptest::prelude::*;
 use zero2048_game::{
     Board, DecodeError, Direction, Game, GameRecord, IllegalMove, PlaceError, RECORD_FORMAT_VERSION,
-    RECORD_FORMAT_VERSION_SEARCH, ReplayError, SearchStats, SearchStatsError, SpawnRule, Step, derive_seed,
-    rng_from_seed,
+    RECORD_FORMAT_VERSION_POLICY, RECORD_FORMAT_VERSION_SEARCH, ReplayError, SearchStats, SearchStatsError,
+    SpawnRule, Step, derive_seed, quantize_policy, rng_from_seed,
 };
 
 /// A finished game from `seed`, played by a seeded random player.
@@ -240,7 +240,7 @@ fn searched_game(seed: u64) -> GameRecord {
                 }
             }
             visits[step.direction.index() as usize] += left;
-            SearchStats { visits, root_value: i as f32 * 1.5 }
+            SearchStats { visits, root_value: i as f32 * 1.5, policy: None }
         })
         .collect();
     record
@@ -322,4 +322,60 @@ fn malformed_search_statistics_are_refused() {
     let mut relabelled = GameRecord { search: Vec::new(), ..record.clone() }.encode().unwrap();
     relabelled[0] = RECORD_FORMAT_VERSION_SEARCH;
     assert_eq!(GameRecord::decode(&relabelled), Err(DecodeError::Truncated("search statistics")));
+}
+
+/// `searched_game` with an improved policy on every step: most mass on the move played, the rest
+/// spread over the other legal moves.
+fn game_with_policy(seed: u64) -> GameRecord {
+    let mut record = searched_game(seed);
+    let boards: Vec<Board> = record.replay_steps().map(|s| s.unwrap().before).collect();
+    for ((stats, step), board) in record.search.iter_mut().zip(&record.steps).zip(&boards) {
+        let legal: Vec<Direction> =
+            Direction::ALL.into_iter().filter(|d| board.legal_move(*d).is_some()).collect();
+        let mut probabilities = [0f32; 4];
+        for d in &legal {
+            probabilities[d.index() as usize] = 0.3 / legal.len() as f32;
+        }
+        probabilities[step.direction.index() as usize] += 0.7;
+        stats.policy = Some(quantize_policy(probabilities));
+    }
+    record
+}
+
+#[test]
+fn an_improved_policy_round_trips_as_version_3_and_is_checked() {
+    let record = game_with_policy(13);
+    assert_eq!(record.check_search(100), Ok(()));
+    let bytes = record.encode().unwrap();
+    assert_eq!(bytes[0], RECORD_FORMAT_VERSION_POLICY);
+    assert_eq!(bytes.len(), searched_game(13).encode().unwrap().len() + 8 * record.steps.len());
+    assert_eq!(GameRecord::decode(&bytes).unwrap(), record);
+    assert_eq!(GameRecord::decode(&bytes).unwrap().encode().unwrap(), bytes);
+    let json = serde_json::to_string(&record).unwrap();
+    assert_eq!(serde_json::from_str::<GameRecord>(&json).unwrap(), record);
+    assert!(GameRecord::decode(&bytes[..bytes.len() - 1]).is_err());
+
+    // Mass on an illegal move, or not summing to one.
+    let boards: Vec<Board> = record.replay_steps().map(|s| s.unwrap().before).collect();
+    let (step, illegal) = boards
+        .iter()
+        .enumerate()
+        .find_map(|(i, b)| Direction::ALL.into_iter().find(|d| b.legal_move(*d).is_none()).map(|d| (i, d)))
+        .expect("some board has an illegal move");
+    let mut forged = record.clone();
+    let mut policy = forged.search[step].policy.unwrap();
+    let played = forged.steps[step].direction.index() as usize;
+    policy[played] -= 100;
+    policy[illegal.index() as usize] += 100;
+    forged.search[step].policy = Some(policy);
+    assert!(matches!(forged.check_search(100), Err(SearchStatsError::BadPolicy { .. })));
+    let mut short = record.clone();
+    short.search[2].policy = Some([1000, 0, 0, 0]);
+    assert!(matches!(short.check_search(100), Err(SearchStatsError::BadPolicy { step: 2, .. })));
+
+    // All steps or none.
+    let mut mixed = record.clone();
+    mixed.search[4].policy = None;
+    assert_eq!(mixed.check_search(100), Err(SearchStatsError::MixedPolicy { step: 4 }));
+    assert!(mixed.encode().is_err(), "a policy on some steps only must not encode");
 }

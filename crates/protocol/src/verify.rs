@@ -79,6 +79,9 @@ pub enum SearchRequirement {
     Mcts {
         /// Visits per move sum to this.
         simulations: u32,
+        /// Every move also carries the search's improved policy (a Gumbel root); none may when
+        /// this is false (a PUCT root, whose target is the visits).
+        improved_policy: bool,
     },
 }
 
@@ -161,7 +164,7 @@ fn check_statistics_present(
                 "this run trains on tree-search statistics and the game has none".into(),
             ))
         }
-        SearchRequirement::Mcts { simulations } => {
+        SearchRequirement::Mcts { simulations, improved_policy } => {
             if record.search.len() != record.steps.len() {
                 return Err(RejectReason::SearchStats(format!(
                     "search statistics for {} of {} steps",
@@ -169,7 +172,21 @@ fn check_statistics_present(
                     record.steps.len()
                 )));
             }
-            Ok(Some(simulations))
+            if let Some(step) = record.mixed_policy_step() {
+                return Err(RejectReason::SearchStats(format!(
+                    "step {step}: an improved policy for some steps but not this one"
+                )));
+            }
+            match (improved_policy, record.search.first().is_some_and(|s| s.policy.is_some())) {
+                (true, false) if !record.steps.is_empty() => Err(RejectReason::SearchStats(
+                    "this run's Gumbel root search records an improved policy at every move and the game has none"
+                        .into(),
+                )),
+                (false, true) => Err(RejectReason::SearchStats(
+                    "this run's PUCT search learns from visits and takes no improved policy".into(),
+                )),
+                _ => Ok(Some(simulations)),
+            }
         }
     }
 }

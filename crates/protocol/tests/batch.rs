@@ -117,14 +117,19 @@ fn verification_refuses_every_bad_game_with_its_reason() {
         Err(RejectReason::Illegal(_))
     ));
     // Statistics where the run takes none, and none where it needs them.
-    let mcts = UploadRules { accepted_revisions: &[4], search: SearchRequirement::Mcts { simulations: 8 } };
+    let mcts = UploadRules {
+        accepted_revisions: &[4],
+        search: SearchRequirement::Mcts { simulations: 8, improved_policy: false },
+    };
     assert!(matches!(
         verify_game(&entry(record.clone(), 4, None), &mcts, None),
         Err(RejectReason::SearchStats(_))
     ));
     let mut stats = record.clone();
-    stats.search =
-        vec![zero2048_game::SearchStats { visits: [8, 0, 0, 0], root_value: 1.0 }; stats.steps.len()];
+    stats.search = vec![
+        zero2048_game::SearchStats { visits: [8, 0, 0, 0], root_value: 1.0, policy: None };
+        stats.steps.len()
+    ];
     assert!(matches!(
         verify_game(&entry(stats, 4, None), &rules(&[4]), None),
         Err(RejectReason::SearchStats(_))
@@ -207,4 +212,52 @@ proptest! {
             }
         }
     }
+}
+
+/// A whole game played by MCTS with `root`, its statistics recorded at every move.
+fn searched_game(root: zero2048_search::RootRule, simulations: u32, seed: u64) -> zero2048_game::GameRecord {
+    use zero2048_search::{MctsConfig, Tree, UniformPolicy};
+    let config = MctsConfig { simulations, root, ..MctsConfig::default() };
+    let mut game = zero2048_game::Game::new(seed, SpawnRule::STANDARD);
+    let mut search = Vec::new();
+    while !game.is_over() {
+        let mut tree = Tree::new(game.board(), config, SpawnRule::STANDARD, seed ^ search.len() as u64);
+        tree.run(&UniformPolicy { value: 100.0 });
+        let direction = tree.choose(true).unwrap();
+        search.push(tree.stats());
+        game.play(direction).unwrap();
+    }
+    zero2048_game::GameRecord { search, ..game.into_record() }
+}
+
+#[test]
+fn a_gumbel_run_takes_games_with_an_improved_policy_and_a_puct_run_games_without() {
+    use zero2048_search::RootRule;
+    let rules = |improved_policy| UploadRules {
+        accepted_revisions: &[4],
+        search: SearchRequirement::Mcts { simulations: 4, improved_policy },
+    };
+    let gumbel = searched_game(RootRule::Gumbel, 4, 21);
+    let puct = searched_game(RootRule::Puct, 4, 22);
+    assert!(gumbel.search.iter().all(|s| s.policy.is_some()));
+    // The record survives its binary form (version 3) and is accepted by a Gumbel run only.
+    let decoded = zero2048_game::GameRecord::decode(&gumbel.encode().unwrap()).unwrap();
+    assert_eq!(decoded, gumbel);
+    assert!(verify_game(&entry(decoded.clone(), 4, None), &rules(true), None).is_ok());
+    assert!(verify_game(&entry(puct.clone(), 4, None), &rules(false), None).is_ok());
+    for (record, improved) in [(decoded.clone(), false), (puct, true)] {
+        let refused = verify_game(&entry(record, 4, None), &rules(improved), None);
+        assert!(matches!(refused, Err(RejectReason::SearchStats(_))), "{refused:?}");
+    }
+    // A policy on some moves only, or one that is not a distribution over legal moves.
+    let mut mixed = decoded.clone();
+    mixed.search[3].policy = None;
+    assert!(matches!(
+        verify_game(&entry(mixed, 4, None), &rules(true), None),
+        Err(RejectReason::SearchStats(_))
+    ));
+    let mut inflated = decoded;
+    inflated.search[0].policy = Some([65535, 65535, 0, 0]);
+    let refused = verify_game(&entry(inflated, 4, None), &rules(true), None);
+    assert!(matches!(&refused, Err(RejectReason::SearchStats(m)) if m.contains("policy")), "{refused:?}");
 }

@@ -46,5 +46,8 @@ pub use arena::{GameResult, MILESTONE_TILES, Series, Strength, TileRate, play_ga
 pub use evaluator::Evaluator;
 pub use expectimax::{Decision, Expectimax, ExpectimaxConfig};
 pub use heuristic::{Heuristic, HeuristicWeights};
-pub use mcts::{ChanceMode, MctsConfig, PolicyValue, Prediction, Selected, Tree, UniformPolicy};
+pub use mcts::{
+    ChanceMode, MctsConfig, PolicyValue, Prediction, RootRule, Selected, Tree, UniformPolicy,
+    halving_schedule,
+};
 pub use player::{ExpectimaxPlayer, GreedyPlayer, MctsPlayer, Player, RandomPlayer};

@@ -48,6 +48,21 @@ pub enum ChanceMode {
     Sampled,
 }
 
+/// How the root picks the moves its simulations try, and what the search teaches the policy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RootRule {
+    /// PUCT with Dirichlet noise, as below the root; the policy target is the visit distribution.
+    #[default]
+    Puct,
+    /// Gumbel root search (Danihelka et al., ICLR 2022): moves sampled without replacement by
+    /// Gumbel-top-k, simulations shared out by sequential halving, the move played is the best of
+    /// the last survivors, and the policy target is the improved policy softmax(logits + σ(Q̂))
+    /// over completed Q-values. It improves the policy with as few as 2–3 simulations, where
+    /// visit counts say next to nothing. Below the root, PUCT as usual.
+    Gumbel,
+}
+
 /// Search parameters; the server sends them to workers in the latest record.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -75,6 +90,16 @@ pub struct MctsConfig {
     /// difference is a few merges, so trusting it fully can make the search play worse than
     /// ignoring it (measured: BENCHMARKS.md).
     pub value_weight: f32,
+    /// How the root chooses: PUCT or Gumbel.
+    pub root: RootRule,
+    /// Gumbel root: scale of the Gumbel noise (1 in self-play; 0 plays the best move by the
+    /// network and the search, as evaluation does).
+    pub gumbel_scale: f32,
+    /// Gumbel root: σ(Q̂) = (c_visit + max visits) · c_scale · Q̂, with Q̂ the normalised
+    /// completed Q-value; c_visit...
+    pub c_visit: f32,
+    /// ...and c_scale.
+    pub c_scale: f32,
 }
 
 impl Default for MctsConfig {
@@ -89,6 +114,10 @@ impl Default for MctsConfig {
             temperature: 1.0,
             temperature_moves: 30,
             value_weight: 1.0,
+            root: RootRule::Puct,
+            gumbel_scale: 1.0,
+            c_visit: 50.0,
+            c_scale: 0.1,
         }
     }
 }
@@ -96,7 +125,7 @@ impl Default for MctsConfig {
 impl MctsConfig {
     /// The same search without exploration noise or temperature: how strength is measured.
     pub fn for_evaluation(self) -> MctsConfig {
-        MctsConfig { noise_fraction: 0.0, temperature_moves: 0, ..self }
+        MctsConfig { noise_fraction: 0.0, temperature_moves: 0, gumbel_scale: 0.0, ..self }
     }
 
     /// Whether the values are usable.
@@ -111,10 +140,14 @@ impl MctsConfig {
             self.noise_fraction,
             self.temperature,
             self.value_weight,
+            self.gumbel_scale,
+            self.c_visit,
+            self.c_scale,
         ];
         if finite.iter().any(|v| !v.is_finite() || *v < 0.0) {
             return Err(
-                "c_puct, discount, dirichlet_alpha, noise_fraction and temperature must be finite and ≥ 0"
+                "c_puct, discount, dirichlet_alpha, noise_fraction, temperature, gumbel_scale, c_visit and \
+                 c_scale must be finite and ≥ 0"
                     .into(),
             );
         }
@@ -183,6 +216,12 @@ pub struct Tree {
     min_q: f32,
     max_q: f32,
     noise_applied: bool,
+    /// Gumbel root: the noise drawn for each root move (zero on illegal moves).
+    gumbel: [f32; 4],
+    /// Gumbel root: the network's value of the root board (the completed Q-values' anchor).
+    root_estimate: f32,
+    /// Gumbel root: the visit count a move must have to get simulation k (sequential halving).
+    halving: Vec<u32>,
     config: MctsConfig,
     /// The probability of a 4 at chance nodes: the run's spawn rule.
     four_probability: f32,
@@ -200,6 +239,9 @@ impl Tree {
             min_q: f32::INFINITY,
             max_q: f32::NEG_INFINITY,
             noise_applied: false,
+            gumbel: [0.0; 4],
+            root_estimate: 0.0,
+            halving: Vec::new(),
             config,
             four_probability: rule.four_probability() as f32,
             rng: GameRng::seed_from_u64(seed),
@@ -217,6 +259,9 @@ impl Tree {
         self.min_q = f32::INFINITY;
         self.max_q = f32::NEG_INFINITY;
         self.noise_applied = false;
+        self.gumbel = [0.0; 4];
+        self.root_estimate = 0.0;
+        self.halving.clear();
         self.decisions.push(DecisionNode::new(board));
     }
 
@@ -286,7 +331,11 @@ impl Tree {
                 self.backup(node, 0.0);
                 return Selected::Terminal;
             }
-            let action = self.pick_move(node);
+            let action = if node == 0 && self.config.root == RootRule::Gumbel {
+                self.gumbel_root_move()
+            } else {
+                self.pick_move(node)
+            };
             let chance = self.chance_after(node, action);
             let outcome = self.pick_outcome(chance);
             self.path.push((node, action, outcome));
@@ -308,13 +357,100 @@ impl Tree {
         decision.legal = legal;
         decision.prior = masked(prediction.policy, legal);
         decision.expanded = true;
-        if node == 0 && self.config.noise_fraction > 0.0 && !self.noise_applied {
+        let value = if legal == 0 { 0.0 } else { prediction.value * self.config.value_weight };
+        if node == 0 && self.config.root == RootRule::Gumbel {
+            self.root_estimate = value;
+            self.start_gumbel_root(legal);
+        } else if node == 0 && self.config.noise_fraction > 0.0 && !self.noise_applied {
             self.noise_applied = true;
             self.add_root_noise();
         }
-        let value = if legal == 0 { 0.0 } else { prediction.value * self.config.value_weight };
         // The root's own expansion is not a simulation: nothing is above it.
         self.backup(node, value);
+    }
+
+    /// Draws the root's Gumbel noise and lays out sequential halving over its legal moves.
+    fn start_gumbel_root(&mut self, legal: u8) {
+        for i in 0..4 {
+            self.gumbel[i] = if legal & (1 << i) != 0 && self.config.gumbel_scale > 0.0 {
+                // Gumbel(0, 1) = -ln(-ln U), U uniform in (0, 1).
+                let u: f64 = self.rng.random::<f64>().clamp(1e-12, 1.0 - 1e-12);
+                (-(-u.ln()).ln()) as f32 * self.config.gumbel_scale
+            } else {
+                0.0
+            };
+        }
+        self.halving = halving_schedule(legal.count_ones(), self.config.simulations);
+    }
+
+    /// The prior's log-probabilities on legal moves.
+    fn root_logits(&self) -> [f32; 4] {
+        let prior = self.decisions[0].prior;
+        std::array::from_fn(|i| prior[i].max(1e-12).ln())
+    }
+
+    /// Completed Q-values at the root, normalised: a visited move's Q, an unvisited one the mix
+    /// of the network's value with the prior-weighted Q of the visited moves (so an unvisited
+    /// move counts as the board's value, as far as the search knows it).
+    fn completed_q(&self) -> [f32; 4] {
+        let root = &self.decisions[0];
+        let visits = self.visits();
+        let total: u32 = visits.iter().sum();
+        let (mut weighted, mut mass) = (0f64, 0f64);
+        for (i, &v) in visits.iter().enumerate() {
+            if let (true, Some(q)) = (v > 0, self.q(0, i)) {
+                weighted += root.prior[i] as f64 * q as f64;
+                mass += root.prior[i] as f64;
+            }
+        }
+        let mixed = if total == 0 || mass <= 0.0 {
+            self.root_estimate
+        } else {
+            ((self.root_estimate as f64 + total as f64 * weighted / mass) / (1.0 + total as f64)) as f32
+        };
+        std::array::from_fn(|i| {
+            self.normalise(if visits[i] > 0 { self.q(0, i).unwrap_or(mixed) } else { mixed })
+        })
+    }
+
+    /// logits + σ(Q̂) per root move (−∞ on illegal moves), without the Gumbel noise.
+    fn improved_logits(&self) -> [f32; 4] {
+        let legal = self.decisions[0].legal;
+        let logits = self.root_logits();
+        let q = self.completed_q();
+        let most = *self.visits().iter().max().unwrap_or(&0) as f32;
+        let sigma = (self.config.c_visit + most) * self.config.c_scale;
+        std::array::from_fn(
+            |i| if legal & (1 << i) != 0 { logits[i] + sigma * q[i] } else { f32::NEG_INFINITY },
+        )
+    }
+
+    /// The improved policy softmax(logits + σ(Q̂)) over the legal moves.
+    pub fn improved_policy(&self) -> [f32; 4] {
+        let scores = self.improved_logits();
+        let top = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        if !top.is_finite() {
+            return [0.0; 4];
+        }
+        let weights = scores.map(|s| if s.is_finite() { (s - top).exp() } else { 0.0 });
+        let total: f32 = weights.iter().sum();
+        weights.map(|w| w / total)
+    }
+
+    /// The Gumbel root's move for the next simulation: among the moves with the visit count
+    /// sequential halving calls for now, the best by Gumbel + logits + σ(Q̂).
+    fn gumbel_root_move(&self) -> u8 {
+        let legal = self.decisions[0].legal;
+        let visits = self.visits();
+        let k = visits.iter().sum::<u32>() as usize;
+        let wanted = self.halving.get(k).copied();
+        let scores = self.improved_logits();
+        let best = |filter: &dyn Fn(usize) -> bool| {
+            (0..4)
+                .filter(|&i| legal & (1 << i) != 0 && filter(i))
+                .max_by(|&a, &b| (self.gumbel[a] + scores[a]).total_cmp(&(self.gumbel[b] + scores[b])))
+        };
+        best(&|i| Some(visits[i]) == wanted).or_else(|| best(&|_| true)).unwrap_or(0) as u8
     }
 
     fn add_root_noise(&mut self) {
@@ -515,6 +651,18 @@ impl Tree {
                 })
                 .and_then(Direction::from_index);
         }
+        if self.config.root == RootRule::Gumbel {
+            // The best survivor of sequential halving: the most visited, then Gumbel + logits + σ(Q̂).
+            let most = *visits.iter().max().unwrap_or(&0);
+            let scores = self.improved_logits();
+            return (0..4u8)
+                .filter(|&i| visits[i as usize] == most && legal & (1 << i) != 0)
+                .max_by(|&a, &b| {
+                    (self.gumbel[a as usize] + scores[a as usize])
+                        .total_cmp(&(self.gumbel[b as usize] + scores[b as usize]))
+                })
+                .and_then(Direction::from_index);
+        }
         let temperature = self.config.temperature;
         if explore && temperature > 0.0 {
             let weights: [f64; 4] =
@@ -545,7 +693,9 @@ impl Tree {
 
     /// What the search saw, for the game record.
     pub fn stats(&self) -> SearchStats {
-        SearchStats { visits: self.visits(), root_value: self.root_value() }
+        let policy = (self.config.root == RootRule::Gumbel && self.decisions[0].legal != 0)
+            .then(|| zero2048_game::quantize_policy(self.improved_policy()));
+        SearchStats { visits: self.visits(), root_value: self.root_value(), policy }
     }
 
     /// Searches from the root with `evaluator`, one leaf at a time (batch 1), until done.
@@ -577,6 +727,33 @@ impl DecisionNode {
             expanded: false,
         }
     }
+}
+
+/// Sequential halving's schedule: for each simulation in order, the visit count the root move it
+/// goes to must have. Every one of `moves` considered moves gets an equal share of a phase's
+/// simulations, then the better half carries on (never fewer than two), over ⌈log2 moves⌉
+/// phases; the moves compared at each step are those with the same number of visits.
+pub fn halving_schedule(moves: u32, simulations: u32) -> Vec<u32> {
+    let n = simulations as usize;
+    if moves <= 1 {
+        return (0..simulations).collect();
+    }
+    let phases = (moves as f64).log2().ceil() as usize;
+    let mut schedule = Vec::with_capacity(n);
+    let mut counts = vec![0u32; moves as usize];
+    let mut considered = moves as usize;
+    while schedule.len() < n {
+        let rounds = (n / (phases * considered)).max(1);
+        for _ in 0..rounds {
+            for count in counts.iter_mut().take(considered) {
+                schedule.push(*count);
+                *count += 1;
+            }
+        }
+        considered = (considered / 2).max(2);
+    }
+    schedule.truncate(n);
+    schedule
 }
 
 /// `policy` with illegal moves zeroed and the rest renormalised (uniform if nothing is left).

@@ -1,7 +1,9 @@
 //! Monte Carlo tree search: it finds the move that matters and never visits an illegal move.
 
 use zero2048_game::{Board, Direction, Game, SpawnRule, derive_seed};
-use zero2048_search::{ChanceMode, MctsConfig, PolicyValue, Prediction, Tree};
+use zero2048_search::{
+    ChanceMode, MctsConfig, PolicyValue, Prediction, RootRule, Tree, UniformPolicy, halving_schedule,
+};
 
 /// Live boards are worth a lot, lost ones nothing; the prior points at `favourite`.
 struct Survival {
@@ -107,4 +109,77 @@ fn the_mcts_player_finishes_games_reproducibly() {
     assert!(summary.game_over && summary.score == score);
     assert!(nodes >= summary.moves as u64, "{nodes} evaluations for {} moves", summary.moves);
     assert_eq!(play(5).0, record);
+}
+
+fn gumbel(simulations: u32) -> MctsConfig {
+    MctsConfig { simulations, root: RootRule::Gumbel, ..MctsConfig::default() }
+}
+
+#[test]
+fn sequential_halving_shares_simulations_then_keeps_the_better_half() {
+    // Four moves, 16 simulations: two phases; 2 rounds of all four, then the best two share the rest.
+    assert_eq!(halving_schedule(4, 16), [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]);
+    // Fewer simulations than moves: each simulation tries a move not tried yet.
+    assert_eq!(halving_schedule(4, 3), [0, 0, 0]);
+    assert_eq!(halving_schedule(2, 5), [0, 0, 1, 1, 2]);
+    assert_eq!(halving_schedule(1, 3), [0, 1, 2]);
+    for moves in 1..=4 {
+        for simulations in 1..=64 {
+            assert_eq!(halving_schedule(moves, simulations).len(), simulations as usize);
+        }
+    }
+}
+
+#[test]
+fn the_gumbel_root_finds_the_surviving_move_with_few_simulations_and_teaches_it() {
+    let (board, survivor) = position_with_one_surviving_move();
+    let losing =
+        Direction::ALL.into_iter().find(|d| *d != survivor && board.legal_move(*d).is_some()).unwrap();
+    let legal = Direction::ALL.into_iter().filter(|d| board.legal_move(*d).is_some()).count() as u32;
+    // One simulation per legal move is enough to see every move's consequence once.
+    for (simulations, seed) in [(legal, 1), (8, 2), (16, 3)] {
+        for config in [gumbel(simulations), gumbel(simulations).for_evaluation()] {
+            let mut tree = Tree::new(board, config, SpawnRule::STANDARD, seed);
+            tree.run(&Survival { favourite: Some(losing) });
+            assert_eq!(tree.simulations(), simulations);
+            // In self-play the Gumbel draw may still pick another move now and then (that is its
+            // exploration); without it the search plays the survivor.
+            if config.gumbel_scale == 0.0 {
+                let chosen = tree.choose(true);
+                assert_eq!(chosen, Some(survivor), "{simulations} simulations: visits {:?}", tree.visits());
+            }
+            let stats = tree.stats();
+            let policy = stats.policy.expect("a Gumbel root records its improved policy");
+            let sum: u32 = policy.iter().map(|&p| p as u32).sum();
+            assert!(sum.abs_diff(65535) <= 4, "{policy:?}");
+            let best = (0..4).max_by_key(|&i| policy[i]).unwrap();
+            assert_eq!(best, survivor.index() as usize, "the target moves towards the survivor: {policy:?}");
+            for d in Direction::ALL {
+                if board.legal_move(d).is_none() {
+                    assert_eq!((tree.visits()[d.index() as usize], policy[d.index() as usize]), (0, 0));
+                }
+            }
+        }
+    }
+    // PUCT records no policy: its target is the visits.
+    let mut tree =
+        Tree::new(board, MctsConfig { simulations: 8, ..MctsConfig::default() }, SpawnRule::STANDARD, 1);
+    tree.run(&Survival { favourite: Some(losing) });
+    assert_eq!(tree.stats().policy, None);
+}
+
+#[test]
+fn gumbel_noise_explores_in_self_play_and_not_in_evaluation() {
+    // With a uniform prior and equal values, the Gumbel draw decides the first moves tried.
+    let board: Board = "2 4 8 16 | 0 0 0 0 | 0 0 0 0 | 0 0 0 2".parse().unwrap();
+    let first_move = |config: MctsConfig, seed: u64| {
+        let mut tree = Tree::new(board, config, SpawnRule::STANDARD, seed);
+        tree.run(&UniformPolicy { value: 0.0 });
+        tree.choose(true)
+    };
+    let explored: std::collections::HashSet<_> = (0..40).map(|seed| first_move(gumbel(1), seed)).collect();
+    assert!(explored.len() >= 3, "{explored:?}");
+    let evaluated: std::collections::HashSet<_> =
+        (0..40).map(|seed| first_move(gumbel(1).for_evaluation(), seed)).collect();
+    assert_eq!(evaluated.len(), 1, "{evaluated:?}");
 }

@@ -113,6 +113,8 @@ pub struct LiveState {
     accepted: Mutex<Vec<u64>>,
     /// Simulations every uploaded move's statistics must sum to; 0 when games carry none.
     pub(crate) search_simulations: AtomicU32,
+    /// Whether the run's search records an improved policy (a Gumbel root).
+    pub(crate) search_improved_policy: std::sync::atomic::AtomicBool,
     /// Woken when games are queued for the learner, or a revision is due, so the loop never polls.
     queued: Condvar,
     queued_lock: Mutex<()>,
@@ -148,7 +150,10 @@ impl LiveState {
     pub fn search_requirement(&self) -> SearchRequirement {
         match self.search_simulations.load(Ordering::Relaxed) {
             0 => SearchRequirement::Absent,
-            simulations => SearchRequirement::Mcts { simulations },
+            simulations => SearchRequirement::Mcts {
+                simulations,
+                improved_policy: self.search_improved_policy.load(Ordering::Relaxed),
+            },
         }
     }
 

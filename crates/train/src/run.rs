@@ -283,6 +283,8 @@ impl TrainingRun {
         let live = Arc::new(LiveState::default());
         if config.model == ModelKind::PolicyValue {
             live.search_simulations.store(config.mcts.simulations, Ordering::Relaxed);
+            live.search_improved_policy
+                .store(config.mcts.root == zero2048_search::RootRule::Gumbel, Ordering::Relaxed);
         }
         live.revision.store(counters.revision, Ordering::Relaxed);
         live.learned_through.store(counters.learned_through, Ordering::Relaxed);

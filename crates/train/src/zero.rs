@@ -211,7 +211,12 @@ impl ZeroLearner {
             if total == 0 {
                 return Err(ZeroError::NoVisits(t));
             }
-            let policy = stats.visits.map(|v| v as f32 / total as f32);
+            // A Gumbel root's improved policy is the target when the search recorded one; visit
+            // counts of a few simulations say little about which move is better.
+            let policy = match stats.policy {
+                Some(improved) => improved.map(|p| p as f32 / zero2048_game::POLICY_UNIT as f32),
+                None => stats.visits.map(|v| v as f32 / total as f32),
+            };
             let mut value = 0.0f32;
             let mut discount = 1.0f32;
             let end = (t + n).min(steps.len());

@@ -29,6 +29,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.suite == BenchSuite::Zero {
         return run_zero(&args);
     }
+    if args.suite == BenchSuite::Downloads {
+        return run_downloads(&args);
+    }
     let effort = if args.quick { Effort::Quick } else { Effort::Full };
     if !args.json {
         eprintln!(
@@ -163,6 +166,51 @@ fn run_storage(args: &BenchArgs) -> Result<()> {
         report.peak_rss_bytes as f64 / (1 << 20) as f64
     );
     println!("{:<56} {:>9.3} s", "fallback decision, bucket port closed", report.fallback_decision_seconds);
+    Ok(())
+}
+
+fn run_downloads(args: &BenchArgs) -> Result<()> {
+    let config = storage::load_config(&args.storage)?;
+    let report = storage::runtime()?
+        .block_on(zero2048_bench::downloads::run(&config.storage.weights_dir, &args.work_dir))
+        .map_err(anyhow::Error::msg);
+    let _ = std::fs::remove_dir_all(&args.work_dir);
+    let report = report?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
+    println!(
+        "{:>8} {:>10} {:>17} {:>17} {:>14} {:>22} {:>22} {:>22}",
+        "revision",
+        "whole MiB",
+        "compressed MiB",
+        "delta MiB",
+        "delta again",
+        "delta: wall / CPU s",
+        "whole: wall / CPU s",
+        "patches: wall / CPU s"
+    );
+    for r in &report.revisions {
+        println!(
+            "{:>8} {:>10.1} {:>9.1} ({:>4.1}%) {:>9.1} ({:>4.1}%) {:>10.1} MiB {:>10.2} / {:>9.2} {:>10.2} / {:>9.2} {:>10.2} / {:>9.2}",
+            format!("{}←{}", r.revision, r.base_revision),
+            mib(r.whole_bytes),
+            mib(r.compressed_bytes),
+            100.0 * r.compressed_ratio(),
+            mib(r.delta_bytes),
+            100.0 * r.delta_ratio(),
+            mib(r.delta_bytes_rewritten),
+            r.delta_seconds,
+            r.delta_cpu_seconds,
+            r.whole_seconds,
+            r.whole_cpu_seconds,
+            r.write_patches_seconds,
+            r.write_patches_cpu_seconds,
+        );
+    }
+    println!("a following worker downloads {:.1}% of the whole files' bytes", 100.0 * report.delta_ratio);
     Ok(())
 }
 

@@ -47,6 +47,9 @@ pub fn options(storage_args: &StorageArgs, listen: &ListenArgs, learn: &LearnArg
     if let Some(simulations) = learn.simulations {
         train.mcts.simulations = simulations;
     }
+    if let Some(root) = learn.root {
+        train.mcts.root = root.rule();
+    }
     if let Some(device) = learn.device {
         train.zero.device = match device {
             DeviceArg::Cpu => zero2048_model::policy_value::TrainDevice::Cpu,

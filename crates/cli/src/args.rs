@@ -148,10 +148,10 @@ pub struct LearnArgs {
     /// Self-play search depth, sent to every worker [train.selfplay_depth; default: 1].
     #[arg(long, value_name = "PLIES", help_heading = "N-tuple learning")]
     pub selfplay_depth: Option<u32>,
-    /// MCTS simulations per move, sent to every worker [train.mcts.simulations; default: 100].
+    /// MCTS simulations per move, sent to every worker [train.mcts.simulations; default: 8].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100000), help_heading = "Policy-value learning")]
     pub simulations: Option<u32>,
-    /// How the MCTS root chooses, sent to every worker [train.mcts.root; default: puct].
+    /// How the MCTS root chooses, sent to every worker [train.mcts.root; default: gumbel].
     #[arg(long, value_enum, help_heading = "Policy-value learning")]
     pub root: Option<RootArg>,
     /// Where policy-value training runs: cpu, or cuda in a build with `--features cuda`

@@ -229,3 +229,31 @@ fn a_run_keeps_its_model_kind_and_cuda_needs_a_cuda_build() {
         assert!(stderr.contains("--features cuda"), "{stderr}");
     }
 }
+
+/// A policy-value learner can fall minutes behind its self-play (few simulations, much reuse of
+/// each position): a time limit still ends the run on time, publishing what was learned, and the
+/// stored games it had not learned wait for the next start instead of holding this one up.
+#[test]
+fn a_time_limit_does_not_wait_for_a_learner_that_is_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("slow.yaml"), "train:\n  zero:\n    sample_reuse: 100.0\n").unwrap();
+    let run = |time: &str| {
+        let started = std::time::Instant::now();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_zero2048"))
+            .current_dir(dir.path())
+            .args(["train", "--config", "slow.yaml", "--port", "0", "--threads", "1", "--eval-games", "0"])
+            .args(["--model", "policy-value", "--filters", "8", "--blocks", "1", "--root", "gumbel"])
+            .args(["--simulations", "2", "--parallel-games", "32", "--time", time])
+            .output()
+            .unwrap();
+        (out, started.elapsed())
+    };
+    let (out, took) = run("8s");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("not learned yet: the next start learns them first"), "{stderr}");
+    // 8 s of play, then publishing; learning the backlog at 100 reuses would take minutes.
+    assert!(took < Duration::from_secs(45), "{took:?}\n{stderr}");
+    let (again, _) = run("3s");
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+}

@@ -8,7 +8,7 @@ use zero2048_protocol::{
     ModelKind, ModelSpec, PlaySpec, RestartSpec, RunSpec, SearchSpec, check_depth, check_four_probability,
     check_parallel_games,
 };
-use zero2048_search::MctsConfig;
+use zero2048_search::{MctsConfig, RootRule};
 
 use crate::evaluation::EvalConfig;
 use crate::learner::TdConfig;
@@ -77,7 +77,9 @@ impl Default for TrainConfig {
             model: ModelKind::Ntuple,
             network: NTupleConfig::standard_4x6(),
             policy_value: PolicyValueConfig::default(),
-            mcts: MctsConfig::default(),
+            // Measured best for a policy-value run on two CPU cores (BENCHMARKS.md, issue 14): a
+            // Gumbel root with 8 simulations learns far more in the same time than PUCT with 100.
+            mcts: MctsConfig { simulations: 8, root: RootRule::Gumbel, ..MctsConfig::default() },
             zero: ZeroConfig::default(),
             mcts_parallel_games: 64,
             mcts_evaluation_games: 32,

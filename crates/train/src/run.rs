@@ -444,12 +444,18 @@ impl TrainingRun {
         })
     }
 
-    /// Learns the games queued after `cursor` (up to 256); returns how many it learned.
+    /// Learns the games queued after `cursor` (up to 256 n-tuple games, or one policy-value game,
+    /// whose optimiser steps can take seconds: the loop around it must see a stop or a due
+    /// revision in time); returns how many it learned.
     fn learn_queued(&mut self, cursor: &mut u64) -> Result<usize, TrainError> {
         if self.live.queued_through.load(Ordering::Relaxed) <= *cursor {
             return Ok(0);
         }
-        let games = self.db.games_after(*cursor, 256)?;
+        let limit = match self.learner.kind() {
+            ModelKind::Ntuple => 256,
+            ModelKind::PolicyValue => 1,
+        };
+        let games = self.db.games_after(*cursor, limit)?;
         let mut decoded = Vec::with_capacity(games.len());
         for game in &games {
             match GameRecord::decode(&game.record) {
@@ -561,6 +567,10 @@ struct Session {
     evaluating: Option<Evaluating>,
     last_report: Instant,
     stopping: bool,
+    /// Whether stopping waits until every stored game is learned. A policy-value run stopped by
+    /// its time or by Ctrl-C does not: its learner may be minutes behind self-play, and the games
+    /// it has not learned stay stored, first in line at the next start.
+    learn_backlog: bool,
 }
 
 impl Session {
@@ -603,6 +613,7 @@ impl Session {
             evaluating: None,
             last_report: Instant::now() - Duration::from_secs(1),
             stopping: false,
+            learn_backlog: true,
         })
     }
 
@@ -624,6 +635,7 @@ impl Session {
             return;
         }
         self.stopping = true;
+        self.learn_backlog = !((out_of_time || asked) && run.learner.kind() == ModelKind::PolicyValue);
         if let Some(local) = &self.local {
             if out_of_time || asked {
                 local.control.abort.store(true, Ordering::Relaxed);
@@ -704,7 +716,9 @@ impl Session {
     fn drained(&self, run: &TrainingRun) -> Result<bool, TrainError> {
         Ok(match &self.local {
             None => true,
-            Some(local) => local.finished() && run.db.games_after(self.cursor, 1)?.is_empty(),
+            Some(local) => {
+                local.finished() && (!self.learn_backlog || run.db.games_after(self.cursor, 1)?.is_empty())
+            }
         })
     }
 
@@ -746,7 +760,16 @@ impl Session {
         if let Some(local) = self.local.take() {
             let dropped = Arc::clone(&local.dropped);
             local.join()?;
-            while run.learn_queued(&mut self.cursor)? > 0 {}
+            if self.learn_backlog {
+                while run.learn_queued(&mut self.cursor)? > 0 {}
+            } else {
+                let waiting = run.db.games_after(self.cursor, usize::MAX >> 1)?.len();
+                if waiting > 0 {
+                    tracing::info!(
+                        "{waiting} finished games are stored but not learned yet: the next start learns them first"
+                    );
+                }
+            }
             Session::say_dropped(run, dropped.counts());
         }
         if let Some(evaluating) = &self.evaluating {

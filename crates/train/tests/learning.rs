@@ -153,10 +153,13 @@ fn a_resumed_run_continues_its_revisions_and_counters() {
 fn a_corrupted_latest_weights_file_is_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let mut run = open(dir.path(), &runtime).unwrap();
-    run.run(Budget { games: Some(160), time: None }, &AtomicBool::new(false), ONE_THREAD, &mut Quiet)
-        .unwrap();
-    drop(run);
+    // Two sessions, so at least two revisions whatever the machine's speed (each session publishes
+    // what it learned when it ends; revisions within a session depend on the loop's timing).
+    for _ in 0..2 {
+        let mut run = open(dir.path(), &runtime).unwrap();
+        run.run(Budget { games: Some(80), time: None }, &AtomicBool::new(false), ONE_THREAD, &mut Quiet)
+            .unwrap();
+    }
     let weights = dir.path().join("weights");
     let latest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(weights.join("latest.json")).unwrap()).unwrap();

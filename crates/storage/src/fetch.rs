@@ -314,17 +314,7 @@ impl Fetcher {
         };
         let patch_file = self.cache_dir.join(format!("patch-{}.partial", patch.expected.sha256));
         let downloaded = async {
-            let parsed =
-                url::Url::parse(&patch.url).map_err(|_| FetchError::UnsupportedUrl(shown.clone()))?;
-            match parsed.scheme() {
-                "file" => {
-                    let source =
-                        parsed.to_file_path().map_err(|_| FetchError::UnsupportedUrl(shown.clone()))?;
-                    self.copy_file(&source, &patch_file).await?;
-                }
-                "http" | "https" => self.download(&patch.url, &patch_file, patch.expected.size).await?,
-                _ => return Err(FetchError::UnsupportedUrl(shown.clone())),
-            }
+            self.download_any(&patch.url, &patch_file, patch.expected.size).await?;
             let (sha256, size) = hash_async(&patch_file).await.map_err(io_error("hashing", &patch_file))?;
             if size != patch.expected.size || sha256 != patch.expected.sha256 {
                 return Err(FetchError::Mismatch {
@@ -396,18 +386,23 @@ impl Fetcher {
             return Ok(path);
         }
         let partial = self.cache_dir.join(format!("{}.partial", expected.sha256));
+        self.download_any(url, &partial, expected.size).await?;
+        self.accept(url, &partial, expected).await
+    }
+
+    /// Copies a file:// URL, or downloads (resuming) an http(s):// URL, into `partial`.
+    async fn download_any(&self, url: &str, partial: &Path, size: u64) -> Result<(), FetchError> {
         let parsed =
             url::Url::parse(url).map_err(|_| FetchError::UnsupportedUrl(redact_signed_queries(url)))?;
         match parsed.scheme() {
             "file" => {
                 let source =
                     parsed.to_file_path().map_err(|_| FetchError::UnsupportedUrl(url.to_string()))?;
-                self.copy_file(&source, &partial).await?;
+                self.copy_file(&source, partial).await
             }
-            "http" | "https" => self.download(url, &partial, expected.size).await?,
-            _ => return Err(FetchError::UnsupportedUrl(redact_signed_queries(url))),
+            "http" | "https" => self.download(url, partial, size).await,
+            _ => Err(FetchError::UnsupportedUrl(redact_signed_queries(url))),
         }
-        self.accept(url, &partial, expected).await
     }
 
     async fn copy_file(&self, source: &Path, partial: &Path) -> Result<(), FetchError> {

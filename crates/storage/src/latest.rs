@@ -55,3 +55,18 @@ pub struct LatestInfo {
     #[serde(flatten)]
     pub extra: LatestExtra,
 }
+
+impl LatestInfo {
+    /// The record's patches as the fetcher takes them, the delta first.
+    pub fn patch_sources(&self) -> Vec<crate::fetch::PatchSource> {
+        [&self.delta, &self.compressed]
+            .into_iter()
+            .flatten()
+            .map(|offer| crate::fetch::PatchSource {
+                url: offer.url.clone(),
+                expected: crate::fetch::Expected { sha256: offer.sha256.clone(), size: offer.size },
+                base_sha256: offer.base_sha256.clone(),
+            })
+            .collect()
+    }
+}

@@ -208,14 +208,7 @@ impl LocalStorageBackend {
 
     /// A URL for a stored patch, formed like the weights URLs.
     pub fn patch_url(&self, name: &PatchName) -> StorageResult<WeightsUrl> {
-        let url = match &self.urls {
-            LocalUrls::File => url::Url::from_file_path(self.patch_path(name))
-                .map_err(|_| StorageError::NotFound(name.to_string()))?
-                .to_string(),
-            LocalUrls::Http { base } => format!("{}/weights/{name}", base.trim_end_matches('/')),
-        };
-        let kind = if self.urls == LocalUrls::File { UrlKind::File } else { UrlKind::Http };
-        Ok(WeightsUrl { url, kind, valid_until: None })
+        self.url_of(&name.to_string())
     }
 
     fn save_blocking(&self, data: WeightsData, revision: u64) -> StorageResult<StoredWeights> {
@@ -344,11 +337,16 @@ impl LocalStorageBackend {
     }
 
     fn url_for(&self, name: &WeightsName) -> StorageResult<WeightsUrl> {
+        self.url_of(&name.to_string())
+    }
+
+    /// The URL of a stored file (a weights file or a patch) of this directory.
+    fn url_of(&self, file_name: &str) -> StorageResult<WeightsUrl> {
         let url = match &self.urls {
-            LocalUrls::File => url::Url::from_file_path(self.path_of(name))
-                .map_err(|_| StorageError::NotFound(name.to_string()))?
+            LocalUrls::File => url::Url::from_file_path(self.dir.join(file_name))
+                .map_err(|_| StorageError::NotFound(file_name.to_string()))?
                 .to_string(),
-            LocalUrls::Http { base } => format!("{}/weights/{name}", base.trim_end_matches('/')),
+            LocalUrls::Http { base } => format!("{}/weights/{file_name}", base.trim_end_matches('/')),
         };
         let kind = if self.urls == LocalUrls::File { UrlKind::File } else { UrlKind::Http };
         Ok(WeightsUrl { url, kind, valid_until: None })

@@ -10,8 +10,8 @@ use common::{Garage, random_file};
 use time::OffsetDateTime;
 use tokio::io::AsyncReadExt;
 use zero2048_storage::{
-    Expected, FetchError, Fetcher, LatestExtra, PatchSource, R2StorageBackend, Retention, RetryPolicy,
-    StorageAdapter, StorageBackend, StorageError, UrlKind, WeightsData, hash_file,
+    Expected, FetchError, Fetcher, LatestExtra, R2StorageBackend, Retention, RetryPolicy, StorageAdapter,
+    StorageBackend, StorageError, UrlKind, WeightsData, hash_file,
 };
 
 fn quick_retry() -> RetryPolicy {
@@ -63,14 +63,7 @@ async fn patches_go_to_the_bucket_download_presigned_and_leave_with_their_revisi
             .unwrap();
         let offers: Vec<_> = [&info.delta, &info.compressed].into_iter().flatten().collect();
         assert!(offers.iter().all(|o| o.url.contains("X-Amz-Signature=")), "{offers:?}");
-        let patches: Vec<PatchSource> = offers
-            .iter()
-            .map(|o| PatchSource {
-                url: o.url.clone(),
-                expected: Expected { sha256: o.sha256.clone(), size: o.size },
-                base_sha256: o.base_sha256.clone(),
-            })
-            .collect();
+        let patches = info.patch_sources();
         let expected = Expected { sha256: info.weights_sha256.clone(), size: info.weights_size };
         let (path, fetched) = fetcher.fetch_smallest(&info.weights_url, &expected, &patches).await.unwrap();
         assert_eq!(std::fs::read(path).unwrap(), weights);

@@ -8,8 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use time::OffsetDateTime;
 use zero2048_storage::{
-    Config, Expected, Fetched, Fetcher, LatestExtra, LatestInfo, PatchSource, RetryPolicy, StorageAdapter,
-    WeightsData, hash_bytes, http::weights_router,
+    Config, Expected, Fetched, Fetcher, LatestExtra, LatestInfo, RetryPolicy, StorageAdapter, WeightsData,
+    hash_bytes, http::weights_router,
 };
 
 /// 4 MiB of little-endian f32 "weights": a tenth of them visited (non-zero), like an n-tuple table.
@@ -61,15 +61,7 @@ async fn publish(adapter: &StorageAdapter, bytes: &[u8], revision: u64) -> Lates
 
 /// What a worker does with a record: every offered patch, the delta first.
 async fn follow(fetcher: &Fetcher, info: &LatestInfo) -> (Vec<u8>, Fetched) {
-    let patches: Vec<PatchSource> = [&info.delta, &info.compressed]
-        .into_iter()
-        .flatten()
-        .map(|offer| PatchSource {
-            url: offer.url.clone(),
-            expected: Expected { sha256: offer.sha256.clone(), size: offer.size },
-            base_sha256: offer.base_sha256.clone(),
-        })
-        .collect();
+    let patches = info.patch_sources();
     let expected = Expected { sha256: info.weights_sha256.clone(), size: info.weights_size };
     let (path, fetched) = fetcher.fetch_smallest(&info.weights_url, &expected, &patches).await.unwrap();
     (std::fs::read(path).unwrap(), fetched)

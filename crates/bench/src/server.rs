@@ -18,6 +18,7 @@ use zero2048_protocol::{
 use zero2048_search::{ExpectimaxConfig, ExpectimaxPlayer, play_game};
 use zero2048_selfplay::{Control, CurrentModel, Engine, FinishedGame, GameSink, Model, Runner, SinkClosed};
 use zero2048_server::{ApiConfig, Server, ServerOptions, TokenStore};
+use zero2048_train::db::DatabaseUrl;
 use zero2048_train::{Budget, RunDb, SelfPlay, TdConfig, TdLearner, TrainConfig, check_batch, store_checked};
 use zero2048_worker::{Signals, Worker, WorkerConfig, WorkerSettings};
 
@@ -75,6 +76,8 @@ pub struct SelfPlayReport {
 pub struct ServerReport {
     /// Ingest on one core: fast path vs JSON records checked by the plain engine.
     pub ingest: Comparison,
+    /// Ingest on PostgreSQL vs on SQLite, measured in the same run (with `--database`).
+    pub ingest_postgres: Option<Comparison>,
     /// `GET /api/v1/latest` vs the 404 fallback (HTTP overhead alone).
     pub latest: Comparison,
     /// Concurrent uploads.
@@ -150,12 +153,13 @@ fn plain_check(json: &[u8]) -> u64 {
     moves
 }
 
-fn ingest(effort: Effort, dir: &Path, records: &[Encoded], games: &[GameRecord]) -> Comparison {
-    let mut db = RunDb::open(&dir.join("ingest.db")).expect("a scratch database");
+/// Verified and stored moves per second through `db`: batches of 64 games decoded, replayed and
+/// committed as the upload endpoint does.
+fn ingest_rate(effort: Effort, db: &mut RunDb, records: &[Encoded]) -> crate::Measurement {
     let per_batch = 64;
     let bodies: Vec<Vec<u8>> = records.chunks(per_batch).map(|chunk| batch_body(chunk, 0)).collect();
     let mut next = 0usize;
-    let fast = crate::measure(effort.budget(), || {
+    crate::measure(effort.budget(), || {
         // Fresh UUIDs each time round, so every game is really stored.
         if next == bodies.len() {
             next = 0;
@@ -172,14 +176,20 @@ fn ingest(effort: Effort, dir: &Path, records: &[Encoded], games: &[GameRecord])
             UploadRules { accepted_revisions: &[0], search: zero2048_protocol::SearchRequirement::Absent };
         let checked = check_batch(&entries, &rules, &mut |_| Ok(zero2048_protocol::ParentPosition::Missing))
             .expect("no database needed");
-        let reply = store_checked(&mut db, "bench", &entries, checked).expect("stored");
+        let reply = store_checked(db, "bench", &entries, checked).expect("stored");
         let accepted: std::collections::HashSet<_> = reply.accepted.iter().collect();
         entries
             .iter()
             .filter(|e| accepted.contains(&e.uuid))
             .map(|e| e.record.as_ref().map_or(0, |r| r.steps.len() as u64))
             .sum()
-    });
+    })
+}
+
+fn ingest(effort: Effort, dir: &Path, records: &[Encoded], games: &[GameRecord]) -> Comparison {
+    let mut db = RunDb::open(dir.join("ingest.db")).expect("a scratch database");
+    let fast = ingest_rate(effort, &mut db, records);
+    let per_batch = 64;
     let json: Vec<Vec<u8>> = games
         .chunks(per_batch)
         .map(|chunk| {
@@ -298,6 +308,7 @@ fn server_options(dir: &Path, weights: &Path) -> ServerOptions {
             ..TrainConfig::default()
         },
         db_path: dir.join("server.db"),
+        database: dir.join("server.db").into(),
         resume_from: Some(weights.to_path_buf()),
         publish_initial: true,
     }
@@ -311,7 +322,12 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Runs the suite; `load_seconds` is the length of the concurrent-upload test.
-pub fn run(effort: Effort, load_seconds: f64, workers: usize) -> Result<ServerReport, String> {
+pub fn run(
+    effort: Effort,
+    load_seconds: f64,
+    workers: usize,
+    postgres: Option<&DatabaseUrl>,
+) -> Result<ServerReport, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let trained = trained_network(match effort {
         Effort::Full => 3000,
@@ -328,6 +344,22 @@ pub fn run(effort: Effort, load_seconds: f64, workers: usize) -> Result<ServerRe
         games.iter().map(|r| (r.encode().expect("encodable"), r.steps.len() as u32)).collect();
     let mean_game_moves = records.iter().map(|r| r.1 as f64).sum::<f64>() / records.len().max(1) as f64;
     let ingest = ingest(effort, dir.path(), &records, &games);
+    let ingest_postgres = match postgres {
+        Some(url) => {
+            let mut on_postgres = RunDb::open(url).map_err(|e| e.to_string())?;
+            let mut on_sqlite =
+                RunDb::open(dir.path().join("ingest-beside.db")).map_err(|e| e.to_string())?;
+            let fast = ingest_rate(effort, &mut on_postgres, &records);
+            let reference = ingest_rate(effort, &mut on_sqlite, &records);
+            Some(Comparison {
+                name: "upload ingest on PostgreSQL (vs SQLite)",
+                unit: "moves",
+                fast,
+                reference,
+            })
+        }
+        None => None,
+    };
 
     // A real server on loopback, starting from the trained network.
     let weights = dir.path().join("start.safetensors");
@@ -342,7 +374,7 @@ pub fn run(effort: Effort, load_seconds: f64, workers: usize) -> Result<ServerRe
     let mut server = Server::start(options, &runtime).map_err(|e| e.to_string())?;
     let base = server.local_url();
     let revision = server.live().revision.load(Ordering::Relaxed);
-    let tokens = TokenStore::open(&db_path).map_err(|e| e.to_string())?;
+    let mut tokens = TokenStore::open(&db_path).map_err(|e| e.to_string())?;
     let fleet: Vec<String> = (0..workers.max(1))
         .map(|i| tokens.add(&format!("bench-{i}")))
         .collect::<Result<_, _>>()
@@ -360,7 +392,8 @@ pub fn run(effort: Effort, load_seconds: f64, workers: usize) -> Result<ServerRe
         let options = server_options(&dir.path().join("alone"), &weights);
         let alone_db = options.db_path.clone();
         let alone = Server::start(options, &runtime).map_err(|e| e.to_string())?;
-        let token = TokenStore::open(&alone_db).and_then(|t| t.add("alone")).map_err(|e| e.to_string())?;
+        let token =
+            TokenStore::open(&alone_db).and_then(|mut t| t.add("alone")).map_err(|e| e.to_string())?;
         let measured = remote_worker_moves_per_second(
             &alone.local_url(),
             &token,
@@ -522,6 +555,7 @@ pub fn run(effort: Effort, load_seconds: f64, workers: usize) -> Result<ServerRe
     learner.join().map_err(|_| "the learner panicked".to_string())??;
     Ok(ServerReport {
         ingest,
+        ingest_postgres,
         latest,
         load,
         selfplay: SelfPlayReport {

@@ -67,6 +67,9 @@ pub enum ExportWhat {
         /// The run database.
         #[arg(long, default_value = "zero2048.db", value_name = "FILE")]
         db: PathBuf,
+        /// The run database as a URL (sqlite://FILE or postgres://…), instead of --db.
+        #[arg(long, value_name = "URL", env = "ZERO2048_DATABASE__URL", hide_env_values = true)]
+        database: Option<String>,
         /// Write here instead of standard output.
         #[arg(long, short, value_name = "FILE")]
         output: Option<PathBuf>,
@@ -105,9 +108,14 @@ pub struct ListenArgs {
 /// How the learner learns (the `train:` section, overridden).
 #[derive(Args, Debug, Clone, Default)]
 pub struct LearnArgs {
-    /// The run database.
+    /// The run database when it is SQLite; with --database on PostgreSQL, the name the run's lock
+    /// file and state directory are kept beside.
     #[arg(long, default_value = "zero2048.db", value_name = "FILE", help_heading = "Run")]
     pub db: PathBuf,
+    /// The run database as a URL: sqlite://FILE, or postgres://USER[:PASSWORD]@HOST[:PORT]/DB
+    /// [database.url; default: the --db file].
+    #[arg(long, value_name = "URL", help_heading = "Run")]
+    pub database: Option<String>,
     /// Start from this weights file instead of the latest revision: a path, a file://, http:// or
     /// https:// URL, or r2://bucket/key (with the configured R2 credentials) [default: none, the
     /// run's latest revision].
@@ -315,6 +323,9 @@ pub struct TokenArgs {
     /// The run database (the server's).
     #[arg(long, default_value = "zero2048.db", value_name = "FILE", global = true)]
     pub db: PathBuf,
+    /// The run database as a URL (sqlite://FILE or postgres://…), instead of --db.
+    #[arg(long, value_name = "URL", global = true, env = "ZERO2048_DATABASE__URL", hide_env_values = true)]
+    pub database: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub action: TokenAction,
@@ -627,6 +638,10 @@ pub struct BenchArgs {
     /// Simulated workers uploading at once (server suite).
     #[arg(long, default_value_t = 64)]
     pub workers: usize,
+    /// Server suite: also measure ingest on this PostgreSQL database (it gets the run tables; use a
+    /// scratch database), beside SQLite in the same run.
+    #[arg(long, value_name = "URL")]
+    pub database: Option<String>,
     /// Depth of the expectimax benchmark.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=6))]
     pub depth: u32,

@@ -37,6 +37,8 @@ pub struct FileConfig {
     pub api: ApiConfig,
     /// `worker:`.
     pub worker: WorkerSettings,
+    /// `database:`.
+    pub database: zero2048_train::db::DatabaseConfig,
 }
 
 /// Reads the file (if any) and lays the `ZERO2048_…` variables of `vars` over it. A problem names

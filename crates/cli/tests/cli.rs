@@ -271,3 +271,35 @@ fn the_zero_bench_measures_batching_and_compares_mcts_with_expectimax() {
         assert!(row["strength"]["mean_score"].as_f64().unwrap() > 0.0, "{row}");
     }
 }
+
+#[test]
+fn database_urls_are_checked_and_their_passwords_never_printed() {
+    let dir = temp_dir("database-url");
+    let dir_str = dir.to_str().unwrap();
+    let bad = zero2048(&["token", "list", "--database", "mysql://root:hunter2@db/run"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    assert!(stderr(&bad).contains("not understood") && !stderr(&bad).contains("hunter2"), "{}", stderr(&bad));
+    // Nothing listens on port 1: the error names the backend and what failed, never the password.
+    let unreachable =
+        zero2048(&["token", "list", "--database", "postgres://trainer:hunter2@127.0.0.1:1/run"]);
+    assert!(!unreachable.status.success());
+    let message = stderr(&unreachable);
+    assert!(message.contains("PostgreSQL") && message.contains("connect"), "{message}");
+    assert!(!message.contains("hunter2"), "{message}");
+    let weights = dir.join("weights");
+    let server = zero2048(&[
+        "train",
+        "--games",
+        "1",
+        "--weights-dir",
+        weights.to_str().unwrap(),
+        "--db",
+        &format!("{dir_str}/run.db"),
+        "--database",
+        "postgres://trainer:hunter2@127.0.0.1:1/run",
+    ]);
+    assert!(!server.status.success());
+    assert!(!stderr(&server).contains("hunter2"), "{}", stderr(&server));
+    assert!(!dir.join("run.db").exists(), "a PostgreSQL run wrote a SQLite file");
+    let _ = std::fs::remove_dir_all(&dir);
+}

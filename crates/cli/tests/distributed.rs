@@ -28,12 +28,8 @@ fn three_workers_train_a_server_and_follow_its_revisions() {
     // (a count of games would race the learner: early games are short and fast).
     let db = dir.path().join("zero2048.db");
     wait_for(Duration::from_secs(240), "revision 4 and games played with revision 2 or later", || {
-        status(port)["revision"].as_u64().unwrap_or(0) >= 4 && {
-            let conn = rusqlite::Connection::open(&db).unwrap();
-            conn.query_row("SELECT count(*) FROM games WHERE revision >= 2", [], |r| r.get::<_, i64>(0))
-                .unwrap()
-                > 0
-        }
+        status(port)["revision"].as_u64().unwrap_or(0) >= 4
+            && numbers(&db, "SELECT count(*) FROM games WHERE revision >= 2")[0] > 0
     });
     for worker in &workers {
         worker.interrupt();
@@ -55,6 +51,8 @@ fn three_workers_train_a_server_and_follow_its_revisions() {
         assert!(s["weights_downloaded_bytes"].as_u64().unwrap() > 0, "{s}");
     }
     assert!(switched, "no worker moved to a newer revision");
+    // The run database is where the test asked: a SQLite file, or PostgreSQL and no file.
+    assert_eq!(dir.path().join("zero2048.db").exists(), !on_postgres());
     assert!(deltas > 0, "no worker fetched a revision as a delta");
     let games = stored_games(&dir.path().join("zero2048.db"));
     assert_eq!(games.len() as u64, played, "the database holds every game once");
@@ -104,11 +102,7 @@ fn killing_the_server_mid_upload_loses_and_duplicates_nothing() {
     wait_for(Duration::from_secs(120), "uploads to begin", || stored_games(&db).len() >= 60);
     first.kill9();
     let before = stored_games(&db).len();
-    let revision_before = {
-        let conn = rusqlite::Connection::open(&db).unwrap();
-        conn.query_row("SELECT coalesce(max(revision), 0) FROM revisions", [], |r| r.get::<_, i64>(0))
-            .unwrap()
-    };
+    let revision_before = numbers(&db, "SELECT coalesce(max(revision), 0) FROM revisions")[0];
     std::thread::sleep(Duration::from_millis(1500));
     let second = server(dir.path(), port, &[]);
     // Its first line names the revision it resumed from (before it learns anything new).
@@ -134,14 +128,7 @@ fn killing_the_server_mid_upload_loses_and_duplicates_nothing() {
         games.len()
     );
     // Revisions continue without a gap or a repeat across the kill.
-    let conn = rusqlite::Connection::open(&db).unwrap();
-    let revisions: Vec<i64> = conn
-        .prepare("SELECT revision FROM revisions ORDER BY revision")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let revisions = numbers(&db, "SELECT revision FROM revisions ORDER BY revision");
     assert_eq!(revisions, (1..=revisions.len() as i64).collect::<Vec<_>>());
     drop(second);
 }
@@ -229,15 +216,7 @@ fn a_worker_refreshes_expired_urls_and_refuses_corrupted_weights_keeping_its_rev
     let s = summary(&out);
     assert_eq!(s["revisions"], serde_json::json!([1]), "{s}\n{log}");
     assert_eq!(s["uploaded"], s["games"], "{s}");
-    let conn = rusqlite::Connection::open(&db).unwrap();
-    let revisions: Vec<i64> = conn
-        .prepare("SELECT DISTINCT revision FROM games ORDER BY revision")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    assert_eq!(revisions, [1]);
+    assert_eq!(numbers(&db, "SELECT DISTINCT revision FROM games ORDER BY revision"), [1]);
 }
 
 #[test]
@@ -290,8 +269,10 @@ fn token_commands_store_only_hashes_and_purge_quarantines_games() {
     let list = zero2048(dir.path(), &["token", "list", "--json"]);
     let listed = String::from_utf8(list.stdout).unwrap();
     assert!(listed.contains("alice") && !listed.contains(&t), "{listed}");
-    let db = std::fs::read(dir.path().join("zero2048.db")).unwrap();
-    assert!(!db.windows(t.len()).any(|w| w == t.as_bytes()), "the token is stored in clear");
+    if !on_postgres() {
+        let db = std::fs::read(dir.path().join("zero2048.db")).unwrap();
+        assert!(!db.windows(t.len()).any(|w| w == t.as_bytes()), "the token is stored in clear");
+    }
     let missing = zero2048(dir.path(), &["token", "revoke", "bob"]);
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no token is named \"bob\""));
@@ -309,29 +290,31 @@ fn token_commands_store_only_hashes_and_purge_quarantines_games() {
         "{}",
         String::from_utf8_lossy(&purge.stderr)
     );
-    let conn = rusqlite::Connection::open(dir.path().join("zero2048.db")).unwrap();
-    let (all, quarantined): (i64, i64) = conn
-        .query_row("SELECT count(*), sum(quarantined) FROM games WHERE worker LIKE 'alice@%'", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .unwrap();
+    let db = dir.path().join("zero2048.db");
+    let all = numbers(&db, "SELECT count(*) FROM games WHERE worker LIKE 'alice@%'")[0];
+    let quarantined = numbers(
+        &db,
+        "SELECT count(*) FROM games WHERE worker LIKE 'alice@%' AND CAST(quarantined AS INTEGER) = 1",
+    )[0];
     assert!(all >= 30 && quarantined == all, "{all} games, {quarantined} quarantined");
 }
 
 #[test]
 fn ctrl_c_twice_checkpoints_games_in_progress_and_the_next_start_finishes_them() {
     let dir = tempfile::tempdir().unwrap();
-    // Depth-3 self-play (chosen by the server, through the latest record) makes games last long
-    // enough to be caught in progress.
-    std::fs::write(dir.path().join("deep.yaml"), "train:\n  selfplay_depth: 3\n").unwrap();
+    // Depth-4 self-play (chosen by the server, through the latest record) makes games last
+    // seconds even on a fast machine, so both threads are caught in their first game.
+    std::fs::write(dir.path().join("deep.yaml"), "train:\n  selfplay_depth: 4\n").unwrap();
     let port = free_port();
     let _server = server(dir.path(), port, &["--config", "deep.yaml", "--revision-every-games", "1000000"]);
     let token = token(dir.path(), "patient");
     let first = worker(dir.path(), port, &token, "patient", &["--threads", "2"]);
     let db = dir.path().join("zero2048.db");
-    wait_for(Duration::from_secs(120), "a first game", || !stored_games(&db).is_empty());
+    wait_for(Duration::from_secs(60), "the worker to play", || first.log().contains("adopted revision 1"));
+    std::thread::sleep(Duration::from_millis(300));
     first.interrupt();
-    std::thread::sleep(Duration::from_millis(100));
+    // The second Ctrl-C as soon as the first is handled (two signals sent at once may merge).
+    wait_for(Duration::from_secs(10), "the first Ctrl-C", || first.log().contains("finishing the games"));
     first.interrupt();
     let (code, _, log) = first.wait(Duration::from_secs(60));
     assert_eq!(code, Some(130), "{log}");

@@ -50,8 +50,8 @@ pub struct AppState {
     pub limiter: RateLimiter,
     /// When the server started.
     pub started: Instant,
-    /// The run database's file (exports open their own connection).
-    pub db_path: std::path::PathBuf,
+    /// The run database (exports open their own connection).
+    pub database: zero2048_train::db::DatabaseUrl,
 }
 
 /// The API's routes (weights included when `weights_dir` is given).

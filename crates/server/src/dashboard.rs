@@ -144,10 +144,10 @@ async fn export(State(state): State<Arc<AppState>>, Query(query): Query<Revision
     };
     let (sender, receiver) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
     let revision = query.revision;
-    let db_path = state.db_path.clone();
+    let database = state.database.clone();
     tokio::task::spawn_blocking(move || {
         // Its own connection: a long export must not hold the status page's.
-        match zero2048_train::RunDb::open(&db_path) {
+        match zero2048_train::RunDb::open(&database) {
             Ok(db) => {
                 let _ = write_games(&db, revision, format, &mut |chunk| sender.blocking_send(chunk).is_ok());
             }

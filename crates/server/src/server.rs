@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 use zero2048_storage::StorageAdapter;
+use zero2048_train::db::DatabaseUrl;
 use zero2048_train::{
     Budget, LiveState, RunDb, RunObserver, SelfPlay, Summary, TrainConfig, TrainError, TrainingRun,
 };
@@ -29,8 +30,11 @@ pub struct ServerOptions {
     pub api: ApiConfig,
     /// The `train:` section.
     pub train: TrainConfig,
-    /// The run database.
+    /// The run's local files: the SQLite database, or (with [`database`](Self::database) on
+    /// PostgreSQL) the name beside which the run's lock file and state directory live.
     pub db_path: PathBuf,
+    /// The run database: SQLite at `db_path`, or PostgreSQL.
+    pub database: DatabaseUrl,
     /// Start a new run from this weights file instead of zero.
     pub resume_from: Option<PathBuf>,
     /// Publish the starting network as revision 1 when the run has none (a server whose games
@@ -100,6 +104,7 @@ impl Server {
             Arc::clone(&adapter),
             runtime.handle().clone(),
             &options.db_path,
+            &options.database,
             options.resume_from.as_deref(),
         )?;
         if options.publish_initial
@@ -112,12 +117,12 @@ impl Server {
             adapter: Arc::clone(&adapter),
             limiter: RateLimiter::new(options.api.uploads_per_minute),
             api: options.api,
-            ingest_db: Mutex::new(RunDb::open(&options.db_path)?),
-            read_db: Mutex::new(RunDb::open(&options.db_path)?),
-            tokens: Mutex::new(TokenStore::open(&options.db_path)?),
+            ingest_db: Mutex::new(RunDb::open(&options.database)?),
+            read_db: Mutex::new(RunDb::open(&options.database)?),
+            tokens: Mutex::new(TokenStore::open(&options.database)?),
             metrics: Metrics::default(),
             started: Instant::now(),
-            db_path: options.db_path.clone(),
+            database: options.database.clone(),
         });
         let weights_dir =
             options.storage.server.localhost_weights.then(|| adapter.local().dir().to_path_buf());

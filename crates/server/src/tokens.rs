@@ -1,28 +1,19 @@
 //! Worker tokens: `zero2048 token add NAME` prints one once; only its SHA-256 is stored, so the
 //! database never holds a usable token. A token names its worker in every table and status page.
 
-use std::path::Path;
-
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use zero2048_train::RunDb;
+use zero2048_train::db::{DatabaseUrl, DbError, TokenRow};
 
 const PREFIX: &str = "z2k_";
 
 /// A token store failing.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenStoreError {
-    /// Database trouble.
-    #[error("token database {action}: {source}")]
-    Db {
-        /// What was being done.
-        action: &'static str,
-        /// Why it failed.
-        source: rusqlite::Error,
-    },
-    /// The database's schema could not be brought up to date.
+    /// The run database failed (tokens live in it).
     #[error(transparent)]
-    Schema(zero2048_train::db::DbError),
+    Db(#[from] DbError),
     /// A name that cannot be used.
     #[error("invalid worker name {0:?}: use 1-64 letters, digits, '.', '_' or '-' (and not \"local\")")]
     BadName(String),
@@ -63,35 +54,35 @@ pub struct TokenInfo {
     pub revoked_at: Option<i64>,
 }
 
-/// The tokens table, in the run database's file.
+/// The tokens table of the run database.
 pub struct TokenStore {
-    conn: Connection,
-}
-
-fn db(action: &'static str) -> impl FnOnce(rusqlite::Error) -> TokenStoreError {
-    move |source| TokenStoreError::Db { action, source }
+    db: RunDb,
 }
 
 fn hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+impl From<TokenRow> for TokenInfo {
+    fn from(row: TokenRow) -> Self {
+        TokenInfo {
+            fingerprint: hex::encode(&row.hash[..4.min(row.hash.len())]),
+            name: row.name,
+            created_at: row.created_at,
+            revoked_at: row.revoked_at,
+        }
+    }
 }
 
 impl TokenStore {
-    /// Opens the tokens table of the run database at `path` (creating the database if needed).
-    pub fn open(path: &Path) -> Result<TokenStore, TokenStoreError> {
-        // The run database's schema (and its migrations) owns the tokens table.
-        zero2048_train::db::migrate_file(path).map_err(TokenStoreError::Schema)?;
-        let conn = Connection::open(path).map_err(db("open"))?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(db("set busy timeout"))?;
-        Ok(TokenStore { conn })
+    /// Opens the tokens table of the run database at `url` (a path or [`DatabaseUrl`]), creating
+    /// and migrating the database if needed.
+    pub fn open(url: impl Into<DatabaseUrl>) -> Result<TokenStore, TokenStoreError> {
+        Ok(TokenStore { db: RunDb::open(url)? })
     }
 
     /// Issues a token for `name` and returns it; this is the only time it exists in clear.
-    pub fn add(&self, name: &str) -> Result<String, TokenStoreError> {
+    pub fn add(&mut self, name: &str) -> Result<String, TokenStoreError> {
         let valid = !name.is_empty()
             && name.len() <= 64
             && name != zero2048_train::LOCAL_WORKER
@@ -99,61 +90,21 @@ impl TokenStore {
         if !valid {
             return Err(TokenStoreError::BadName(name.to_string()));
         }
-        let exists: Option<Option<i64>> = self
-            .conn
-            .query_row("SELECT revoked_at FROM tokens WHERE name = ?1", [name], |r| r.get(0))
-            .optional()
-            .map_err(db("look up a name"))?;
-        match exists {
-            Some(None) => return Err(TokenStoreError::Exists(name.to_string())),
-            Some(Some(_)) => {
-                self.conn
-                    .execute("DELETE FROM tokens WHERE name = ?1", [name])
-                    .map_err(db("replace a token"))?;
-            }
-            None => {}
-        }
         let token = format!("{PREFIX}{}", hex::encode(rand::random::<[u8; 24]>()));
-        self.conn
-            .execute(
-                "INSERT INTO tokens (name, hash, created_at) VALUES (?1, ?2, ?3)",
-                params![name, hash(&token), now()],
-            )
-            .map_err(db("store a token"))?;
+        if !self.db.issue_token(name, &hash(&token))? {
+            return Err(TokenStoreError::Exists(name.to_string()));
+        }
         Ok(token)
     }
 
     /// Every token, oldest first.
     pub fn list(&self) -> Result<Vec<TokenInfo>, TokenStoreError> {
-        let mut query = self
-            .conn
-            .prepare("SELECT name, hash, created_at, revoked_at FROM tokens ORDER BY created_at, name")
-            .map_err(db("list tokens"))?;
-        query
-            .query_map([], |r| {
-                let hash: Vec<u8> = r.get(1)?;
-                Ok(TokenInfo {
-                    name: r.get(0)?,
-                    fingerprint: hex::encode(&hash[..4.min(hash.len())]),
-                    created_at: r.get(2)?,
-                    revoked_at: r.get(3)?,
-                })
-            })
-            .map_err(db("list tokens"))?
-            .collect::<Result<_, _>>()
-            .map_err(db("list tokens"))
+        Ok(self.db.tokens()?.into_iter().map(TokenInfo::from).collect())
     }
 
     /// Revokes `name`'s token: its requests are refused from now on.
     pub fn revoke(&self, name: &str) -> Result<(), TokenStoreError> {
-        let changed = self
-            .conn
-            .execute(
-                "UPDATE tokens SET revoked_at = coalesce(revoked_at, ?2) WHERE name = ?1",
-                params![name, now()],
-            )
-            .map_err(db("revoke a token"))?;
-        if changed == 0 { Err(TokenStoreError::NotFound(name.to_string())) } else { Ok(()) }
+        if self.db.revoke_token(name)? { Ok(()) } else { Err(TokenStoreError::NotFound(name.to_string())) }
     }
 
     /// The worker a bearer token belongs to.
@@ -161,18 +112,10 @@ impl TokenStore {
         let Some(token) = token.map(str::trim).filter(|t| !t.is_empty()) else {
             return Ok(Err(AuthError::Missing));
         };
-        let mut query = self
-            .conn
-            .prepare_cached("SELECT name, revoked_at FROM tokens WHERE hash = ?1")
-            .map_err(db("check a token"))?;
-        let found: Option<(String, Option<i64>)> = query
-            .query_row([hash(token)], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()
-            .map_err(db("check a token"))?;
-        Ok(match found {
+        Ok(match self.db.token_by_hash(&hash(token))? {
             None => Err(AuthError::Unknown),
-            Some((name, Some(_))) => Err(AuthError::Revoked(name)),
-            Some((name, None)) => Ok(name),
+            Some(TokenRow { name, revoked_at: Some(_), .. }) => Err(AuthError::Revoked(name)),
+            Some(TokenRow { name, revoked_at: None, .. }) => Ok(name),
         })
     }
 }

@@ -6,7 +6,6 @@
 //! - policy-value runs: threads play a snapshot of the learner's network with MCTS and send each
 //!   game to an uplink thread that verifies and queues it for the learner.
 
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
@@ -17,7 +16,7 @@ use zero2048_game::Board;
 use zero2048_protocol::{BatchEntry, UploadRules};
 use zero2048_selfplay::{Budget, Control, CurrentModel, FinishedGame, GameSink, Runner, SinkClosed};
 
-use crate::db::{NewGame, RunDb};
+use crate::db::{DatabaseUrl, NewGame, RunDb};
 use crate::ingest::ingest;
 use crate::learner::{TdLearner, TdMode, Trace};
 use crate::live::LiveState;
@@ -150,7 +149,7 @@ pub struct LocalSetup<'a> {
     /// Games this session may start.
     pub budget: Option<u64>,
     /// The run database (the store thread opens its own connection).
-    pub db_path: &'a Path,
+    pub database: &'a DatabaseUrl,
     /// The run's shared state.
     pub live: &'a Arc<LiveState>,
 }
@@ -173,7 +172,7 @@ impl LocalPlay {
             resume: Arc::default(),
         };
         let (games, received) = sync_channel::<FinishedGame>(QUEUE);
-        let db = RunDb::open(setup.db_path)?;
+        let db = RunDb::open(setup.database)?;
         let spawn_error =
             |source| TrainError::Io { action: "starting", path: "self-play threads".into(), source };
         let (players, store) = match learner {

@@ -20,7 +20,7 @@ use zero2048_selfplay::Model;
 use zero2048_storage::StorageAdapter;
 
 use crate::config::TrainConfig;
-use crate::db::{Counters, EvaluationRow, RevisionRow, RunDb};
+use crate::db::{Counters, DatabaseUrl, EvaluationRow, RevisionRow, RunDb};
 use crate::learner::TdLearner;
 use crate::learners::{EvaluationJob, Learner, NtupleLearner, PolicyValueLearner};
 use crate::live::{LiveState, Progress};
@@ -132,6 +132,7 @@ pub struct TrainingRun {
     config: TrainConfig,
     db: RunDb,
     db_path: PathBuf,
+    database: DatabaseUrl,
     live: Arc<LiveState>,
     learner: Box<dyn Learner>,
     publisher: Publisher,
@@ -165,11 +166,16 @@ impl TrainingRun {
         adapter: Arc<StorageAdapter>,
         runtime: tokio::runtime::Handle,
         db_path: &Path,
+        database: &DatabaseUrl,
         resume_from: Option<&Path>,
     ) -> Result<TrainingRun, TrainError> {
         config.validate()?;
         let lock = RunLock::acquire(db_path, adapter.local().dir())?;
-        let db = RunDb::open(db_path)?;
+        let db = RunDb::open(database)?;
+        if !db.lock_run()? {
+            // The holder's pid is on another machine, perhaps.
+            return Err(TrainError::Locked { path: PathBuf::from(database.to_string()), pid: None });
+        }
         let mut counters = db.counters()?;
         if let Some(kind) = db.setting("model")?
             && kind != config.model.name()
@@ -309,6 +315,7 @@ impl TrainingRun {
             config,
             db,
             db_path: db_path.to_path_buf(),
+            database: database.clone(),
             live,
             learner,
             publisher,
@@ -326,9 +333,15 @@ impl TrainingRun {
         &self.config
     }
 
-    /// Where the run database is.
+    /// The run's local files' anchor (the SQLite file, or beside which the lock and the state
+    /// directory live when the database is PostgreSQL).
     pub fn db_path(&self) -> &Path {
         &self.db_path
+    }
+
+    /// Where the run database is.
+    pub fn database(&self) -> &DatabaseUrl {
+        &self.database
     }
 
     /// The totals as of the last revision.
@@ -589,7 +602,7 @@ impl Session {
                         (run.counters.revision << 32) ^ run.counters.learned_through,
                     ),
                     budget: budget.games,
-                    db_path: &run.db_path,
+                    database: &run.database,
                     live: &run.live,
                 };
                 let local = LocalPlay::start(setup, run.learner.in_thread())?;

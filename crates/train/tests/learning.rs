@@ -99,7 +99,14 @@ fn open(dir: &std::path::Path, runtime: &tokio::runtime::Runtime) -> Result<Trai
     let mut storage = Config::default();
     storage.storage.weights_dir = dir.join("weights");
     let adapter = Arc::new(runtime.block_on(StorageAdapter::from_config(&storage)).unwrap());
-    TrainingRun::open(run_config(), adapter, runtime.handle().clone(), &dir.join("run.db"), None)
+    TrainingRun::open(
+        run_config(),
+        adapter,
+        runtime.handle().clone(),
+        &dir.join("run.db"),
+        &dir.join("run.db").into(),
+        None,
+    )
 }
 
 #[test]

@@ -31,7 +31,7 @@ proptest! {
         storage.storage.weights_dir = dir.path().join("weights");
         let adapter = Arc::new(runtime.block_on(StorageAdapter::from_config(&storage)).unwrap());
         let mut run =
-            TrainingRun::open(config.clone(), adapter, runtime.handle().clone(), &dir.path().join("run.db"), None).unwrap();
+            TrainingRun::open(config.clone(), adapter, runtime.handle().clone(), &dir.path().join("run.db"), &dir.path().join("run.db").into(), None).unwrap();
         run.publish_initial().unwrap();
         // What a worker reads: the record's bytes, parsed with the protocol's rules.
         let bytes = std::fs::read(dir.path().join("weights/latest.json")).unwrap();

@@ -28,6 +28,7 @@ fn server(dir: &std::path::Path, runtime: &tokio::runtime::Runtime) -> Server {
             ..TrainConfig::default()
         },
         db_path: dir.join("server.db"),
+        database: dir.join("server.db").into(),
         resume_from: None,
         publish_initial: true,
     };
@@ -50,7 +51,7 @@ fn a_worker_plays_the_run_spec_and_every_game_reaches_the_server_once() {
     let dir = tempfile::tempdir().unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let mut server = server(dir.path(), &runtime);
-    let token = TokenStore::open(&dir.path().join("server.db")).unwrap().add("tester").unwrap();
+    let token = TokenStore::open(dir.path().join("server.db")).unwrap().add("tester").unwrap();
     let mut config = WorkerConfig::new(&server.local_url(), &settings(dir.path()));
     config.token = Some(zero2048_storage::Secret::new(token));
     config.max_games = Some(40);
@@ -61,7 +62,7 @@ fn a_worker_plays_the_run_spec_and_every_game_reaches_the_server_once() {
     assert_eq!((summary.rejected, summary.spool_left), (0, 0), "{summary:?}");
     assert_eq!(summary.revisions, vec![1]);
 
-    let db = RunDb::open(&dir.path().join("server.db")).unwrap();
+    let db = RunDb::open(dir.path().join("server.db")).unwrap();
     let games = db.games_after(0, 1000).unwrap();
     assert_eq!(games.len(), 40);
     let continuations: Vec<_> = games.iter().filter(|g| g.origin.is_some()).collect();

@@ -217,7 +217,17 @@ fn run_downloads(args: &BenchArgs) -> Result<()> {
 fn run_server(args: &BenchArgs) -> Result<()> {
     let effort = if args.quick { Effort::Quick } else { Effort::Full };
     let seconds = if args.quick { args.load_seconds.min(1.0) } else { args.load_seconds };
-    let report = zero2048_bench::server::run(effort, seconds, args.workers).map_err(anyhow::Error::msg)?;
+    let postgres = args
+        .database
+        .as_deref()
+        .map(zero2048_train::db::DatabaseUrl::parse)
+        .transpose()
+        .map_err(|e| crate::bad_input(e.to_string()))?;
+    if postgres.as_ref().is_some_and(|url| url.sqlite_path().is_some()) {
+        return Err(crate::bad_input("--database here names a PostgreSQL database to measure ingest on"));
+    }
+    let report = zero2048_bench::server::run(effort, seconds, args.workers, postgres.as_ref())
+        .map_err(anyhow::Error::msg)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
@@ -230,6 +240,16 @@ fn run_server(args: &BenchArgs) -> Result<()> {
         format!("{} moves", render::rate(i.reference.per_cpu_second())),
         i.speedup()
     );
+    if let Some(p) = &report.ingest_postgres {
+        println!(
+            "{:<52} {:>14} /CPU-s   on SQLite, same run: {:>14} /CPU-s   {:.2}× ({:.2}× wall)",
+            p.name,
+            format!("{} moves", render::rate(p.fast.per_cpu_second())),
+            format!("{} moves", render::rate(p.reference.per_cpu_second())),
+            p.speedup(),
+            p.fast.per_wall_second() / p.reference.per_wall_second().max(1e-9)
+        );
+    }
     let l = &report.latest;
     println!(
         "{:<52} {:>14} /s       404 fallback: {:>14} /s   {:.2}×",

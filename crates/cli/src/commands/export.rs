@@ -8,14 +8,16 @@ use zero2048_train::RunDb;
 
 use crate::args::{ExportArgs, ExportFormatArg, ExportWhat};
 use crate::bad_input;
+use crate::commands::learn;
 
 /// Runs the command.
 pub fn run(args: ExportArgs) -> Result<()> {
-    let ExportWhat::Games { revision, format, db, output } = args.what;
-    if !db.is_file() {
-        return Err(bad_input(format!("{}: no run database there (--db FILE)", db.display())));
+    let ExportWhat::Games { revision, format, db, database, output } = args.what;
+    let (_, database) = learn::database(database.as_deref(), &db)?;
+    if database.sqlite_path().is_some_and(|path| !path.is_file()) {
+        return Err(bad_input(format!("{database}: no run database there (--db FILE or --database URL)")));
     }
-    let db = RunDb::open(&db).map_err(|e| anyhow::anyhow!(e))?;
+    let db = RunDb::open(&database).map_err(|e| anyhow::anyhow!(e))?;
     if let Some(revision) = revision
         && !db.revisions_with_games().map_err(|e| anyhow::anyhow!(e))?.contains(&revision)
     {

@@ -18,12 +18,13 @@ pub fn run(args: ServerArgs) -> Result<()> {
     let counters = server.run().counters();
     let status = server.adapter().status();
     eprintln!(
-        "zero2048 server {} (protocol {}) on {} · revision {} · {} games learned · storage {}{}",
+        "zero2048 server {} (protocol {}) on {} · revision {} · {} games learned · database {} · storage {}{}",
         zero2048_protocol::BUILD_VERSION,
         zero2048_protocol::PROTOCOL_VERSION,
         server.local_url(),
         counters.revision,
         counters.games,
+        server.run().database(),
         status.backend,
         status.degraded.as_ref().map(|d| format!(" (degraded: {d})")).unwrap_or_default(),
     );

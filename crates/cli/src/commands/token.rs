@@ -4,20 +4,24 @@ use anyhow::{Context, Result};
 use zero2048_server::{TokenStore, TokenStoreError};
 use zero2048_train::RunDb;
 
+use std::path::Path;
+
 use crate::args::{TokenAction, TokenArgs};
 use crate::bad_input;
+use crate::commands::learn;
 
 /// Runs the command.
 pub fn run(args: TokenArgs) -> Result<()> {
-    let existed = args.db.is_file();
+    let (_, database) = learn::database(args.database.as_deref(), &args.db)?;
+    // A PostgreSQL database is the operator's to create; a SQLite file is made here if needed.
+    let existed = database.sqlite_path().is_none_or(Path::is_file);
     if !existed && !matches!(args.action, TokenAction::Add { .. }) {
-        return Err(bad_input(format!("{}: no run database there (--db FILE)", args.db.display())));
+        return Err(bad_input(format!("{database}: no run database there (--db FILE or --database URL)")));
     }
-    let store = TokenStore::open(&args.db).with_context(|| format!("opening {}", args.db.display()))?;
+    let mut store = TokenStore::open(&database).with_context(|| format!("opening {database}"))?;
     if !existed {
         eprintln!(
-            "created a new run database at {} (no run was there yet; give --db if the server's is elsewhere)",
-            args.db.display()
+            "created a new run database at {database} (no run was there yet; give --db if the server's is elsewhere)"
         );
     }
     let user_error = |e: TokenStoreError| match e {
@@ -54,7 +58,7 @@ pub fn run(args: TokenArgs) -> Result<()> {
             store.revoke(&name).map_err(user_error)?;
             eprintln!("revoked the token of {name:?}: its requests are refused from now on");
             if purge_games {
-                let db = RunDb::open(&args.db).map_err(|e| anyhow::anyhow!(e))?;
+                let db = RunDb::open(&database).map_err(|e| anyhow::anyhow!(e))?;
                 let purged = db.quarantine_worker(&name).map_err(|e| anyhow::anyhow!(e))?;
                 eprintln!(
                     "quarantined {purged} games of {name:?}: the learner skips those not learned yet \

@@ -20,10 +20,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     let threads = options.train.selfplay_threads;
     if args.reset {
+        if options.database.sqlite_path().is_none() {
+            return Err(crate::bad_input(format!(
+                "--reset deletes a SQLite run database; {} is PostgreSQL: drop and create that database yourself, then start without --reset",
+                options.database
+            )));
+        }
         // Never delete a run another process is using.
-        let held = zero2048_train::RunLock::acquire(&args.learn.db, &options.storage.storage.weights_dir)
+        let held = zero2048_train::RunLock::acquire(&options.db_path, &options.storage.storage.weights_dir)
             .map_err(|e| anyhow::Error::new(crate::Exit(learn::EXIT_LOCKED, e.to_string())))?;
-        reset(&args.learn.db, &options.storage.storage.weights_dir)?;
+        reset(&options.db_path, &options.storage.storage.weights_dir)?;
         drop(held);
     }
     let runtime = storage::runtime()?;

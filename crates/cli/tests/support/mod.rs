@@ -2,6 +2,10 @@
 //! tests control (for latest records that point at bad weights or expired URLs).
 #![allow(dead_code)]
 
+#[path = "../../../train/tests/support/postgres.rs"]
+pub mod postgres_server;
+
+use std::collections::HashMap;
 use std::io::{BufRead, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -13,8 +17,40 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// Whether the server tests run against PostgreSQL (`ZERO2048_TEST_BACKEND=postgres`, the second
+/// pass of `scripts/test`) instead of SQLite files.
+pub fn on_postgres() -> bool {
+    std::env::var("ZERO2048_TEST_BACKEND").is_ok_and(|backend| backend == "postgres")
+}
+
+/// The run database of the run in `dir` on PostgreSQL (a database of its own per directory), or
+/// `None` on SQLite (the `zero2048.db` file there).
+pub fn database_url(dir: &Path) -> Option<String> {
+    static DATABASES: Mutex<Option<HashMap<PathBuf, String>>> = Mutex::new(None);
+    if !on_postgres() {
+        return None;
+    }
+    let mut databases = DATABASES.lock().unwrap();
+    let url = databases
+        .get_or_insert_with(HashMap::new)
+        .entry(dir.to_path_buf())
+        .or_insert_with(postgres_server::new_database)
+        .clone();
+    Some(url)
+}
+
+/// The environment every process of the run in `dir` gets: its database.
+fn run_env(dir: &Path) -> Vec<(String, String)> {
+    database_url(dir).map(|url| vec![("ZERO2048_DATABASE__URL".to_string(), url)]).unwrap_or_default()
+}
+
 pub fn zero2048(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_zero2048")).current_dir(dir).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_zero2048"))
+        .current_dir(dir)
+        .args(args)
+        .envs(run_env(dir))
+        .output()
+        .unwrap()
 }
 
 /// A child process killed when dropped, its stderr in a file.
@@ -34,6 +70,7 @@ impl Proc {
         let child = Command::new(env!("CARGO_BIN_EXE_zero2048"))
             .current_dir(dir)
             .args(args)
+            .envs(run_env(dir))
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(file)
@@ -178,11 +215,43 @@ pub fn worker(dir: &Path, port: u16, token: &str, name: &str, extra: &[&str]) ->
     Proc::spawn(dir, name, &args)
 }
 
-/// Every stored game's (uuid, worker), from the run database.
+/// Every stored game's (uuid, worker), from the run database `db` (`<dir>/zero2048.db`, or the
+/// PostgreSQL database of `<dir>`).
 pub fn stored_games(db: &Path) -> Vec<(Vec<u8>, String)> {
-    let conn = rusqlite::Connection::open(db).unwrap();
-    let mut query = conn.prepare("SELECT uuid, worker FROM games ORDER BY id").unwrap();
-    query.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().collect::<Result<_, _>>().unwrap()
+    let sql = "SELECT uuid, worker FROM games ORDER BY id";
+    match database_url(db.parent().unwrap()) {
+        Some(url) => postgres::Client::connect(&url, postgres::NoTls)
+            .unwrap()
+            .query(sql, &[])
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect(),
+        None => {
+            let conn = rusqlite::Connection::open(db).unwrap();
+            let mut query = conn.prepare(sql).unwrap();
+            query.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().collect::<Result<_, _>>().unwrap()
+        }
+    }
+}
+
+/// The first column of `sql`'s rows, as whole numbers, from the run database `db` (as
+/// [`stored_games`]); `sql` must read the same on SQLite and PostgreSQL.
+pub fn numbers(db: &Path, sql: &str) -> Vec<i64> {
+    match database_url(db.parent().unwrap()) {
+        Some(url) => postgres::Client::connect(&url, postgres::NoTls)
+            .unwrap()
+            .query(&format!("SELECT CAST(n AS BIGINT) FROM ({sql}) AS q (n)"), &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect(),
+        None => {
+            let conn = rusqlite::Connection::open(db).unwrap();
+            let mut query = conn.prepare(sql).unwrap();
+            query.query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap()
+        }
+    }
 }
 
 pub fn spool_files(dir: &Path) -> usize {

@@ -1,193 +1,13 @@
-//! The run database (`zero2048.db`, SQLite in WAL mode): revisions, training counters,
-//! evaluations, every accepted game and who contributed it, so a stopped run resumes exactly (same
-//! revision, same counters, the games not yet in a published revision learned again) and a status
-//! page can show its history.
-//!
-//! The `games` table is also the queue between the ingest (the server's upload endpoint, or
-//! local MCTS self-play) and the learner: a game is acknowledged once its row is committed, and the
-//! learner reads queued rows after its cursor, which is stored with each revision. Games that local
-//! n-tuple threads already learned as they played them are stored unqueued (`queued = 0`): kept for
-//! the dashboard and exports, never learned twice.
-//!
-//! The schema has a version (`PRAGMA user_version`) and numbered migrations, applied in order at
-//! open, each in its own transaction: a database of an older build is upgraded, one of a newer
-//! build is refused.
+//! The SQLite backend: one file in WAL mode, `PRAGMA user_version` as the schema version.
 
 use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, params};
-use serde::Serialize;
-use zero2048_search::Strength;
 
-/// Training totals over the whole run.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Counters {
-    /// Games learned from.
-    pub games: u64,
-    /// Moves (TD updates) learned from.
-    pub moves: u64,
-    /// Sum of the learned games' scores.
-    pub score_sum: u64,
-    /// Last published revision (0 = none).
-    pub revision: u64,
-    /// The id of the last game (in the `games` table) learned into the latest revision.
-    pub learned_through: u64,
-}
-
-/// A verified game, ready to be stored.
-#[derive(Clone, Copy, Debug)]
-pub struct NewGame<'a> {
-    /// The worker's UUID for it.
-    pub uuid: [u8; 16],
-    /// For a continuation: its parent's UUID and the branch step.
-    pub origin: Option<([u8; 16], u32)>,
-    /// The revision that played it.
-    pub revision: u64,
-    /// Its score (from the replay).
-    pub score: u64,
-    /// Its moves (from the replay).
-    pub moves: u32,
-    /// Its largest tile (from the replay).
-    pub max_tile: u32,
-    /// The record's canonical encoding.
-    pub record: &'a [u8],
-}
-
-/// A stored game.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StoredGame {
-    /// Row id: the order of arrival.
-    pub id: u64,
-    /// The worker's UUID for it.
-    pub uuid: [u8; 16],
-    /// For a continuation: its parent's UUID and the branch step.
-    pub origin: Option<([u8; 16], u32)>,
-    /// Who sent it.
-    pub worker: String,
-    /// The revision that played it.
-    pub revision: u64,
-    /// Its score.
-    pub score: u64,
-    /// Its moves.
-    pub moves: u32,
-    /// Its largest tile.
-    pub max_tile: u32,
-    /// The record's canonical encoding.
-    pub record: Vec<u8>,
-}
-
-/// The run's totals at one moment, for throughput over time.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct ThroughputSample {
-    /// When (Unix milliseconds).
-    pub at: i64,
-    /// Games learned, whole run.
-    pub games: u64,
-    /// Moves learned (TD updates), whole run.
-    pub moves: u64,
-    /// Games stored (the last game id).
-    pub stored: u64,
-    /// Games stored but not learned yet.
-    pub backlog: u64,
-    /// The latest revision.
-    pub revision: u64,
-}
-
-/// What one worker contributed.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct WorkerRow {
-    /// The worker (its token's name; `local` for in-process self-play).
-    pub name: String,
-    /// Games accepted from it.
-    pub games: u64,
-    /// Moves in those games.
-    pub moves: u64,
-    /// Games refused.
-    pub rejected: u64,
-    /// The last reason a game was refused.
-    pub last_rejection: Option<String>,
-    /// First time seen (Unix seconds).
-    pub first_seen: i64,
-    /// Last time seen (Unix seconds).
-    pub last_seen: i64,
-    /// Games quarantined (their token was revoked with `--purge-games`).
-    pub quarantined: u64,
-    /// The token it authenticates with (several machines may share one).
-    pub token: String,
-    /// The machine, when the worker names one.
-    pub machine: Option<String>,
-    /// When its token was revoked, if it was.
-    pub revoked_at: Option<i64>,
-    /// Seen in the last [`ACTIVE_WORKER_SECONDS`] with a token not revoked.
-    pub active: bool,
-}
-
-/// A published revision.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct RevisionRow {
-    /// The revision.
-    pub revision: u64,
-    /// Its file name.
-    pub file: String,
-    /// Its SHA-256.
-    pub sha256: String,
-    /// Its size in bytes.
-    pub size: u64,
-    /// Games trained when it was published.
-    pub games: u64,
-    /// Moves trained when it was published.
-    pub moves: u64,
-    /// When (RFC 3339).
-    pub published_at: String,
-}
-
-/// An evaluation of a revision on the fixed seeds.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct EvaluationRow {
-    /// The revision.
-    pub revision: u64,
-    /// Search depth (1 = greedy).
-    pub depth: u32,
-    /// Seed of the evaluation series.
-    pub seed: u64,
-    /// Games trained when it was evaluated.
-    pub games_trained: u64,
-    /// The result.
-    pub strength: Strength,
-}
-
-/// A database error, with what was being done.
-#[derive(Debug, thiserror::Error)]
-pub enum DbError {
-    /// SQLite failed.
-    #[error("run database: {action}: {source}")]
-    Sql {
-        /// What was being done.
-        action: &'static str,
-        /// Why it failed.
-        source: rusqlite::Error,
-    },
-    /// A stored value that is not what its column promises.
-    #[error("run database: {what} holds {value:?}, which is not {expected}")]
-    Corrupt {
-        /// Where.
-        what: String,
-        /// The value found.
-        value: String,
-        /// What it should be.
-        expected: &'static str,
-    },
-    /// A database written by a newer build.
-    #[error(
-        "run database: schema version {found} is newer than this build's {supported}; use a newer zero2048"
-    )]
-    TooNew {
-        /// The database's version.
-        found: u32,
-        /// This build's.
-        supported: u32,
-    },
-}
+use super::{
+    ACTIVE_WORKER_SECONDS, Counters, DbError, EvaluationRow, NewGame, RevisionRow, StoredGame,
+    ThroughputSample, TokenRow, WorkerRow, counter_entries, strength_of, token_of, unix_now,
+};
 
 fn ctx(action: &'static str) -> impl FnOnce(rusqlite::Error) -> DbError {
     move |source| DbError::Sql { action, source }
@@ -249,80 +69,36 @@ fn migrate(conn: &mut Connection) -> Result<(), DbError> {
     Ok(())
 }
 
-/// How long a worker may go unseen and still count as active.
-pub const ACTIVE_WORKER_SECONDS: i64 = 10 * 60;
-
-/// The token part of a worker name (`token@machine`, or a bare token from before machines were
-/// named).
-pub fn token_of(worker: &str) -> &str {
-    worker.split_once('@').map_or(worker, |(token, _)| token)
-}
-
-/// Brings the database file at `path` to this build's schema without keeping it open: for the
-/// server's token store, which shares the file.
-pub fn migrate_file(path: &Path) -> Result<(), DbError> {
-    RunDb::open(path).map(drop)
-}
-
-/// The open database.
-pub struct RunDb {
+/// The open SQLite database.
+pub(super) struct SqliteDb {
     conn: Connection,
 }
 
-impl RunDb {
-    /// Opens (creating if needed) the database at `path`.
-    pub fn open(path: &Path) -> Result<RunDb, DbError> {
+impl SqliteDb {
+    pub(super) fn open(path: &Path) -> Result<SqliteDb, DbError> {
         let mut conn = Connection::open(path).map_err(ctx("open"))?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(ctx("enable WAL"))?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(ctx("set synchronous"))?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(ctx("set busy timeout"))?;
         migrate(&mut conn)?;
-        Ok(RunDb { conn })
+        Ok(SqliteDb { conn })
     }
 
-    fn meta(&self, key: &str) -> Result<Option<String>, DbError> {
+    pub(super) fn meta(&self, key: &str) -> Result<Option<String>, DbError> {
         self.conn
             .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
             .optional()
             .map_err(ctx("read meta"))
     }
 
-    /// A stored setting (the network shape, say).
-    pub fn setting(&self, key: &str) -> Result<Option<String>, DbError> {
-        self.meta(key)
-    }
-
-    /// Stores a setting.
-    pub fn set_setting(&self, key: &str, value: &str) -> Result<(), DbError> {
+    pub(super) fn set_meta(&self, key: &str, value: &str) -> Result<(), DbError> {
         self.conn
             .execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)", params![key, value])
             .map(|_| ())
             .map_err(ctx("write meta"))
     }
 
-    /// The totals, zero for a new run; a value that is not a number is an error, never a zero.
-    pub fn counters(&self) -> Result<Counters, DbError> {
-        let get = |key: &str| -> Result<u64, DbError> {
-            match self.meta(key)? {
-                None => Ok(0),
-                Some(value) => value.parse().map_err(|_| DbError::Corrupt {
-                    what: format!("counter `{key}`"),
-                    value,
-                    expected: "a whole number",
-                }),
-            }
-        };
-        Ok(Counters {
-            games: get("games")?,
-            moves: get("moves")?,
-            score_sum: get("score_sum")?,
-            revision: get("revision")?,
-            learned_through: get("learned_through")?,
-        })
-    }
-
-    /// Records a published revision and the totals at that point, in one transaction.
-    pub fn record_revision(&mut self, row: &RevisionRow, counters: &Counters) -> Result<(), DbError> {
+    pub(super) fn record_revision(&mut self, row: &RevisionRow, counters: &Counters) -> Result<(), DbError> {
         let tx = self.conn.transaction().map_err(ctx("begin"))?;
         tx.execute(
             "INSERT OR REPLACE INTO revisions (revision, file, sha256, size, games, moves, published_at)
@@ -338,13 +114,7 @@ impl RunDb {
             ],
         )
         .map_err(ctx("record a revision"))?;
-        for (key, value) in [
-            ("games", counters.games),
-            ("moves", counters.moves),
-            ("score_sum", counters.score_sum),
-            ("revision", counters.revision),
-            ("learned_through", counters.learned_through),
-        ] {
+        for (key, value) in counter_entries(counters) {
             tx.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
                 params![key, value.to_string()],
@@ -354,8 +124,7 @@ impl RunDb {
         tx.commit().map_err(ctx("commit a revision"))
     }
 
-    /// Records an evaluation.
-    pub fn record_evaluation(&self, row: &EvaluationRow) -> Result<(), DbError> {
+    pub(super) fn record_evaluation(&self, row: &EvaluationRow) -> Result<(), DbError> {
         let strength = serde_json::to_string(&row.strength).unwrap_or_default();
         self.conn
             .execute(
@@ -366,8 +135,7 @@ impl RunDb {
             .map_err(ctx("record an evaluation"))
     }
 
-    /// Every revision, oldest first.
-    pub fn revisions(&self) -> Result<Vec<RevisionRow>, DbError> {
+    pub(super) fn revisions(&self) -> Result<Vec<RevisionRow>, DbError> {
         let mut statement = self
             .conn
             .prepare("SELECT revision, file, sha256, size, games, moves, published_at FROM revisions ORDER BY revision")
@@ -389,8 +157,7 @@ impl RunDb {
             .map_err(ctx("list revisions"))
     }
 
-    /// Every evaluation, by revision then depth.
-    pub fn evaluations(&self) -> Result<Vec<EvaluationRow>, DbError> {
+    pub(super) fn evaluations(&self) -> Result<Vec<EvaluationRow>, DbError> {
         let mut statement = self
             .conn
             .prepare("SELECT revision, depth, seed, games_trained, strength FROM evaluations ORDER BY revision, depth")
@@ -410,22 +177,18 @@ impl RunDb {
             .map_err(ctx("list evaluations"))?;
         rows.into_iter()
             .map(|(revision, depth, seed, games_trained, strength)| {
-                let parsed = serde_json::from_str(&strength).map_err(|_| DbError::Corrupt {
-                    what: format!("the evaluation of revision {revision}"),
-                    value: strength.chars().take(80).collect(),
-                    expected: "a strength summary",
-                })?;
-                Ok(EvaluationRow { revision, depth, seed: seed as u64, games_trained, strength: parsed })
+                Ok(EvaluationRow {
+                    revision,
+                    depth,
+                    seed: seed as u64,
+                    games_trained,
+                    strength: strength_of(revision, &strength)?,
+                })
             })
             .collect()
     }
 
-    /// Stores games from `worker` in one transaction and counts `rejected` refusals against it.
-    /// Returns, per game, whether it was new (`false`: its UUID was already stored, which counts
-    /// as success for an idempotent retry). Once this returns, every game is durable.
-    /// `queued`: the learner is still to learn them (`false` for games learned as they were
-    /// played).
-    pub fn insert_games(
+    pub(super) fn insert_games(
         &mut self,
         worker: &str,
         games: &[NewGame<'_>],
@@ -480,16 +243,13 @@ impl RunDb {
         Ok(fresh)
     }
 
-    /// Which of these UUIDs are already stored.
-    pub fn known_games(&self, uuids: &[[u8; 16]]) -> Result<Vec<bool>, DbError> {
+    pub(super) fn known_games(&self, uuids: &[[u8; 16]]) -> Result<Vec<bool>, DbError> {
         let mut query =
             self.conn.prepare_cached("SELECT 1 FROM games WHERE uuid = ?1").map_err(ctx("look up games"))?;
         uuids.iter().map(|u| query.exists([&u[..]]).map_err(ctx("look up a game"))).collect()
     }
 
-    /// Up to `limit` games queued for the learner after row `after`, oldest first (quarantined
-    /// ones and games learned as they were played are skipped).
-    pub fn games_after(&self, after: u64, limit: usize) -> Result<Vec<StoredGame>, DbError> {
+    pub(super) fn games_after(&self, after: u64, limit: usize) -> Result<Vec<StoredGame>, DbError> {
         let mut query = self
             .conn
             .prepare_cached(
@@ -504,8 +264,7 @@ impl RunDb {
             .map_err(ctx("read games"))
     }
 
-    /// The games played by one revision, best first (for the game viewer and exports).
-    pub fn games_of_revision(&self, revision: u64, limit: usize) -> Result<Vec<StoredGame>, DbError> {
+    pub(super) fn games_of_revision(&self, revision: u64, limit: usize) -> Result<Vec<StoredGame>, DbError> {
         let mut query = self
             .conn
             .prepare_cached(
@@ -520,8 +279,7 @@ impl RunDb {
             .map_err(ctx("read games"))
     }
 
-    /// A stored game by its UUID (a continuation's parent), if held and not quarantined.
-    pub fn game_by_uuid(&self, uuid: &[u8; 16]) -> Result<Option<StoredGame>, DbError> {
+    pub(super) fn game_by_uuid(&self, uuid: &[u8; 16]) -> Result<Option<StoredGame>, DbError> {
         let mut query = self
             .conn
             .prepare_cached(
@@ -532,8 +290,7 @@ impl RunDb {
         query.query_row([&uuid[..]], stored_game).optional().map_err(ctx("read a game"))
     }
 
-    /// The id of the last game queued for the learner (0 when none).
-    pub fn last_queued_id(&self) -> Result<u64, DbError> {
+    pub(super) fn last_queued_id(&self) -> Result<u64, DbError> {
         self.conn
             .query_row(
                 "SELECT coalesce(max(id), 0) FROM games WHERE queued = 1 AND quarantined = 0",
@@ -544,25 +301,21 @@ impl RunDb {
             .map_err(ctx("count games"))
     }
 
-    /// The id of the last stored game (0 when none).
-    pub fn last_game_id(&self) -> Result<u64, DbError> {
+    pub(super) fn last_game_id(&self) -> Result<u64, DbError> {
         self.conn
             .query_row("SELECT coalesce(max(id), 0) FROM games", [], |r| r.get::<_, i64>(0))
             .map(|id| id as u64)
             .map_err(ctx("count games"))
     }
 
-    /// Number of stored games.
-    pub fn game_count(&self) -> Result<u64, DbError> {
+    pub(super) fn game_count(&self) -> Result<u64, DbError> {
         self.conn
             .query_row("SELECT count(*) FROM games", [], |r| r.get::<_, i64>(0))
             .map(|n| n as u64)
             .map_err(ctx("count games"))
     }
 
-    /// Marks every game sent with `token` (from any machine) as quarantined: the learner skips
-    /// them from now on. Returns how many games were marked.
-    pub fn quarantine_worker(&self, token: &str) -> Result<u64, DbError> {
+    pub(super) fn quarantine_worker(&self, token: &str) -> Result<u64, DbError> {
         self.conn
             .execute(
                 "UPDATE games SET quarantined = 1
@@ -573,8 +326,7 @@ impl RunDb {
             .map_err(ctx("quarantine games"))
     }
 
-    /// Every worker that sent games, most recently seen first.
-    pub fn workers(&self) -> Result<Vec<WorkerRow>, DbError> {
+    pub(super) fn workers(&self) -> Result<Vec<WorkerRow>, DbError> {
         let mut query = self
             .conn
             .prepare_cached(
@@ -612,8 +364,7 @@ impl RunDb {
             .map_err(ctx("list workers"))
     }
 
-    /// Counts refusals against a worker that sent no acceptable game.
-    pub fn record_rejections(
+    pub(super) fn record_rejections(
         &self,
         worker: &str,
         rejected: u64,
@@ -630,8 +381,7 @@ impl RunDb {
             .map_err(ctx("record rejections"))
     }
 
-    /// Stores a throughput sample.
-    pub fn record_throughput(&self, sample: &ThroughputSample) -> Result<(), DbError> {
+    pub(super) fn record_throughput(&self, sample: &ThroughputSample) -> Result<(), DbError> {
         self.conn
             .execute(
                 "INSERT INTO throughput (at, games, moves, stored, backlog, revision) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -648,8 +398,7 @@ impl RunDb {
             .map_err(ctx("record throughput"))
     }
 
-    /// The last `limit` throughput samples, oldest first.
-    pub fn throughput(&self, limit: usize) -> Result<Vec<ThroughputSample>, DbError> {
+    pub(super) fn throughput(&self, limit: usize) -> Result<Vec<ThroughputSample>, DbError> {
         let mut query = self
             .conn
             .prepare_cached(
@@ -673,8 +422,7 @@ impl RunDb {
             .map_err(ctx("read throughput"))
     }
 
-    /// Up to `limit` games after row `after`, oldest first, of one revision or of all (exports).
-    pub fn games_page(
+    pub(super) fn games_page(
         &self,
         revision: Option<u64>,
         after: u64,
@@ -694,8 +442,7 @@ impl RunDb {
             .map_err(ctx("read games"))
     }
 
-    /// The revisions that have stored games, newest first.
-    pub fn revisions_with_games(&self) -> Result<Vec<u64>, DbError> {
+    pub(super) fn revisions_with_games(&self) -> Result<Vec<u64>, DbError> {
         let mut query = self
             .conn
             .prepare_cached("SELECT DISTINCT revision FROM games ORDER BY revision DESC")
@@ -705,6 +452,65 @@ impl RunDb {
             .map_err(ctx("list revisions with games"))?
             .collect::<Result<_, _>>()
             .map_err(ctx("list revisions with games"))
+    }
+
+    pub(super) fn token_by_name(&self, name: &str) -> Result<Option<TokenRow>, DbError> {
+        self.conn
+            .query_row(
+                "SELECT name, hash, created_at, revoked_at FROM tokens WHERE name = ?1",
+                [name],
+                token_row,
+            )
+            .optional()
+            .map_err(ctx("look up a token"))
+    }
+
+    pub(super) fn token_by_hash(&self, hash: &[u8]) -> Result<Option<TokenRow>, DbError> {
+        self.conn
+            .prepare_cached("SELECT name, hash, created_at, revoked_at FROM tokens WHERE hash = ?1")
+            .map_err(ctx("check a token"))?
+            .query_row([hash], token_row)
+            .optional()
+            .map_err(ctx("check a token"))
+    }
+
+    pub(super) fn issue_token(&mut self, name: &str, hash: &[u8]) -> Result<bool, DbError> {
+        let tx = self.conn.transaction().map_err(ctx("begin issuing a token"))?;
+        let held: Option<Option<i64>> = tx
+            .query_row("SELECT revoked_at FROM tokens WHERE name = ?1", [name], |r| r.get(0))
+            .optional()
+            .map_err(ctx("look up a token"))?;
+        if let Some(None) = held {
+            return Ok(false);
+        }
+        tx.execute("DELETE FROM tokens WHERE name = ?1", [name]).map_err(ctx("replace a revoked token"))?;
+        tx.execute(
+            "INSERT INTO tokens (name, hash, created_at) VALUES (?1, ?2, ?3)",
+            params![name, hash, unix_now()],
+        )
+        .map_err(ctx("store a token"))?;
+        tx.commit().map_err(ctx("commit a token"))?;
+        Ok(true)
+    }
+
+    pub(super) fn tokens(&self) -> Result<Vec<TokenRow>, DbError> {
+        self.conn
+            .prepare("SELECT name, hash, created_at, revoked_at FROM tokens ORDER BY created_at, name")
+            .map_err(ctx("list tokens"))?
+            .query_map([], token_row)
+            .map_err(ctx("list tokens"))?
+            .collect::<Result<_, _>>()
+            .map_err(ctx("list tokens"))
+    }
+
+    pub(super) fn revoke_token(&self, name: &str) -> Result<bool, DbError> {
+        self.conn
+            .execute(
+                "UPDATE tokens SET revoked_at = coalesce(revoked_at, ?2) WHERE name = ?1",
+                params![name, unix_now()],
+            )
+            .map(|changed| changed > 0)
+            .map_err(ctx("revoke a token"))
     }
 }
 
@@ -739,6 +545,6 @@ fn stored_game(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredGame> {
     })
 }
 
-fn unix_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
+    Ok(TokenRow { name: r.get(0)?, hash: r.get(1)?, created_at: r.get(2)?, revoked_at: r.get(3)? })
 }

@@ -113,7 +113,7 @@ pub struct LearnArgs {
     #[arg(long, default_value = "zero2048.db", value_name = "FILE", help_heading = "Run")]
     pub db: PathBuf,
     /// The run database as a URL: sqlite://FILE, or postgres://USER[:PASSWORD]@HOST[:PORT]/DB
-    /// [database.url; default: the --db file].
+    /// [database.url; default: none, the --db file].
     #[arg(long, value_name = "URL", help_heading = "Run")]
     pub database: Option<String>,
     /// Start from this weights file instead of the latest revision: a path, a file://, http:// or

@@ -266,8 +266,10 @@ fn the_dashboard_shows_a_real_run_in_a_real_browser() {
         .unwrap();
     assert!(download.headers()["content-disposition"].to_str().unwrap().contains("attachment"));
     assert_eq!(download.text().unwrap(), csv);
-    let missing = zero2048(dir.path(), &["export", "games", "--db", "nope.db"]);
+    let missing =
+        zero2048(dir.path(), &["export", "games", "--db", "nope.db", "--database", "sqlite://nope.db"]);
     assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no run database"));
 }
 
 /// Waits until nothing listens on `port` any more; returns the time (ms since the epoch).

@@ -18,6 +18,7 @@ use time::OffsetDateTime;
 
 use crate::backend::{
     Retention, StorageBackend, StorageError, StorageResult, StoredWeights, UrlKind, WeightsData, WeightsUrl,
+    latest_record,
 };
 use crate::config::Config;
 use crate::latest::{LatestExtra, LatestInfo, PatchOffer};
@@ -230,12 +231,10 @@ impl StorageAdapter {
             remote = None;
         }
         let url = self.url_for(&stored, remote.as_ref(), deadline).await?;
-        let mut info =
-            self.local.update_latest_info_with(revision, &url.url, &stored.sha256, deadline, extra).await?;
-        if !patches.is_empty() {
-            (info.compressed, info.delta) = self.offers(&patches, remote.as_ref(), deadline).await;
-            self.local.write_latest(&info).await?;
-        }
+        // One write of the whole record: a reader never sees it without its offers.
+        let mut info = latest_record(&stored, &url.url, deadline, extra);
+        (info.compressed, info.delta) = self.offers(&patches, remote.as_ref(), deadline).await;
+        self.local.write_latest(&info).await?;
         if let Some(bucket) = &remote
             && let Err(e) = bucket.write_latest(&info).await
         {

@@ -224,18 +224,7 @@ pub trait StorageBackend: Send + Sync {
             .into_iter()
             .find(|w| w.name.revision() == revision && w.sha256 == weights_sha256)
             .ok_or_else(|| StorageError::NotStored { revision, sha256: weights_sha256.to_string() })?;
-        let info = LatestInfo {
-            revision,
-            weights_url: weights_url.to_string(),
-            weights_sha256: weights_sha256.to_string(),
-            weights_size: stored.size,
-            deadline,
-            weights_file: stored.name.to_string(),
-            published_at: OffsetDateTime::now_utc(),
-            compressed: None,
-            delta: None,
-            extra: extra.clone(),
-        };
+        let info = latest_record(&stored, weights_url, deadline, extra);
         self.write_latest(&info).await?;
         Ok(info)
     }
@@ -305,6 +294,27 @@ impl Retention {
         }
         doomed.reverse();
         doomed
+    }
+}
+
+/// The latest record naming a fully stored revision, published now, without patch offers.
+pub fn latest_record(
+    stored: &StoredWeights,
+    weights_url: &str,
+    deadline: OffsetDateTime,
+    extra: &LatestExtra,
+) -> LatestInfo {
+    LatestInfo {
+        revision: stored.name.revision(),
+        weights_url: weights_url.to_string(),
+        weights_sha256: stored.sha256.clone(),
+        weights_size: stored.size,
+        deadline,
+        weights_file: stored.name.to_string(),
+        published_at: OffsetDateTime::now_utc(),
+        compressed: None,
+        delta: None,
+        extra: extra.clone(),
     }
 }
 

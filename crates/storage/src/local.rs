@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use crate::backend::{
-    StorageBackend, StorageError, StorageResult, StoredWeights, UrlKind, WeightsData, WeightsReader,
-    WeightsUrl, parse_weights_path,
+    Retention, StorageBackend, StorageError, StorageResult, StoredWeights, UrlKind, WeightsData,
+    WeightsReader, WeightsUrl, parse_weights_path,
 };
 use crate::hashing::{HashingWriter, copy_hashing};
 use crate::latest::LatestInfo;
@@ -472,6 +472,28 @@ impl StorageBackend for LocalStorageBackend {
             }
             Err(e) => Err(io("opening", &path)(e)),
         }
+    }
+
+    /// As every backend prunes, with each revision's patches counted in what keeping it costs
+    /// (they go with it when it goes).
+    async fn prune(&self, retention: Retention) -> StorageResult<Vec<WeightsName>> {
+        let latest = self.read_latest_info().await?.map(|l| l.weights_file);
+        let mut stored = self.list_revisions().await?;
+        let this = self.clone();
+        let names: Vec<WeightsName> = stored.iter().map(|w| w.name.clone()).collect();
+        let patch_bytes = blocking(move || {
+            names.iter().map(|name| Ok(this.patches_of(name)?.iter().map(|p| p.size).sum())).collect()
+        })
+        .await?;
+        for (weights, extra) in stored.iter_mut().zip::<Vec<u64>>(patch_bytes) {
+            weights.size += extra;
+        }
+        let mut deleted = Vec::new();
+        for weights in retention.doomed(&stored, latest.as_deref()) {
+            self.delete_weights(&weights.name).await?;
+            deleted.push(weights.name.clone());
+        }
+        Ok(deleted)
     }
 
     async fn delete_weights(&self, name: &WeightsName) -> StorageResult<()> {

@@ -8,8 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use time::OffsetDateTime;
 use zero2048_storage::{
-    Config, Expected, Fetched, Fetcher, LatestExtra, LatestInfo, RetryPolicy, StorageAdapter, WeightsData,
-    hash_bytes, http::weights_router,
+    Config, Expected, Fetched, Fetcher, LatestExtra, LatestInfo, Retention, RetryPolicy, StorageAdapter,
+    StorageBackend, WeightsData, hash_bytes, http::weights_router,
 };
 
 /// 4 MiB of little-endian f32 "weights": a tenth of them visited (non-zero), like an n-tuple table.
@@ -184,4 +184,24 @@ async fn with_patches_off_the_record_offers_none_and_workers_fetch_whole_files()
             .unwrap()
             .any(|e| { e.unwrap().file_name().to_string_lossy().ends_with(".zst") })
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_disk_budget_counts_a_revisions_patches() {
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = adapter_served_over_http(dir.path(), true).await;
+    let first = first_weights();
+    publish(&adapter, &first, 1).await;
+    publish(&adapter, &learn_more(&first, 1), 2).await;
+    let whole = first.len() as u64;
+    // Two whole files fit; with their patches they do not, so revision 1 goes (never the latest).
+    let dropped =
+        adapter.local().prune(Retention { keep_revisions: 0, budget_bytes: 2 * whole }).await.unwrap();
+    assert_eq!(dropped.iter().map(|n| n.revision()).collect::<Vec<_>>(), vec![1]);
+    let left: Vec<String> = std::fs::read_dir(adapter.local().dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('r'))
+        .collect();
+    assert!(left.iter().all(|n| n.starts_with("r000002")), "{left:?}");
 }

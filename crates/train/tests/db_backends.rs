@@ -286,3 +286,58 @@ fn concurrent_ingest_keeps_every_game_once(url: DatabaseUrl) {
         assert_eq!(worker.games, 50, "{worker:?}");
     }
 }
+
+/// Closes every other connection to the database at `url`, as a server restart would.
+fn drop_connections(url: &str) {
+    let mut admin = ::postgres::Client::connect(url, ::postgres::NoTls).unwrap();
+    admin
+        .batch_execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .unwrap();
+}
+
+/// Retries `work` until it succeeds: the one query that meets the closed connection fails.
+fn after_reconnect<T>(mut work: impl FnMut() -> Result<T, DbError>) -> T {
+    let mut errors = Vec::new();
+    for _ in 0..5 {
+        match work() {
+            Ok(value) => return value,
+            Err(e) => errors.push(e.to_string()),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("never reconnected: {errors:?}");
+}
+
+#[test]
+fn postgres_connections_are_opened_again_after_the_server_closes_them() {
+    let url = postgres_server::new_database();
+    let parsed = DatabaseUrl::parse(&url).unwrap();
+    let mut db = RunDb::open(&parsed).unwrap();
+    assert!(db.lock_run().unwrap());
+    let games: Vec<_> = (1..=2).map(|n| game(n, 1, 4)).collect();
+    db.insert_games("w@m", &[new_game(&games[0])], 0, None, true).unwrap();
+
+    drop_connections(&url);
+    after_reconnect(|| db.insert_games("w@m", &[new_game(&games[1])], 0, None, true));
+    assert_eq!(db.game_count().unwrap(), 2);
+    // The learner lock was taken again with the new connection.
+    let other = RunDb::open(&parsed).unwrap();
+    assert!(!other.lock_run().unwrap(), "a second learner got the run after a reconnect");
+
+    // If another learner takes the run while the connection is down, this one is told to stop.
+    drop(other);
+    drop_connections(&url);
+    let rival = RunDb::open(&parsed).unwrap();
+    assert!(rival.lock_run().unwrap());
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        match db.game_count() {
+            Err(DbError::LostLearnerLock) => return,
+            other => seen.push(format!("{other:?}")),
+        }
+    }
+    panic!("the learner was not told it lost the run: {seen:?}");
+}

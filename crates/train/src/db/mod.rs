@@ -200,6 +200,12 @@ pub enum DbError {
         /// What it should be.
         expected: &'static str,
     },
+    /// The learner's PostgreSQL connection was lost and, by the time it was back, another
+    /// learner held the run.
+    #[error(
+        "run database (PostgreSQL): the connection was lost and another learner took this run meanwhile; this one stops"
+    )]
+    LostLearnerLock,
     /// A database written by a newer build.
     #[error(
         "run database: schema version {found} is newer than this build's {supported}; use a newer zero2048"

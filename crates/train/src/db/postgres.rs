@@ -3,7 +3,8 @@
 //! transaction storing games (so row ids become visible in order, which the learner's cursor needs)
 //! and every migration (so two processes starting together migrate once).
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use postgres::{Client, NoTls, Row};
 
@@ -86,7 +87,10 @@ fn migrate(client: &mut Client) -> Result<(), DbError> {
 /// The open PostgreSQL database. The client is behind a mutex because its queries need `&mut`
 /// while the run database's readers take `&self`.
 pub(super) struct PostgresDb {
+    url: String,
     client: Mutex<Client>,
+    /// This connection took the learner lock: a new connection must take it again.
+    holds_learner_lock: AtomicBool,
 }
 
 fn i64_of(value: u64) -> i64 {
@@ -97,33 +101,48 @@ impl PostgresDb {
     pub(super) fn open(url: &str) -> Result<PostgresDb, DbError> {
         let mut client = Client::connect(url, NoTls).map_err(ctx("connect"))?;
         migrate(&mut client)?;
-        Ok(PostgresDb { client: Mutex::new(client) })
+        Ok(PostgresDb {
+            url: url.to_string(),
+            client: Mutex::new(client),
+            holds_learner_lock: AtomicBool::new(false),
+        })
     }
 
-    fn client(&self) -> std::sync::MutexGuard<'_, Client> {
-        self.client.lock().unwrap_or_else(|e| e.into_inner())
+    /// The connection, opened again if the server closed it (a restart, a failover, an idle
+    /// timeout): the query that met the closed connection failed with its error, the next ones
+    /// work again without restarting this process.
+    fn client(&self) -> Result<MutexGuard<'_, Client>, DbError> {
+        let mut client = self.client.lock().unwrap_or_else(|e| e.into_inner());
+        if client.is_closed() {
+            tracing::warn!("the PostgreSQL connection was closed; connecting again");
+            let mut fresh = Client::connect(&self.url, NoTls).map_err(ctx("connect again"))?;
+            if self.holds_learner_lock.load(Ordering::SeqCst) && !take_learner_lock(&mut fresh)? {
+                return Err(DbError::LostLearnerLock);
+            }
+            *client = fresh;
+        }
+        Ok(client)
     }
 
     pub(super) fn try_lock_run(&self) -> Result<bool, DbError> {
-        self.client()
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&LEARNER_LOCK])
-            .map(|row| row.get(0))
-            .map_err(ctx("take the learner lock"))
+        let taken = take_learner_lock(&mut *self.client()?)?;
+        self.holds_learner_lock.store(taken, Ordering::SeqCst);
+        Ok(taken)
     }
 
     pub(super) fn meta(&self, key: &str) -> Result<Option<String>, DbError> {
-        self.client()
+        self.client()?
             .query_opt("SELECT value FROM meta WHERE key = $1", &[&key])
             .map(|row| row.map(|r| r.get(0)))
             .map_err(ctx("read meta"))
     }
 
     pub(super) fn set_meta(&self, key: &str, value: &str) -> Result<(), DbError> {
-        set_meta(&mut *self.client(), key, value).map_err(ctx("write meta"))
+        set_meta(&mut *self.client()?, key, value).map_err(ctx("write meta"))
     }
 
     pub(super) fn record_revision(&mut self, row: &RevisionRow, counters: &Counters) -> Result<(), DbError> {
-        let mut client = self.client();
+        let mut client = self.client()?;
         let mut tx = client.transaction().map_err(ctx("begin"))?;
         tx.execute(
             "INSERT INTO revisions (revision, file, sha256, size, games, moves, published_at)
@@ -150,7 +169,7 @@ impl PostgresDb {
 
     pub(super) fn record_evaluation(&self, row: &EvaluationRow) -> Result<(), DbError> {
         let strength = serde_json::to_string(&row.strength).unwrap_or_default();
-        self.client()
+        self.client()?
             .execute(
                 "INSERT INTO evaluations (revision, depth, seed, games_trained, strength) VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (revision, depth) DO UPDATE SET seed = excluded.seed,
@@ -169,7 +188,7 @@ impl PostgresDb {
 
     pub(super) fn revisions(&self) -> Result<Vec<RevisionRow>, DbError> {
         let rows = self
-            .client()
+            .client()?
             .query(
                 "SELECT revision, file, sha256, size, games, moves, published_at FROM revisions ORDER BY revision",
                 &[],
@@ -191,7 +210,7 @@ impl PostgresDb {
 
     pub(super) fn evaluations(&self) -> Result<Vec<EvaluationRow>, DbError> {
         let rows = self
-            .client()
+            .client()?
             .query(
                 "SELECT revision, depth, seed, games_trained, strength FROM evaluations ORDER BY revision, depth",
                 &[],
@@ -220,7 +239,7 @@ impl PostgresDb {
         queued: bool,
     ) -> Result<Vec<bool>, DbError> {
         let now = unix_now();
-        let mut client = self.client();
+        let mut client = self.client()?;
         let mut tx = client.transaction().map_err(ctx("begin storing games"))?;
         // Ids are drawn in the order the lock is granted, so they commit in order.
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&GAMES_LOCK])
@@ -282,7 +301,7 @@ impl PostgresDb {
     pub(super) fn known_games(&self, uuids: &[[u8; 16]]) -> Result<Vec<bool>, DbError> {
         let keys: Vec<&[u8]> = uuids.iter().map(|u| &u[..]).collect();
         let rows = self
-            .client()
+            .client()?
             .query("SELECT uuid FROM games WHERE uuid = ANY($1)", &[&keys])
             .map_err(ctx("look up games"))?;
         let known: std::collections::HashSet<Vec<u8>> = rows.iter().map(|r| r.get(0)).collect();
@@ -296,7 +315,7 @@ impl PostgresDb {
         params: &[&(dyn postgres::types::ToSql + Sync)],
     ) -> Result<Vec<StoredGame>, DbError> {
         let query = format!("SELECT {GAME_COLUMNS} FROM games {filter}");
-        let rows = self.client().query(&query, params).map_err(ctx(action))?;
+        let rows = self.client()?.query(&query, params).map_err(ctx(action))?;
         rows.iter().map(stored_game).collect()
     }
 
@@ -322,7 +341,7 @@ impl PostgresDb {
     }
 
     fn count(&self, action: &'static str, query: &str) -> Result<u64, DbError> {
-        self.client().query_one(query, &[]).map(|r| r.get::<_, i64>(0) as u64).map_err(ctx(action))
+        self.client()?.query_one(query, &[]).map(|r| r.get::<_, i64>(0) as u64).map_err(ctx(action))
     }
 
     pub(super) fn last_queued_id(&self) -> Result<u64, DbError> {
@@ -338,7 +357,7 @@ impl PostgresDb {
     }
 
     pub(super) fn quarantine_worker(&self, token: &str) -> Result<u64, DbError> {
-        self.client()
+        self.client()?
             .execute(
                 "UPDATE games SET quarantined = TRUE
                  WHERE (worker = $1 OR starts_with(worker, $1 || '@')) AND NOT quarantined",
@@ -349,7 +368,7 @@ impl PostgresDb {
 
     pub(super) fn workers(&self) -> Result<Vec<WorkerRow>, DbError> {
         let rows = self
-            .client()
+            .client()?
             .query(
                 "SELECT w.name, w.games, w.moves, w.rejected, w.last_rejection, w.first_seen, w.last_seen,
                         (SELECT count(*) FROM games g WHERE g.worker = w.name AND g.quarantined),
@@ -390,7 +409,7 @@ impl PostgresDb {
         rejected: u64,
         last_rejection: &str,
     ) -> Result<(), DbError> {
-        self.client()
+        self.client()?
             .execute(
                 "INSERT INTO workers (name, rejected, last_rejection, first_seen, last_seen) VALUES ($1, $2, $3, $4, $4)
                  ON CONFLICT (name) DO UPDATE SET rejected = workers.rejected + $2, last_rejection = $3,
@@ -402,7 +421,7 @@ impl PostgresDb {
     }
 
     pub(super) fn record_throughput(&self, sample: &ThroughputSample) -> Result<(), DbError> {
-        self.client()
+        self.client()?
             .execute(
                 "INSERT INTO throughput (at, games, moves, stored, backlog, revision) VALUES ($1, $2, $3, $4, $5, $6)",
                 &[
@@ -420,7 +439,7 @@ impl PostgresDb {
 
     pub(super) fn throughput(&self, limit: usize) -> Result<Vec<ThroughputSample>, DbError> {
         let rows = self
-            .client()
+            .client()?
             .query(
                 "SELECT at, games, moves, stored, backlog, revision FROM
                  (SELECT * FROM throughput ORDER BY at DESC LIMIT $1) AS recent ORDER BY at",
@@ -456,28 +475,28 @@ impl PostgresDb {
 
     pub(super) fn revisions_with_games(&self) -> Result<Vec<u64>, DbError> {
         let rows = self
-            .client()
+            .client()?
             .query("SELECT DISTINCT revision FROM games ORDER BY revision DESC", &[])
             .map_err(ctx("list revisions with games"))?;
         Ok(rows.iter().map(|r| r.get::<_, i64>(0) as u64).collect())
     }
 
     pub(super) fn token_by_name(&self, name: &str) -> Result<Option<TokenRow>, DbError> {
-        self.client()
+        self.client()?
             .query_opt("SELECT name, hash, created_at, revoked_at FROM tokens WHERE name = $1", &[&name])
             .map(|row| row.as_ref().map(token_row))
             .map_err(ctx("look up a token"))
     }
 
     pub(super) fn token_by_hash(&self, hash: &[u8]) -> Result<Option<TokenRow>, DbError> {
-        self.client()
+        self.client()?
             .query_opt("SELECT name, hash, created_at, revoked_at FROM tokens WHERE hash = $1", &[&hash])
             .map(|row| row.as_ref().map(token_row))
             .map_err(ctx("check a token"))
     }
 
     pub(super) fn issue_token(&mut self, name: &str, hash: &[u8]) -> Result<bool, DbError> {
-        let mut client = self.client();
+        let mut client = self.client()?;
         let mut tx = client.transaction().map_err(ctx("begin issuing a token"))?;
         let held = tx
             .query_opt("SELECT revoked_at FROM tokens WHERE name = $1 FOR UPDATE", &[&name])
@@ -497,14 +516,14 @@ impl PostgresDb {
     }
 
     pub(super) fn tokens(&self) -> Result<Vec<TokenRow>, DbError> {
-        self.client()
+        self.client()?
             .query("SELECT name, hash, created_at, revoked_at FROM tokens ORDER BY created_at, name", &[])
             .map(|rows| rows.iter().map(token_row).collect())
             .map_err(ctx("list tokens"))
     }
 
     pub(super) fn revoke_token(&self, name: &str) -> Result<bool, DbError> {
-        self.client()
+        self.client()?
             .execute(
                 "UPDATE tokens SET revoked_at = coalesce(revoked_at, $2) WHERE name = $1",
                 &[&name, &unix_now()],
@@ -512,6 +531,13 @@ impl PostgresDb {
             .map(|changed| changed > 0)
             .map_err(ctx("revoke a token"))
     }
+}
+
+fn take_learner_lock(client: &mut Client) -> Result<bool, DbError> {
+    client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&LEARNER_LOCK])
+        .map(|row| row.get(0))
+        .map_err(ctx("take the learner lock"))
 }
 
 fn set_meta(

@@ -392,7 +392,7 @@ fn counter_entries(counters: &Counters) -> [(&'static str, u64); 5] {
 
 enum Backend {
     Sqlite(sqlite::SqliteDb),
-    Postgres(postgres::PostgresDb),
+    Postgres(Box<postgres::PostgresDb>),
 }
 
 /// The open database.
@@ -424,7 +424,7 @@ impl RunDb {
     pub fn open(url: impl Into<DatabaseUrl>) -> Result<RunDb, DbError> {
         let backend = match url.into() {
             DatabaseUrl::Sqlite(path) => Backend::Sqlite(sqlite::SqliteDb::open(&path)?),
-            DatabaseUrl::Postgres(url) => Backend::Postgres(postgres::PostgresDb::open(&url)?),
+            DatabaseUrl::Postgres(url) => Backend::Postgres(Box::new(postgres::PostgresDb::open(&url)?)),
         };
         Ok(RunDb { backend })
     }

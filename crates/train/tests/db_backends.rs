@@ -101,6 +101,14 @@ fn games_are_stored_once_and_learned_in_order(url: DatabaseUrl) {
     assert_eq!((alice.games, alice.moves, alice.rejected), (4, 100, 1));
     assert_eq!(alice.last_rejection.as_deref(), Some("bad hash"));
     assert_eq!((alice.token.as_str(), alice.machine.as_deref()), ("alice", Some("m1")));
+
+    // The same UUID twice in one batch is stored once, and new once.
+    let twice = game(6, 2, 7);
+    assert_eq!(
+        db.insert_games("alice@m1", &[new_game(&twice), new_game(&twice)], 0, None, true).unwrap(),
+        vec![true, false]
+    );
+    assert_eq!(db.game_count().unwrap(), 6);
 }
 
 fn strength(mean: f64) -> Strength {

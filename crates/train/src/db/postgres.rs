@@ -244,43 +244,47 @@ impl PostgresDb {
         // Ids are drawn in the order the lock is granted, so they commit in order.
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&GAMES_LOCK])
             .map_err(ctx("lock the games queue"))?;
-        let insert = tx
-            .prepare(
-                // A conflicting insert would use up an id (sequences are not transactional); under
-                // the lock, looking first means ids have no gaps from retried uploads.
+        // One statement for the whole batch (a round trip per game cost more than the inserts).
+        // A conflicting insert would use up an id (sequences are not transactional); under the
+        // lock, looking first means retried uploads leave no gaps in the ids. Ids follow the
+        // batch's order.
+        let uuids: Vec<&[u8]> = games.iter().map(|g| &g.uuid[..]).collect();
+        let revisions: Vec<i64> = games.iter().map(|g| i64_of(g.revision)).collect();
+        let scores: Vec<i64> = games.iter().map(|g| i64_of(g.score)).collect();
+        let moves: Vec<i64> = games.iter().map(|g| i64::from(g.moves)).collect();
+        let max_tiles: Vec<i64> = games.iter().map(|g| i64::from(g.max_tile)).collect();
+        let records: Vec<&[u8]> = games.iter().map(|g| g.record).collect();
+        let parents: Vec<Option<&[u8]>> =
+            games.iter().map(|g| g.origin.as_ref().map(|(parent, _)| &parent[..])).collect();
+        let steps: Vec<Option<i64>> =
+            games.iter().map(|g| g.origin.map(|(_, step)| i64::from(step))).collect();
+        let inserted = tx
+            .query(
                 "INSERT INTO games (uuid, worker, revision, score, moves, max_tile, record, received_at,
                      parent, branch_step, queued)
-                 SELECT $1::BYTEA, $2::TEXT, $3::BIGINT, $4::BIGINT, $5::BIGINT, $6::BIGINT, $7::BYTEA,
-                     $8::BIGINT, $9::BYTEA, $10::BIGINT, $11::BOOLEAN
-                 WHERE NOT EXISTS (SELECT 1 FROM games WHERE uuid = $1::BYTEA)
-                 ON CONFLICT (uuid) DO NOTHING",
+                 SELECT g.uuid, $1, g.revision, g.score, g.moves, g.max_tile, g.record, $2, g.parent,
+                     g.branch_step, $3
+                 FROM unnest($4::BYTEA[], $5::BIGINT[], $6::BIGINT[], $7::BIGINT[], $8::BIGINT[],
+                             $9::BYTEA[], $10::BYTEA[], $11::BIGINT[]) WITH ORDINALITY
+                     AS g (uuid, revision, score, moves, max_tile, record, parent, branch_step, n)
+                 WHERE NOT EXISTS (SELECT 1 FROM games e WHERE e.uuid = g.uuid)
+                 ORDER BY g.n
+                 ON CONFLICT (uuid) DO NOTHING
+                 RETURNING uuid",
+                &[
+                    &worker, &now, &queued, &uuids, &revisions, &scores, &moves, &max_tiles, &records,
+                    &parents, &steps,
+                ],
             )
             .map_err(ctx("store games"))?;
+        let mut inserted: std::collections::HashSet<Vec<u8>> = inserted.iter().map(|r| r.get(0)).collect();
         let mut fresh = Vec::with_capacity(games.len());
         let (mut new_games, mut new_moves) = (0i64, 0i64);
         for game in games {
-            let parent = game.origin.map(|(parent, _)| parent.to_vec());
-            let step = game.origin.map(|(_, step)| i64::from(step));
-            let changed = tx
-                .execute(
-                    &insert,
-                    &[
-                        &&game.uuid[..],
-                        &worker,
-                        &i64_of(game.revision),
-                        &i64_of(game.score),
-                        &i64::from(game.moves),
-                        &i64::from(game.max_tile),
-                        &game.record,
-                        &now,
-                        &parent,
-                        &step,
-                        &queued,
-                    ],
-                )
-                .map_err(ctx("store a game"))?;
-            fresh.push(changed == 1);
-            if changed == 1 {
+            // A UUID twice in one batch is new once.
+            let new = inserted.remove(&game.uuid[..]);
+            fresh.push(new);
+            if new {
                 new_games += 1;
                 new_moves += i64::from(game.moves);
             }

@@ -69,6 +69,7 @@ fn three_workers_train_a_server_and_follow_its_revisions() {
     wait_for(Duration::from_secs(60), "the learner to catch up", || status(port)["training"]["backlog"] == 0);
     let status = status(port);
     assert!(status["revision"].as_u64().unwrap() >= 4, "{status}");
+    assert_eq!(status["database"], if on_postgres() { "PostgreSQL" } else { "SQLite" });
     let workers = status["workers"].as_array().unwrap();
     assert_eq!(workers.len(), 3, "{status}");
     let evaluations = status["evaluations"].as_array().unwrap();

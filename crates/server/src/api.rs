@@ -354,6 +354,8 @@ pub struct Status {
     pub uploads: UploadTotals,
     /// Storage.
     pub storage: StorageStatus,
+    /// The run database's backend (`SQLite` or `PostgreSQL`; never where it is).
+    pub database: &'static str,
     /// Every worker that sent games.
     pub workers: Vec<WorkerRow>,
     /// Every revision.
@@ -410,6 +412,7 @@ async fn status(State(state): State<Arc<AppState>>) -> Response {
             rejected: m.games_rejected.load(Ordering::Relaxed),
         },
         storage: state.adapter.status(),
+        database: state.database.backend_name(),
         workers,
         revisions,
         evaluations,

@@ -258,6 +258,14 @@ impl DatabaseUrl {
         Ok(DatabaseUrl::Sqlite(PathBuf::from(text)))
     }
 
+    /// `SQLite` or `PostgreSQL`.
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            DatabaseUrl::Sqlite(_) => "SQLite",
+            DatabaseUrl::Postgres(_) => "PostgreSQL",
+        }
+    }
+
     /// The SQLite file, if that is the backend.
     pub fn sqlite_path(&self) -> Option<&Path> {
         match self {
@@ -427,14 +435,6 @@ impl RunDb {
             DatabaseUrl::Postgres(url) => Backend::Postgres(Box::new(postgres::PostgresDb::open(&url)?)),
         };
         Ok(RunDb { backend })
-    }
-
-    /// The backend's name, for logs.
-    pub fn backend_name(&self) -> &'static str {
-        match self.backend {
-            Backend::Sqlite(_) => "SQLite",
-            Backend::Postgres(_) => "PostgreSQL",
-        }
     }
 
     /// Takes the run's learner lock for as long as this connection is open: `false` when another

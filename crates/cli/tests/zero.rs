@@ -35,15 +35,11 @@ fn post(port: u16, token: &str, games: &[(Uuid, GameRecord)]) -> serde_json::Val
 }
 
 fn stored_records(db: &std::path::Path) -> Vec<(i64, GameRecord)> {
-    let conn = rusqlite::Connection::open(db).unwrap();
-    let mut query = conn.prepare("SELECT revision, record FROM games ORDER BY id").unwrap();
-    query
-        .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))
+    run_db(db)
+        .games_page(None, 0, usize::MAX >> 1)
         .unwrap()
-        .map(|row| {
-            let (revision, bytes) = row.unwrap();
-            (revision, GameRecord::decode(&bytes).unwrap())
-        })
+        .into_iter()
+        .map(|game| (game.revision as i64, GameRecord::decode(&game.record).unwrap()))
         .collect()
 }
 

@@ -235,6 +235,16 @@ pub fn stored_games(db: &Path) -> Vec<(Vec<u8>, String)> {
     }
 }
 
+/// The run database `db` (`<dir>/zero2048.db`, or the PostgreSQL database of `<dir>`), opened.
+pub fn run_db(db: &Path) -> zero2048_train::RunDb {
+    match database_url(db.parent().unwrap()) {
+        Some(url) => {
+            zero2048_train::RunDb::open(zero2048_train::db::DatabaseUrl::parse(&url).unwrap()).unwrap()
+        }
+        None => zero2048_train::RunDb::open(db).unwrap(),
+    }
+}
+
 /// The first column of `sql`'s rows, as whole numbers, from the run database `db` (as
 /// [`stored_games`]); `sql` must read the same on SQLite and PostgreSQL.
 pub fn numbers(db: &Path, sql: &str) -> Vec<i64> {

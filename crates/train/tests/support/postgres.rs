@@ -66,7 +66,10 @@ fn command(program: &Path, root: bool) -> Command {
 fn start() -> Postgres {
     let bin = bin_dir();
     let root = running_as_root();
-    let dir = std::env::temp_dir().join(format!("zero2048-pg-{}", std::process::id()));
+    // /tmp rather than $TMPDIR: `nobody` must reach it, and the server's socket path must stay
+    // short (about 100 bytes at most).
+    let base = if Path::new("/tmp").is_dir() { PathBuf::from("/tmp") } else { std::env::temp_dir() };
+    let dir = base.join(format!("zero2048-pg-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     if root {

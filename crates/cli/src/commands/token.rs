@@ -1,10 +1,10 @@
 //! `zero2048 token`: worker tokens in the server's database.
 
+use std::path::Path;
+
 use anyhow::{Context, Result};
 use zero2048_server::{TokenStore, TokenStoreError};
 use zero2048_train::RunDb;
-
-use std::path::Path;
 
 use crate::args::{TokenAction, TokenArgs};
 use crate::bad_input;

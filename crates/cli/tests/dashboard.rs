@@ -156,6 +156,8 @@ fn the_dashboard_shows_a_real_run_in_a_real_browser() {
         let storage = client.find(Locator::Css("#storage")).await.unwrap().text().await.unwrap();
         assert!(storage.contains("local") && storage.contains("http"), "{storage}");
         assert!(storage.contains("weights on disk"), "{storage}");
+        let database = if on_postgres() { "PostgreSQL" } else { "SQLite" };
+        assert!(storage.contains("run database") && storage.contains(database), "{storage}");
 
         // At 1400 px: the workers table is whole, no storage value (hash, timestamp) runs over two
         // lines, the axes and legends read as numbers.

@@ -219,6 +219,7 @@ function renderStorage() {
     ["state", s.degraded ? "degraded: " + s.degraded : "ok"],
     ["bucket", s.bucket || "-"],
     ["pending catch-up", String(s.pending_catch_up)],
+    ["run database", status.database],
     ["weights on disk", (s.weights_bytes == null ? "unreadable" : number(s.weights_bytes) + "B") +
       (s.weights_budget_bytes ? " of a " + number(s.weights_budget_bytes) + "B budget" : ", no byte budget") +
       " · " + (s.keep_revisions ? "newest " + s.keep_revisions + " kept" : "all kept")],

@@ -8,7 +8,7 @@
 //! the value is read as YAML (`0.5`, `true`, `[1, 2]`, or text). The storage guide's own variables
 //! (`R2_ACCESS_KEY`, `R2_SECRET_KEY`, `R2_ENDPOINT`) keep working too.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -16,6 +16,7 @@ use serde_yaml_ng::Value;
 use zero2048_server::ApiConfig;
 use zero2048_storage::{Overrides, ServerConfig, StorageConfig, parse_yaml};
 use zero2048_train::TrainConfig;
+use zero2048_train::db::DatabaseUrl;
 use zero2048_worker::WorkerSettings;
 
 use crate::bad_input;
@@ -74,6 +75,15 @@ pub fn read(path: Option<&Path>, vars: &[(String, String)]) -> Result<FileConfig
             if is_secret(&key) { "not a valid value".to_string() } else { error.into_inner().to_string() };
         bad_input(format!("{variable}: `{key}`: {message}"))
     })
+}
+
+/// The run's local files' anchor and its database, from `database.url` (the flag, or the file and
+/// environment) or else the `--db` file: one rule for every command that opens the run database.
+pub fn database(url: Option<&str>, db: &Path) -> Result<(PathBuf, DatabaseUrl)> {
+    let Some(url) = url else { return Ok((db.to_path_buf(), DatabaseUrl::from(db))) };
+    let database = DatabaseUrl::parse(url).map_err(|e| bad_input(e.to_string()))?;
+    let anchor = database.sqlite_path().unwrap_or(db).to_path_buf();
+    Ok((anchor, database))
 }
 
 /// Keys whose values must never be printed.

@@ -8,12 +8,12 @@ use zero2048_train::RunDb;
 
 use crate::args::{ExportArgs, ExportFormatArg, ExportWhat};
 use crate::bad_input;
-use crate::commands::learn;
+use crate::config;
 
 /// Runs the command.
 pub fn run(args: ExportArgs) -> Result<()> {
     let ExportWhat::Games { revision, format, db, database, output } = args.what;
-    let (_, database) = learn::database(database.as_deref(), &db)?;
+    let (_, database) = config::database(database.as_deref(), &db)?;
     if database.sqlite_path().is_some_and(|path| !path.is_file()) {
         return Err(bad_input(format!("{database}: no run database there (--db FILE or --database URL)")));
     }

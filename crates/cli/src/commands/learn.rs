@@ -1,17 +1,15 @@
 //! What `train` and `server` share: turning the learning flags and the file into a server's
 //! options, and a two-stage Ctrl-C.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use anyhow::{Context, Result};
 use zero2048_model::NTupleConfig;
 use zero2048_server::{Server, ServerError, ServerOptions};
-use zero2048_train::db::DatabaseUrl;
 
 use crate::args::{DeviceArg, LearnArgs, ListenArgs, ModelArg, StorageArgs, Switch};
-use crate::{bad_input, storage};
+use crate::{bad_input, config, storage};
 
 /// Options for a server from the file, the environment and the flags.
 pub fn options(storage_args: &StorageArgs, listen: &ListenArgs, learn: &LearnArgs) -> Result<ServerOptions> {
@@ -96,7 +94,7 @@ pub fn options(storage_args: &StorageArgs, listen: &ListenArgs, learn: &LearnArg
     // One validation for every source: the file, the environment and the flags.
     train.validate().map_err(|e| bad_input(e.to_string()))?;
     let (db_path, database) =
-        database(learn.database.as_deref().or(file.database.url.as_deref()), &learn.db)?;
+        config::database(learn.database.as_deref().or(file.database.url.as_deref()), &learn.db)?;
     let resume_from =
         learn.resume_from.as_deref().map(|spec| storage::fetch_weights(spec, &storage_config)).transpose()?;
     Ok(ServerOptions {
@@ -108,14 +106,6 @@ pub fn options(storage_args: &StorageArgs, listen: &ListenArgs, learn: &LearnArg
         resume_from,
         publish_initial: false,
     })
-}
-
-/// The run's local files' anchor and its database, from a URL (flag or file) or the `--db` file.
-pub fn database(url: Option<&str>, db: &Path) -> Result<(PathBuf, DatabaseUrl)> {
-    let Some(url) = url else { return Ok((db.to_path_buf(), DatabaseUrl::from(db))) };
-    let database = DatabaseUrl::parse(url).map_err(|e| bad_input(e.to_string()))?;
-    let anchor = database.sqlite_path().unwrap_or(db).to_path_buf();
-    Ok((anchor, database))
 }
 
 /// Exit code of a `train` or `server` refused because another process runs the same run.

@@ -8,11 +8,11 @@ use zero2048_train::RunDb;
 
 use crate::args::{TokenAction, TokenArgs};
 use crate::bad_input;
-use crate::commands::learn;
+use crate::config;
 
 /// Runs the command.
 pub fn run(args: TokenArgs) -> Result<()> {
-    let (_, database) = learn::database(args.database.as_deref(), &args.db)?;
+    let (_, database) = config::database(args.database.as_deref(), &args.db)?;
     // A PostgreSQL database is the operator's to create; a SQLite file is made here if needed.
     let existed = database.sqlite_path().is_none_or(Path::is_file);
     if !existed && !matches!(args.action, TokenAction::Add { .. }) {

@@ -350,11 +350,6 @@ pub fn token_of(worker: &str) -> &str {
     worker.split_once('@').map_or(worker, |(token, _)| token)
 }
 
-/// Brings the database at `url` to this build's schema without keeping it open.
-pub fn migrate(url: impl Into<DatabaseUrl>) -> Result<(), DbError> {
-    RunDb::open(url).map(drop)
-}
-
 fn unix_now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }

@@ -81,6 +81,8 @@ pub struct StorageAdapter {
     retention: Retention,
     catch_up_interval: Duration,
     patches: bool,
+    games_dir: std::path::PathBuf,
+    games_retention: crate::ObjectRetention,
 }
 
 impl StorageAdapter {
@@ -132,6 +134,11 @@ impl StorageAdapter {
             },
             catch_up_interval: Duration::from_secs(config.storage.catch_up_interval_seconds.max(1)),
             patches: config.storage.patches,
+            games_dir: config.storage.games_dir(),
+            games_retention: crate::ObjectRetention {
+                keep_revisions: config.storage.games_keep_revisions,
+                keep_one_in: config.storage.games_keep_one_in,
+            },
         };
         if let Some(latest) = adapter.local.read_latest_info().await? {
             adapter.lock().served_as = Some(UrlKind::of(&latest.weights_url));
@@ -157,6 +164,25 @@ impl StorageAdapter {
             Remote::Ready { backend, .. } => Some(backend.as_ref().clone()),
             _ => None,
         }
+    }
+
+    /// Where other objects of the run (its game chunks) go: under `prefix/` in the bucket when
+    /// one is configured and usable (even while it is behind), else in the local games
+    /// directory. The local shelf is returned too: objects written there while no bucket was
+    /// usable stay readable. Bucket calls run on `runtime`.
+    pub fn object_shelves(
+        &self,
+        prefix: &str,
+        runtime: tokio::runtime::Handle,
+    ) -> StorageResult<(crate::ObjectShelf, Option<crate::ObjectShelf>)> {
+        let local = crate::ObjectShelf::local(&self.games_dir)?;
+        let bucket = self.remote().map(|backend| crate::ObjectShelf::bucket(backend, prefix, runtime));
+        Ok((local, bucket))
+    }
+
+    /// What is kept of the run's games (`storage.games_keep_revisions`, `games_keep_one_in`).
+    pub fn games_retention(&self) -> crate::ObjectRetention {
+        self.games_retention
     }
 
     /// The bucket backend if it is configured and up to date.

@@ -119,6 +119,9 @@ pub enum StorageError {
     /// A name that is not a weights file name (possibly an attempt to escape the directory).
     #[error(transparent)]
     BadName(#[from] crate::naming::BadName),
+    /// An object name that could leave its directory or prefix.
+    #[error("`{0}` is not an object name (letters, digits, `.`, `_`, `-`; not starting with `.`)")]
+    BadObjectName(String),
     /// Nothing stored under that name or revision.
     #[error("{0} is not in storage")]
     NotFound(String),

@@ -51,6 +51,15 @@ pub struct StorageConfig {
     /// before, and name both in the latest record, so a worker that follows a run downloads a
     /// fraction of each revision.
     pub patches: bool,
+    /// Where accepted games are kept (compressed chunks) when no bucket is used; a bucket keeps
+    /// them under `games/` [default: `games` beside `weights_dir`].
+    pub games_dir: Option<PathBuf>,
+    /// Games of this many newest revisions are kept once learned; older ones are deleted except
+    /// a sample (0 keeps every game).
+    pub games_keep_revisions: u64,
+    /// Of the games older than `games_keep_revisions`, one chunk in this many is kept as a
+    /// sample (0: none).
+    pub games_keep_one_in: u64,
 }
 
 impl Default for StorageConfig {
@@ -73,7 +82,20 @@ impl Default for StorageConfig {
             keep_revisions: 20,
             weights_budget_mib: 0,
             patches: true,
+            games_dir: None,
+            games_keep_revisions: 0,
+            games_keep_one_in: 20,
         }
+    }
+}
+
+impl StorageConfig {
+    /// Where games are kept locally: `games_dir`, or `games` beside the weights directory.
+    pub fn games_dir(&self) -> PathBuf {
+        self.games_dir.clone().unwrap_or_else(|| match self.weights_dir.parent() {
+            Some(parent) => parent.join("games"),
+            None => PathBuf::from("games"),
+        })
     }
 }
 
@@ -156,6 +178,8 @@ pub struct Overrides {
     pub r2_public_url: Option<String>,
     /// `--weights-dir`.
     pub weights_dir: Option<PathBuf>,
+    /// `--games-dir`.
+    pub games_dir: Option<PathBuf>,
     /// `--weights-budget-mib`.
     pub weights_budget_mib: Option<u64>,
     /// `--host`.
@@ -235,6 +259,9 @@ impl Config {
         }
         if let Some(v) = &overrides.weights_dir {
             s.weights_dir = v.clone();
+        }
+        if let Some(v) = &overrides.games_dir {
+            s.games_dir = Some(v.clone());
         }
         if let Some(v) = overrides.weights_budget_mib {
             s.weights_budget_mib = v;

@@ -387,6 +387,41 @@ impl R2StorageBackend {
         Ok(written)
     }
 
+    /// Stores a small object at `relative` (under the key prefix) in one PUT.
+    pub async fn put_object(&self, relative: &str, bytes: Bytes) -> StorageResult<()> {
+        self.put_small(&self.key(relative), bytes, "upload of an object").await
+    }
+
+    /// The object at `relative`, whole; [`StorageError::NotFound`] when there is none.
+    pub async fn get_object(&self, relative: &str) -> StorageResult<Vec<u8>> {
+        let key = self.key(relative);
+        match self.store.get(&key).await {
+            Ok(result) => {
+                result.bytes().await.map(|b| b.to_vec()).map_err(|e| self.remote("download of an object", &e))
+            }
+            Err(object_store::Error::NotFound { .. }) => {
+                Err(StorageError::NotFound(format!("r2://{}/{key}", self.settings.bucket)))
+            }
+            Err(e) => Err(self.remote("download of an object", &e)),
+        }
+    }
+
+    /// Deletes the object at `relative` (nothing to do when it is not there).
+    pub async fn delete_object(&self, relative: &str) -> StorageResult<()> {
+        match self.store.delete(&self.key(relative)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.remote("delete of an object", &e)),
+        }
+    }
+
+    /// The names of the objects directly under `relative_prefix/`.
+    pub async fn list_objects(&self, relative_prefix: &str) -> StorageResult<Vec<String>> {
+        let prefix = self.key(relative_prefix);
+        let objects: Vec<_> =
+            self.store.list(Some(&prefix)).try_collect().await.map_err(|e| self.remote("listing", &e))?;
+        Ok(objects.iter().filter_map(|o| o.location.filename().map(str::to_string)).collect())
+    }
+
     /// Whether `weights_path` names a file stored in the bucket.
     pub async fn contains(&self, weights_path: &str) -> StorageResult<bool> {
         let name = parse_weights_path(weights_path)?;

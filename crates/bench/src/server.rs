@@ -18,7 +18,8 @@ use zero2048_protocol::{
 use zero2048_search::{ExpectimaxConfig, ExpectimaxPlayer, play_game};
 use zero2048_selfplay::{Control, CurrentModel, Engine, FinishedGame, GameSink, Model, Runner, SinkClosed};
 use zero2048_server::{ApiConfig, Server, ServerOptions, TokenStore};
-use zero2048_train::db::DatabaseUrl;
+use zero2048_storage::{ObjectRetention, ObjectShelf};
+use zero2048_train::db::{DatabaseUrl, GameShelf};
 use zero2048_train::{Budget, RunDb, SelfPlay, TdConfig, TdLearner, TrainConfig, check_batch, store_checked};
 use zero2048_worker::{Signals, Worker, WorkerConfig, WorkerSettings};
 
@@ -71,6 +72,41 @@ pub struct SelfPlayReport {
     pub mean_game_moves: f64,
 }
 
+/// What stored games cost, per learned move: rows in the run database and chunk objects, with
+/// the records in the rows (as before chunks) as the baseline, the same games in the same run.
+#[derive(Clone, Debug, Serialize)]
+pub struct FootprintReport {
+    /// `SQLite` or `PostgreSQL`.
+    pub backend: &'static str,
+    /// Games stored in each layout.
+    pub games: u64,
+    /// Their moves.
+    pub moves: u64,
+    /// Database growth with the records in the rows.
+    pub inline_db_bytes: u64,
+    /// Database growth with the records in chunks.
+    pub chunked_db_bytes: u64,
+    /// The chunks' bytes.
+    pub chunk_bytes: u64,
+}
+
+impl FootprintReport {
+    /// Database bytes per move, records in the rows.
+    pub fn inline_per_move(&self) -> f64 {
+        self.inline_db_bytes as f64 / self.moves.max(1) as f64
+    }
+
+    /// Database bytes per move, records in chunks.
+    pub fn chunked_per_move(&self) -> f64 {
+        self.chunked_db_bytes as f64 / self.moves.max(1) as f64
+    }
+
+    /// Chunk bytes per move.
+    pub fn chunk_per_move(&self) -> f64 {
+        self.chunk_bytes as f64 / self.moves.max(1) as f64
+    }
+}
+
 /// Everything the suite measures.
 #[derive(Clone, Debug, Serialize)]
 pub struct ServerReport {
@@ -78,6 +114,8 @@ pub struct ServerReport {
     pub ingest: Comparison,
     /// Ingest on PostgreSQL vs on SQLite, measured in the same run (with `--database`).
     pub ingest_postgres: Option<Comparison>,
+    /// Storage per move on SQLite, and on PostgreSQL with `--database`.
+    pub footprint: Vec<FootprintReport>,
     /// `GET /api/v1/latest` vs the 404 fallback (HTTP overhead alone).
     pub latest: Comparison,
     /// Concurrent uploads.
@@ -188,8 +226,75 @@ fn ingest_rate(effort: Effort, db: &mut RunDb, records: &[Encoded]) -> crate::Me
     })
 }
 
+/// A shelf for game chunks in `dir`, keeping everything.
+fn chunk_shelf(dir: &Path) -> Result<GameShelf, String> {
+    let local = ObjectShelf::local(dir).map_err(|e| e.to_string())?;
+    Ok(GameShelf::new(local, None, ObjectRetention::ALL))
+}
+
+/// Stores `rounds` × `records` (fresh UUIDs each round) in batches as the upload endpoint does,
+/// and returns the moves stored, the database's growth and the chunks' bytes.
+fn store_rounds(db: &mut RunDb, records: &[Encoded], rounds: usize) -> Result<(u64, u64, u64), String> {
+    let size_before = db.size_bytes().map_err(|e| e.to_string())?;
+    let chunks_before = db.chunk_totals().map_err(|e| e.to_string())?.bytes;
+    let mut moves = 0;
+    for _ in 0..rounds {
+        for batch in records.chunks(BATCH_GAMES) {
+            let raw = decompress_limited(&batch_body(batch, 0), 64 << 20).map_err(|e| e.to_string())?;
+            let entries = decode_batch(&raw, 10_000).map_err(|e| e.to_string())?;
+            let rules = UploadRules {
+                accepted_revisions: &[0],
+                search: zero2048_protocol::SearchRequirement::Absent,
+            };
+            let checked =
+                check_batch(&entries, &rules, &mut |_| Ok(zero2048_protocol::ParentPosition::Missing))
+                    .map_err(|e| e.to_string())?;
+            let reply = store_checked(db, "bench", &entries, checked).map_err(|e| e.to_string())?;
+            moves += batch.iter().map(|r| r.1 as u64).sum::<u64>();
+            if reply.accepted.len() != batch.len() {
+                return Err(format!("stored {} of {} games", reply.accepted.len(), batch.len()));
+            }
+        }
+    }
+    let grown = db.size_bytes().map_err(|e| e.to_string())?.saturating_sub(size_before);
+    let chunks = db.chunk_totals().map_err(|e| e.to_string())?.bytes - chunks_before;
+    Ok((moves, grown, chunks))
+}
+
+/// The same games stored with their records in the rows and in chunks, on `url` (fresh SQLite
+/// files under `dir`, or one PostgreSQL database measured by its growth).
+fn footprint(
+    url: Option<&DatabaseUrl>,
+    dir: &Path,
+    records: &[Encoded],
+    rounds: usize,
+) -> Result<FootprintReport, String> {
+    let open = |name: &str| -> Result<RunDb, String> {
+        match url {
+            Some(url) => RunDb::open(url),
+            None => RunDb::open(dir.join(format!("{name}.db"))),
+        }
+        .map_err(|e| e.to_string())
+    };
+    let mut inline = open("inline")?;
+    let (moves, inline_db_bytes, _) = store_rounds(&mut inline, records, rounds)?;
+    drop(inline);
+    let mut chunked = open("chunked")?.with_games(chunk_shelf(&dir.join("footprint-chunks"))?);
+    let (_, chunked_db_bytes, chunk_bytes) = store_rounds(&mut chunked, records, rounds)?;
+    Ok(FootprintReport {
+        backend: url.map_or("SQLite", DatabaseUrl::backend_name),
+        games: (records.len() * rounds) as u64,
+        moves,
+        inline_db_bytes,
+        chunked_db_bytes,
+        chunk_bytes,
+    })
+}
+
 fn ingest(effort: Effort, dir: &Path, records: &[Encoded], games: &[GameRecord]) -> Comparison {
-    let mut db = RunDb::open(dir.join("ingest.db")).expect("a scratch database");
+    let mut db = RunDb::open(dir.join("ingest.db"))
+        .expect("a scratch database")
+        .with_games(chunk_shelf(&dir.join("ingest-chunks")).expect("a scratch directory"));
     let fast = ingest_rate(effort, &mut db, records);
     let json: Vec<Vec<u8>> = games
         .chunks(BATCH_GAMES)
@@ -347,7 +452,9 @@ pub fn run(
     let ingest = ingest(effort, dir.path(), &records, &games);
     let ingest_postgres = match postgres {
         Some(url) => {
-            let mut on_postgres = RunDb::open(url).map_err(|e| e.to_string())?;
+            let mut on_postgres = RunDb::open(url)
+                .map_err(|e| e.to_string())?
+                .with_games(chunk_shelf(&dir.path().join("pg-chunks"))?);
             let fast = ingest_rate(effort, &mut on_postgres, &records);
             // The baseline is the SQLite ingest just measured, in the same run.
             Some(Comparison {
@@ -359,6 +466,15 @@ pub fn run(
         }
         None => None,
     };
+    // Enough games that the databases' fixed overhead (empty tables, first pages) is noise.
+    let rounds = match effort {
+        Effort::Full => 8,
+        Effort::Quick => 1,
+    };
+    let mut footprints = vec![footprint(None, dir.path(), &records, rounds)?];
+    if let Some(url) = postgres {
+        footprints.push(footprint(Some(url), dir.path(), &records, rounds)?);
+    }
 
     // A real server on loopback, starting from the trained network.
     let weights = dir.path().join("start.safetensors");
@@ -555,6 +671,7 @@ pub fn run(
     Ok(ServerReport {
         ingest,
         ingest_postgres,
+        footprint: footprints,
         latest,
         load,
         selfplay: SelfPlayReport {

@@ -46,6 +46,8 @@ pub enum Command {
 /// `zero2048 export`.
 #[derive(Args, Debug)]
 pub struct ExportArgs {
+    #[command(flatten)]
+    pub storage: StorageArgs,
     /// What to export.
     #[command(subcommand)]
     pub what: ExportWhat,
@@ -387,6 +389,10 @@ pub struct StorageArgs {
     /// [storage.weights_dir; default: weights].
     #[arg(long, value_name = "DIR", global = true)]
     pub weights_dir: Option<PathBuf>,
+    /// Local directory of the accepted games (compressed chunks) when no bucket is used
+    /// [storage.games_dir; default: none, games beside the weights directory].
+    #[arg(long, value_name = "DIR", global = true)]
+    pub games_dir: Option<PathBuf>,
     /// Disk budget of the stored revisions in MiB, here and in the bucket: the oldest go first,
     /// never the latest; 0 for none besides storage.keep_revisions
     /// [storage.weights_budget_mib; default: 0].

@@ -19,6 +19,7 @@ pub fn overrides(args: &StorageArgs, listen: &ListenArgs) -> Overrides {
         r2_endpoint: args.r2_endpoint.clone(),
         r2_public_url: args.r2_public_url.clone(),
         weights_dir: args.weights_dir.clone(),
+        games_dir: args.games_dir.clone(),
         weights_budget_mib: args.weights_budget_mib,
         host: listen.host.clone(),
         port: listen.port,

@@ -158,6 +158,7 @@ fn the_dashboard_shows_a_real_run_in_a_real_browser() {
         assert!(storage.contains("weights on disk"), "{storage}");
         let database = if on_postgres() { "PostgreSQL" } else { "SQLite" };
         assert!(storage.contains("run database") && storage.contains(database), "{storage}");
+        assert!(storage.contains("game chunks") && storage.contains("on local disk"), "{storage}");
 
         // At 1400 px: the workers table is whole, no storage value (hash, timestamp) runs over two
         // lines, the axes and legends read as numbers.

@@ -128,6 +128,8 @@ fn killing_the_server_mid_upload_loses_and_duplicates_nothing() {
         "stored {} of {played} games ({before} before the kill)",
         games.len()
     );
+    // Chunk first, rows second: every stored game's record is whole in its chunk.
+    assert_eq!(read_back_every_record(&db), games.len());
     // Revisions continue without a gap or a repeat across the kill.
     let revisions = numbers(&db, "SELECT revision FROM revisions ORDER BY revision");
     assert_eq!(revisions, (1..=revisions.len() as i64).collect::<Vec<_>>());

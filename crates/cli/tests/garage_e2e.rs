@@ -87,6 +87,11 @@ fn workers_train_through_presigned_urls_and_survive_the_bucket_going_down() {
             "revision {revision} is missing from the bucket: {in_bucket:?}"
         );
     }
+    // The games' records went to the bucket in chunks (those of the outage to the local games
+    // directory, until a publish moves them), and the export reads every one back.
+    let chunks = runtime.block_on(bucket.list_objects("games")).unwrap();
+    assert!(!chunks.is_empty() && chunks.iter().all(|k| zero2048_train::db::is_chunk_name(k)), "{chunks:?}");
+    assert_eq!(status(port)["game_chunks"]["stored_in"], "bucket");
     // Every page and API answer, and the server's log: no secret key, no token; no signed URL
     // anywhere but in the latest record, whose job is to carry one.
     let mut answers = Vec::new();
@@ -104,6 +109,8 @@ fn workers_train_through_presigned_urls_and_survive_the_bucket_going_down() {
         let body = http().get(format!("http://127.0.0.1:{port}{path}")).send().unwrap().text().unwrap();
         answers.push((path, body));
     }
+    let jsonl = &answers.iter().find(|(path, _)| path.ends_with("format=jsonl")).unwrap().1;
+    assert_eq!(jsonl.lines().count() as u64, played, "the export read every game from the bucket");
     server.interrupt();
     let (code, _, log) = server.wait(Duration::from_secs(60));
     assert_eq!(code, Some(0), "{log}");

@@ -220,6 +220,8 @@ function renderStorage() {
     ["bucket", s.bucket || "-"],
     ["pending catch-up", String(s.pending_catch_up)],
     ["run database", status.database],
+    ["game chunks", number(status.game_chunks.chunks) + " · " + number(status.game_chunks.bytes) + "B · " +
+      (status.game_chunks.stored_in === "bucket" ? "in the bucket" : "on local disk")],
     ["weights on disk", (s.weights_bytes == null ? "unreadable" : number(s.weights_bytes) + "B") +
       (s.weights_budget_bytes ? " of a " + number(s.weights_budget_bytes) + "B budget" : ", no byte budget") +
       " · " + (s.keep_revisions ? "newest " + s.keep_revisions + " kept" : "all kept")],

@@ -52,6 +52,8 @@ pub struct AppState {
     pub started: Instant,
     /// The run database (exports open their own connection).
     pub database: zero2048_train::db::DatabaseUrl,
+    /// Where game records are kept, for those connections.
+    pub games: zero2048_train::db::GameShelf,
 }
 
 /// The API's routes (weights included when `weights_dir` is given).
@@ -161,6 +163,24 @@ fn internal(e: impl std::fmt::Display) -> Response {
     error(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("the server failed: {e}"))
 }
 
+/// A batch that could not be stored: when the games' storage (disk or bucket) failed, the worker
+/// keeps the games and sends them again later; nothing of the batch was acknowledged.
+fn not_stored(e: zero2048_train::db::DbError) -> Response {
+    match e {
+        zero2048_train::db::DbError::Storage { .. } => {
+            tracing::warn!("an upload could not be stored: {e}");
+            let mut response = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "games_storage_unavailable",
+                format!("the games could not be stored ({e}); send them again later"),
+            );
+            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("10"));
+            response
+        }
+        other => internal(other),
+    }
+}
+
 async fn weights_auth(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     if state.api.require_token_for_latest
         && let Err(refusal) = authenticate(&state, request.headers()).await
@@ -266,7 +286,7 @@ async fn upload_games(State(state): State<Arc<AppState>>, headers: HeaderMap, bo
         let checked = check_batch(&entries, &rules, &mut |origin| stored_parent(&db, origin))
             .map_err(|e| Box::new(internal(e)))?;
         let mut reply =
-            store_checked(&mut db, &worker, &entries, checked).map_err(|e| Box::new(internal(e)))?;
+            store_checked(&mut db, &worker, &entries, checked).map_err(|e| Box::new(not_stored(e)))?;
         let stored = db.last_game_id().map_err(|e| Box::new(internal(e)))?;
         drop(db);
         state.live.stored(stored, !reply.accepted.is_empty());
@@ -356,12 +376,25 @@ pub struct Status {
     pub storage: StorageStatus,
     /// The run database's backend (`SQLite` or `PostgreSQL`; never where it is).
     pub database: &'static str,
+    /// The accepted games' chunk objects.
+    pub game_chunks: GameChunks,
     /// Every worker that sent games.
     pub workers: Vec<WorkerRow>,
     /// Every revision.
     pub revisions: Vec<RevisionRow>,
     /// Strength per evaluated revision.
     pub evaluations: Vec<EvaluationRow>,
+}
+
+/// Where the games' records are and what they take.
+#[derive(Serialize)]
+pub struct GameChunks {
+    /// `bucket` or `local` (the games directory).
+    pub stored_in: &'static str,
+    /// Chunks stored.
+    pub chunks: u64,
+    /// Their compressed bytes.
+    pub bytes: u64,
 }
 
 /// Upload counters since the server started.
@@ -386,10 +419,11 @@ async fn status(State(state): State<Arc<AppState>>) -> Response {
             db.revisions()?,
             db.evaluations()?,
             db.game_count()?,
+            db.chunk_totals()?,
         ))
     })
     .await;
-    let (workers, revisions, evaluations, games_stored) = match tables {
+    let (workers, revisions, evaluations, games_stored, chunks) = match tables {
         Ok(Ok(tables)) => tables,
         Ok(Err(e)) => return internal(e),
         Err(e) => return internal(e),
@@ -413,6 +447,11 @@ async fn status(State(state): State<Arc<AppState>>) -> Response {
         },
         storage: state.adapter.status(),
         database: state.database.backend_name(),
+        game_chunks: GameChunks {
+            stored_in: if state.games.in_bucket() { "bucket" } else { "local" },
+            chunks: chunks.chunks,
+            bytes: chunks.bytes,
+        },
         workers,
         revisions,
         evaluations,

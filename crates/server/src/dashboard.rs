@@ -145,9 +145,10 @@ async fn export(State(state): State<Arc<AppState>>, Query(query): Query<Revision
     let (sender, receiver) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
     let revision = query.revision;
     let database = state.database.clone();
+    let games = state.games.clone();
     tokio::task::spawn_blocking(move || {
         // Its own connection: a long export must not hold the status page's.
-        match zero2048_train::RunDb::open(&database) {
+        match zero2048_train::RunDb::open(&database).map(|db| db.with_games(games)) {
             Ok(db) => {
                 let _ = write_games(&db, revision, format, &mut |chunk| sender.blocking_send(chunk).is_ok());
             }

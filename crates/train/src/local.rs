@@ -16,7 +16,7 @@ use zero2048_game::Board;
 use zero2048_protocol::{BatchEntry, UploadRules};
 use zero2048_selfplay::{Budget, Control, CurrentModel, FinishedGame, GameSink, Runner, SinkClosed};
 
-use crate::db::{DatabaseUrl, NewGame, RunDb};
+use crate::db::{DatabaseUrl, GameShelf, NewGame, RunDb};
 use crate::ingest::ingest;
 use crate::learner::{TdLearner, TdMode, Trace};
 use crate::live::LiveState;
@@ -150,6 +150,8 @@ pub struct LocalSetup<'a> {
     pub budget: Option<u64>,
     /// The run database (the store thread opens its own connection).
     pub database: &'a DatabaseUrl,
+    /// Where game records are kept.
+    pub games: &'a GameShelf,
     /// The run's shared state.
     pub live: &'a Arc<LiveState>,
 }
@@ -172,7 +174,7 @@ impl LocalPlay {
             resume: Arc::default(),
         };
         let (games, received) = sync_channel::<FinishedGame>(QUEUE);
-        let db = RunDb::open(setup.database)?;
+        let db = RunDb::open(setup.database)?.with_games(setup.games.clone());
         let spawn_error =
             |source| TrainError::Io { action: "starting", path: "self-play threads".into(), source };
         let (players, store) = match learner {

@@ -20,7 +20,7 @@ use zero2048_selfplay::Model;
 use zero2048_storage::StorageAdapter;
 
 use crate::config::TrainConfig;
-use crate::db::{Counters, DatabaseUrl, EvaluationRow, RevisionRow, RunDb};
+use crate::db::{Counters, DatabaseUrl, EvaluationRow, GameShelf, RevisionRow, RunDb};
 use crate::learner::TdLearner;
 use crate::learners::{EvaluationJob, Learner, NtupleLearner, PolicyValueLearner};
 use crate::live::{LiveState, Progress};
@@ -131,6 +131,7 @@ pub struct TrainingRun {
     _lock: RunLock,
     config: TrainConfig,
     db: RunDb,
+    games: GameShelf,
     db_path: PathBuf,
     database: DatabaseUrl,
     live: Arc<LiveState>,
@@ -171,7 +172,8 @@ impl TrainingRun {
     ) -> Result<TrainingRun, TrainError> {
         config.validate()?;
         let lock = RunLock::acquire(db_path, adapter.local().dir())?;
-        let db = RunDb::open(database)?;
+        let games = GameShelf::from_storage(&adapter, runtime.clone())?;
+        let db = RunDb::open(database)?.with_games(games.clone());
         if !db.lock_run()? {
             // The holder's pid is on another machine, perhaps.
             return Err(TrainError::Locked { path: PathBuf::from(database.to_string()), pid: None });
@@ -292,6 +294,11 @@ impl TrainingRun {
             live.search_improved_policy
                 .store(config.mcts.root == zero2048_search::RootRule::Gumbel, Ordering::Relaxed);
         }
+        match db.sweep_orphan_chunks(crate::db::ORPHAN_AGE) {
+            Ok(0) => {}
+            Ok(swept) => tracing::info!("removed {swept} game chunks no stored game names (left by a crash)"),
+            Err(e) => tracing::warn!("could not sweep orphan game chunks: {e}"),
+        }
         live.revision.store(counters.revision, Ordering::Relaxed);
         live.learned_through.store(counters.learned_through, Ordering::Relaxed);
         live.stored(db.last_game_id()?, false);
@@ -314,6 +321,7 @@ impl TrainingRun {
             _lock: lock,
             config,
             db,
+            games,
             db_path: db_path.to_path_buf(),
             database: database.clone(),
             live,
@@ -362,6 +370,11 @@ impl TrainingRun {
     /// The run database.
     pub fn db(&self) -> &RunDb {
         &self.db
+    }
+
+    /// Where the run's game records are kept (for other connections to the run database).
+    pub fn game_shelf(&self) -> GameShelf {
+        self.games.clone()
     }
 
     /// The totals now (learned games count as soon as they are learned).
@@ -418,6 +431,24 @@ impl TrainingRun {
         )?;
         self.counters = counters;
         self.learner.save_state(revision)?;
+        // Storage trouble while pruning costs disk space, not the run: warn and go on.
+        match self.db.prune_games(revision, learned_through) {
+            Ok(pruned) if pruned.chunks > 0 => tracing::info!(
+                "retention: deleted {} games in {} chunks ({} bytes) older than the kept revisions",
+                pruned.games,
+                pruned.chunks,
+                pruned.bytes
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("retention: could not prune old games: {e}"),
+        }
+        match self.db.move_chunks_to_bucket() {
+            Ok(0) => {}
+            Ok(moved) => {
+                tracing::info!("moved {moved} game chunks kept locally during a bucket outage to the bucket")
+            }
+            Err(e) => tracing::warn!("game chunks kept locally wait for the bucket: {e}"),
+        }
         Ok(row)
     }
 
@@ -603,6 +634,7 @@ impl Session {
                     ),
                     budget: budget.games,
                     database: &run.database,
+                    games: &run.games,
                     live: &run.live,
                 };
                 let local = LocalPlay::start(setup, run.learner.in_thread())?;

@@ -5,7 +5,9 @@
 mod postgres_server;
 
 use zero2048_search::Strength;
+use zero2048_storage::ObjectShelf;
 use zero2048_train::db::{DatabaseUrl, DbError};
+use zero2048_train::db::{GameRetention, GameShelf};
 use zero2048_train::{Counters, EvaluationRow, NewGame, RevisionRow, RunDb, ThroughputSample};
 
 /// A test case run on each backend: `sqlite_<case>` and `postgres_<case>`.
@@ -33,6 +35,9 @@ macro_rules! on_both {
 
 on_both!(
     games_are_stored_once_and_learned_in_order,
+    games_in_chunks_are_stored_once_and_learned_in_order,
+    a_chunk_no_row_names_is_swept_once_old_and_nothing_acknowledged_is_lost,
+    retention_keeps_recent_revisions_a_sample_and_unlearned_games,
     counters_revisions_and_evaluations_survive_a_reopen,
     revoking_a_token_quarantines_its_machines_only,
     rejections_and_throughput_are_kept,
@@ -60,7 +65,99 @@ fn new_game<'a>(g: &'a ([u8; 16], Vec<u8>, u64, u32)) -> NewGame<'a> {
 }
 
 fn games_are_stored_once_and_learned_in_order(url: DatabaseUrl) {
-    let mut db = RunDb::open(&url).unwrap();
+    stored_once_and_learned_in_order(RunDb::open(&url).unwrap());
+}
+
+/// A shelf of game chunks in `dir`.
+fn shelf(dir: &std::path::Path, retention: GameRetention) -> GameShelf {
+    GameShelf::new(ObjectShelf::local(dir).unwrap(), None, retention)
+}
+
+fn chunk_files(dir: &std::path::Path) -> usize {
+    ObjectShelf::local(dir).unwrap().list(std::time::Duration::from_secs(3600)).unwrap().len()
+}
+
+fn games_in_chunks_are_stored_once_and_learned_in_order(url: DatabaseUrl) {
+    let dir = tempfile::tempdir().unwrap();
+    stored_once_and_learned_in_order(
+        RunDb::open(&url).unwrap().with_games(shelf(dir.path(), GameRetention::ALL)),
+    );
+    // The records are in the chunks, not in the rows: without the shelf they cannot be read.
+    let bare = RunDb::open(&url).unwrap();
+    let error = bare.games_after(0, 1).unwrap_err().to_string();
+    assert!(
+        error.contains("game 1's record is in chunk") && error.contains("without the games' storage"),
+        "{error}"
+    );
+    // One chunk per stored batch; each has a row.
+    let db = RunDb::open(&url).unwrap().with_games(shelf(dir.path(), GameRetention::ALL));
+    assert_eq!(db.chunk_totals().unwrap().chunks, 4);
+    assert_eq!(chunk_files(dir.path()), 4);
+    // A damaged chunk is an error naming it, never a wrong record.
+    let first = ObjectShelf::local(dir.path()).unwrap().list(std::time::Duration::from_secs(3600)).unwrap()
+        [0]
+    .clone();
+    std::fs::write(dir.path().join(&first), b"garbage").unwrap();
+    let fresh = RunDb::open(&url).unwrap().with_games(shelf(dir.path(), GameRetention::ALL));
+    let error = fresh.games_after(0, 1).unwrap_err().to_string();
+    assert!(error.contains(&first) && error.contains("does not decompress"), "{error}");
+    std::fs::remove_file(dir.path().join(&first)).unwrap();
+    let error = fresh.games_after(0, 1).unwrap_err().to_string();
+    assert!(error.contains("reading a game chunk") && error.contains("not in storage"), "{error}");
+}
+
+fn a_chunk_no_row_names_is_swept_once_old_and_nothing_acknowledged_is_lost(url: DatabaseUrl) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = RunDb::open(&url).unwrap().with_games(shelf(dir.path(), GameRetention::ALL));
+    let games: Vec<_> = (1..=3).map(|n| game(n, 1, 10)).collect();
+    let batch: Vec<NewGame<'_>> = games.iter().map(new_game).collect();
+    assert_eq!(db.insert_games("w@m", &batch, 0, None, true).unwrap(), vec![true; 3]);
+    // A retry of games already stored writes a chunk (before the database can tell), which no
+    // row names: the same state as a process killed between writing a chunk and its commit.
+    assert_eq!(db.insert_games("w@m", &batch, 0, None, true).unwrap(), vec![false; 3]);
+    assert_eq!((db.chunk_totals().unwrap().chunks, chunk_files(dir.path())), (1, 2));
+    // Young objects may be another process's write whose commit is coming: kept.
+    assert_eq!(db.sweep_orphan_chunks(zero2048_train::db::ORPHAN_AGE).unwrap(), 0);
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    assert_eq!(db.sweep_orphan_chunks(std::time::Duration::ZERO).unwrap(), 1);
+    assert_eq!(chunk_files(dir.path()), 1);
+    // Every acknowledged game still reads back whole.
+    let stored = db.games_after(0, 10).unwrap();
+    assert_eq!(
+        stored.iter().map(|g| &g.record).collect::<Vec<_>>(),
+        games.iter().map(|g| &g.1).collect::<Vec<_>>()
+    );
+}
+
+fn retention_keeps_recent_revisions_a_sample_and_unlearned_games(url: DatabaseUrl) {
+    let dir = tempfile::tempdir().unwrap();
+    let retention = GameRetention { keep_revisions: 2, keep_one_in: 3 };
+    let mut db = RunDb::open(&url).unwrap().with_games(shelf(dir.path(), retention));
+    // Chunk i (ids 1..=12) holds two games of revision i.
+    let games: Vec<_> = (1..=24).map(|n| game(n, (n as u64).div_ceil(2), 10)).collect();
+    for pair in games.chunks(2) {
+        let batch: Vec<NewGame<'_>> = pair.iter().map(new_game).collect();
+        db.insert_games("w@m", &batch, 0, None, true).unwrap();
+    }
+    // Revision 12 is the latest; games through revision 9 are learned (ids up to 18).
+    let pruned = db.prune_games(12, 18).unwrap();
+    // Kept: revisions 11 and 12 (the newest two), 10 (not learned yet), chunks 3, 6, 9 (the sample).
+    let left: Vec<u64> = db.games_page(None, 0, 100).unwrap().iter().map(|g| g.revision).collect();
+    assert_eq!(left, vec![3, 3, 6, 6, 9, 9, 10, 10, 11, 11, 12, 12]);
+    assert_eq!((pruned.chunks, pruned.games), (6, 12));
+    assert_eq!(chunk_files(dir.path()), 6);
+    assert_eq!(db.chunk_totals().unwrap().chunks, 6);
+    // The rest reads back whole, and a second pass has nothing to do.
+    for game in db.games_page(None, 0, 100).unwrap() {
+        assert_eq!(game.record, games[game.id as usize - 1].1);
+    }
+    assert_eq!(db.prune_games(12, 18).unwrap().chunks, 0);
+    // Keeping every revision (the default) prunes nothing.
+    let mut keep_all = RunDb::open(&url).unwrap().with_games(shelf(dir.path(), GameRetention::ALL));
+    assert_eq!(keep_all.prune_games(100, 1000).unwrap().chunks, 0);
+}
+
+fn stored_once_and_learned_in_order(mut db: RunDb) {
     let games: Vec<_> = (1..=5).map(|n| game(n, 1 + n as u64 / 3, 10 * n as u32)).collect();
     let batch: Vec<NewGame<'_>> = games[..3].iter().map(new_game).collect();
     assert_eq!(db.insert_games("alice@m1", &batch, 0, None, true).unwrap(), vec![true, true, true]);

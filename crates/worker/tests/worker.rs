@@ -62,7 +62,7 @@ fn a_worker_plays_the_run_spec_and_every_game_reaches_the_server_once() {
     assert_eq!((summary.rejected, summary.spool_left), (0, 0), "{summary:?}");
     assert_eq!(summary.revisions, vec![1]);
 
-    let db = RunDb::open(dir.path().join("server.db")).unwrap();
+    let db = RunDb::open(dir.path().join("server.db")).unwrap().with_games(server.run().game_shelf());
     let games = db.games_after(0, 1000).unwrap();
     assert_eq!(games.len(), 40);
     let continuations: Vec<_> = games.iter().filter(|g| g.origin.is_some()).collect();

@@ -250,6 +250,18 @@ fn run_server(args: &BenchArgs) -> Result<()> {
             p.fast.per_wall_second() / p.reference.per_wall_second().max(1e-9)
         );
     }
+    for f in &report.footprint {
+        println!(
+            "storage on {}: {} games, {} moves: database {:.3} bytes/move with records in chunks (records in rows: {:.3}, {:.1}× more) + chunks {:.3} bytes/move",
+            f.backend,
+            f.games,
+            f.moves,
+            f.chunked_per_move(),
+            f.inline_per_move(),
+            f.inline_per_move() / f.chunked_per_move().max(1e-9),
+            f.chunk_per_move()
+        );
+    }
     let l = &report.latest;
     println!(
         "{:<52} {:>14} /s       404 fallback: {:>14} /s   {:.2}×",

@@ -4,7 +4,9 @@ use std::io::Write;
 
 use anyhow::{Context, Result};
 use zero2048_server::export::{ExportFormat, write_games};
+use zero2048_storage::StorageAdapter;
 use zero2048_train::RunDb;
+use zero2048_train::db::GameShelf;
 
 use crate::args::{ExportArgs, ExportFormatArg, ExportWhat};
 use crate::bad_input;
@@ -13,11 +15,17 @@ use crate::config;
 /// Runs the command.
 pub fn run(args: ExportArgs) -> Result<()> {
     let ExportWhat::Games { revision, format, db, database, output } = args.what;
+    let storage = crate::storage::load_config(&args.storage)?;
     let (_, database) = config::database(database.as_deref(), &db)?;
     if database.sqlite_path().is_some_and(|path| !path.is_file()) {
         return Err(bad_input(format!("{database}: no run database there (--db FILE or --database URL)")));
     }
-    let db = RunDb::open(&database).map_err(|e| anyhow::anyhow!(e))?;
+    // The records are in the run's game chunks, wherever storage keeps them.
+    let runtime = crate::storage::runtime()?;
+    let adapter = runtime.block_on(StorageAdapter::from_config(&storage)).context("opening storage")?;
+    let games =
+        GameShelf::from_storage(&adapter, runtime.handle().clone()).map_err(|e| anyhow::anyhow!(e))?;
+    let db = RunDb::open(&database).map_err(|e| anyhow::anyhow!(e))?.with_games(games);
     if let Some(revision) = revision
         && !db.revisions_with_games().map_err(|e| anyhow::anyhow!(e))?.contains(&revision)
     {

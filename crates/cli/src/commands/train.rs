@@ -29,7 +29,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         // Never delete a run another process is using.
         let held = zero2048_train::RunLock::acquire(&options.db_path, &options.storage.storage.weights_dir)
             .map_err(|e| anyhow::Error::new(crate::Exit(learn::EXIT_LOCKED, e.to_string())))?;
-        reset(&options.db_path, &options.storage.storage.weights_dir)?;
+        reset(&options.db_path, &options.storage.storage.weights_dir, &options.storage.storage.games_dir())?;
         drop(held);
     }
     let runtime = storage::runtime()?;
@@ -74,8 +74,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// Deletes the run database and the weights directory's revisions, nothing else.
-fn reset(db: &std::path::Path, weights_dir: &std::path::Path) -> Result<()> {
+/// Deletes the run database, the weights directory's revisions and the games directory's
+/// chunks, nothing else.
+fn reset(db: &std::path::Path, weights_dir: &std::path::Path, games_dir: &std::path::Path) -> Result<()> {
     for suffix in ["", "-wal", "-shm"] {
         let path = PathBuf::from(format!("{}{suffix}", db.display()));
         if path.exists() {
@@ -92,7 +93,23 @@ fn reset(db: &std::path::Path, weights_dir: &std::path::Path) -> Result<()> {
             }
         }
     }
-    eprintln!("reset: removed {} and {removed} files from {}", db.display(), weights_dir.display());
+    let mut chunks = 0;
+    if games_dir.is_dir() {
+        for entry in std::fs::read_dir(games_dir)? {
+            let path = entry?.path();
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            if zero2048_train::db::is_chunk_name(&name) || zero2048_storage::ObjectShelf::is_partial(&name) {
+                std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+                chunks += 1;
+            }
+        }
+    }
+    eprintln!(
+        "reset: removed {}, {removed} files from {} and {chunks} game chunks from {}",
+        db.display(),
+        weights_dir.display(),
+        games_dir.display()
+    );
     Ok(())
 }
 

@@ -235,13 +235,33 @@ pub fn stored_games(db: &Path) -> Vec<(Vec<u8>, String)> {
     }
 }
 
-/// The run database `db` (`<dir>/zero2048.db`, or the PostgreSQL database of `<dir>`), opened.
+/// The run database `db` (`<dir>/zero2048.db`, or the PostgreSQL database of `<dir>`), opened
+/// with the run's game chunks (`<dir>/games`, the default beside `<dir>/weights`).
 pub fn run_db(db: &Path) -> zero2048_train::RunDb {
-    match database_url(db.parent().unwrap()) {
+    let dir = db.parent().unwrap();
+    let opened = match database_url(dir) {
         Some(url) => {
             zero2048_train::RunDb::open(zero2048_train::db::DatabaseUrl::parse(&url).unwrap()).unwrap()
         }
         None => zero2048_train::RunDb::open(db).unwrap(),
+    };
+    let games = zero2048_storage::ObjectShelf::local(&dir.join("games")).unwrap();
+    opened.with_games(zero2048_train::db::GameShelf::new(games, None, zero2048_storage::ObjectRetention::ALL))
+}
+
+/// Reads every stored game's record back (from its chunk) and decodes it; returns how many.
+pub fn read_back_every_record(db: &Path) -> usize {
+    let db = run_db(db);
+    let (mut read, mut after) = (0, 0);
+    loop {
+        let page = db.games_page(None, after, 500).unwrap();
+        let Some(last) = page.last() else { return read };
+        for game in &page {
+            let decoded = zero2048_game::GameRecord::decode(&game.record);
+            assert!(decoded.is_ok(), "game {}'s record does not decode: {decoded:?}", game.id);
+        }
+        after = last.id;
+        read += page.len();
     }
 }
 

@@ -20,8 +20,12 @@
 //! This module must never turn a value it cannot read into a default: a counter that is not a
 //! number, a UUID of the wrong length or an unknown URL scheme is an error naming what was wrong.
 
+mod chunks;
 mod postgres;
 mod sqlite;
+
+use chunks::{ChunkPlace, DoomedChunk};
+pub use chunks::{ChunkTotals, GameRetention, GameShelf, NewChunk, ORPHAN_AGE, Pruned, is_chunk_name};
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -206,6 +210,31 @@ pub enum DbError {
         "run database (PostgreSQL): the connection was lost and another learner took this run meanwhile; this one stops"
     )]
     LostLearnerLock,
+    /// A game chunk that is not what its rows say.
+    #[error("game chunk {key}: {message}")]
+    Chunk {
+        /// The chunk's object name.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The games' object storage failed.
+    #[error("{action}: {source}")]
+    Storage {
+        /// What was being done.
+        action: &'static str,
+        /// Why it failed.
+        source: zero2048_storage::StorageError,
+    },
+    /// A game whose record is in a chunk, read through a connection opened without the games'
+    /// storage.
+    #[error("game {id}'s record is in chunk {key}, and this database was opened without the games' storage")]
+    NoGameShelf {
+        /// The game.
+        id: u64,
+        /// Its chunk.
+        key: String,
+    },
     /// A database written by a newer build.
     #[error(
         "run database: schema version {found} is newer than this build's {supported}; use a newer zero2048"
@@ -398,9 +427,15 @@ enum Backend {
     Postgres(Box<postgres::PostgresDb>),
 }
 
+/// A stored game as a backend reads it: the record, or where in a chunk it is.
+type GameRow = (StoredGame, Option<ChunkPlace>);
+
 /// The open database.
 pub struct RunDb {
     backend: Backend,
+    /// Where game records go and are read from; `None`: in the rows themselves (databases
+    /// opened for tokens or tests; rows that name a chunk are then an error to read).
+    games: Option<GameShelf>,
 }
 
 macro_rules! each {
@@ -429,7 +464,34 @@ impl RunDb {
             DatabaseUrl::Sqlite(path) => Backend::Sqlite(sqlite::SqliteDb::open(&path)?),
             DatabaseUrl::Postgres(url) => Backend::Postgres(Box::new(postgres::PostgresDb::open(&url)?)),
         };
-        Ok(RunDb { backend })
+        Ok(RunDb { backend, games: None })
+    }
+
+    /// Stores game records in chunks on `shelf` from now on, and reads them from there.
+    pub fn with_games(mut self, shelf: GameShelf) -> RunDb {
+        self.games = Some(shelf);
+        self
+    }
+
+    /// Where game records are kept, if not in the rows.
+    pub fn game_shelf(&self) -> Option<&GameShelf> {
+        self.games.as_ref()
+    }
+
+    /// Fills in the records kept in chunks.
+    fn with_records(&self, rows: Vec<GameRow>) -> Result<Vec<StoredGame>, DbError> {
+        rows.into_iter()
+            .map(|(mut game, place)| {
+                if let Some(place) = place {
+                    let shelf = self
+                        .games
+                        .as_ref()
+                        .ok_or_else(|| DbError::NoGameShelf { id: game.id, key: place.key.clone() })?;
+                    game.record = shelf.record(&place, &game.uuid)?;
+                }
+                Ok(game)
+            })
+            .collect()
     }
 
     /// Takes the run's learner lock for as long as this connection is open: `false` when another
@@ -498,7 +560,13 @@ impl RunDb {
         last_rejection: Option<&str>,
         queued: bool,
     ) -> Result<Vec<bool>, DbError> {
-        each_mut!(self.insert_games(worker, games, rejected, last_rejection, queued))
+        // The chunk first, whole; then the rows that name it. Killed in between, the chunk is an
+        // orphan and nothing was acknowledged.
+        let chunk = match &self.games {
+            Some(shelf) if !games.is_empty() => Some(shelf.write(games)?),
+            _ => None,
+        };
+        each_mut!(self.insert_games(worker, games, rejected, last_rejection, queued, chunk.as_ref()))
     }
 
     /// Which of these UUIDs are already stored.
@@ -509,17 +577,17 @@ impl RunDb {
     /// Up to `limit` games queued for the learner after row `after`, oldest first (quarantined
     /// ones and games learned as they were played are skipped).
     pub fn games_after(&self, after: u64, limit: usize) -> Result<Vec<StoredGame>, DbError> {
-        each!(self.games_after(after, limit))
+        self.with_records(each!(self.games_after(after, limit))?)
     }
 
     /// The games played by one revision, best first (for the game viewer and exports).
     pub fn games_of_revision(&self, revision: u64, limit: usize) -> Result<Vec<StoredGame>, DbError> {
-        each!(self.games_of_revision(revision, limit))
+        self.with_records(each!(self.games_of_revision(revision, limit))?)
     }
 
     /// A stored game by its UUID (a continuation's parent), if held and not quarantined.
     pub fn game_by_uuid(&self, uuid: &[u8; 16]) -> Result<Option<StoredGame>, DbError> {
-        each!(self.game_by_uuid(uuid))
+        Ok(self.with_records(each!(self.game_by_uuid(uuid))?.into_iter().collect())?.pop())
     }
 
     /// The id of the last game queued for the learner (0 when none).
@@ -575,12 +643,88 @@ impl RunDb {
         after: u64,
         limit: usize,
     ) -> Result<Vec<StoredGame>, DbError> {
-        each!(self.games_page(revision, after, limit))
+        self.with_records(each!(self.games_page(revision, after, limit))?)
     }
 
     /// The revisions that have stored games, newest first.
     pub fn revisions_with_games(&self) -> Result<Vec<u64>, DbError> {
         each!(self.revisions_with_games())
+    }
+
+    /// Applies the shelf's [`GameRetention`]: deletes the chunks (and their games' rows) whose
+    /// games are all learned and older than the newest `keep_revisions` revisions up to
+    /// `latest_revision`, except one in `keep_one_in`. Rows go first, then the object, so a row
+    /// never names a deleted chunk.
+    pub fn prune_games(&mut self, latest_revision: u64, learned_through: u64) -> Result<Pruned, DbError> {
+        let Some(shelf) = &self.games else { return Ok(Pruned::default()) };
+        let retention = shelf.retention();
+        if retention.keep_revisions == 0 {
+            return Ok(Pruned::default());
+        }
+        let oldest_kept = latest_revision.saturating_sub(retention.keep_revisions - 1);
+        let mut pruned = Pruned::default();
+        loop {
+            let doomed: Vec<DoomedChunk> =
+                each!(self.doomed_chunks(oldest_kept, learned_through, retention.keep_one_in, 500))?;
+            if doomed.is_empty() {
+                return Ok(pruned);
+            }
+            for chunk in doomed {
+                let (games, bytes) = each_mut!(self.drop_chunk(chunk.id))?;
+                shelf.delete(&chunk)?;
+                pruned.chunks += 1;
+                pruned.games += games;
+                pruned.bytes += bytes;
+            }
+        }
+    }
+
+    /// Deletes the chunk objects no row names that are older than `min_age` (left by a process
+    /// killed between writing a chunk and committing its rows; [`ORPHAN_AGE`] is safely longer
+    /// than any write in progress takes). Returns how many.
+    pub fn sweep_orphan_chunks(&self, min_age: std::time::Duration) -> Result<u64, DbError> {
+        let Some(shelf) = &self.games else { return Ok(0) };
+        let keys = shelf.old_keys(min_age)?;
+        let known: Vec<bool> = each!(self.chunks_known(&keys))?;
+        let mut swept = 0;
+        for (key, known) in keys.iter().zip(known) {
+            if !known {
+                shelf.delete_orphan(key)?;
+                swept += 1;
+            }
+        }
+        Ok(swept)
+    }
+
+    /// Moves the chunks kept locally while the bucket was down into the bucket: copy, then the
+    /// row, then the local file (a reader finds the chunk at every moment). Returns how many
+    /// moved; nothing when no bucket is configured.
+    pub fn move_chunks_to_bucket(&self) -> Result<u64, DbError> {
+        let Some(shelf) = self.games.as_ref().filter(|shelf| shelf.in_bucket()) else { return Ok(0) };
+        let mut moved = 0;
+        loop {
+            let local: Vec<String> = each!(self.local_chunks(100))?;
+            if local.is_empty() {
+                return Ok(moved);
+            }
+            for key in local {
+                shelf.copy_to_bucket(&key)?;
+                each!(self.mark_in_bucket(&key))?;
+                shelf.delete_local(&key)?;
+                moved += 1;
+            }
+        }
+    }
+
+    /// The database's size in bytes (SQLite: its pages, the write-ahead log included;
+    /// PostgreSQL: the whole database, indexes included).
+    pub fn size_bytes(&self) -> Result<u64, DbError> {
+        each!(self.size_bytes())
+    }
+
+    /// The chunks stored and their bytes.
+    pub fn chunk_totals(&self) -> Result<ChunkTotals, DbError> {
+        each!(self.chunk_totals())
     }
 
     /// The token named `name`, if there is one (revoked or not).

@@ -9,8 +9,9 @@ use std::sync::{Mutex, MutexGuard};
 use postgres::{Client, NoTls, Row};
 
 use super::{
-    ACTIVE_WORKER_SECONDS, Counters, DbError, EvaluationRow, NewGame, RevisionRow, StoredGame,
-    ThroughputSample, TokenRow, WorkerRow, counter_entries, strength_of, token_of, unix_now, uuid_of,
+    ACTIVE_WORKER_SECONDS, ChunkPlace, ChunkTotals, Counters, DbError, DoomedChunk, EvaluationRow, GameRow,
+    NewChunk, NewGame, RevisionRow, StoredGame, ThroughputSample, TokenRow, WorkerRow, counter_entries,
+    strength_of, token_of, unix_now, uuid_of,
 };
 
 fn ctx(action: &'static str) -> impl FnOnce(postgres::Error) -> DbError {
@@ -25,7 +26,8 @@ const LEARNER_LOCK: i64 = 0x2048_0002;
 
 /// The schema's migrations: migration `i` takes version `i` to `i + 1`. PostgreSQL support began
 /// at SQLite's schema version 3, so its first migration is that whole schema.
-const MIGRATIONS: &[&str] = &["CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
      CREATE TABLE revisions (
          revision BIGINT PRIMARY KEY, file TEXT NOT NULL, sha256 TEXT NOT NULL, size BIGINT NOT NULL,
          games BIGINT NOT NULL, moves BIGINT NOT NULL, published_at TEXT NOT NULL);
@@ -51,12 +53,24 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE meta (key TEXT PRIMARY KEY, value TE
          first_seen BIGINT NOT NULL, last_seen BIGINT NOT NULL);
      CREATE TABLE tokens (
          name TEXT PRIMARY KEY, hash BYTEA NOT NULL UNIQUE,
-         created_at BIGINT NOT NULL, revoked_at BIGINT);"];
+         created_at BIGINT NOT NULL, revoked_at BIGINT);",
+    // 2: records out of the database, in chunk objects (SQLite's migration 4).
+    "CREATE TABLE chunks (
+         id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, key TEXT NOT NULL UNIQUE,
+         in_bucket BOOLEAN NOT NULL, bytes BIGINT NOT NULL, newest_revision BIGINT NOT NULL,
+         queued BOOLEAN NOT NULL, first_game BIGINT NOT NULL DEFAULT 0,
+         last_game BIGINT NOT NULL DEFAULT 0, created_at BIGINT NOT NULL);
+     ALTER TABLE games ADD COLUMN chunk BIGINT;
+     ALTER TABLE games ADD COLUMN chunk_entry INTEGER;",
+];
 
 /// The schema version this build writes on PostgreSQL.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
-const GAME_COLUMNS: &str = "id, uuid, worker, revision, score, moves, max_tile, record, parent, branch_step";
+/// A game row's columns, with its chunk's.
+const GAME_COLUMNS: &str =
+    "g.id, g.uuid, g.worker, g.revision, g.score, g.moves, g.max_tile, g.record, g.parent,
+     g.branch_step, c.key, c.in_bucket, g.chunk_entry FROM games g LEFT JOIN chunks c ON c.id = g.chunk";
 
 fn migrate(client: &mut Client) -> Result<(), DbError> {
     let mut tx = client.transaction().map_err(ctx("begin a migration"))?;
@@ -237,6 +251,7 @@ impl PostgresDb {
         rejected: u64,
         last_rejection: Option<&str>,
         queued: bool,
+        chunk: Option<&NewChunk>,
     ) -> Result<Vec<bool>, DbError> {
         let now = unix_now();
         let mut client = self.client()?;
@@ -244,6 +259,25 @@ impl PostgresDb {
         // Ids are drawn in the order the lock is granted, so they commit in order.
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&GAMES_LOCK])
             .map_err(ctx("lock the games queue"))?;
+        let chunk_id: Option<i64> = match chunk {
+            None => None,
+            Some(chunk) => Some(
+                tx.query_one(
+                    "INSERT INTO chunks (key, in_bucket, bytes, newest_revision, queued, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+                    &[
+                        &chunk.key,
+                        &chunk.in_bucket,
+                        &i64_of(chunk.bytes),
+                        &i64_of(chunk.newest_revision),
+                        &queued,
+                        &now,
+                    ],
+                )
+                .map_err(ctx("record a game chunk"))?
+                .get(0),
+            ),
+        };
         // One statement for the whole batch (a round trip per game cost more than the inserts).
         // A conflicting insert would use up an id (sequences are not transactional); under the
         // lock, looking first means retried uploads leave no gaps in the ids. Ids follow the
@@ -253,7 +287,9 @@ impl PostgresDb {
         let scores: Vec<i64> = games.iter().map(|g| i64_of(g.score)).collect();
         let moves: Vec<i64> = games.iter().map(|g| i64::from(g.moves)).collect();
         let max_tiles: Vec<i64> = games.iter().map(|g| i64::from(g.max_tile)).collect();
-        let records: Vec<&[u8]> = games.iter().map(|g| g.record).collect();
+        // A record in a chunk is not kept in its row too.
+        let records: Vec<&[u8]> =
+            games.iter().map(|g| if chunk_id.is_some() { &[][..] } else { g.record }).collect();
         let parents: Vec<Option<&[u8]>> =
             games.iter().map(|g| g.origin.as_ref().map(|(parent, _)| &parent[..])).collect();
         let steps: Vec<Option<i64>> =
@@ -261,22 +297,34 @@ impl PostgresDb {
         let inserted = tx
             .query(
                 "INSERT INTO games (uuid, worker, revision, score, moves, max_tile, record, received_at,
-                     parent, branch_step, queued)
+                     parent, branch_step, queued, chunk, chunk_entry)
                  SELECT g.uuid, $1, g.revision, g.score, g.moves, g.max_tile, g.record, $2, g.parent,
-                     g.branch_step, $3
+                     g.branch_step, $3, $12::BIGINT, CASE WHEN $12::BIGINT IS NULL THEN NULL ELSE g.n - 1 END
                  FROM unnest($4::BYTEA[], $5::BIGINT[], $6::BIGINT[], $7::BIGINT[], $8::BIGINT[],
                              $9::BYTEA[], $10::BYTEA[], $11::BIGINT[]) WITH ORDINALITY
                      AS g (uuid, revision, score, moves, max_tile, record, parent, branch_step, n)
                  WHERE NOT EXISTS (SELECT 1 FROM games e WHERE e.uuid = g.uuid)
                  ORDER BY g.n
                  ON CONFLICT (uuid) DO NOTHING
-                 RETURNING uuid",
+                 RETURNING uuid, id",
                 &[
                     &worker, &now, &queued, &uuids, &revisions, &scores, &moves, &max_tiles, &records,
-                    &parents, &steps,
+                    &parents, &steps, &chunk_id,
                 ],
             )
             .map_err(ctx("store games"))?;
+        if let Some(chunk_id) = chunk_id {
+            let ids = inserted.iter().map(|r| r.get::<_, i64>(1));
+            match (ids.clone().min(), ids.max()) {
+                (Some(first), Some(last)) => tx.execute(
+                    "UPDATE chunks SET first_game = $2, last_game = $3 WHERE id = $1",
+                    &[&chunk_id, &first, &last],
+                ),
+                // Every game was a duplicate: no row names the chunk, which the orphan sweep removes.
+                _ => tx.execute("DELETE FROM chunks WHERE id = $1", &[&chunk_id]),
+            }
+            .map_err(ctx("record a game chunk"))?;
+        }
         let mut inserted: std::collections::HashSet<Vec<u8>> = inserted.iter().map(|r| r.get(0)).collect();
         let mut fresh = Vec::with_capacity(games.len());
         let (mut new_games, mut new_moves) = (0i64, 0i64);
@@ -317,30 +365,31 @@ impl PostgresDb {
         action: &'static str,
         filter: &str,
         params: &[&(dyn postgres::types::ToSql + Sync)],
-    ) -> Result<Vec<StoredGame>, DbError> {
-        let query = format!("SELECT {GAME_COLUMNS} FROM games {filter}");
+    ) -> Result<Vec<GameRow>, DbError> {
+        let query = format!("SELECT {GAME_COLUMNS} {filter}");
         let rows = self.client()?.query(&query, params).map_err(ctx(action))?;
         rows.iter().map(stored_game).collect()
     }
 
-    pub(super) fn games_after(&self, after: u64, limit: usize) -> Result<Vec<StoredGame>, DbError> {
+    pub(super) fn games_after(&self, after: u64, limit: usize) -> Result<Vec<GameRow>, DbError> {
         self.games(
             "read games",
-            "WHERE id > $1 AND queued AND NOT quarantined ORDER BY id LIMIT $2",
+            "WHERE g.id > $1 AND g.queued AND NOT g.quarantined ORDER BY g.id LIMIT $2",
             &[&i64_of(after), &(limit as i64)],
         )
     }
 
-    pub(super) fn games_of_revision(&self, revision: u64, limit: usize) -> Result<Vec<StoredGame>, DbError> {
+    pub(super) fn games_of_revision(&self, revision: u64, limit: usize) -> Result<Vec<GameRow>, DbError> {
         self.games(
             "read games",
-            "WHERE revision = $1 ORDER BY score DESC, id LIMIT $2",
+            "WHERE g.revision = $1 ORDER BY g.score DESC, g.id LIMIT $2",
             &[&i64_of(revision), &(limit as i64)],
         )
     }
 
-    pub(super) fn game_by_uuid(&self, uuid: &[u8; 16]) -> Result<Option<StoredGame>, DbError> {
-        let mut found = self.games("read a game", "WHERE uuid = $1 AND NOT quarantined", &[&&uuid[..]])?;
+    pub(super) fn game_by_uuid(&self, uuid: &[u8; 16]) -> Result<Option<GameRow>, DbError> {
+        let mut found =
+            self.games("read a game", "WHERE g.uuid = $1 AND NOT g.quarantined", &[&&uuid[..]])?;
         Ok(found.pop())
     }
 
@@ -468,11 +517,11 @@ impl PostgresDb {
         revision: Option<u64>,
         after: u64,
         limit: usize,
-    ) -> Result<Vec<StoredGame>, DbError> {
+    ) -> Result<Vec<GameRow>, DbError> {
         let revision = revision.map(i64_of);
         self.games(
             "read games",
-            "WHERE id > $1 AND ($2::BIGINT IS NULL OR revision = $2) ORDER BY id LIMIT $3",
+            "WHERE g.id > $1 AND ($2::BIGINT IS NULL OR g.revision = $2) ORDER BY g.id LIMIT $3",
             &[&i64_of(after), &revision, &(limit as i64)],
         )
     }
@@ -483,6 +532,83 @@ impl PostgresDb {
             .query("SELECT DISTINCT revision FROM games ORDER BY revision DESC", &[])
             .map_err(ctx("list revisions with games"))?;
         Ok(rows.iter().map(|r| r.get::<_, i64>(0) as u64).collect())
+    }
+
+    pub(super) fn doomed_chunks(
+        &self,
+        oldest_kept: u64,
+        learned_through: u64,
+        keep_one_in: u64,
+        limit: usize,
+    ) -> Result<Vec<DoomedChunk>, DbError> {
+        let rows = self
+            .client()?
+            .query(
+                "SELECT id, key, in_bucket FROM chunks
+                 WHERE newest_revision < $1 AND (NOT queued OR last_game <= $2) AND ($3::BIGINT = 0 OR id % $3::BIGINT != 0)
+                 ORDER BY id LIMIT $4",
+                &[&i64_of(oldest_kept), &i64_of(learned_through), &i64_of(keep_one_in), &(limit as i64)],
+            )
+            .map_err(ctx("find chunks to prune"))?;
+        Ok(rows
+            .iter()
+            .map(|r| DoomedChunk { id: r.get::<_, i64>(0) as u64, key: r.get(1), in_bucket: r.get(2) })
+            .collect())
+    }
+
+    /// Deletes a chunk's row and its games' rows; returns how many games and the chunk's bytes.
+    pub(super) fn drop_chunk(&mut self, id: u64) -> Result<(u64, u64), DbError> {
+        let mut client = self.client()?;
+        let mut tx = client.transaction().map_err(ctx("begin pruning a chunk"))?;
+        let row = tx
+            .query_one("SELECT first_game, last_game, bytes FROM chunks WHERE id = $1", &[&i64_of(id)])
+            .map_err(ctx("read a chunk"))?;
+        let (first, last, bytes): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+        let games = tx
+            .execute(
+                "DELETE FROM games WHERE id BETWEEN $1 AND $2 AND chunk = $3",
+                &[&first, &last, &i64_of(id)],
+            )
+            .map_err(ctx("prune games"))?;
+        tx.execute("DELETE FROM chunks WHERE id = $1", &[&i64_of(id)]).map_err(ctx("prune a chunk"))?;
+        tx.commit().map_err(ctx("commit pruning"))?;
+        Ok((games, bytes as u64))
+    }
+
+    pub(super) fn chunks_known(&self, keys: &[String]) -> Result<Vec<bool>, DbError> {
+        let rows = self
+            .client()?
+            .query("SELECT key FROM chunks WHERE key = ANY($1)", &[&keys])
+            .map_err(ctx("look up chunks"))?;
+        let known: std::collections::HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
+        Ok(keys.iter().map(|k| known.contains(k)).collect())
+    }
+
+    pub(super) fn local_chunks(&self, limit: usize) -> Result<Vec<String>, DbError> {
+        let rows = self
+            .client()?
+            .query("SELECT key FROM chunks WHERE NOT in_bucket ORDER BY id LIMIT $1", &[&(limit as i64)])
+            .map_err(ctx("list local chunks"))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    pub(super) fn mark_in_bucket(&self, key: &str) -> Result<(), DbError> {
+        self.client()?
+            .execute("UPDATE chunks SET in_bucket = TRUE WHERE key = $1", &[&key])
+            .map(|_| ())
+            .map_err(ctx("record a chunk's move"))
+    }
+
+    pub(super) fn size_bytes(&self) -> Result<u64, DbError> {
+        self.count("measure the database", "SELECT pg_database_size(current_database())")
+    }
+
+    pub(super) fn chunk_totals(&self) -> Result<ChunkTotals, DbError> {
+        let row = self
+            .client()?
+            .query_one("SELECT count(*), coalesce(sum(bytes), 0)::BIGINT FROM chunks", &[])
+            .map_err(ctx("count chunks"))?;
+        Ok(ChunkTotals { chunks: row.get::<_, i64>(0) as u64, bytes: row.get::<_, i64>(1) as u64 })
     }
 
     pub(super) fn token_by_name(&self, name: &str) -> Result<Option<TokenRow>, DbError> {
@@ -561,7 +687,7 @@ fn token_row(r: &Row) -> TokenRow {
     TokenRow { name: r.get(0), hash: r.get(1), created_at: r.get(2), revoked_at: r.get(3) }
 }
 
-fn stored_game(r: &Row) -> Result<StoredGame, DbError> {
+fn stored_game(r: &Row) -> Result<GameRow, DbError> {
     let id = r.get::<_, i64>(0) as u64;
     let parent: Option<Vec<u8>> = r.get(8);
     let origin = match parent {
@@ -576,7 +702,7 @@ fn stored_game(r: &Row) -> Result<StoredGame, DbError> {
             Some((uuid_of(parent, &format!("game {id}'s parent"))?, step as u32))
         }
     };
-    Ok(StoredGame {
+    let game = StoredGame {
         id,
         uuid: uuid_of(r.get(1), &format!("game {id}'s UUID"))?,
         origin,
@@ -586,5 +712,18 @@ fn stored_game(r: &Row) -> Result<StoredGame, DbError> {
         moves: r.get::<_, i64>(5) as u32,
         max_tile: r.get::<_, i64>(6) as u32,
         record: r.get(7),
-    })
+    };
+    let place = match r.get::<_, Option<String>>(10) {
+        None => None,
+        Some(key) => {
+            let entry: Option<i32> = r.get(12);
+            let entry = entry.ok_or_else(|| DbError::Corrupt {
+                what: format!("game {id}'s chunk entry"),
+                value: "NULL".into(),
+                expected: "the entry of its chunk that holds its record",
+            })?;
+            Some(ChunkPlace { key, in_bucket: r.get(11), entry: entry as u32 })
+        }
+    };
+    Ok((game, place))
 }

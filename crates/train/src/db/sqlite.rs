@@ -5,8 +5,9 @@ use std::path::Path;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    ACTIVE_WORKER_SECONDS, Counters, DbError, EvaluationRow, NewGame, RevisionRow, StoredGame,
-    ThroughputSample, TokenRow, WorkerRow, counter_entries, strength_of, token_of, unix_now,
+    ACTIVE_WORKER_SECONDS, ChunkPlace, ChunkTotals, Counters, DbError, DoomedChunk, EvaluationRow, GameRow,
+    NewChunk, NewGame, RevisionRow, StoredGame, ThroughputSample, TokenRow, WorkerRow, counter_entries,
+    strength_of, token_of, unix_now,
 };
 
 fn ctx(action: &'static str) -> impl FnOnce(rusqlite::Error) -> DbError {
@@ -48,7 +49,22 @@ const MIGRATIONS: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS tokens (
          name TEXT PRIMARY KEY, hash BLOB NOT NULL UNIQUE,
          created_at INTEGER NOT NULL, revoked_at INTEGER);",
+    // 4: records out of the database, in chunk objects: a game row names its chunk and its entry
+    // there (its `record` is then empty). A chunk's games have consecutive ids, `first_game` to
+    // `last_game`, so retention deletes them by id range without an index on `chunk`.
+    "CREATE TABLE chunks (
+         id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, in_bucket INTEGER NOT NULL,
+         bytes INTEGER NOT NULL, newest_revision INTEGER NOT NULL, queued INTEGER NOT NULL,
+         first_game INTEGER NOT NULL DEFAULT 0, last_game INTEGER NOT NULL DEFAULT 0,
+         created_at INTEGER NOT NULL);
+     ALTER TABLE games ADD COLUMN chunk INTEGER;
+     ALTER TABLE games ADD COLUMN chunk_entry INTEGER;",
 ];
+
+/// A game row's columns, with its chunk's (`games g LEFT JOIN chunks c`).
+const GAME_COLUMNS: &str =
+    "g.id, g.uuid, g.worker, g.revision, g.score, g.moves, g.max_tile, g.record, g.parent,
+     g.branch_step, c.key, c.in_bucket, g.chunk_entry FROM games g LEFT JOIN chunks c ON c.id = g.chunk";
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -195,20 +211,43 @@ impl SqliteDb {
         rejected: u64,
         last_rejection: Option<&str>,
         queued: bool,
+        chunk: Option<&NewChunk>,
     ) -> Result<Vec<bool>, DbError> {
         let now = unix_now();
         let tx = self.conn.transaction().map_err(ctx("begin storing games"))?;
+        let chunk_id = match chunk {
+            None => None,
+            Some(chunk) => {
+                tx.execute(
+                    "INSERT INTO chunks (key, in_bucket, bytes, newest_revision, queued, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        chunk.key,
+                        chunk.in_bucket,
+                        chunk.bytes as i64,
+                        chunk.newest_revision as i64,
+                        queued,
+                        now
+                    ],
+                )
+                .map_err(ctx("record a game chunk"))?;
+                Some(tx.last_insert_rowid())
+            }
+        };
         let mut fresh = Vec::with_capacity(games.len());
         let (mut new_games, mut new_moves) = (0i64, 0i64);
+        let mut ids = (i64::MAX, 0i64);
         {
             let mut insert = tx
                 .prepare_cached(
                     "INSERT OR IGNORE INTO games (uuid, worker, revision, score, moves, max_tile, record, received_at,
-                         parent, branch_step, queued)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                         parent, branch_step, queued, chunk, chunk_entry)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                 )
                 .map_err(ctx("store games"))?;
-            for game in games {
+            for (entry, game) in games.iter().enumerate() {
+                // A record in a chunk is not kept in its row too.
+                let record: &[u8] = if chunk_id.is_some() { &[] } else { game.record };
                 let changed = insert
                     .execute(params![
                         &game.uuid[..],
@@ -217,18 +256,35 @@ impl SqliteDb {
                         game.score as i64,
                         game.moves,
                         game.max_tile,
-                        game.record,
+                        record,
                         now,
                         game.origin.map(|(parent, _)| parent.to_vec()),
                         game.origin.map(|(_, step)| step),
-                        queued
+                        queued,
+                        chunk_id,
+                        chunk_id.map(|_| entry as i64)
                     ])
                     .map_err(ctx("store a game"))?;
                 fresh.push(changed == 1);
                 if changed == 1 {
                     new_games += 1;
                     new_moves += game.moves as i64;
+                    let id = tx.last_insert_rowid();
+                    ids = (ids.0.min(id), ids.1.max(id));
                 }
+            }
+        }
+        if let Some(chunk_id) = chunk_id {
+            if new_games == 0 {
+                // Every game was a duplicate: no row names the chunk, which the orphan sweep removes.
+                tx.execute("DELETE FROM chunks WHERE id = ?1", [chunk_id])
+                    .map_err(ctx("drop an unused chunk"))?;
+            } else {
+                tx.execute(
+                    "UPDATE chunks SET first_game = ?2, last_game = ?3 WHERE id = ?1",
+                    params![chunk_id, ids.0, ids.1],
+                )
+                .map_err(ctx("record a game chunk"))?;
             }
         }
         tx.execute(
@@ -249,13 +305,13 @@ impl SqliteDb {
         uuids.iter().map(|u| query.exists([&u[..]]).map_err(ctx("look up a game"))).collect()
     }
 
-    pub(super) fn games_after(&self, after: u64, limit: usize) -> Result<Vec<StoredGame>, DbError> {
+    pub(super) fn games_after(&self, after: u64, limit: usize) -> Result<Vec<GameRow>, DbError> {
         let mut query = self
             .conn
-            .prepare_cached(
-                "SELECT id, uuid, worker, revision, score, moves, max_tile, record, parent, branch_step FROM games
-                 WHERE id > ?1 AND queued = 1 AND quarantined = 0 ORDER BY id LIMIT ?2",
-            )
+            .prepare_cached(&format!(
+                "SELECT {GAME_COLUMNS}
+                     WHERE g.id > ?1 AND g.queued = 1 AND g.quarantined = 0 ORDER BY g.id LIMIT ?2"
+            ))
             .map_err(ctx("read games"))?;
         query
             .query_map(params![after as i64, limit as i64], stored_game)
@@ -264,13 +320,12 @@ impl SqliteDb {
             .map_err(ctx("read games"))
     }
 
-    pub(super) fn games_of_revision(&self, revision: u64, limit: usize) -> Result<Vec<StoredGame>, DbError> {
+    pub(super) fn games_of_revision(&self, revision: u64, limit: usize) -> Result<Vec<GameRow>, DbError> {
         let mut query = self
             .conn
-            .prepare_cached(
-                "SELECT id, uuid, worker, revision, score, moves, max_tile, record, parent, branch_step FROM games
-                 WHERE revision = ?1 ORDER BY score DESC, id LIMIT ?2",
-            )
+            .prepare_cached(&format!(
+                "SELECT {GAME_COLUMNS} WHERE g.revision = ?1 ORDER BY g.score DESC, g.id LIMIT ?2"
+            ))
             .map_err(ctx("read games"))?;
         query
             .query_map(params![revision as i64, limit as i64], stored_game)
@@ -279,13 +334,10 @@ impl SqliteDb {
             .map_err(ctx("read games"))
     }
 
-    pub(super) fn game_by_uuid(&self, uuid: &[u8; 16]) -> Result<Option<StoredGame>, DbError> {
+    pub(super) fn game_by_uuid(&self, uuid: &[u8; 16]) -> Result<Option<GameRow>, DbError> {
         let mut query = self
             .conn
-            .prepare_cached(
-                "SELECT id, uuid, worker, revision, score, moves, max_tile, record, parent, branch_step FROM games
-                 WHERE uuid = ?1 AND quarantined = 0",
-            )
+            .prepare_cached(&format!("SELECT {GAME_COLUMNS} WHERE g.uuid = ?1 AND g.quarantined = 0"))
             .map_err(ctx("read a game"))?;
         query.query_row([&uuid[..]], stored_game).optional().map_err(ctx("read a game"))
     }
@@ -427,13 +479,13 @@ impl SqliteDb {
         revision: Option<u64>,
         after: u64,
         limit: usize,
-    ) -> Result<Vec<StoredGame>, DbError> {
+    ) -> Result<Vec<GameRow>, DbError> {
         let mut query = self
             .conn
-            .prepare_cached(
-                "SELECT id, uuid, worker, revision, score, moves, max_tile, record, parent, branch_step FROM games
-                 WHERE id > ?1 AND (?2 IS NULL OR revision = ?2) ORDER BY id LIMIT ?3",
-            )
+            .prepare_cached(&format!(
+                "SELECT {GAME_COLUMNS}
+                     WHERE g.id > ?1 AND (?2 IS NULL OR g.revision = ?2) ORDER BY g.id LIMIT ?3"
+            ))
             .map_err(ctx("read games"))?;
         query
             .query_map(params![after as i64, revision.map(|r| r as i64), limit as i64], stored_game)
@@ -452,6 +504,94 @@ impl SqliteDb {
             .map_err(ctx("list revisions with games"))?
             .collect::<Result<_, _>>()
             .map_err(ctx("list revisions with games"))
+    }
+
+    pub(super) fn doomed_chunks(
+        &self,
+        oldest_kept: u64,
+        learned_through: u64,
+        keep_one_in: u64,
+        limit: usize,
+    ) -> Result<Vec<DoomedChunk>, DbError> {
+        let mut query = self
+            .conn
+            .prepare_cached(
+                "SELECT id, key, in_bucket FROM chunks
+                 WHERE newest_revision < ?1 AND (queued = 0 OR last_game <= ?2) AND (?3 = 0 OR id % ?3 != 0)
+                 ORDER BY id LIMIT ?4",
+            )
+            .map_err(ctx("find chunks to prune"))?;
+        query
+            .query_map(
+                params![oldest_kept as i64, learned_through as i64, keep_one_in as i64, limit as i64],
+                |r| Ok(DoomedChunk { id: r.get::<_, i64>(0)? as u64, key: r.get(1)?, in_bucket: r.get(2)? }),
+            )
+            .map_err(ctx("find chunks to prune"))?
+            .collect::<Result<_, _>>()
+            .map_err(ctx("find chunks to prune"))
+    }
+
+    /// Deletes a chunk's row and its games' rows; returns how many games and the chunk's bytes.
+    pub(super) fn drop_chunk(&mut self, id: u64) -> Result<(u64, u64), DbError> {
+        let tx = self.conn.transaction().map_err(ctx("begin pruning a chunk"))?;
+        let (first, last, bytes): (i64, i64, i64) = tx
+            .query_row("SELECT first_game, last_game, bytes FROM chunks WHERE id = ?1", [id as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .map_err(ctx("read a chunk"))?;
+        let games = tx
+            .execute(
+                "DELETE FROM games WHERE id BETWEEN ?1 AND ?2 AND chunk = ?3",
+                params![first, last, id as i64],
+            )
+            .map_err(ctx("prune games"))?;
+        tx.execute("DELETE FROM chunks WHERE id = ?1", [id as i64]).map_err(ctx("prune a chunk"))?;
+        tx.commit().map_err(ctx("commit pruning"))?;
+        Ok((games as u64, bytes as u64))
+    }
+
+    pub(super) fn chunks_known(&self, keys: &[String]) -> Result<Vec<bool>, DbError> {
+        let mut query =
+            self.conn.prepare_cached("SELECT 1 FROM chunks WHERE key = ?1").map_err(ctx("look up chunks"))?;
+        keys.iter().map(|key| query.exists([key]).map_err(ctx("look up a chunk"))).collect()
+    }
+
+    pub(super) fn local_chunks(&self, limit: usize) -> Result<Vec<String>, DbError> {
+        let mut query = self
+            .conn
+            .prepare_cached("SELECT key FROM chunks WHERE in_bucket = 0 ORDER BY id LIMIT ?1")
+            .map_err(ctx("list local chunks"))?;
+        query
+            .query_map([limit as i64], |r| r.get(0))
+            .map_err(ctx("list local chunks"))?
+            .collect::<Result<_, _>>()
+            .map_err(ctx("list local chunks"))
+    }
+
+    pub(super) fn mark_in_bucket(&self, key: &str) -> Result<(), DbError> {
+        self.conn
+            .execute("UPDATE chunks SET in_bucket = 1 WHERE key = ?1", [key])
+            .map(|_| ())
+            .map_err(ctx("record a chunk's move"))
+    }
+
+    pub(super) fn size_bytes(&self) -> Result<u64, DbError> {
+        self.conn
+            .query_row(
+                "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(ctx("measure the database"))
+    }
+
+    pub(super) fn chunk_totals(&self) -> Result<ChunkTotals, DbError> {
+        self.conn
+            .query_row("SELECT count(*), coalesce(sum(bytes), 0) FROM chunks", [], |r| {
+                Ok(ChunkTotals { chunks: r.get::<_, i64>(0)? as u64, bytes: r.get::<_, i64>(1)? as u64 })
+            })
+            .map_err(ctx("count chunks"))
     }
 
     pub(super) fn token_by_name(&self, name: &str) -> Result<Option<TokenRow>, DbError> {
@@ -526,13 +666,13 @@ fn uuid_column(r: &rusqlite::Row<'_>, column: usize) -> rusqlite::Result<[u8; 16
     })
 }
 
-fn stored_game(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredGame> {
+fn stored_game(r: &rusqlite::Row<'_>) -> rusqlite::Result<GameRow> {
     let parent: Option<Vec<u8>> = r.get(8)?;
     let origin = match parent {
         None => None,
         Some(_) => Some((uuid_column(r, 8)?, r.get::<_, u32>(9)?)),
     };
-    Ok(StoredGame {
+    let game = StoredGame {
         id: r.get::<_, i64>(0)? as u64,
         uuid: uuid_column(r, 1)?,
         origin,
@@ -542,7 +682,12 @@ fn stored_game(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredGame> {
         moves: r.get(5)?,
         max_tile: r.get(6)?,
         record: r.get(7)?,
-    })
+    };
+    let place = match r.get::<_, Option<String>>(10)? {
+        None => None,
+        Some(key) => Some(ChunkPlace { key, in_bucket: r.get(11)?, entry: r.get(12)? }),
+    };
+    Ok((game, place))
 }
 
 fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {

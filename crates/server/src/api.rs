@@ -21,7 +21,7 @@ use zero2048_protocol::{
 };
 use zero2048_storage::{LatestInfo, StorageAdapter, StorageStatus, UrlKind};
 use zero2048_train::{
-    EvaluationRow, LiveState, Progress, RevisionRow, RunDb, WorkerRow, check_batch, store_checked,
+    EvaluationRow, LiveState, Progress, RevisionRow, RunDb, WorkerRow, check_batch, commit_prepared, prepare,
     stored_parent,
 };
 
@@ -282,11 +282,21 @@ async fn upload_games(State(state): State<Arc<AppState>>, headers: HeaderMap, bo
             .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, "bad_batch", e.to_string())))?;
         let accepted = state.live.accepted();
         let rules = UploadRules { accepted_revisions: &accepted, search: state.live.search_requirement() };
-        let mut db = state.ingest_db.lock().unwrap_or_else(|e| e.into_inner());
+        let db = state.ingest_db.lock().unwrap_or_else(|e| e.into_inner());
         let checked = check_batch(&entries, &rules, &mut |origin| stored_parent(&db, origin))
             .map_err(|e| Box::new(internal(e)))?;
-        let mut reply =
-            store_checked(&mut db, &worker, &entries, checked).map_err(|e| Box::new(not_stored(e)))?;
+        let prepared = prepare(&db, &entries, &checked).map_err(|e| Box::new(internal(e)))?;
+        drop(db);
+        // The chunk is written without holding the database, so uploads write theirs at once
+        // (a bucket PUT takes tens of milliseconds); its rows are committed after it.
+        let chunk = if prepared.games.is_empty() {
+            None
+        } else {
+            Some(state.games.write(&prepared.games).map_err(|e| Box::new(not_stored(e)))?)
+        };
+        let mut db = state.ingest_db.lock().unwrap_or_else(|e| e.into_inner());
+        let mut reply = commit_prepared(&mut db, &worker, &entries, prepared, chunk.as_ref())
+            .map_err(|e| Box::new(not_stored(e)))?;
         let stored = db.last_game_id().map_err(|e| Box::new(internal(e)))?;
         drop(db);
         state.live.stored(stored, !reply.accepted.is_empty());

@@ -10,7 +10,7 @@ use zero2048_protocol::{
     BatchEntry, Origin, ParentPosition, Rejection, UploadReply, UploadRules, verify_game,
 };
 
-use crate::db::{DbError, NewGame, RunDb};
+use crate::db::{DbError, NewChunk, NewGame, RunDb};
 
 /// A game's verdict before storage: its canonical bytes and replay, or why it is refused.
 pub type Checked = Result<(Vec<u8>, ReplaySummary), Rejection>;
@@ -87,20 +87,26 @@ fn check_one(entry: &BatchEntry, rules: &UploadRules<'_>, parent: Option<ParentP
     Ok((bytes, verified.summary))
 }
 
-/// Stores the checked games of a batch from `worker`, queued for the learner. A UUID already
-/// stored is a duplicate whatever its verdict now (an idempotent retry may arrive after its
-/// revision left the accepted window). When this returns `Ok`, every game listed as accepted or
-/// duplicate is committed.
-pub fn store_checked(
-    db: &mut RunDb,
-    worker: &str,
+/// A checked batch, split into what to store and what to answer, before anything is stored.
+pub struct Prepared<'a> {
+    /// The games to store (their UUIDs were not stored when looked up).
+    pub games: Vec<NewGame<'a>>,
+    fresh_index: Vec<usize>,
+    reply: UploadReply,
+}
+
+/// Looks the batch's UUIDs up and sorts its games into new ones, duplicates and refusals. A UUID
+/// already stored is a duplicate whatever its verdict now (an idempotent retry may arrive after
+/// its revision left the accepted window).
+pub fn prepare<'a>(
+    db: &RunDb,
     entries: &[BatchEntry],
-    checked: Vec<Checked>,
-) -> Result<UploadReply, DbError> {
+    checked: &'a [Checked],
+) -> Result<Prepared<'a>, DbError> {
     let uuids: Vec<[u8; 16]> = entries.iter().map(|e| *e.uuid.as_bytes()).collect();
     let known = db.known_games(&uuids)?;
     let mut reply = UploadReply::default();
-    let mut fresh_games = Vec::with_capacity(entries.len());
+    let mut games = Vec::with_capacity(entries.len());
     let mut fresh_index = Vec::with_capacity(entries.len());
     for (i, verdict) in checked.iter().enumerate() {
         if known[i] {
@@ -110,7 +116,7 @@ pub fn store_checked(
         match verdict {
             Ok((bytes, summary)) => {
                 fresh_index.push(i);
-                fresh_games.push(NewGame {
+                games.push(NewGame {
                     uuid: uuids[i],
                     origin: entries[i].origin.map(|o| (*o.parent.as_bytes(), o.step)),
                     revision: entries[i].revision,
@@ -123,15 +129,35 @@ pub fn store_checked(
             Err(rejection) => reply.rejected.push(rejection.clone()),
         }
     }
+    Ok(Prepared { games, fresh_index, reply })
+}
+
+/// Stores a prepared batch from `worker`, queued for the learner, its records in `chunk` when
+/// given (written beforehand with [`GameShelf::write`](crate::db::GameShelf::write), so the
+/// write need not hold the database), else as [`RunDb::insert_games`] does. When this returns
+/// `Ok`, every game listed as accepted or duplicate is committed.
+pub fn commit_prepared(
+    db: &mut RunDb,
+    worker: &str,
+    entries: &[BatchEntry],
+    prepared: Prepared<'_>,
+    chunk: Option<&NewChunk>,
+) -> Result<UploadReply, DbError> {
+    let Prepared { games, fresh_index, mut reply } = prepared;
     let last_rejection = reply.rejected.last().map(|r| r.reason.clone());
-    if fresh_games.is_empty() {
+    if games.is_empty() {
         if let Some(reason) = &last_rejection {
             db.record_rejections(worker, reply.rejected.len() as u64, reason)?;
         }
         return Ok(reply);
     }
-    let fresh =
-        db.insert_games(worker, &fresh_games, reply.rejected.len() as u64, last_rejection.as_deref(), true)?;
+    let rejected = reply.rejected.len() as u64;
+    let fresh = match chunk {
+        Some(chunk) => {
+            db.insert_games_in_chunk(worker, &games, rejected, last_rejection.as_deref(), true, chunk)?
+        }
+        None => db.insert_games(worker, &games, rejected, last_rejection.as_deref(), true)?,
+    };
     for (i, new) in fresh_index.into_iter().zip(fresh) {
         if new {
             reply.accepted.push(entries[i].uuid);
@@ -140,6 +166,18 @@ pub fn store_checked(
         }
     }
     Ok(reply)
+}
+
+/// Stores the checked games of a batch from `worker`, queued for the learner ([`prepare`], then
+/// [`commit_prepared`], the chunk written in between).
+pub fn store_checked(
+    db: &mut RunDb,
+    worker: &str,
+    entries: &[BatchEntry],
+    checked: Vec<Checked>,
+) -> Result<UploadReply, DbError> {
+    let prepared = prepare(db, entries, &checked)?;
+    commit_prepared(db, worker, entries, prepared, None)
 }
 
 /// Verifies and stores a batch from `worker`: [`check_batch`] (parents looked up in `db`) then

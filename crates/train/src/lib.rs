@@ -30,7 +30,9 @@ mod zero;
 pub use config::{ConfigError, TrainConfig, ntuple_spec, policy_value_spec};
 pub use db::{Counters, EvaluationRow, NewGame, RevisionRow, RunDb, StoredGame, ThroughputSample, WorkerRow};
 pub use evaluation::{EvalConfig, evaluate};
-pub use ingest::{Checked, check_batch, ingest, store_checked, stored_parent};
+pub use ingest::{
+    Checked, Prepared, check_batch, commit_prepared, ingest, prepare, store_checked, stored_parent,
+};
 pub use learner::{Coherence, GameLearned, LearnError, RateStep, TdConfig, TdLearner, TdMode, Trace};
 pub use learners::{EvaluationJob, Learner};
 pub use live::{LiveState, Progress, Totals};

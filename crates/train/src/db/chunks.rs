@@ -145,7 +145,7 @@ impl GameShelf {
     /// the bucket fails, the chunk goes to the local directory instead (its row says so, and
     /// [`RunDb::move_chunks_to_bucket`](super::RunDb::move_chunks_to_bucket) moves it once the
     /// bucket is back): an outage must not stop the run from taking games.
-    pub(super) fn write(&self, games: &[NewGame<'_>]) -> Result<NewChunk, DbError> {
+    pub fn write(&self, games: &[NewGame<'_>]) -> Result<NewChunk, DbError> {
         let bytes = encode(games)?;
         let key = chunk_key();
         let written_to = |shelf: &ObjectShelf| NewChunk {

@@ -569,6 +569,20 @@ impl RunDb {
         each_mut!(self.insert_games(worker, games, rejected, last_rejection, queued, chunk.as_ref()))
     }
 
+    /// [`insert_games`](Self::insert_games) with the records already written as `chunk` (by
+    /// [`GameShelf::write`], in the same order), so that write need not hold this connection.
+    pub fn insert_games_in_chunk(
+        &mut self,
+        worker: &str,
+        games: &[NewGame<'_>],
+        rejected: u64,
+        last_rejection: Option<&str>,
+        queued: bool,
+        chunk: &NewChunk,
+    ) -> Result<Vec<bool>, DbError> {
+        each_mut!(self.insert_games(worker, games, rejected, last_rejection, queued, Some(chunk)))
+    }
+
     /// Which of these UUIDs are already stored.
     pub fn known_games(&self, uuids: &[[u8; 16]]) -> Result<Vec<bool>, DbError> {
         each!(self.known_games(uuids))

@@ -284,7 +284,7 @@ async fn upload_games(State(state): State<Arc<AppState>>, headers: HeaderMap, bo
         let rules = UploadRules { accepted_revisions: &accepted, search: state.live.search_requirement() };
         let db = state.ingest_db.lock().unwrap_or_else(|e| e.into_inner());
         let checked = check_batch(&entries, &rules, &mut |origin| stored_parent(&db, origin))
-            .map_err(|e| Box::new(internal(e)))?;
+            .map_err(|e| Box::new(not_stored(e)))?;
         let prepared = prepare(&db, &entries, &checked).map_err(|e| Box::new(internal(e)))?;
         drop(db);
         // The chunk is written without holding the database, so uploads write theirs at once

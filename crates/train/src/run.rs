@@ -132,6 +132,10 @@ pub struct TrainingRun {
     config: TrainConfig,
     db: RunDb,
     games: GameShelf,
+    /// Since when queued games' records cannot be read (their storage is down), if they cannot.
+    games_unreadable_since: Option<Instant>,
+    /// When that was last said.
+    games_waiting_warned: Instant,
     db_path: PathBuf,
     database: DatabaseUrl,
     live: Arc<LiveState>,
@@ -322,6 +326,8 @@ impl TrainingRun {
             config,
             db,
             games,
+            games_unreadable_since: None,
+            games_waiting_warned: Instant::now(),
             db_path: db_path.to_path_buf(),
             database: database.clone(),
             live,
@@ -499,7 +505,29 @@ impl TrainingRun {
             ModelKind::Ntuple => 256,
             ModelKind::PolicyValue => 1,
         };
-        let games = self.db.games_after(*cursor, limit)?;
+        let games = match self.db.games_after(*cursor, limit) {
+            Ok(games) => {
+                if let Some(since) = self.games_unreadable_since.take() {
+                    tracing::info!(
+                        "the games' storage answers again after {:.0} s",
+                        since.elapsed().as_secs_f64()
+                    );
+                }
+                games
+            }
+            // A bucket that is down holds the games up, not the run: they are learned once it is back.
+            Err(crate::db::DbError::Storage { action, source }) => {
+                let first = self.games_unreadable_since.is_none();
+                self.games_unreadable_since.get_or_insert_with(Instant::now);
+                if first || self.games_waiting_warned.elapsed() >= Duration::from_secs(60) {
+                    tracing::warn!("the learner waits for the games' storage ({action}: {source})");
+                    self.games_waiting_warned = Instant::now();
+                }
+                std::thread::sleep(Duration::from_secs(1));
+                return Ok(0);
+            }
+            Err(e) => return Err(e.into()),
+        };
         let mut decoded = Vec::with_capacity(games.len());
         for game in &games {
             match GameRecord::decode(&game.record) {

@@ -38,13 +38,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let start = server.run().counters();
     let status = server.adapter().status();
     eprintln!(
-        "training {} · revision {} · {} games learned so far · weights in {}{}{}",
+        "training {} · revision {} · {} games learned so far · weights in {}{}{} · games in {}",
         server.run().model_name(),
         start.revision,
         start.games,
         server.adapter().local().dir().display(),
         status.bucket.as_ref().map(|b| format!(" and bucket {b}")).unwrap_or_default(),
         status.degraded.as_ref().map(|d| format!(" (degraded: {d})")).unwrap_or_default(),
+        server.run().game_shelf().describe(),
     );
     eprintln!(
         "dashboard at {url}/ · remote workers: `zero2048 worker --server {url} --token T` (tokens: `zero2048 token add NAME`)",

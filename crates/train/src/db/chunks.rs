@@ -94,12 +94,40 @@ pub struct GameShelf {
     /// The last chunk read: the learner and exports read games in id order, so consecutive
     /// games mostly share a chunk.
     last_read: Mutex<Option<(String, Arc<Entries>)>>,
+    /// The chunks this process wrote last, shared by its clones: a learner in the same process
+    /// reads what the ingest just wrote without a GET, and goes on while the bucket is down.
+    recent: Arc<Mutex<RecentChunks>>,
+}
+
+/// Compressed chunks, newest last, up to [`RECENT_BYTES`].
+#[derive(Default)]
+struct RecentChunks {
+    chunks: std::collections::VecDeque<(String, Arc<Vec<u8>>)>,
+    bytes: usize,
+}
+
+/// How much of the newest chunks a process keeps in memory (about 80 M moves).
+const RECENT_BYTES: usize = 64 << 20;
+
+impl RecentChunks {
+    fn add(&mut self, key: String, bytes: Arc<Vec<u8>>) {
+        self.bytes += bytes.len();
+        self.chunks.push_back((key, bytes));
+        while self.bytes > RECENT_BYTES {
+            let Some((_, dropped)) = self.chunks.pop_front() else { break };
+            self.bytes -= dropped.len();
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<Arc<Vec<u8>>> {
+        self.chunks.iter().rev().find(|(k, _)| k == key).map(|(_, bytes)| Arc::clone(bytes))
+    }
 }
 
 impl Clone for GameShelf {
-    /// The same places, with a cache of its own.
+    /// The same places and recent chunks, with a last-read cache of its own.
     fn clone(&self) -> GameShelf {
-        GameShelf::new(self.local.clone(), self.bucket.clone(), self.retention)
+        GameShelf { last_read: Mutex::new(None), recent: Arc::clone(&self.recent), ..self.shallow() }
     }
 }
 
@@ -118,7 +146,11 @@ impl GameShelf {
 
     /// Chunks go to `bucket` when given, else to `local`.
     pub fn new(local: ObjectShelf, bucket: Option<ObjectShelf>, retention: GameRetention) -> GameShelf {
-        GameShelf { local, bucket, retention, last_read: Mutex::new(None) }
+        GameShelf { local, bucket, retention, last_read: Mutex::new(None), recent: Arc::default() }
+    }
+
+    fn shallow(&self) -> GameShelf {
+        GameShelf::new(self.local.clone(), self.bucket.clone(), self.retention)
     }
 
     /// The retention setting.
@@ -148,19 +180,25 @@ impl GameShelf {
     pub fn write(&self, games: &[NewGame<'_>]) -> Result<NewChunk, DbError> {
         let bytes = encode(games)?;
         let key = chunk_key();
+        let chunk = self.write_bytes(&key, &bytes, games)?;
+        self.recent.lock().unwrap_or_else(|e| e.into_inner()).add(key, Arc::new(bytes));
+        Ok(chunk)
+    }
+
+    fn write_bytes(&self, key: &str, bytes: &[u8], games: &[NewGame<'_>]) -> Result<NewChunk, DbError> {
         let written_to = |shelf: &ObjectShelf| NewChunk {
-            key: key.clone(),
+            key: key.to_string(),
             in_bucket: shelf.place() == ObjectPlace::Bucket,
             bytes: bytes.len() as u64,
             newest_revision: games.iter().map(|g| g.revision).max().unwrap_or(0),
         };
         let local_write = |action| {
-            self.local.put(&key, &bytes).map_err(|source| DbError::Storage { action, source })?;
+            self.local.put(key, bytes).map_err(|source| DbError::Storage { action, source })?;
             Ok(written_to(&self.local))
         };
         match &self.bucket {
             None => local_write("writing a game chunk"),
-            Some(bucket) => match bucket.put(&key, &bytes) {
+            Some(bucket) => match bucket.put(key, bytes) {
                 Ok(()) => Ok(written_to(bucket)),
                 Err(e) => {
                     tracing::warn!(
@@ -201,10 +239,15 @@ impl GameShelf {
         let entries = match cached {
             Some(entries) => entries,
             None => {
-                let bytes = self
-                    .shelf(place.in_bucket, &place.key)?
-                    .get(&place.key)
-                    .map_err(|source| DbError::Storage { action: "reading a game chunk", source })?;
+                let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner()).get(&place.key);
+                let bytes = match recent {
+                    Some(bytes) => bytes,
+                    None => Arc::new(
+                        self.shelf(place.in_bucket, &place.key)?
+                            .get(&place.key)
+                            .map_err(|source| DbError::Storage { action: "reading a game chunk", source })?,
+                    ),
+                };
                 let entries = Arc::new(decode(&place.key, &bytes)?);
                 *self.last_read.lock().unwrap_or_else(|e| e.into_inner()) =
                     Some((place.key.clone(), Arc::clone(&entries)));
@@ -372,6 +415,18 @@ mod tests {
         let error = decode("k", &zstd::bulk::compress(&raw, 1).unwrap()).unwrap_err().to_string();
         assert!(error.contains("version 9"), "{error}");
         assert!(decode("k", b"not zstd").unwrap_err().to_string().contains("does not decompress"));
+    }
+
+    #[test]
+    fn recent_chunks_keep_the_newest_within_their_bytes() {
+        let mut recent = RecentChunks::default();
+        let big = RECENT_BYTES / 3 + 1;
+        for key in ["a", "b", "c"] {
+            recent.add(key.into(), Arc::new(vec![0; big]));
+        }
+        assert!(recent.get("a").is_none(), "the oldest went first");
+        assert_eq!((recent.get("b").unwrap().len(), recent.get("c").unwrap().len()), (big, big));
+        assert_eq!(recent.bytes, 2 * big);
     }
 
     #[test]

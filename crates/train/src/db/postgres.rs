@@ -62,6 +62,10 @@ const MIGRATIONS: &[&str] = &[
          last_game BIGINT NOT NULL DEFAULT 0, created_at BIGINT NOT NULL);
      ALTER TABLE games ADD COLUMN chunk BIGINT;
      ALTER TABLE games ADD COLUMN chunk_entry INTEGER;",
+    // 3: games by worker only for quarantined ones (SQLite's migration 5).
+    "DROP INDEX games_by_worker;
+     CREATE INDEX games_quarantined_by_worker ON games (worker) WHERE quarantined;
+     ALTER TABLE games DROP COLUMN received_at;",
 ];
 
 /// The schema version this build writes on PostgreSQL.
@@ -296,20 +300,20 @@ impl PostgresDb {
             games.iter().map(|g| g.origin.map(|(_, step)| i64::from(step))).collect();
         let inserted = tx
             .query(
-                "INSERT INTO games (uuid, worker, revision, score, moves, max_tile, record, received_at,
+                "INSERT INTO games (uuid, worker, revision, score, moves, max_tile, record,
                      parent, branch_step, queued, chunk, chunk_entry)
-                 SELECT g.uuid, $1, g.revision, g.score, g.moves, g.max_tile, g.record, $2, g.parent,
-                     g.branch_step, $3, $12::BIGINT, CASE WHEN $12::BIGINT IS NULL THEN NULL ELSE g.n - 1 END
-                 FROM unnest($4::BYTEA[], $5::BIGINT[], $6::BIGINT[], $7::BIGINT[], $8::BIGINT[],
-                             $9::BYTEA[], $10::BYTEA[], $11::BIGINT[]) WITH ORDINALITY
+                 SELECT g.uuid, $1, g.revision, g.score, g.moves, g.max_tile, g.record, g.parent,
+                     g.branch_step, $2, $11::BIGINT, CASE WHEN $11::BIGINT IS NULL THEN NULL ELSE g.n - 1 END
+                 FROM unnest($3::BYTEA[], $4::BIGINT[], $5::BIGINT[], $6::BIGINT[], $7::BIGINT[],
+                             $8::BYTEA[], $9::BYTEA[], $10::BIGINT[]) WITH ORDINALITY
                      AS g (uuid, revision, score, moves, max_tile, record, parent, branch_step, n)
                  WHERE NOT EXISTS (SELECT 1 FROM games e WHERE e.uuid = g.uuid)
                  ORDER BY g.n
                  ON CONFLICT (uuid) DO NOTHING
                  RETURNING uuid, id",
                 &[
-                    &worker, &now, &queued, &uuids, &revisions, &scores, &moves, &max_tiles, &records,
-                    &parents, &steps, &chunk_id,
+                    &worker, &queued, &uuids, &revisions, &scores, &moves, &max_tiles, &records, &parents,
+                    &steps, &chunk_id,
                 ],
             )
             .map_err(ctx("store games"))?;

@@ -62,9 +62,12 @@ const MIGRATIONS: &[&str] = &[
          last_game BIGINT NOT NULL DEFAULT 0, created_at BIGINT NOT NULL);
      ALTER TABLE games ADD COLUMN chunk BIGINT;
      ALTER TABLE games ADD COLUMN chunk_entry INTEGER;",
-    // 3: games by worker only for quarantined ones (SQLite's migration 5).
+    // 3: games by worker only for quarantined ones (SQLite's migration 5). The learner's queue
+    // reads the primary key from its cursor on: on PostgreSQL, where games come from workers
+    // and are all queued, a partial index of queued games was a second copy of it.
     "DROP INDEX games_by_worker;
      CREATE INDEX games_quarantined_by_worker ON games (worker) WHERE quarantined;
+     DROP INDEX games_queue;
      ALTER TABLE games DROP COLUMN received_at;",
 ];
 

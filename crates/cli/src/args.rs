@@ -291,7 +291,8 @@ pub struct WorkerArgs {
     /// [default: none, the server's /api/v1/latest].
     #[arg(long, value_name = "URL")]
     pub latest_url: Option<String>,
-    /// Games per upload [worker.batch_games; default: 64].
+    /// Games per upload, up to 16 times as many while the spool holds a backlog
+    /// [worker.batch_games; default: 64].
     #[arg(long)]
     pub batch_games: Option<u64>,
     /// Upload a smaller batch after this long [worker.upload_interval_seconds; default: 5s].

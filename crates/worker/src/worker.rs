@@ -35,7 +35,7 @@ pub struct WorkerSettings {
     /// Disk budget of the weights cache in MiB: older revisions are evicted past it (never the
     /// one in use).
     pub cache_budget_mib: u64,
-    /// Games per upload.
+    /// Games per upload (up to 16 times as many while the spool holds a backlog).
     pub batch_games: usize,
     /// Upload a partial batch after this many seconds.
     pub upload_interval_seconds: f64,
@@ -703,6 +703,10 @@ async fn adopt(
     tracing::info!("adopted revision {}: new games play it", latest.revision);
     Ok(())
 }
+/// How many times `batch_games` one upload may carry while the spool holds a backlog (a
+/// server that finds it too large answers 413 and the batch is halved).
+const BACKLOG_BATCH_FACTOR: usize = 16;
+
 /// Sends the spool to the server in batches; deletes only acknowledged games.
 async fn upload_spool(shared: Arc<Shared>, client: ServerClient) {
     let mut backoff = Duration::from_millis(500);
@@ -739,7 +743,13 @@ async fn upload_spool(shared: Arc<Shared>, client: ServerClient) {
         }
         last_attempt = Instant::now();
         let spool = shared.spool.clone();
-        let limit = batch_limit;
+        // A backlog goes up in larger batches: one upload at a time, each a round trip, would
+        // otherwise cap a fast worker below its playing rate (and pause it at the spool limit).
+        let limit = if batch_limit == shared.config.batch_games.max(1) {
+            (waiting as usize).clamp(batch_limit, batch_limit * BACKLOG_BATCH_FACTOR)
+        } else {
+            batch_limit
+        };
         let prepared = tokio::task::spawn_blocking(move || -> Result<(Vec<SpooledGame>, Vec<u8>), String> {
             let games = spool.take_batch(limit).map_err(|e| e.to_string())?;
             let encoded: Vec<Vec<u8>> = games

@@ -264,9 +264,10 @@ pub struct ServerArgs {
 /// `--config` or `ZERO2048_WORKER__<KEY>` variables; a flag wins.
 #[derive(Args, Debug)]
 pub struct WorkerArgs {
-    /// The server's URL (http://host:port).
-    #[arg(long, value_name = "URL")]
-    pub server: String,
+    /// The server's URL (http://host:port). Give it several times for several API servers of
+    /// one run: the worker uses the first and moves to the next when one cannot be reached.
+    #[arg(long, value_name = "URL", required = true)]
+    pub server: Vec<String>,
     /// The worker token (`zero2048 token add NAME` on the server) [default: none, ZERO2048_TOKEN].
     #[arg(long, value_name = "TOKEN", env = "ZERO2048_TOKEN", hide_env_values = true)]
     pub token: Option<String>,

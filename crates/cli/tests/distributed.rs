@@ -137,6 +137,24 @@ fn killing_the_server_mid_upload_loses_and_duplicates_nothing() {
 }
 
 #[test]
+fn a_worker_given_several_servers_moves_to_the_next_when_one_cannot_be_reached() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _server = server(dir.path(), port, &[]);
+    let token = token(dir.path(), "pair");
+    // The first --server is down (nothing listens there); the second is the run's server.
+    let dead = free_port();
+    let live = format!("http://127.0.0.1:{port}");
+    let pair = worker(dir.path(), dead, &token, "pair", &["--server", &live, "--games", "30"]);
+    let (code, out, log) = pair.wait(Duration::from_secs(120));
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(summary(&out)["uploaded"], 30, "{log}");
+    let moved = format!("http://127.0.0.1:{dead} cannot be reached; the next requests go to {live}");
+    assert!(log.contains(&moved), "{log}");
+    assert_eq!(stored_games(&dir.path().join("zero2048.db")).len(), 30);
+}
+
+#[test]
 fn a_killed_worker_sends_its_spool_when_restarted() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();

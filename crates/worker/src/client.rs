@@ -1,5 +1,7 @@
 //! Talking to the server: the latest record and game uploads, with the protocol handshake.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use zero2048_protocol::{
@@ -45,11 +47,14 @@ impl ClientError {
     }
 }
 
-/// A client of one server.
+/// A client of a run's server, or of several API servers of one run: requests go to one of
+/// them, and to the next when it cannot be reached.
 #[derive(Clone)]
 pub struct ServerClient {
     http: reqwest::Client,
-    base: String,
+    bases: Arc<[String]>,
+    /// Which of `bases` requests go to; shared by clones, so the whole worker moves at once.
+    current: Arc<AtomicUsize>,
     latest_url: Option<String>,
     token: Option<Secret>,
     /// Sent with every request: which machine this is (see `Spool::machine`).
@@ -57,10 +62,11 @@ pub struct ServerClient {
 }
 
 impl ServerClient {
-    /// A client of the server at `base` (`http://host:port`); `latest_url` reads the latest record
-    /// from elsewhere (a bucket's public `latest.json`).
+    /// A client of the servers at `bases` (`http://host:port`, the first used first; at least
+    /// one); `latest_url` reads the latest record from elsewhere (a bucket's public
+    /// `latest.json`).
     pub fn new(
-        base: &str,
+        bases: &[String],
         latest_url: Option<String>,
         token: Option<Secret>,
         machine: String,
@@ -71,12 +77,31 @@ impl ServerClient {
             .user_agent(concat!("zero2048-worker/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ClientError::Transient { message: e.to_string(), retry_after: None })?;
-        Ok(ServerClient { http, base: base.trim_end_matches('/').to_string(), latest_url, token, machine })
+        let bases: Vec<String> = bases.iter().map(|b| b.trim_end_matches('/').to_string()).collect();
+        if bases.is_empty() {
+            return Err(ClientError::Incompatible("no server URL was given".into()));
+        }
+        Ok(ServerClient { http, bases: bases.into(), current: Arc::default(), latest_url, token, machine })
     }
 
-    /// The server's base URL.
+    /// The base URL requests go to now.
     pub fn base(&self) -> &str {
-        &self.base
+        &self.bases[self.current.load(Ordering::Relaxed) % self.bases.len()]
+    }
+
+    /// After `failed` could not be reached: the next server takes the requests (once, however
+    /// many requests met the failure at the same time).
+    fn fail_over(&self, failed: &str) {
+        if self.bases.len() < 2 {
+            return;
+        }
+        let now = self.current.load(Ordering::Relaxed);
+        if self.bases[now % self.bases.len()] != failed {
+            return;
+        }
+        if self.current.compare_exchange(now, now + 1, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            tracing::warn!("{failed} cannot be reached; the next requests go to {}", self.base());
+        }
     }
 
     fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
@@ -98,24 +123,31 @@ impl ServerClient {
         what: &str,
         own_server: bool,
     ) -> Result<reqwest::Response, ClientError> {
-        let response = request.send().await.map_err(|e| ClientError::Transient {
-            message: format!("{what}: cannot reach {}: {}", self.base, without_url(&e)),
-            retry_after: None,
-        })?;
+        let base = self.base().to_string();
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(e) => {
+                if own_server {
+                    self.fail_over(&base);
+                }
+                return Err(ClientError::Transient {
+                    message: format!("{what}: cannot reach {base}: {}", without_url(&e)),
+                    retry_after: None,
+                });
+            }
+        };
         let status = response.status().as_u16();
         if own_server {
             match response.headers().get(PROTOCOL_HEADER).and_then(|v| v.to_str().ok()) {
                 Some(v) if v.trim() == PROTOCOL_VERSION.to_string() => {}
                 Some(v) if status != 426 => {
                     return Err(ClientError::Incompatible(format!(
-                        "{} speaks protocol version {v}; this worker speaks {PROTOCOL_VERSION}: install a matching zero2048",
-                        self.base
+                        "{base} speaks protocol version {v}; this worker speaks {PROTOCOL_VERSION}: install a matching zero2048"
                     )));
                 }
                 None if status < 500 => {
                     return Err(ClientError::Incompatible(format!(
-                        "{} is not a zero2048 server (its answer to {what} has no {PROTOCOL_HEADER} header)",
-                        self.base
+                        "{base} is not a zero2048 server (its answer to {what} has no {PROTOCOL_HEADER} header)"
                     )));
                 }
                 _ => {}
@@ -150,7 +182,7 @@ impl ServerClient {
     pub async fn latest(&self) -> Result<LatestRecord, ClientError> {
         let (url, own) = match &self.latest_url {
             Some(url) => (url.clone(), false),
-            None => (format!("{}/api/v1/latest", self.base), true),
+            None => (format!("{}/api/v1/latest", self.base()), true),
         };
         let response = self.send(self.request(reqwest::Method::GET, &url), "latest", own).await?;
         let bytes = response.bytes().await.map_err(|e| ClientError::Transient {
@@ -171,7 +203,7 @@ impl ServerClient {
 
     /// Uploads one zstd-compressed batch.
     pub async fn upload(&self, body: Vec<u8>) -> Result<UploadReply, ClientError> {
-        let url = format!("{}/api/v1/games", self.base);
+        let url = format!("{}/api/v1/games", self.base());
         let request = self
             .request(reqwest::Method::POST, &url)
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
@@ -200,4 +232,36 @@ fn without_url(error: &reqwest::Error) -> String {
         source = inner.source();
     }
     message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(bases: &[&str]) -> ServerClient {
+        let bases: Vec<String> = bases.iter().map(|b| b.to_string()).collect();
+        ServerClient::new(&bases, None, None, "m".into()).unwrap()
+    }
+
+    #[test]
+    fn an_unreachable_server_hands_the_requests_to_the_next_once() {
+        let pair = client(&["http://a:1/", "http://b:2"]);
+        assert_eq!(pair.base(), "http://a:1");
+        pair.fail_over("http://a:1");
+        assert_eq!(pair.base(), "http://b:2");
+        // A second request that met the same failure does not move the worker on again.
+        pair.fail_over("http://a:1");
+        assert_eq!(pair.base(), "http://b:2");
+        let shared = pair.clone();
+        shared.fail_over("http://b:2");
+        assert_eq!(
+            (pair.base(), shared.base()),
+            ("http://a:1", "http://a:1"),
+            "round the list, all clones at once"
+        );
+        let alone = client(&["http://a:1"]);
+        alone.fail_over("http://a:1");
+        assert_eq!(alone.base(), "http://a:1");
+        assert!(ServerClient::new(&[], None, None, "m".into()).is_err());
+    }
 }

@@ -98,6 +98,9 @@ impl WorkerSettings {
 pub struct WorkerConfig {
     /// The server's base URL.
     pub server: String,
+    /// More base URLs of the same run (API servers behind no load balancer), tried in turn
+    /// after `server` when one cannot be reached.
+    pub fallback_servers: Vec<String>,
     /// Read the latest record from this URL instead of the server (a bucket's public latest.json).
     pub latest_url: Option<String>,
     /// The worker token.
@@ -135,6 +138,7 @@ impl WorkerConfig {
         };
         WorkerConfig {
             server: server.to_string(),
+            fallback_servers: Vec::new(),
             latest_url: None,
             token: None,
             threads,
@@ -367,13 +371,16 @@ impl Worker {
         }
         let mut fetcher = Fetcher::new(&config.cache_dir, config.cache_budget_bytes, RetryPolicy::default())?;
         if let Some(token) = &config.token {
-            // Only the server's own weights URLs get the token; never a bucket's.
-            fetcher.authorize(&config.server, token.clone());
+            // Only the servers' own weights URLs get the token; never a bucket's.
+            for server in std::iter::once(&config.server).chain(&config.fallback_servers) {
+                fetcher.authorize(server, token.clone());
+            }
         }
         let machine = spool.machine()?;
         tracing::info!("this worker is {machine} to the server");
-        let client =
-            ServerClient::new(&config.server, config.latest_url.clone(), config.token.clone(), machine)?;
+        let servers: Vec<String> =
+            std::iter::once(&config.server).chain(&config.fallback_servers).cloned().collect();
+        let client = ServerClient::new(&servers, config.latest_url.clone(), config.token.clone(), machine)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

@@ -17,10 +17,12 @@ use crate::{Exit, bad_input};
 
 /// Runs the command.
 pub fn run(args: WorkerArgs) -> Result<()> {
-    url::Url::parse(&args.server)
-        .ok()
-        .filter(|u| matches!(u.scheme(), "http" | "https"))
-        .ok_or_else(|| bad_input(format!("--server {}: not an http:// or https:// URL", args.server)))?;
+    for server in &args.server {
+        url::Url::parse(server)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https"))
+            .ok_or_else(|| bad_input(format!("--server {server}: not an http:// or https:// URL")))?;
+    }
     let file = crate::config::read(args.config.as_deref(), &crate::config::environment())?;
     let mut settings = file.worker;
     if let Some(threads) = args.threads {
@@ -51,7 +53,8 @@ pub fn run(args: WorkerArgs) -> Result<()> {
         settings.adopt_delay_seconds = delay.as_secs_f64();
     }
     settings.validate().map_err(bad_input)?;
-    let mut config = WorkerConfig::new(args.server.trim_end_matches('/'), &settings);
+    let mut config = WorkerConfig::new(args.server[0].trim_end_matches('/'), &settings);
+    config.fallback_servers = args.server[1..].iter().map(|s| s.trim_end_matches('/').to_string()).collect();
     config.token = args.token.clone().filter(|t| !t.is_empty()).map(Secret::new);
     config.latest_url = args.latest_url.clone();
     config.max_games = args.games;
@@ -61,7 +64,11 @@ pub fn run(args: WorkerArgs) -> Result<()> {
     eprintln!(
         "worker for {} · {} thread{} · spool {} · press Ctrl-C to finish the games in progress and upload; twice to \
          checkpoint them and quit",
-        config.server,
+        std::iter::once(&config.server)
+            .chain(&config.fallback_servers)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" or "),
         config.threads,
         if config.threads == 1 { "" } else { "s" },
         config.spool_dir.display()

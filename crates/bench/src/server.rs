@@ -404,6 +404,7 @@ fn server_options(dir: &Path, weights: &Path) -> ServerOptions {
     storage.server.port = 0;
     storage.server.localhost_weights = true;
     ServerOptions {
+        role: zero2048_server::Role::All,
         storage,
         api: ApiConfig { uploads_per_minute: 0, max_backlog_games: u64::MAX, ..ApiConfig::default() },
         train: TrainConfig {

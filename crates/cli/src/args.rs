@@ -258,6 +258,22 @@ pub struct ServerArgs {
     /// [api.require_token_for_latest].
     #[arg(long, help_heading = "Server")]
     pub require_token_for_latest: bool,
+    /// all: API and learner in this process; api: uploads, latest record, weights and
+    /// dashboard only (any number, on the run's shared database and storage); learner: the
+    /// run's one learner, taking no uploads.
+    #[arg(long, value_enum, default_value_t = RoleArg::All, help_heading = "Server")]
+    pub role: RoleArg,
+}
+
+/// `--role`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoleArg {
+    /// API and learner in one process.
+    All,
+    /// An API server of the run.
+    Api,
+    /// The run's learner.
+    Learner,
 }
 
 /// `zero2048 worker`. Every setting but the server can also come from the `worker:` section of

@@ -137,6 +137,65 @@ fn killing_the_server_mid_upload_loses_and_duplicates_nothing() {
 }
 
 #[test]
+fn api_servers_apart_from_the_learner_lose_nothing_when_one_is_killed_nor_when_the_learner_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("zero2048.db");
+    let learner_port = free_port();
+    let mut learner = server(dir.path(), learner_port, &["--role", "learner"]);
+    // The learner takes no uploads: workers know only the API servers.
+    let refused = http().post(format!("http://127.0.0.1:{learner_port}/api/v1/games")).send().unwrap();
+    assert_eq!(refused.status().as_u16(), 404);
+    let (first_port, second_port) = (free_port(), free_port());
+    let mut first = server(dir.path(), first_port, &["--role", "api"]);
+    let _second = server(dir.path(), second_port, &["--role", "api"]);
+    let second = format!("http://127.0.0.1:{second_port}");
+    let workers: Vec<Proc> = ["a", "b", "c"]
+        .iter()
+        .map(|name| {
+            let token = token(dir.path(), name);
+            let extra =
+                ["--server", &second, "--games", "300", "--batch-games", "8", "--upload-interval", "100ms"];
+            worker(dir.path(), first_port, &token, name, &extra)
+        })
+        .collect();
+    wait_for(Duration::from_secs(120), "uploads through the first API server", || {
+        stored_games(&db).len() >= 60
+    });
+    first.kill9();
+    wait_for(Duration::from_secs(120), "a revision learned from the API servers' games", || {
+        numbers(&db, "SELECT coalesce(max(revision), 0) FROM revisions")[0] >= 2
+    });
+    learner.kill9();
+    let mut played = 0;
+    for worker in workers {
+        let (code, out, log) = worker.wait(Duration::from_secs(300));
+        assert_eq!(code, Some(0), "{log}");
+        let s = summary(&out);
+        assert_eq!(s["spool_left"], 0, "{s}\n{log}");
+        assert!(log.contains("cannot be reached; the next requests go to"), "{log}");
+        played += s["games"].as_u64().unwrap();
+    }
+    let games = stored_games(&db);
+    let unique: HashSet<&Vec<u8>> = games.iter().map(|g| &g.0).collect();
+    assert_eq!((unique.len(), games.len() as u64), (games.len(), played), "every game stored once");
+    assert_eq!(read_back_every_record(&db), games.len());
+    // The learner, killed, resumes from its cursor and learns every game exactly once.
+    let revision_before = numbers(&db, "SELECT max(revision) FROM revisions")[0];
+    let learner = server(dir.path(), learner_port, &["--role", "learner"]);
+    wait_for(Duration::from_secs(120), "the learner to learn every stored game", || {
+        status(learner_port)["training"]["games"].as_u64() == Some(games.len() as u64)
+    });
+    learner.interrupt();
+    let (code, _, log) = learner.wait(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{log}");
+    let revisions = numbers(&db, "SELECT revision FROM revisions ORDER BY revision");
+    assert_eq!(revisions, (1..=revisions.len() as i64).collect::<Vec<_>>());
+    assert!(*revisions.last().unwrap() > revision_before);
+    let learned = numbers(&db, "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'games'")[0];
+    assert_eq!(learned as usize, games.len(), "every stored game learned once");
+}
+
+#[test]
 fn a_worker_given_several_servers_moves_to_the_next_when_one_cannot_be_reached() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();

@@ -56,11 +56,12 @@ pub struct AppState {
     pub games: zero2048_train::db::GameShelf,
 }
 
-/// The API's routes (weights included when `weights_dir` is given).
-pub fn router(state: Arc<AppState>, weights_dir: Option<std::path::PathBuf>) -> Router {
-    let api = Router::new()
-        .route("/api/v1/latest", get(latest))
-        .route("/api/v1/games", post(upload_games))
+/// The API's routes (weights included when `weights_dir` is given; uploads unless
+/// `takes_uploads` is false: a learner whose API servers run apart).
+pub fn router(state: Arc<AppState>, weights_dir: Option<std::path::PathBuf>, takes_uploads: bool) -> Router {
+    let api = Router::new().route("/api/v1/latest", get(latest));
+    let api = if takes_uploads { api.route("/api/v1/games", post(upload_games)) } else { api };
+    let api = api
         .route("/api/v1/status", get(status))
         .route("/metrics", get(prometheus))
         .fallback(not_found)

@@ -21,5 +21,5 @@ mod tokens;
 
 pub use config::ApiConfig;
 pub use metrics::Metrics;
-pub use server::{Server, ServerError, ServerOptions};
+pub use server::{ApiServer, Role, Server, ServerError, ServerOptions};
 pub use tokens::{AuthError, TokenInfo, TokenStore, TokenStoreError};

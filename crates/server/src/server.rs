@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 use zero2048_storage::StorageAdapter;
-use zero2048_train::db::DatabaseUrl;
+use zero2048_train::db::{DatabaseUrl, GameShelf};
 use zero2048_train::{
     Budget, LiveState, RunDb, RunObserver, SelfPlay, Summary, TrainConfig, TrainError, TrainingRun,
 };
@@ -21,9 +21,25 @@ use crate::metrics::Metrics;
 use crate::rate::RateLimiter;
 use crate::tokens::{TokenStore, TokenStoreError};
 
+/// What a server process does for its run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Role {
+    /// API and learner in one process (`zero2048 train`, and `server` by default).
+    #[default]
+    All,
+    /// Takes uploads and serves the latest record, weights, status and dashboard; holds no
+    /// run state of its own, so any number run side by side on the run's database and storage.
+    Api,
+    /// The run's one learner: learns what API servers store, publishes revisions; takes no
+    /// uploads itself (its status and dashboard still answer).
+    Learner,
+}
+
 /// How to start a server.
 #[derive(Clone)]
 pub struct ServerOptions {
+    /// What this process does.
+    pub role: Role,
     /// Storage and the `server:` section (host, port, `localhost_weights`).
     pub storage: zero2048_storage::Config,
     /// The `api:` section.
@@ -127,7 +143,7 @@ impl Server {
         });
         let weights_dir =
             options.storage.server.localhost_weights.then(|| adapter.local().dir().to_path_buf());
-        let app = api::router(Arc::clone(&state), weights_dir);
+        let app = api::router(Arc::clone(&state), weights_dir, options.role != Role::Learner);
         let (shutdown, signal) = oneshot::channel::<()>();
         let http = runtime.spawn(async move {
             let served = axum::serve(listener, app)
@@ -263,6 +279,150 @@ async fn keep_latest_fresh(adapter: Arc<StorageAdapter>, live: Arc<LiveState>, d
             }
             Ok(_) => {}
             Err(e) => tracing::warn!("refreshing the latest record failed (will retry): {e}"),
+        }
+    }
+}
+
+/// An API server of its own (`--role api`): uploads go into the run's shared database and game
+/// storage; the latest record and the accepted revisions are the learner's, read from storage
+/// and the database every second. Holds no lock and learns nothing, so any number can serve one
+/// run; killing one loses nothing acknowledged.
+pub struct ApiServer {
+    address: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    runtime: tokio::runtime::Handle,
+}
+
+/// How often an API server reads what the learner shares.
+const FOLLOW_PERIOD: Duration = Duration::from_secs(1);
+
+impl ApiServer {
+    /// Binds the listener, opens storage and the database (never writing what the learner
+    /// owns), and starts serving.
+    pub fn start(
+        mut options: ServerOptions,
+        runtime: &tokio::runtime::Runtime,
+    ) -> Result<ApiServer, ServerError> {
+        options.train.validate().map_err(TrainError::from)?;
+        let host = options.storage.server.host.clone();
+        let port = options.storage.server.port;
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind((host.as_str(), port)))
+            .map_err(|source| ServerError::Bind { address: format!("{host}:{port}"), source })?;
+        let address =
+            listener.local_addr().map_err(|source| ServerError::Bind { address: host.clone(), source })?;
+        options.storage.server.port = address.port();
+        let adapter = Arc::new(runtime.block_on(StorageAdapter::reader(&options.storage))?);
+        let games = GameShelf::from_storage(&adapter, runtime.handle().clone())?;
+        let live = Arc::new(LiveState::for_run(&options.train));
+        let read_db = RunDb::open(&options.database)?.with_games(games.clone());
+        live.follow(&read_db)?;
+        if let Some(latest) = runtime.block_on(adapter.read_latest_info())? {
+            live.set_latest(latest);
+        }
+        let state = Arc::new(AppState {
+            live: Arc::clone(&live),
+            adapter: Arc::clone(&adapter),
+            limiter: RateLimiter::new(options.api.uploads_per_minute),
+            api: options.api,
+            ingest_db: Mutex::new(RunDb::open(&options.database)?.with_games(games.clone())),
+            read_db: Mutex::new(read_db),
+            tokens: Mutex::new(TokenStore::open(&options.database)?),
+            metrics: Metrics::default(),
+            started: Instant::now(),
+            database: options.database.clone(),
+            games,
+        });
+        let weights_dir =
+            options.storage.server.localhost_weights.then(|| adapter.local().dir().to_path_buf());
+        let app = api::router(Arc::clone(&state), weights_dir, true);
+        let (shutdown, signal) = oneshot::channel::<()>();
+        let http = runtime.spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = signal.await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!("the HTTP server stopped: {e}");
+            }
+        });
+        let follower = runtime.spawn(follow_the_learner(state));
+        Ok(ApiServer {
+            address,
+            shutdown: Some(shutdown),
+            tasks: vec![http, follower],
+            runtime: runtime.handle().clone(),
+        })
+    }
+
+    /// The base URL to reach the API from this machine.
+    pub fn local_url(&self) -> String {
+        let ip = if self.address.ip().is_unspecified() {
+            std::net::IpAddr::from([127, 0, 0, 1])
+        } else {
+            self.address.ip()
+        };
+        format!("http://{}", SocketAddr::new(ip, self.address.port()))
+    }
+
+    /// Stops serving: requests in progress are answered first (for at most 10 s).
+    pub fn shutdown(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        let mut tasks = std::mem::take(&mut self.tasks).into_iter();
+        if let Some(http) = tasks.next() {
+            let _ =
+                self.runtime.block_on(async { tokio::time::timeout(Duration::from_secs(10), http).await });
+        }
+        for task in tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Keeps an API server's view of the run current: the accepted revisions and totals from the
+/// database, the latest record from storage (newer revisions only; a refreshed URL of the same
+/// revision too).
+async fn follow_the_learner(state: Arc<AppState>) {
+    let mut failing = false;
+    loop {
+        tokio::time::sleep(FOLLOW_PERIOD).await;
+        let from_db = {
+            let state = Arc::clone(&state);
+            tokio::task::spawn_blocking(move || {
+                let db = state.read_db.lock().unwrap_or_else(|e| e.into_inner());
+                state.live.follow(&db)
+            })
+            .await
+        };
+        let from_storage = state.adapter.read_latest_info().await;
+        let result = match (from_db, from_storage) {
+            (Ok(Ok(())), Ok(latest)) => {
+                if let Some(latest) = latest
+                    && state.live.latest().is_none_or(|l| l.revision <= latest.revision)
+                {
+                    state.live.set_latest(latest);
+                }
+                Ok(())
+            }
+            (Ok(Err(e)), _) => Err(e.to_string()),
+            (Err(e), _) => Err(e.to_string()),
+            (_, Err(e)) => Err(e.to_string()),
+        };
+        match result {
+            Ok(()) if failing => {
+                tracing::info!("the run's database and storage answer again");
+                failing = false;
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                tracing::warn!("cannot read what the learner shares (keeps serving what it last read): {e}");
+                failing = true;
+            }
+            Err(_) => {}
         }
     }
 }

@@ -89,6 +89,17 @@ impl StorageAdapter {
     /// Builds the adapter. Fails only if local storage cannot be used; any trouble with the bucket
     /// degrades to local storage instead (with a warning), as the guide's fallback rules say.
     pub async fn from_config(config: &Config) -> StorageResult<StorageAdapter> {
+        StorageAdapter::build(config, true).await
+    }
+
+    /// The adapter of a process that reads what another one publishes (an API server beside the
+    /// run's learner): it never removes leftovers (the publisher's writes in progress) and never
+    /// catches the bucket up (the publisher does).
+    pub async fn reader(config: &Config) -> StorageResult<StorageAdapter> {
+        StorageAdapter::build(config, false).await
+    }
+
+    async fn build(config: &Config, publisher: bool) -> StorageResult<StorageAdapter> {
         let urls = if config.server.localhost_weights {
             let base = config
                 .server
@@ -99,7 +110,9 @@ impl StorageAdapter {
             LocalUrls::File
         };
         let local = LocalStorageBackend::new(&config.storage.weights_dir, urls)?;
-        local.remove_leftovers()?;
+        if publisher {
+            local.remove_leftovers()?;
+        }
         let remote = if !config.storage.use_r2 {
             Remote::None
         } else {
@@ -143,7 +156,7 @@ impl StorageAdapter {
         if let Some(latest) = adapter.local.read_latest_info().await? {
             adapter.lock().served_as = Some(UrlKind::of(&latest.weights_url));
         }
-        if adapter.is_degraded() {
+        if publisher && adapter.is_degraded() {
             adapter.catch_up().await;
         }
         Ok(adapter)

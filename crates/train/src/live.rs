@@ -10,7 +10,9 @@ use serde::Serialize;
 use zero2048_protocol::{RunSpec, SearchRequirement};
 use zero2048_storage::LatestInfo;
 
-use crate::db::{Counters, EvaluationRow};
+use crate::config::TrainConfig;
+use crate::db::{Counters, DbError, EvaluationRow, RunDb};
+use zero2048_protocol::ModelKind;
 
 /// A snapshot for progress displays.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -122,7 +124,57 @@ pub struct LiveState {
     revision_due_at: AtomicU64,
 }
 
+/// The database setting through which the learner tells API servers which revisions' games
+/// are accepted (`1,2,3`).
+const ACCEPTED_SETTING: &str = "accepted_revisions";
+
+/// Sets the accepted revisions here and in the database, for API servers of their own.
+pub(crate) fn share_accepted(db: &RunDb, live: &LiveState, accepted: Vec<u64>) -> Result<(), DbError> {
+    let text: Vec<String> = accepted.iter().map(u64::to_string).collect();
+    db.set_setting(ACCEPTED_SETTING, &text.join(","))?;
+    live.set_accepted(accepted);
+    Ok(())
+}
+
 impl LiveState {
+    /// A run's state before anything is known but its configuration (what uploaded games'
+    /// search statistics must be).
+    pub fn for_run(config: &TrainConfig) -> LiveState {
+        let live = LiveState::default();
+        if config.model == ModelKind::PolicyValue {
+            live.search_simulations.store(config.mcts.simulations, Ordering::Relaxed);
+            live.search_improved_policy
+                .store(config.mcts.root == zero2048_search::RootRule::Gumbel, Ordering::Relaxed);
+        }
+        live
+    }
+
+    /// Reads what the learner shares through the database (an API server's view of the run):
+    /// the accepted revisions, the latest revision and the totals of the last revision.
+    pub fn follow(&self, db: &RunDb) -> Result<(), DbError> {
+        if let Some(text) = db.setting(ACCEPTED_SETTING)? {
+            let accepted = text
+                .split(',')
+                .filter(|t| !t.is_empty())
+                .map(|t| {
+                    t.parse::<u64>().map_err(|_| DbError::Corrupt {
+                        what: format!("setting `{ACCEPTED_SETTING}`"),
+                        value: text.clone(),
+                        expected: "revisions separated by commas",
+                    })
+                })
+                .collect::<Result<Vec<u64>, DbError>>()?;
+            self.set_accepted(accepted);
+        }
+        let counters = db.counters()?;
+        self.revision.store(counters.revision, Ordering::Relaxed);
+        self.learned_through.store(counters.learned_through, Ordering::Relaxed);
+        self.totals.games.store(counters.games, Ordering::Relaxed);
+        self.totals.moves.store(counters.moves, Ordering::Relaxed);
+        self.totals.score_sum.store(counters.score_sum, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// The latest record, as last published.
     pub fn latest(&self) -> Option<LatestInfo> {
         self.latest.lock().unwrap_or_else(|e| e.into_inner()).clone()

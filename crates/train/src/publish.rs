@@ -125,7 +125,7 @@ impl Publisher {
                 .unwrap_or_default(),
         };
         db.record_revision(&row, &Counters { revision, ..*counters })?;
-        live.set_accepted(accepted);
+        crate::live::share_accepted(db, live, accepted)?;
         live.revision.store(revision, Ordering::Relaxed);
         live.set_latest(latest);
         Ok(row)

@@ -126,6 +126,9 @@ pub trait RunObserver {
     fn progress(&mut self, _progress: &Progress) {}
 }
 
+/// How often the learner asks the database for games stored by other processes.
+const QUEUE_POLL: Duration = Duration::from_millis(250);
+
 /// A run, opened and ready to train.
 pub struct TrainingRun {
     _lock: RunLock,
@@ -136,6 +139,8 @@ pub struct TrainingRun {
     games_unreadable_since: Option<Instant>,
     /// When that was last said.
     games_waiting_warned: Instant,
+    /// When the database was last asked for the newest queued game.
+    queue_polled: Instant,
     db_path: PathBuf,
     database: DatabaseUrl,
     live: Arc<LiveState>,
@@ -292,12 +297,7 @@ impl TrainingRun {
         if db.setting("model")?.is_none() {
             db.set_setting("model", config.model.name())?;
         }
-        let live = Arc::new(LiveState::default());
-        if config.model == ModelKind::PolicyValue {
-            live.search_simulations.store(config.mcts.simulations, Ordering::Relaxed);
-            live.search_improved_policy
-                .store(config.mcts.root == zero2048_search::RootRule::Gumbel, Ordering::Relaxed);
-        }
+        let live = Arc::new(LiveState::for_run(&config));
         match db.sweep_orphan_chunks(crate::db::ORPHAN_AGE) {
             Ok(0) => {}
             Ok(swept) => tracing::info!("removed {swept} game chunks no stored game names (left by a crash)"),
@@ -314,7 +314,7 @@ impl TrainingRun {
             live.set_latest(latest);
         }
         let acceptance = Acceptance::of(&config);
-        live.set_accepted(acceptance.accepted_now(&db, counters.revision)?);
+        crate::live::share_accepted(&db, &live, acceptance.accepted_now(&db, counters.revision)?)?;
         let publisher = Publisher {
             adapter,
             runtime,
@@ -328,6 +328,7 @@ impl TrainingRun {
             games,
             games_unreadable_since: None,
             games_waiting_warned: Instant::now(),
+            queue_polled: Instant::now(),
             db_path: db_path.to_path_buf(),
             database: database.clone(),
             live,
@@ -498,6 +499,11 @@ impl TrainingRun {
     /// whose optimiser steps can take seconds: the loop around it must see a stop or a due
     /// revision in time); returns how many it learned.
     fn learn_queued(&mut self, cursor: &mut u64) -> Result<usize, TrainError> {
+        // API servers of their own (`--role api`) store games this process is not told of.
+        if self.queue_polled.elapsed() >= QUEUE_POLL {
+            self.queue_polled = Instant::now();
+            self.live.queued_through.fetch_max(self.db.last_queued_id()?, Ordering::Relaxed);
+        }
         if self.live.queued_through.load(Ordering::Relaxed) <= *cursor {
             return Ok(0);
         }

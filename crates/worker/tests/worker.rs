@@ -18,6 +18,7 @@ fn server(dir: &std::path::Path, runtime: &tokio::runtime::Runtime) -> Server {
     storage.server.port = 0;
     storage.server.localhost_weights = true;
     let options = ServerOptions {
+        role: zero2048_server::Role::All,
         storage,
         api: ApiConfig::default(),
         train: TrainConfig {

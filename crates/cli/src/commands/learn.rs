@@ -98,6 +98,7 @@ pub fn options(storage_args: &StorageArgs, listen: &ListenArgs, learn: &LearnArg
     let resume_from =
         learn.resume_from.as_deref().map(|spec| storage::fetch_weights(spec, &storage_config)).transpose()?;
     Ok(ServerOptions {
+        role: zero2048_server::Role::All,
         storage: storage_config,
         api: file.api,
         train,

@@ -3,17 +3,26 @@
 use anyhow::Result;
 use zero2048_train::{Budget, Progress, RunObserver, SelfPlay};
 
-use crate::args::ServerArgs;
+use crate::args::{RoleArg, ServerArgs};
 use crate::commands::learn;
 use crate::commands::train::{Display, print_summary};
 use crate::storage;
+use zero2048_server::{ApiServer, Role, ServerOptions};
 
 /// Runs the command until Ctrl-C.
 pub fn run(args: ServerArgs) -> Result<()> {
     let mut options = learn::options(&args.storage, &args.listen, &args.learn)?;
     options.publish_initial = true;
     options.api.require_token_for_latest |= args.require_token_for_latest;
+    options.role = match args.role {
+        RoleArg::All => Role::All,
+        RoleArg::Api => Role::Api,
+        RoleArg::Learner => Role::Learner,
+    };
     let runtime = storage::runtime()?;
+    if options.role == Role::Api {
+        return serve_api(options, &runtime);
+    }
     let mut server = learn::start(options, &runtime, false)?;
     let counters = server.run().counters();
     let status = server.adapter().status();
@@ -47,5 +56,23 @@ pub fn run(args: ServerArgs) -> Result<()> {
     display.finish();
     server.shutdown();
     print_summary(&summary);
+    Ok(())
+}
+
+/// `--role api`: serves until Ctrl-C.
+fn serve_api(options: ServerOptions, runtime: &tokio::runtime::Runtime) -> Result<()> {
+    let database = options.database.clone();
+    let server = ApiServer::start(options, runtime).map_err(|e| anyhow::anyhow!(e))?;
+    eprintln!(
+        "zero2048 API server {} (protocol {}) on {} · database {database} · the learner runs apart (--role learner)",
+        zero2048_protocol::BUILD_VERSION,
+        zero2048_protocol::PROTOCOL_VERSION,
+        server.local_url(),
+    );
+    let stop = learn::two_stage_ctrl_c("stopping: answering the requests in progress")?;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    server.shutdown();
     Ok(())
 }

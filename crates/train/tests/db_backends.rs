@@ -38,6 +38,7 @@ on_both!(
     games_in_chunks_are_stored_once_and_learned_in_order,
     a_chunk_no_row_names_is_swept_once_old_and_nothing_acknowledged_is_lost,
     retention_keeps_recent_revisions_a_sample_and_unlearned_games,
+    a_new_database_opened_by_many_at_once_is_migrated_once,
     counters_revisions_and_evaluations_survive_a_reopen,
     revoking_a_token_quarantines_its_machines_only,
     rejections_and_throughput_are_kept,
@@ -155,6 +156,19 @@ fn retention_keeps_recent_revisions_a_sample_and_unlearned_games(url: DatabaseUr
     // Keeping every revision (the default) prunes nothing.
     let mut keep_all = RunDb::open(&url).unwrap().with_games(shelf(dir.path(), GameRetention::ALL));
     assert_eq!(keep_all.prune_games(100, 1000).unwrap().chunks, 0);
+}
+
+/// A learner and its API servers starting together on a new database.
+fn a_new_database_opened_by_many_at_once_is_migrated_once(url: DatabaseUrl) {
+    let opened: Vec<_> = (0..6)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || RunDb::open(&url).and_then(|db| db.game_count()))
+        })
+        .collect();
+    for open in opened {
+        assert_eq!(open.join().unwrap().unwrap(), 0);
+    }
 }
 
 fn stored_once_and_learned_in_order(mut db: RunDb) {

@@ -74,20 +74,31 @@ const GAME_COLUMNS: &str =
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
+/// Applies the missing migrations, one transaction each. Each takes the write lock first and
+/// reads the version inside it, so processes opening a new database at once (a learner and its
+/// API servers) migrate it once, in turn.
 fn migrate(conn: &mut Connection) -> Result<(), DbError> {
-    let found: u32 =
+    let current: u32 =
         conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(ctx("read the schema version"))?;
-    if found > SCHEMA_VERSION {
-        return Err(DbError::TooNew { found, supported: SCHEMA_VERSION });
+    if current == SCHEMA_VERSION {
+        return Ok(());
     }
-    for (version, migration) in MIGRATIONS.iter().enumerate().skip(found as usize) {
-        let tx = conn.transaction().map_err(ctx("begin a migration"))?;
+    loop {
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(ctx("begin a migration"))?;
+        let found: u32 =
+            tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(ctx("read the schema version"))?;
+        if found > SCHEMA_VERSION {
+            return Err(DbError::TooNew { found, supported: SCHEMA_VERSION });
+        }
+        let Some(migration) = MIGRATIONS.get(found as usize) else {
+            return Ok(());
+        };
         tx.execute_batch(migration).map_err(ctx("migrate the schema"))?;
-        tx.pragma_update(None, "user_version", version as u32 + 1)
-            .map_err(ctx("record the schema version"))?;
+        tx.pragma_update(None, "user_version", found + 1).map_err(ctx("record the schema version"))?;
         tx.commit().map_err(ctx("commit a migration"))?;
     }
-    Ok(())
 }
 
 /// The open SQLite database.

@@ -8,6 +8,7 @@
 
 pub mod downloads;
 pub mod learning;
+pub mod roles;
 pub mod server;
 pub mod storage;
 pub mod zero;

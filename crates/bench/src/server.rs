@@ -125,7 +125,7 @@ pub struct ServerReport {
 }
 
 /// A 4×4 network trained for a few seconds, so games have realistic lengths.
-fn trained_network(games: u64) -> NTupleNetwork {
+pub(crate) fn trained_network(games: u64) -> NTupleNetwork {
     let network = Arc::new(NTupleNetwork::zeroed(NTupleConfig::small_4x4()).expect("the small network fits"));
     let learner = TdLearner::new(Arc::clone(&network), TdConfig::td0(), 0);
     for i in 0..games {
@@ -139,7 +139,7 @@ fn trained_network(games: u64) -> NTupleNetwork {
     network.try_clone().expect("clone")
 }
 
-fn games_with(network: &NTupleNetwork, count: u64) -> Vec<GameRecord> {
+pub(crate) fn games_with(network: &NTupleNetwork, count: u64) -> Vec<GameRecord> {
     let network = Arc::new(network.try_clone().expect("clone"));
     (0..count)
         .map(|i| {
@@ -153,10 +153,15 @@ fn games_with(network: &NTupleNetwork, count: u64) -> Vec<GameRecord> {
 }
 
 /// An encoded record and its number of moves.
-type Encoded = (Vec<u8>, u32);
+pub(crate) type Encoded = (Vec<u8>, u32);
 
 /// A compressed batch of `records` with fresh UUIDs.
 fn batch_body(records: &[Encoded], revision: u64) -> Vec<u8> {
+    batch_with_uuids(records, revision).0
+}
+
+/// A compressed batch of `records` with fresh UUIDs, and those UUIDs.
+pub(crate) fn batch_with_uuids(records: &[Encoded], revision: u64) -> (Vec<u8>, Vec<Uuid>) {
     let uuids: Vec<Uuid> = records.iter().map(|_| new_game_uuid(rand::random())).collect();
     let raw = encode_batch(records.iter().zip(&uuids).map(|((bytes, _), u)| BatchGame {
         uuid: *u,
@@ -165,7 +170,7 @@ fn batch_body(records: &[Encoded], revision: u64) -> Vec<u8> {
         record: bytes,
     }))
     .expect("small batches encode");
-    compress(&raw, 1)
+    (compress(&raw, 1), uuids)
 }
 
 /// The prototype's way: records as JSON with their claimed score, replayed by the plain array
@@ -421,7 +426,7 @@ fn server_options(dir: &Path, weights: &Path) -> ServerOptions {
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

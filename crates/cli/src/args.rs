@@ -709,6 +709,9 @@ pub enum BenchSuite {
     /// What a worker following a run downloads per revision (delta, compressed, whole) and the
     /// time to apply and verify a delta, from the run's --weights-dir.
     Downloads,
+    /// Two API servers apart from the learner (processes of this binary), simulated workers
+    /// uploading through both, one API server killed halfway: failovers, latency, games lost.
+    Roles,
 }
 
 /// `zero2048 replay`.

@@ -381,6 +381,15 @@ impl ApiServer {
             task.abort();
         }
     }
+
+    /// Stops at once, as a crash would: the listener closes, requests in progress get no answer
+    /// (their uploads may or may not be committed). For fault benchmarks in one process; a test
+    /// of the real thing kills the process.
+    pub fn abort(mut self) {
+        for task in std::mem::take(&mut self.tasks) {
+            task.abort();
+        }
+    }
 }
 
 /// Keeps an API server's view of the run current: the accepted revisions and totals from the

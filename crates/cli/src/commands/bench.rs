@@ -1,6 +1,6 @@
 //! `zero2048 bench`: engine and search throughput against the plain reference, same run.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::Serialize;
 use zero2048_bench::{Comparison, Effort};
 
@@ -28,6 +28,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     if args.suite == BenchSuite::Zero {
         return run_zero(&args);
+    }
+    if args.suite == BenchSuite::Roles {
+        return run_roles(&args);
     }
     if args.suite == BenchSuite::Downloads {
         return run_downloads(&args);
@@ -298,6 +301,44 @@ fn run_server(args: &BenchArgs) -> Result<()> {
         render::rate(s.alone_in_process_moves_per_second),
         render::rate(s.alone_remote_moves_per_second),
         100.0 * s.alone_ratio
+    );
+    Ok(())
+}
+
+fn run_roles(args: &BenchArgs) -> Result<()> {
+    let effort = if args.quick { Effort::Quick } else { Effort::Full };
+    let seconds = if args.quick { args.load_seconds.min(2.0) } else { args.load_seconds };
+    let database = args
+        .database
+        .as_deref()
+        .map(zero2048_train::db::DatabaseUrl::parse)
+        .transpose()
+        .map_err(|e| crate::bad_input(e.to_string()))?;
+    let exe = std::env::current_exe().context("finding this program to start its servers")?;
+    let r = zero2048_bench::roles::run(&exe, effort, seconds, args.workers, database.as_ref())
+        .map_err(anyhow::Error::msg)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    println!(
+        "{} workers × {} games per upload over 2 API servers apart from the learner ({}), {:.0} s, one API server killed (SIGKILL) at {:.1} s:",
+        r.workers, r.batch_games, r.database, r.seconds, r.killed_at
+    );
+    println!(
+        "  {} uploads, {} errors, {} failovers (longest {:.0} ms from the failed attempt to the acknowledgement), {} moves/s, latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        r.uploads,
+        r.errors,
+        r.failovers,
+        r.max_failover_ms,
+        render::rate(r.moves_per_second),
+        r.p50_ms,
+        r.p99_ms,
+        r.max_ms
+    );
+    println!(
+        "  {} games acknowledged, {} of them lost; {} games stored (each at most once: the UUID is unique)",
+        r.acknowledged, r.lost, r.stored
     );
     Ok(())
 }

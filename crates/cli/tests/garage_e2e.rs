@@ -125,3 +125,66 @@ fn workers_train_through_presigned_urls_and_survive_the_bucket_going_down() {
         }
     }
 }
+
+#[test]
+fn an_api_server_on_another_machine_follows_the_learner_through_the_bucket() {
+    let garage = garage::Garage::start();
+    // Two directories stand for two machines: they share the database and the bucket only.
+    let (learner_dir, api_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let config = format!(
+        "storage:\n  use_r2: true\n  r2_bucket: {}\n  r2_endpoint_url: {}\n",
+        garage.bucket,
+        garage.endpoint()
+    );
+    for dir in [&learner_dir, &api_dir] {
+        std::fs::write(dir.path().join("config.yaml"), &config).unwrap();
+    }
+    let database = format!("sqlite://{}", learner_dir.path().join("zero2048.db").display());
+    let database = database_url(learner_dir.path()).unwrap_or(database);
+    let credentials =
+        [("R2_ACCESS_KEY", garage.access_key.as_str()), ("R2_SECRET_KEY", garage.secret_key.as_str())];
+    let learner_port = free_port();
+    let learner = server_env(
+        learner_dir.path(),
+        learner_port,
+        &["--role", "learner", "--config", "config.yaml", "--database", &database],
+        &credentials,
+    );
+    let api_port = free_port();
+    let api = server_env(
+        api_dir.path(),
+        api_port,
+        &["--role", "api", "--config", "config.yaml", "--database", &database],
+        &credentials,
+    );
+    let token = token(learner_dir.path(), "far");
+    let far = worker(api_dir.path(), api_port, &token, "far", &["--games", "400"]);
+    let (code, out, log) = far.wait(Duration::from_secs(180));
+    assert_eq!(code, Some(0), "{log}");
+    let s: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(s["uploaded"], 400, "{s}\n{log}");
+    // The learner read the games from the bucket's chunks and published from them; the API
+    // server, whose own directories hold nothing, hands out the learner's newest record.
+    let started = std::time::Instant::now();
+    loop {
+        let latest: serde_json::Value =
+            http().get(format!("http://127.0.0.1:{api_port}/api/v1/latest")).send().unwrap().json().unwrap();
+        if latest["revision"].as_u64().unwrap() >= 3
+            && latest["weights_url"].as_str().unwrap().contains("X-Amz-Signature")
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the API server did not hand out revision 3: {latest}\nlearner:\n{}\nAPI server:\n{}",
+            learner.log(),
+            api.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let local_chunks = std::fs::read_dir(api_dir.path().join("games")).map_or(0, |d| d.count());
+    assert_eq!(local_chunks, 0, "the API server kept chunks on its own disk");
+    assert_eq!(status(api_port)["game_chunks"]["stored_in"], "bucket");
+    drop(api);
+    drop(learner);
+}

@@ -318,7 +318,7 @@ impl ApiServer {
         let live = Arc::new(LiveState::for_run(&options.train));
         let read_db = RunDb::open(&options.database)?.with_games(games.clone());
         live.follow(&read_db)?;
-        if let Some(latest) = runtime.block_on(adapter.read_latest_info())? {
+        if let Some(latest) = runtime.block_on(adapter.read_published_latest())? {
             live.set_latest(latest);
         }
         let state = Arc::new(AppState {
@@ -407,7 +407,7 @@ async fn follow_the_learner(state: Arc<AppState>) {
             })
             .await
         };
-        let from_storage = state.adapter.read_latest_info().await;
+        let from_storage = state.adapter.read_published_latest().await;
         let result = match (from_db, from_storage) {
             (Ok(Ok(())), Ok(latest)) => {
                 if let Some(latest) = latest

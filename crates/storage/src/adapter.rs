@@ -590,6 +590,15 @@ impl StorageAdapter {
         self.local.read_latest_info().await
     }
 
+    /// The latest record as the publisher left it for others: the bucket's when a bucket is
+    /// configured (another machine's learner publishes there), else the local one.
+    pub async fn read_published_latest(&self) -> StorageResult<Option<LatestInfo>> {
+        match self.remote() {
+            Some(bucket) => bucket.read_latest_info().await,
+            None => self.local.read_latest_info().await,
+        }
+    }
+
     /// A fresh URL for the latest weights valid past `deadline`, for re-issuing the record
     /// before a presigned URL expires.
     pub async fn refresh_latest(&self, deadline: OffsetDateTime) -> StorageResult<Option<LatestInfo>> {

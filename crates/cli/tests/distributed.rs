@@ -193,6 +193,12 @@ fn api_servers_apart_from_the_learner_lose_nothing_when_one_is_killed_nor_when_t
     assert!(*revisions.last().unwrap() > revision_before);
     let learned = numbers(&db, "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'games'")[0];
     assert_eq!(learned as usize, games.len(), "every stored game learned once");
+    // The API server still up shows the learner's newest revision and totals.
+    wait_for(Duration::from_secs(10), "the API server to follow the learner's last revision", || {
+        let s = status(second_port);
+        s["revision"].as_i64() == revisions.last().copied()
+            && s["training"]["games"].as_u64() == Some(learned as u64)
+    });
 }
 
 #[test]

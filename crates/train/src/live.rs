@@ -172,6 +172,11 @@ impl LiveState {
         self.totals.games.store(counters.games, Ordering::Relaxed);
         self.totals.moves.store(counters.moves, Ordering::Relaxed);
         self.totals.score_sum.store(counters.score_sum, Ordering::Relaxed);
+        // The status page's totals, as of the learner's last revision (its rates are its own).
+        let mut progress = self.progress();
+        (progress.games, progress.moves, progress.revision) =
+            (counters.games, counters.moves, counters.revision);
+        self.set_progress(&progress);
         Ok(())
     }
 

@@ -123,6 +123,9 @@ impl Server {
             &options.database,
             options.resume_from.as_deref(),
         )?;
+        if options.role == Role::Learner {
+            run.follow_other_ingest();
+        }
         if options.publish_initial
             && let Some(row) = run.publish_initial()?
         {
@@ -220,15 +223,28 @@ impl Server {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
-        let mut tasks = std::mem::take(&mut self.tasks).into_iter();
-        if let Some(http) = tasks.next() {
-            let _ =
-                self.runtime.block_on(async { tokio::time::timeout(Duration::from_secs(10), http).await });
+        stop_tasks(&self.runtime, std::mem::take(&mut self.tasks));
+        // `self` holds the last reference to the database connections, and drops it here, off
+        // the runtime's threads (a PostgreSQL client must not be dropped on them).
+    }
+}
+
+/// Lets the HTTP task (the first) finish the requests in progress for up to 10 s, then stops the
+/// rest, and waits until every task is gone, so none holds the server's state any more.
+fn stop_tasks(runtime: &tokio::runtime::Handle, tasks: Vec<tokio::task::JoinHandle<()>>) {
+    runtime.block_on(async move {
+        let mut tasks = tasks.into_iter();
+        if let Some(mut http) = tasks.next()
+            && tokio::time::timeout(Duration::from_secs(10), &mut http).await.is_err()
+        {
+            http.abort();
+            let _ = http.await;
         }
         for task in tasks {
             task.abort();
+            let _ = task.await;
         }
-    }
+    });
 }
 
 /// Records the run's totals every `api.sample_seconds`, for the dashboard's throughput charts.
@@ -292,6 +308,7 @@ pub struct ApiServer {
     shutdown: Option<oneshot::Sender<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     runtime: tokio::runtime::Handle,
+    _state: Arc<AppState>,
 }
 
 /// How often an API server reads what the learner shares.
@@ -348,12 +365,13 @@ impl ApiServer {
                 tracing::error!("the HTTP server stopped: {e}");
             }
         });
-        let follower = runtime.spawn(follow_the_learner(state));
+        let follower = runtime.spawn(follow_the_learner(Arc::clone(&state)));
         Ok(ApiServer {
             address,
             shutdown: Some(shutdown),
             tasks: vec![http, follower],
             runtime: runtime.handle().clone(),
+            _state: state,
         })
     }
 
@@ -372,23 +390,9 @@ impl ApiServer {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
-        let mut tasks = std::mem::take(&mut self.tasks).into_iter();
-        if let Some(http) = tasks.next() {
-            let _ =
-                self.runtime.block_on(async { tokio::time::timeout(Duration::from_secs(10), http).await });
-        }
-        for task in tasks {
-            task.abort();
-        }
-    }
-
-    /// Stops at once, as a crash would: the listener closes, requests in progress get no answer
-    /// (their uploads may or may not be committed). For fault benchmarks in one process; a test
-    /// of the real thing kills the process.
-    pub fn abort(mut self) {
-        for task in std::mem::take(&mut self.tasks) {
-            task.abort();
-        }
+        stop_tasks(&self.runtime, std::mem::take(&mut self.tasks));
+        // `self` holds the last reference to the database connections, and drops it here, off
+        // the runtime's threads (a PostgreSQL client must not be dropped on them).
     }
 }
 

@@ -139,8 +139,9 @@ pub struct TrainingRun {
     games_unreadable_since: Option<Instant>,
     /// When that was last said.
     games_waiting_warned: Instant,
-    /// When the database was last asked for the newest queued game.
-    queue_polled: Instant,
+    /// When the database was last asked for the newest queued game (`None`: never, every
+    /// upload comes through this process, which is told of each).
+    queue_polled: Option<Instant>,
     db_path: PathBuf,
     database: DatabaseUrl,
     live: Arc<LiveState>,
@@ -328,7 +329,7 @@ impl TrainingRun {
             games,
             games_unreadable_since: None,
             games_waiting_warned: Instant::now(),
-            queue_polled: Instant::now(),
+            queue_polled: None,
             db_path: db_path.to_path_buf(),
             database: database.clone(),
             live,
@@ -377,6 +378,12 @@ impl TrainingRun {
     /// The run database.
     pub fn db(&self) -> &RunDb {
         &self.db
+    }
+
+    /// Learns games that other processes store (API servers apart from this learner): the
+    /// database is asked for the newest queued game four times a second.
+    pub fn follow_other_ingest(&mut self) {
+        self.queue_polled = Some(Instant::now().checked_sub(QUEUE_POLL).unwrap_or_else(Instant::now));
     }
 
     /// Where the run's game records are kept (for other connections to the run database).
@@ -500,8 +507,10 @@ impl TrainingRun {
     /// revision in time); returns how many it learned.
     fn learn_queued(&mut self, cursor: &mut u64) -> Result<usize, TrainError> {
         // API servers of their own (`--role api`) store games this process is not told of.
-        if self.queue_polled.elapsed() >= QUEUE_POLL {
-            self.queue_polled = Instant::now();
+        if let Some(polled) = self.queue_polled
+            && polled.elapsed() >= QUEUE_POLL
+        {
+            self.queue_polled = Some(Instant::now());
             self.live.queued_through.fetch_max(self.db.last_queued_id()?, Ordering::Relaxed);
         }
         if self.live.queued_through.load(Ordering::Relaxed) <= *cursor {

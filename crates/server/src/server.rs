@@ -100,15 +100,7 @@ impl Server {
         mut options: ServerOptions,
         runtime: &tokio::runtime::Runtime,
     ) -> Result<Server, ServerError> {
-        let host = options.storage.server.host.clone();
-        let port = options.storage.server.port;
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind((host.as_str(), port)))
-            .map_err(|source| ServerError::Bind { address: format!("{host}:{port}"), source })?;
-        let address =
-            listener.local_addr().map_err(|source| ServerError::Bind { address: host.clone(), source })?;
-        // The weights URLs handed to workers name the port actually bound.
-        options.storage.server.port = address.port();
+        let (listener, address) = bind(&mut options.storage.server, runtime)?;
         let adapter = Arc::new(runtime.block_on(StorageAdapter::from_config(&options.storage))?);
         let catch_up = {
             let _entered = runtime.enter();
@@ -147,17 +139,7 @@ impl Server {
         let weights_dir =
             options.storage.server.localhost_weights.then(|| adapter.local().dir().to_path_buf());
         let app = api::router(Arc::clone(&state), weights_dir, options.role != Role::Learner);
-        let (shutdown, signal) = oneshot::channel::<()>();
-        let http = runtime.spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = signal.await;
-                })
-                .await;
-            if let Err(e) = served {
-                tracing::error!("the HTTP server stopped: {e}");
-            }
-        });
+        let (shutdown, http) = serve(listener, app, runtime);
         let refresher = runtime.spawn(keep_latest_fresh(Arc::clone(&adapter), run.live(), deadline_seconds));
         let sampler = runtime.spawn(sample_throughput(Arc::clone(&state)));
         Ok(Server {
@@ -178,12 +160,7 @@ impl Server {
 
     /// The base URL to reach the API from this machine.
     pub fn local_url(&self) -> String {
-        let ip = if self.address.ip().is_unspecified() {
-            std::net::IpAddr::from([127, 0, 0, 1])
-        } else {
-            self.address.ip()
-        };
-        format!("http://{}", SocketAddr::new(ip, self.address.port()))
+        local_url(self.address)
     }
 
     /// The run.
@@ -227,6 +204,48 @@ impl Server {
         // `self` holds the last reference to the database connections, and drops it here, off
         // the runtime's threads (a PostgreSQL client must not be dropped on them).
     }
+}
+
+/// Binds `server.host`:`server.port`, and records the port actually bound (port 0 picks one),
+/// which the weights URLs handed to workers name.
+fn bind(
+    server: &mut zero2048_storage::ServerConfig,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<(tokio::net::TcpListener, SocketAddr), ServerError> {
+    let (host, port) = (server.host.clone(), server.port);
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind((host.as_str(), port)))
+        .map_err(|source| ServerError::Bind { address: format!("{host}:{port}"), source })?;
+    let address = listener.local_addr().map_err(|source| ServerError::Bind { address: host, source })?;
+    server.port = address.port();
+    Ok((listener, address))
+}
+
+/// Serves `app` on `listener` until the returned sender is used (or dropped).
+fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    runtime: &tokio::runtime::Runtime,
+) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let (shutdown, signal) = oneshot::channel::<()>();
+    let http = runtime.spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = signal.await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!("the HTTP server stopped: {e}");
+        }
+    });
+    (shutdown, http)
+}
+
+/// The base URL to reach a server bound at `address` from this machine.
+fn local_url(address: SocketAddr) -> String {
+    let ip =
+        if address.ip().is_unspecified() { std::net::IpAddr::from([127, 0, 0, 1]) } else { address.ip() };
+    format!("http://{}", SocketAddr::new(ip, address.port()))
 }
 
 /// Lets the HTTP task (the first) finish the requests in progress for up to 10 s, then stops the
@@ -322,14 +341,7 @@ impl ApiServer {
         runtime: &tokio::runtime::Runtime,
     ) -> Result<ApiServer, ServerError> {
         options.train.validate().map_err(TrainError::from)?;
-        let host = options.storage.server.host.clone();
-        let port = options.storage.server.port;
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind((host.as_str(), port)))
-            .map_err(|source| ServerError::Bind { address: format!("{host}:{port}"), source })?;
-        let address =
-            listener.local_addr().map_err(|source| ServerError::Bind { address: host.clone(), source })?;
-        options.storage.server.port = address.port();
+        let (listener, address) = bind(&mut options.storage.server, runtime)?;
         let adapter = Arc::new(runtime.block_on(StorageAdapter::reader(&options.storage))?);
         let games = GameShelf::from_storage(&adapter, runtime.handle().clone())?;
         let live = Arc::new(LiveState::for_run(&options.train));
@@ -354,17 +366,7 @@ impl ApiServer {
         let weights_dir =
             options.storage.server.localhost_weights.then(|| adapter.local().dir().to_path_buf());
         let app = api::router(Arc::clone(&state), weights_dir, true);
-        let (shutdown, signal) = oneshot::channel::<()>();
-        let http = runtime.spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = signal.await;
-                })
-                .await;
-            if let Err(e) = served {
-                tracing::error!("the HTTP server stopped: {e}");
-            }
-        });
+        let (shutdown, http) = serve(listener, app, runtime);
         let follower = runtime.spawn(follow_the_learner(Arc::clone(&state)));
         Ok(ApiServer {
             address,
@@ -377,12 +379,7 @@ impl ApiServer {
 
     /// The base URL to reach the API from this machine.
     pub fn local_url(&self) -> String {
-        let ip = if self.address.ip().is_unspecified() {
-            std::net::IpAddr::from([127, 0, 0, 1])
-        } else {
-            self.address.ip()
-        };
-        format!("http://{}", SocketAddr::new(ip, self.address.port()))
+        local_url(self.address)
     }
 
     /// Stops serving: requests in progress are answered first (for at most 10 s).

@@ -1,13 +1,15 @@
-//! The Zero model's throughput: policy-value inference at batch 64 and 512 against batch 1, and
-//! MCTS with leaves batched across games against one game at a time (the prototype's one network
-//! call per simulation), all on one CPU core. Plus the strength comparison of MCTS with the
-//! network against expectimax with the n-tuple network at equal CPU time per move.
+//! The Zero model's throughput: policy-value inference at batch 64 and 512 against batch 1, MCTS
+//! with leaves batched across games against one game at a time (the prototype's one network call
+//! per simulation), and the learner's optimiser steps (batch 256 against 64, and the categorical
+//! value head against the scalar one), all on one CPU core. Plus the strength comparison of MCTS
+//! with the network against expectimax with the n-tuple network at equal CPU time per move.
 
 use std::sync::Arc;
 
 use serde::Serialize;
 use zero2048_game::SpawnRule;
-use zero2048_model::{NTupleNetwork, PolicyValueNet};
+use zero2048_model::policy_value::{CpuTrainBackend, OptimizerConfig, Sample, Trainer};
+use zero2048_model::{NTupleNetwork, PolicyValueConfig, PolicyValueNet};
 use zero2048_search::{ChanceMode, MctsConfig};
 use zero2048_search::{Expectimax, ExpectimaxConfig, ExpectimaxPlayer, Player, Series, Strength};
 use zero2048_selfplay::play_series;
@@ -69,6 +71,46 @@ pub fn throughput(effort: Effort, net: &PolicyValueNet, simulations: u32) -> Vec
             unit: "simulations",
             fast: mcts(games),
             reference: mcts(1),
+        });
+        // The learner: optimiser steps (forward, backward and AdamW) on positions of real games,
+        // with targets of the right size (the cost does not depend on their values).
+        let samples: Vec<Sample> = boards
+            .iter()
+            .filter(|b| !b.is_game_over())
+            .map(|&board| Sample { board, policy: [0.25; 4], value: 1_000.0 })
+            .collect();
+        let steps = |config: PolicyValueConfig, batch: usize| {
+            let start = PolicyValueNet::new(config, 1).expect("a valid shape");
+            let mut trainer =
+                Trainer::<CpuTrainBackend>::new(&start, OptimizerConfig::default(), Default::default())
+                    .expect("a trainer of a fresh network");
+            let mut at = 0;
+            measure(effort.budget(), || {
+                let batch_samples = &samples[at..at + batch];
+                at = (at + batch) % (samples.len() - batch);
+                std::hint::black_box(trainer.step(batch_samples));
+                batch as u64
+            })
+        };
+        let shape = *net.config();
+        out.push(Comparison {
+            name: "learner steps batch 256 vs 64",
+            unit: "positions",
+            fast: steps(shape, 256),
+            reference: steps(shape, 64),
+        });
+        let (categorical, scalar) = (
+            PolicyValueConfig {
+                value_bins: shape.value_bins.max(zero2048_model::policy_value::DEFAULT_VALUE_BINS),
+                ..shape
+            },
+            PolicyValueConfig { value_bins: 0, ..shape },
+        );
+        out.push(Comparison {
+            name: "learner steps batch 256: categorical vs scalar value head",
+            unit: "positions",
+            fast: steps(categorical, 256),
+            reference: steps(scalar, 256),
         });
         out
     })

@@ -178,6 +178,10 @@ pub struct LearnArgs {
     /// Residual blocks of a new policy-value network [train.policy_value.blocks; default: 2].
     #[arg(long, value_parser = clap::value_parser!(u64).range(0..=64), help_heading = "Policy-value learning")]
     pub blocks: Option<u64>,
+    /// Bins of a new policy-value network's categorical value head, 0 for a scalar head
+    /// (mean squared error) [train.policy_value.value_bins; default: 601].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=4096), help_heading = "Policy-value learning")]
+    pub value_bins: Option<u64>,
     /// Games each MCTS self-play thread plays at once, the network's batch size
     /// [train.mcts_parallel_games; default: 64].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096), help_heading = "Policy-value learning")]

@@ -3,10 +3,18 @@
 //! built with burn. Inference runs on burn's pure-Rust `flex` CPU backend; training is generic
 //! over any autodiff backend (CPU here, CUDA with the `cuda` feature).
 //!
-//! Values: the network predicts `h(G) / VALUE_SCALE`, where G is the discounted score to go and
-//! h(x) = sign(x)(√(|x|+1) − 1) + εx is MuZero's invertible squashing transform, so targets from
-//! 10 to 100,000 points stay within a range a regression learns; [`PolicyValueNet::predict`]
-//! hands the search values back in points.
+//! Values: G is the discounted score to go and h(x) = sign(x)(√(|x|+1) − 1) + εx is MuZero's
+//! invertible squashing transform, so that targets from 10 to 100,000 points span 3 to 400 units.
+//! The value head comes in two kinds ([`PolicyValueConfig::value_bins`]):
+//! - **categorical** (the default, as MuZero's and LightZero's 2048 configurations): a
+//!   distribution over the bins h = 0, 1, …, bins − 1, learned by cross-entropy against the
+//!   "two-hot" target (h(G) split between the two bins around it); the value is the
+//!   distribution's mean, unsquashed. The loss is scale-free: a young head is as sure of a
+//!   500-point position as of a 50,000-point one.
+//! - **scalar** (`value_bins = 0`, and every file written before the categorical head): one
+//!   output regressing `h(G) / VALUE_SCALE` by mean squared error.
+//!
+//! [`PolicyValueNet::predict`] hands the search values back in points either way.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -43,8 +51,13 @@ pub const KIND: &str = "policy_value";
 pub const FORMAT_VERSION: &str = "1";
 /// Input planes: one per exponent 0 (empty) to 15.
 pub const PLANES: usize = 16;
-/// The value head predicts h(G) / VALUE_SCALE.
+/// A scalar value head predicts h(G) / VALUE_SCALE.
 pub const VALUE_SCALE: f32 = 50.0;
+/// The categorical value head's bins by default: h from 0 to 600, values up to about 179,000
+/// points of discounted score to go (MuZero's support size).
+pub const DEFAULT_VALUE_BINS: usize = 601;
+/// The most bins a categorical value head may have.
+pub const MAX_VALUE_BINS: usize = 4096;
 const EPSILON: f32 = 0.001;
 
 /// MuZero's value squashing: h(x) = sign(x)(√(|x|+1) − 1) + εx.
@@ -70,13 +83,22 @@ pub struct PolicyValueConfig {
     pub se_ratio: usize,
     /// Hidden units of the value head.
     pub value_hidden: usize,
+    /// The value head's bins: 0 for a scalar head (mean squared error on h(G) / VALUE_SCALE),
+    /// else a categorical head over h = 0 … value_bins − 1 (see the module documentation).
+    pub value_bins: usize,
 }
 
 impl Default for PolicyValueConfig {
     /// Small enough to train on two CPU cores (the prototype's 128 × 10 is a GPU network: pass
     /// `filters` and `blocks` for it).
     fn default() -> PolicyValueConfig {
-        PolicyValueConfig { filters: 32, blocks: 2, se_ratio: 4, value_hidden: 64 }
+        PolicyValueConfig {
+            filters: 32,
+            blocks: 2,
+            se_ratio: 4,
+            value_hidden: 64,
+            value_bins: DEFAULT_VALUE_BINS,
+        }
     }
 }
 
@@ -91,7 +113,51 @@ impl PolicyValueConfig {
         if self.se_ratio == 0 || self.filters / self.se_ratio == 0 {
             return Err(format!("se_ratio {} leaves no squeeze channels of {}", self.se_ratio, self.filters));
         }
+        if self.value_bins == 1 || self.value_bins > MAX_VALUE_BINS {
+            return Err(format!(
+                "value_bins must be 0 (a scalar value head) or 2..={MAX_VALUE_BINS} (got {})",
+                self.value_bins
+            ));
+        }
         Ok(())
+    }
+
+    /// Outputs of the value head: its bins, or one.
+    fn value_outputs(&self) -> usize {
+        self.value_bins.max(1)
+    }
+
+    /// The value in points that the value head's raw outputs for one board stand for.
+    fn value_of(&self, outputs: &[f32]) -> f32 {
+        if self.value_bins == 0 {
+            return unsquash(outputs[0] * VALUE_SCALE);
+        }
+        // The distribution's mean over the bins (a softmax, shifted by the largest logit).
+        let top = outputs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let (mut total, mut mean) = (0.0f32, 0.0f32);
+        for (bin, &logit) in outputs.iter().enumerate() {
+            let p = (logit - top).exp();
+            total += p;
+            mean += p * bin as f32;
+        }
+        unsquash(mean / total)
+    }
+
+    /// The value head's target for a return of `value` points, appended to `out`: h(G) /
+    /// VALUE_SCALE for a scalar head; for a categorical head, h(G) (clamped to the bins) split
+    /// between its two neighbouring bins in proportion to its distance from each.
+    fn push_value_target(&self, value: f32, out: &mut Vec<f32>) {
+        if self.value_bins == 0 {
+            out.push(squash(value) / VALUE_SCALE);
+            return;
+        }
+        let h = squash(value).clamp(0.0, (self.value_bins - 1) as f32);
+        let lower = (h.floor() as usize).min(self.value_bins - 2);
+        let upper_share = h - lower as f32;
+        let start = out.len();
+        out.resize(start + self.value_bins, 0.0);
+        out[start + lower] = 1.0 - upper_share;
+        out[start + lower + 1] = upper_share;
     }
 }
 
@@ -150,12 +216,13 @@ impl<B: Backend> Network<B> {
             blocks: (0..config.blocks).map(|_| ResidualBlock::new(config, device)).collect(),
             policy: LinearConfig::new(config.filters * 16, 4).init(device),
             value_hidden: LinearConfig::new(config.filters * 16, config.value_hidden).init(device),
-            value_out: LinearConfig::new(config.value_hidden, 1).init(device),
+            value_out: LinearConfig::new(config.value_hidden, config.value_outputs()).init(device),
         }
     }
 
-    /// Policy logits `[batch, 4]` and values `[batch, 1]` (in squashed, scaled units) for
-    /// one-hot boards `[batch, 16, 4, 4]`.
+    /// Policy logits `[batch, 4]` and the value head's outputs for one-hot boards
+    /// `[batch, 16, 4, 4]`: `[batch, bins]` logits of a categorical head, `[batch, 1]` squashed
+    /// scaled values of a scalar one.
     pub fn forward(&self, input: Tensor<B, 4>) -> (Tensor<B, 2>, Tensor<B, 2>) {
         let [batch, _, _, _] = input.dims();
         let mut x = relu(self.stem.forward(input));
@@ -205,8 +272,8 @@ pub struct PolicyValueInfo {
     pub extra: BTreeMap<String, String>,
 }
 
-const OWN_KEYS: [&str; 7] =
-    ["kind", "format_version", "filters", "blocks", "se_ratio", "value_hidden", "revision"];
+const OWN_KEYS: [&str; 8] =
+    ["kind", "format_version", "filters", "blocks", "se_ratio", "value_hidden", "value_bins", "revision"];
 
 /// A trained network ready to evaluate boards on the CPU.
 #[derive(Clone, Debug)]
@@ -248,13 +315,14 @@ impl PolicyValueNet {
         let values: Vec<f32> = values.into_data().into_vec().expect("f32 tensor");
         boards
             .iter()
+            .zip(values.chunks_exact(self.config.value_outputs()))
             .enumerate()
-            .map(|(i, board)| {
+            .map(|(i, (board, outputs))| {
                 let mut p = [policy[4 * i], policy[4 * i + 1], policy[4 * i + 2], policy[4 * i + 3]];
                 if board.is_game_over() {
                     p = [0.0; 4];
                 }
-                Prediction { policy: p, value: unsquash(values[i] * VALUE_SCALE) }
+                Prediction { policy: p, value: self.config.value_of(outputs) }
             })
             .collect()
     }
@@ -322,6 +390,7 @@ fn to_bytes<B: Backend>(
         .metadata("blocks", config.blocks.to_string())
         .metadata("se_ratio", config.se_ratio.to_string())
         .metadata("value_hidden", config.value_hidden.to_string())
+        .metadata("value_bins", config.value_bins.to_string())
         .metadata("revision", revision.to_string());
     for (key, value) in extra {
         if !OWN_KEYS.contains(&key.as_str()) {
@@ -394,6 +463,8 @@ pub fn read_info_bytes(bytes: &[u8], path: &Path) -> Result<PolicyValueInfo, Wei
         blocks: number("blocks")?,
         se_ratio: number("se_ratio")?,
         value_hidden: number("value_hidden")?,
+        // Files from before the categorical head have a scalar one and do not say so.
+        value_bins: if metadata.contains_key("value_bins") { number("value_bins")? } else { 0 },
     };
     config.validate().map_err(|e| invalid("shape", e))?;
     let revision: u64 =
@@ -448,8 +519,8 @@ fn expected_shapes(config: &PolicyValueConfig) -> BTreeMap<String, Vec<usize>> {
     add("policy.bias".into(), vec![4]);
     add("value_hidden.weight".into(), vec![f * 16, config.value_hidden]);
     add("value_hidden.bias".into(), vec![config.value_hidden]);
-    add("value_out.weight".into(), vec![config.value_hidden, 1]);
-    add("value_out.bias".into(), vec![1]);
+    add("value_out.weight".into(), vec![config.value_hidden, config.value_outputs()]);
+    add("value_out.bias".into(), vec![config.value_outputs()]);
     shapes
 }
 
@@ -469,7 +540,8 @@ pub struct Sample {
 pub struct Losses {
     /// Cross-entropy of the policy against the visit distribution (over legal moves).
     pub policy: f32,
-    /// Mean squared error of the value, in squashed scaled units.
+    /// The value's loss: cross-entropy against the two-hot target (categorical head), or mean
+    /// squared error in squashed scaled units (scalar head).
     pub value: f32,
 }
 
@@ -634,6 +706,7 @@ impl<B: AutodiffBackend> Trainer<B> {
 
     fn losses<BB: Backend>(
         network: &Network<BB>,
+        config: &PolicyValueConfig,
         samples: &[Sample],
         device: &BB::Device,
     ) -> (Tensor<BB, 1>, Tensor<BB, 1>) {
@@ -643,21 +716,29 @@ impl<B: AutodiffBackend> Trainer<B> {
         let bias = Tensor::<BB, 2>::from_data(TensorData::new(legal_bias(&boards), [n, 4]), device);
         let target_policy: Vec<f32> = samples.iter().flat_map(|s| s.policy).collect();
         let target_policy = Tensor::<BB, 2>::from_data(TensorData::new(target_policy, [n, 4]), device);
-        let target_value: Vec<f32> = samples.iter().map(|s| squash(s.value) / VALUE_SCALE).collect();
-        let target_value = Tensor::<BB, 2>::from_data(TensorData::new(target_value, [n, 1]), device);
+        let outputs = config.value_outputs();
+        let mut target_value = Vec::with_capacity(n * outputs);
+        for sample in samples {
+            config.push_value_target(sample.value, &mut target_value);
+        }
+        let target_value = Tensor::<BB, 2>::from_data(TensorData::new(target_value, [n, outputs]), device);
         // Illegal moves carry no target; the bias keeps them out of the softmax, and the mask
         // keeps their (huge negative) log-probabilities out of the product.
         let legal = bias.clone().greater_elem(-1.0).float();
         let log_policy = log_softmax(logits + bias, 1) * legal;
         let policy_loss = (log_policy * target_policy).sum_dim(1).mean().neg();
-        let value_loss = (values - target_value).square().mean();
+        let value_loss = if config.value_bins == 0 {
+            (values - target_value).square().mean()
+        } else {
+            (log_softmax(values, 1) * target_value).sum_dim(1).mean().neg()
+        };
         (policy_loss, value_loss)
     }
 
     /// One optimiser step on `batch`; returns its losses before the step.
     pub fn step(&mut self, batch: &[Sample]) -> Losses {
         let network = self.network.take().expect("the network is always put back");
-        let (policy, value) = Self::losses(&network, batch, &self.device);
+        let (policy, value) = Self::losses(&network, &self.config, batch, &self.device);
         let losses = Losses {
             policy: policy.clone().into_scalar().elem::<f32>(),
             value: value.clone().into_scalar().elem::<f32>(),
@@ -676,7 +757,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         let network = self.network.as_ref().expect("the network is always put back").valid();
         let device = network.devices().into_iter().next().unwrap_or_default();
-        let (policy, value) = Self::losses(&network, samples, &device);
+        let (policy, value) = Self::losses(&network, &self.config, samples, &device);
         Losses { policy: policy.into_scalar().elem::<f32>(), value: value.into_scalar().elem::<f32>() }
     }
 
@@ -762,5 +843,59 @@ pub fn trainer(
         TrainDevice::Cuda => {
             Err("this build has no CUDA backend: build with `--features cuda` (see README)".into())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn categorical(bins: usize) -> PolicyValueConfig {
+        PolicyValueConfig { value_bins: bins, ..PolicyValueConfig::default() }
+    }
+
+    #[test]
+    fn a_two_hot_target_has_the_return_as_its_mean() {
+        let config = categorical(DEFAULT_VALUE_BINS);
+        for value in [0.0f32, 3.0, 17.5, 420.0, 5_000.0, 61_234.0, 150_000.0] {
+            let mut target = Vec::new();
+            config.push_value_target(value, &mut target);
+            assert_eq!(target.len(), DEFAULT_VALUE_BINS);
+            assert!((target.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+            assert!(target.iter().filter(|&&p| p > 0.0).count() <= 2, "two neighbouring bins at most");
+            // The head's value for logits ln(target) is the target's mean: the return itself.
+            let logits: Vec<f32> = target.iter().map(|p| p.ln()).collect();
+            let back = config.value_of(&logits);
+            assert!((back - value).abs() <= 1e-3 * value.max(1.0), "{value} came back as {back}");
+        }
+    }
+
+    #[test]
+    fn returns_beyond_the_bins_are_clamped_to_the_last_one() {
+        let config = categorical(11);
+        let mut target = Vec::new();
+        config.push_value_target(1e9, &mut target);
+        assert_eq!(target[10], 1.0);
+        assert_eq!(target.iter().sum::<f32>(), 1.0);
+        target.clear();
+        config.push_value_target(-5.0, &mut target);
+        assert_eq!(target[0], 1.0);
+    }
+
+    #[test]
+    fn a_scalar_head_regresses_the_scaled_squashed_return() {
+        let config = categorical(0);
+        let mut target = Vec::new();
+        config.push_value_target(1_000.0, &mut target);
+        assert_eq!(target, vec![squash(1_000.0) / VALUE_SCALE]);
+        assert!((config.value_of(&target) - 1_000.0).abs() < 0.1);
+    }
+
+    #[test]
+    fn one_bin_or_too_many_is_refused() {
+        assert!(categorical(1).validate().unwrap_err().contains("value_bins"));
+        assert!(categorical(MAX_VALUE_BINS + 1).validate().unwrap_err().contains("value_bins"));
+        categorical(0).validate().unwrap();
+        categorical(2).validate().unwrap();
     }
 }

@@ -76,9 +76,11 @@ fn targets_are_visit_distributions_and_n_step_bootstrapped_returns() {
 
 #[test]
 fn the_learner_steps_as_positions_arrive_and_reports_held_out_loss() {
-    let net =
-        PolicyValueNet::new(PolicyValueConfig { filters: 8, blocks: 1, se_ratio: 4, value_hidden: 16 }, 1)
-            .unwrap();
+    let net = PolicyValueNet::new(
+        PolicyValueConfig { filters: 8, blocks: 1, se_ratio: 4, value_hidden: 16, ..Default::default() },
+        1,
+    )
+    .unwrap();
     let config =
         ZeroConfig { batch_size: 32, replay_positions: 100_000, sample_reuse: 2.0, ..ZeroConfig::default() };
     let mut learner = ZeroLearner::new(&net, config).unwrap();

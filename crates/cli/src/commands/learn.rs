@@ -65,6 +65,9 @@ pub fn options(storage_args: &StorageArgs, listen: &ListenArgs, learn: &LearnArg
     if let Some(blocks) = learn.blocks {
         train.policy_value.blocks = blocks as usize;
     }
+    if let Some(bins) = learn.value_bins {
+        train.policy_value.value_bins = bins as usize;
+    }
     if let Some(parallel) = learn.parallel_games {
         train.mcts_parallel_games = parallel as u32;
     }

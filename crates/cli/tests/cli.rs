@@ -252,7 +252,16 @@ fn the_zero_bench_measures_batching_and_compares_mcts_with_expectimax() {
     let report: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
     let names: Vec<&str> =
         report["throughput"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["inference batch 64 vs 1", "inference batch 512 vs 1", "MCTS 64 games batched vs 1"]);
+    assert_eq!(
+        names,
+        [
+            "inference batch 64 vs 1",
+            "inference batch 512 vs 1",
+            "MCTS 64 games batched vs 1",
+            "learner steps batch 256 vs 64",
+            "learner steps batch 256: categorical vs scalar value head"
+        ]
+    );
     for row in report["throughput"].as_array().unwrap() {
         assert!(
             row["fast"]["items"].as_u64().unwrap() > 0 && row["reference"]["items"].as_u64().unwrap() > 0

@@ -1,4 +1,5 @@
-//! The Zero model's throughput: policy-value inference at batch 64 and 512 against batch 1, MCTS
+//! The Zero model's throughput: policy-value inference at batch 64 and 512 against batch 1 (and
+//! the dense matrices against burn's convolutions at batch 64), MCTS
 //! with leaves batched across games against one game at a time (the prototype's one network call
 //! per simulation), and the learner's optimiser steps (batch 256 against 64, and the categorical
 //! value head against the scalar one), all on one CPU core. Plus the strength comparison of MCTS
@@ -55,6 +56,19 @@ pub fn throughput(effort: Effort, net: &PolicyValueNet, simulations: u32) -> Vec
                 reference: single(&boards),
             });
         }
+        let mut start = 0;
+        let convolved = measure(effort.budget(), || {
+            let slice = &boards[start..start + 64];
+            start = (start + 64) % (boards.len() - 64);
+            std::hint::black_box(net.predict_convolved(slice));
+            64
+        });
+        out.push(Comparison {
+            name: "inference batch 64: dense vs convolutions",
+            unit: "positions",
+            fast: batched(64),
+            reference: convolved,
+        });
         let config = MctsConfig { simulations, ..MctsConfig::default() };
         let mcts = |parallel: usize| {
             let mut base = 0u64;

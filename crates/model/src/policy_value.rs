@@ -45,6 +45,28 @@ pub type CpuTrainBackend = burn::backend::Autodiff<CpuBackend>;
 #[cfg(feature = "cuda")]
 pub type CudaTrainBackend = burn::backend::Autodiff<burn::backend::Cuda>;
 
+/// Makes the calling thread run burn's CPU kernels itself (a rayon pool of one thread, this one)
+/// from its first prediction on. Why: otherwise every kernel of every self-play thread goes to
+/// rayon's one shared pool, where those threads and the learner queue behind each other's small
+/// operations while cores sit idle (the run's profile in BENCHMARKS.md); a self-play thread has a
+/// core's worth of work of its own. Training ([`Trainer`]) keeps the shared pool, which then only
+/// the learner uses: when self-play pauses for it, its kernels spread over every core. A thread
+/// already in a pool (its caller chose one) is left as it is.
+fn kernels_on_this_thread() {
+    thread_local! {
+        static OWN_POOL: std::cell::OnceCell<Option<rayon::ThreadPool>> = const { std::cell::OnceCell::new() };
+    }
+    OWN_POOL.with(|pool| {
+        pool.get_or_init(|| {
+            if rayon::current_thread_index().is_some() {
+                return None;
+            }
+            // Failing to build one leaves the thread on the shared pool: slower, still right.
+            rayon::ThreadPoolBuilder::new().num_threads(1).use_current_thread().build().ok()
+        });
+    });
+}
+
 /// The model kind written in weights files and latest records.
 pub const KIND: &str = "policy_value";
 /// The metadata version this build writes and reads.
@@ -194,6 +216,15 @@ impl<B: Backend> ResidualBlock<B> {
             sigmoid(self.excite.forward(relu(self.squeeze.forward(pooled)))).reshape([batch, channels, 1, 1]);
         relu(y * gate + x)
     }
+
+    fn dense(&self, shifts: &Tensor<B, 2>) -> DenseBlock<B> {
+        DenseBlock {
+            conv1: DenseConv::of(&self.conv1, shifts),
+            conv2: DenseConv::of(&self.conv2, shifts),
+            squeeze: Affine::of(&self.squeeze),
+            excite: Affine::of(&self.excite),
+        }
+    }
 }
 
 /// The network as a burn module.
@@ -220,18 +251,180 @@ impl<B: Backend> Network<B> {
         }
     }
 
+    /// The same network with its convolutions written out as dense maps between whole boards
+    /// (see [`DenseNetwork`]). Training builds it inside every step, so that the gradients reach
+    /// the convolution weights; inference builds it once per loaded network.
+    pub fn dense(&self) -> DenseNetwork<B> {
+        let shifts = Tensor::<B, 2>::from_data(
+            TensorData::new(shift_matrices(), [KERNEL_CELLS, CELLS * CELLS]),
+            &self.stem.weight.val().device(),
+        );
+        DenseNetwork {
+            stem: DenseConv::of(&self.stem, &shifts),
+            blocks: self.blocks.iter().map(|block| block.dense(&shifts)).collect(),
+            policy: Affine::of(&self.policy),
+            value_hidden: Affine::of(&self.value_hidden),
+            value_out: Affine::of(&self.value_out),
+        }
+    }
+
     /// Policy logits `[batch, 4]` and the value head's outputs for one-hot boards
-    /// `[batch, 16, 4, 4]`: `[batch, bins]` logits of a categorical head, `[batch, 1]` squashed
-    /// scaled values of a scalar one.
-    pub fn forward(&self, input: Tensor<B, 4>) -> (Tensor<B, 2>, Tensor<B, 2>) {
-        let [batch, _, _, _] = input.dims();
-        let mut x = relu(self.stem.forward(input));
+    /// `[batch, 16 · 16]` (plane-major, as [`encode_boards`] writes them): `[batch, bins]` logits
+    /// of a categorical head, `[batch, 1]` squashed scaled values of a scalar one. Batches of
+    /// [`DENSE_FROM_BATCH`] boards or more go through [`Network::dense`], smaller ones through
+    /// [`Network::forward_convolved`]: the same numbers, whichever is faster at that size.
+    pub fn forward(&self, input: Tensor<B, 2>) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        if input.dims()[0] >= DENSE_FROM_BATCH {
+            self.dense().forward(input)
+        } else {
+            self.forward_convolved(input)
+        }
+    }
+
+    /// As [`Network::forward`], with burn's convolution modules on `[batch, planes, 4, 4]`.
+    pub fn forward_convolved(&self, input: Tensor<B, 2>) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        let [batch, _] = input.dims();
+        let mut x = relu(self.stem.forward(input.reshape([batch, PLANES, 4, 4])));
         for block in &self.blocks {
             x = block.forward(x);
         }
         let flat: Tensor<B, 2> = x.reshape([batch as i32, -1]);
-        let logits = self.policy.forward(flat.clone());
-        let value = self.value_out.forward(relu(self.value_hidden.forward(flat)));
+        (self.policy.forward(flat.clone()), self.value_out.forward(relu(self.value_hidden.forward(flat))))
+    }
+}
+
+/// The batch size from which [`Network::forward`] multiplies by dense matrices rather than run
+/// burn's convolutions: below it, building the matrices costs more than they save, and a single
+/// board is faster through the convolution (`zero2048 bench --suite zero`, BENCHMARKS.md).
+pub const DENSE_FROM_BATCH: usize = 32;
+
+/// Cells of the board.
+const CELLS: usize = 16;
+/// Cells of a 3×3 kernel.
+const KERNEL_CELLS: usize = 9;
+
+/// For each of the nine kernel cells (ky, kx), the 16×16 0/1 matrix that takes input cell p to
+/// output cell q when p = q + (ky − 1, kx − 1) lies on the board: `[9, p · 16 + q]`. The zero
+/// padding of the convolution is the cells that fall off the board.
+fn shift_matrices() -> Vec<f32> {
+    let mut shifts = vec![0f32; KERNEL_CELLS * CELLS * CELLS];
+    for kernel in 0..KERNEL_CELLS {
+        let (dy, dx) = ((kernel / 3) as isize - 1, (kernel % 3) as isize - 1);
+        for q in 0..CELLS {
+            let (y, x) = ((q / 4) as isize + dy, (q % 4) as isize + dx);
+            if (0..4).contains(&y) && (0..4).contains(&x) {
+                let p = (y * 4 + x) as usize;
+                shifts[kernel * CELLS * CELLS + p * CELLS + q] = 1.0;
+            }
+        }
+    }
+    shifts
+}
+
+/// A padded 3×3 convolution on the 4×4 board as one matrix: the linear map from `C_in · 16` to
+/// `C_out · 16` numbers that it is, with its bias per output number.
+///
+/// Why: burn's CPU convolution builds an im2col tile and multiplies one small matrix per board;
+/// at 16 cells a board that is mostly overhead (the learner's profile in BENCHMARKS.md). As one
+/// product of the whole batch by a `[C_in · 16, C_out · 16]` matrix it is a single large GEMM,
+/// forward and backward, for 16/9 the multiply-adds. The matrix is computed from the
+/// convolution's own weights, so the parameters and the weights files do not change.
+#[derive(Clone, Debug)]
+struct DenseConv<B: Backend> {
+    matrix: Tensor<B, 2>,
+    bias: Option<Tensor<B, 2>>,
+}
+
+impl<B: Backend> DenseConv<B> {
+    fn of(conv: &Conv2d<B>, shifts: &Tensor<B, 2>) -> DenseConv<B> {
+        let [outputs, inputs, _, _] = conv.weight.val().dims();
+        // [out, in, 9] × [9, p·16 + q] → [out, in, p, q] → [in, p, out, q]: row in·16 + p,
+        // column out·16 + q, the layout of a flattened NCHW board on both sides.
+        let matrix = conv
+            .weight
+            .val()
+            .reshape([outputs * inputs, KERNEL_CELLS])
+            .matmul(shifts.clone())
+            .reshape([outputs, inputs, CELLS, CELLS])
+            .permute([1, 2, 0, 3])
+            .reshape([inputs * CELLS, outputs * CELLS]);
+        let bias = conv
+            .bias
+            .as_ref()
+            .map(|bias| bias.val().reshape([outputs, 1]).repeat_dim(1, CELLS).reshape([1, outputs * CELLS]));
+        DenseConv { matrix, bias }
+    }
+
+    fn apply(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let y = x.matmul(self.matrix.clone());
+        match &self.bias {
+            Some(bias) => y + bias.clone(),
+            None => y,
+        }
+    }
+}
+
+/// A linear layer's weights, read out of the module. (Not a clone of the module: a clone of a
+/// parameter not yet read initialises itself anew, with other random weights.)
+#[derive(Clone, Debug)]
+struct Affine<B: Backend> {
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+}
+
+impl<B: Backend> Affine<B> {
+    fn of(layer: &Linear<B>) -> Affine<B> {
+        Affine { weight: layer.weight.val(), bias: layer.bias.as_ref().map(|bias| bias.val()) }
+    }
+
+    fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        burn::tensor::module::linear(x, self.weight.clone(), self.bias.clone())
+    }
+}
+
+/// A residual block over dense convolutions.
+#[derive(Clone, Debug)]
+struct DenseBlock<B: Backend> {
+    conv1: DenseConv<B>,
+    conv2: DenseConv<B>,
+    squeeze: Affine<B>,
+    excite: Affine<B>,
+}
+
+impl<B: Backend> DenseBlock<B> {
+    /// conv → relu → conv → squeeze-and-excitation, plus the input, → relu; `x` is
+    /// `[batch, channels · 16]`.
+    fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let [batch, width] = x.dims();
+        let channels = width / CELLS;
+        let y = self.conv2.apply(relu(self.conv1.apply(x.clone()))).reshape([batch, channels, CELLS]);
+        let pooled = y.clone().mean_dim(2).reshape([batch, channels]);
+        let gate =
+            sigmoid(self.excite.forward(relu(self.squeeze.forward(pooled)))).reshape([batch, channels, 1]);
+        relu((y * gate).reshape([batch, width]) + x)
+    }
+}
+
+/// The network ready to evaluate batches: the module's weights with every convolution as a
+/// [`DenseConv`]. Built by [`Network::dense`].
+#[derive(Clone, Debug)]
+pub struct DenseNetwork<B: Backend> {
+    stem: DenseConv<B>,
+    blocks: Vec<DenseBlock<B>>,
+    policy: Affine<B>,
+    value_hidden: Affine<B>,
+    value_out: Affine<B>,
+}
+
+impl<B: Backend> DenseNetwork<B> {
+    /// As [`Network::forward`].
+    pub fn forward(&self, input: Tensor<B, 2>) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        let mut x = relu(self.stem.apply(input));
+        for block in &self.blocks {
+            x = block.forward(x);
+        }
+        let logits = self.policy.forward(x.clone());
+        let value = self.value_out.forward(relu(self.value_hidden.forward(x)));
         (logits, value)
     }
 }
@@ -257,8 +450,8 @@ pub fn legal_bias(boards: &[Board]) -> Vec<f32> {
         .collect()
 }
 
-fn input<B: Backend>(boards: &[Board], device: &B::Device) -> Tensor<B, 4> {
-    Tensor::from_data(TensorData::new(encode_boards(boards), [boards.len(), PLANES, 4, 4]), device)
+fn input<B: Backend>(boards: &[Board], device: &B::Device) -> Tensor<B, 2> {
+    Tensor::from_data(TensorData::new(encode_boards(boards), [boards.len(), PLANES * CELLS]), device)
 }
 
 /// What a policy-value weights file says about itself.
@@ -280,6 +473,8 @@ const OWN_KEYS: [&str; 8] =
 pub struct PolicyValueNet {
     config: PolicyValueConfig,
     network: Network<CpuBackend>,
+    /// `network` with its convolutions as matrices, built once: what every prediction runs.
+    dense: DenseNetwork<CpuBackend>,
     device: burn::tensor::Device<CpuBackend>,
 }
 
@@ -289,7 +484,16 @@ impl PolicyValueNet {
         config.validate()?;
         let device = Default::default();
         CpuBackend::seed(&device, seed);
-        Ok(PolicyValueNet { config, network: Network::new(&config, &device), device })
+        Ok(PolicyValueNet::of(config, Network::new(&config, &device), device))
+    }
+
+    fn of(
+        config: PolicyValueConfig,
+        network: Network<CpuBackend>,
+        device: burn::tensor::Device<CpuBackend>,
+    ) -> PolicyValueNet {
+        let dense = network.dense();
+        PolicyValueNet { config, network, dense, device }
     }
 
     /// Its shape.
@@ -304,11 +508,24 @@ impl PolicyValueNet {
 
     /// The raw outputs for `boards`: masked policy probabilities `[n][4]` and values in points.
     pub fn predict_boards(&self, boards: &[Board]) -> Vec<Prediction> {
+        self.predict_through(boards, boards.len() >= DENSE_FROM_BATCH)
+    }
+
+    /// As [`PolicyValueNet::predict_boards`], always through burn's convolutions: the reference
+    /// the dense matrices are measured against.
+    pub fn predict_convolved(&self, boards: &[Board]) -> Vec<Prediction> {
+        self.predict_through(boards, false)
+    }
+
+    fn predict_through(&self, boards: &[Board], dense: bool) -> Vec<Prediction> {
         if boards.is_empty() {
             return Vec::new();
         }
+        kernels_on_this_thread();
         let n = boards.len();
-        let (logits, values) = self.network.forward(input::<CpuBackend>(boards, &self.device));
+        let input = input::<CpuBackend>(boards, &self.device);
+        let (logits, values) =
+            if dense { self.dense.forward(input) } else { self.network.forward_convolved(input) };
         let bias =
             Tensor::<CpuBackend, 2>::from_data(TensorData::new(legal_bias(boards), [n, 4]), &self.device);
         let policy: Vec<f32> = softmax(logits + bias, 1).into_data().into_vec().expect("f32 tensor");
@@ -344,7 +561,7 @@ impl PolicyValueNet {
         let device = Default::default();
         let mut network = Network::<CpuBackend>::new(&info.config, &device);
         load_into(&mut network, bytes, path)?;
-        Ok((PolicyValueNet { config: info.config, network, device }, info))
+        Ok((PolicyValueNet::of(info.config, network, device), info))
     }
 
     /// Writes the weights to `path` (the caller makes the write atomic).
@@ -852,6 +1069,76 @@ mod tests {
 
     fn categorical(bins: usize) -> PolicyValueConfig {
         PolicyValueConfig { value_bins: bins, ..PolicyValueConfig::default() }
+    }
+
+    fn largest_difference<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> f32 {
+        let (a, b): (Vec<f32>, Vec<f32>) =
+            (a.into_data().into_vec().unwrap(), b.into_data().into_vec().unwrap());
+        assert_eq!(a.len(), b.len());
+        a.iter().zip(&b).map(|(x, y)| (x - y).abs() / (1.0 + y.abs())).fold(0.0, f32::max)
+    }
+
+    /// Not one-hot: any input, so that every weight of every kernel cell is exercised.
+    fn random_input<B: Backend>(batch: usize, device: &B::Device) -> Tensor<B, 2> {
+        Tensor::random([batch, PLANES * CELLS], burn::tensor::Distribution::Uniform(-1.0, 1.0), device)
+    }
+
+    #[test]
+    fn the_dense_convolutions_compute_what_burns_convolutions_compute() {
+        for (filters, blocks, bins) in [(32, 2, DEFAULT_VALUE_BINS), (8, 3, 0), (5, 1, 7), (3, 0, 0)] {
+            let config =
+                PolicyValueConfig { filters, blocks, se_ratio: 1, value_bins: bins, ..Default::default() };
+            let net = PolicyValueNet::new(config, filters as u64).unwrap();
+            let input = random_input::<CpuBackend>(7, &net.device);
+            let (logits, values) = net.dense.forward(input.clone());
+            let (expected_logits, expected_values) = net.network.forward_convolved(input);
+            assert!(largest_difference(logits, expected_logits) < 1e-5, "{config:?}");
+            assert!(largest_difference(values, expected_values) < 1e-5, "{config:?}");
+        }
+    }
+
+    #[test]
+    fn a_thread_that_predicts_runs_its_kernels_itself_unless_its_caller_chose_a_pool() {
+        let net = PolicyValueNet::new(PolicyValueConfig { filters: 4, blocks: 1, ..Default::default() }, 1)
+            .unwrap();
+        let board: Board = "2 4 . . | . . . . | . . . . | . . . 2".parse().unwrap();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                assert_eq!(rayon::current_thread_index(), None);
+                net.predict_boards(&[board]);
+                assert_eq!((rayon::current_thread_index(), rayon::current_num_threads()), (Some(0), 1));
+            });
+        });
+        let callers_pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        callers_pool.install(|| {
+            net.predict_boards(&[board; 40]);
+            assert_eq!(rayon::current_num_threads(), 2);
+        });
+    }
+
+    #[test]
+    fn the_dense_convolutions_pass_the_same_gradients_to_the_convolution_weights() {
+        let config =
+            PolicyValueConfig { filters: 6, blocks: 2, se_ratio: 2, value_bins: 11, ..Default::default() };
+        let device = Default::default();
+        CpuBackend::seed(&device, 5);
+        let network = Network::<CpuTrainBackend>::new(&config, &device);
+        let input = random_input::<CpuTrainBackend>(9, &device);
+        let loss = |(logits, values): (Tensor<CpuTrainBackend, 2>, Tensor<CpuTrainBackend, 2>)| {
+            (logits.sin().sum() + values.cos().sum()).reshape([1])
+        };
+        let dense = loss(network.dense().forward(input.clone())).backward();
+        let reference = loss(network.forward_convolved(input)).backward();
+        let mut convolutions = vec![&network.stem];
+        for block in &network.blocks {
+            convolutions.extend([&block.conv1, &block.conv2]);
+        }
+        for conv in convolutions {
+            let (a, b) = (conv.weight.grad(&dense).unwrap(), conv.weight.grad(&reference).unwrap());
+            assert!(largest_difference(a, b) < 1e-4);
+            let bias = conv.bias.as_ref().unwrap();
+            assert!(largest_difference(bias.grad(&dense).unwrap(), bias.grad(&reference).unwrap()) < 1e-4);
+        }
     }
 
     #[test]

@@ -90,20 +90,24 @@ fn inputs_are_one_hot_and_outputs_are_masked_distributions() {
     assert!(cornered_policy[Direction::Down.index() as usize] > 0.0);
 }
 
+/// A batch goes through the dense matrices, one board alone through burn's convolutions.
 #[test]
 fn batched_and_one_at_a_time_predictions_agree() {
     let net = PolicyValueNet::new(PolicyValueConfig::default(), 2).unwrap();
     let boards = boards(64);
     let batched = net.predict_boards(&boards);
-    for (board, together) in boards.iter().zip(&batched) {
+    let convolved = net.predict_convolved(&boards);
+    for ((board, together), convolved) in boards.iter().zip(&batched).zip(&convolved) {
         let alone = net.predict_boards(&[*board])[0];
-        for i in 0..4 {
-            assert!((alone.policy[i] - together.policy[i]).abs() < 1e-5, "{alone:?} vs {together:?}");
+        for other in [together, convolved] {
+            for i in 0..4 {
+                assert!((alone.policy[i] - other.policy[i]).abs() < 1e-5, "{alone:?} vs {other:?}");
+            }
+            assert!(
+                (alone.value - other.value).abs() <= 1e-3 * alone.value.abs().max(1.0),
+                "{alone:?} vs {other:?}"
+            );
         }
-        assert!(
-            (alone.value - together.value).abs() <= 1e-3 * alone.value.abs().max(1.0),
-            "{alone:?} vs {together:?}"
-        );
     }
 }
 

@@ -53,8 +53,9 @@ pub type CudaTrainBackend = burn::backend::Autodiff<burn::backend::Cuda>;
 /// the learner uses: when self-play pauses for it, its kernels spread over every core. A thread
 /// already in a pool (its caller chose one) is left as it is.
 fn kernels_on_this_thread() {
+    use std::cell::OnceCell;
     thread_local! {
-        static OWN_POOL: std::cell::OnceCell<Option<rayon::ThreadPool>> = const { std::cell::OnceCell::new() };
+        static OWN_POOL: OnceCell<Option<rayon::ThreadPool>> = const { OnceCell::new() };
     }
     OWN_POOL.with(|pool| {
         pool.get_or_init(|| {
@@ -325,7 +326,7 @@ fn shift_matrices() -> Vec<f32> {
 /// `C_out · 16` numbers that it is, with its bias per output number.
 ///
 /// Why: burn's CPU convolution builds an im2col tile and multiplies one small matrix per board;
-/// at 16 cells a board that is mostly overhead (the learner's profile in BENCHMARKS.md). As one
+/// with 16 cells a board, that is mostly overhead (the profile in BENCHMARKS.md). As one
 /// product of the whole batch by a `[C_in · 16, C_out · 16]` matrix it is a single large GEMM,
 /// forward and backward, for 16/9 the multiply-adds. The matrix is computed from the
 /// convolution's own weights, so the parameters and the weights files do not change.

@@ -38,13 +38,19 @@ pub fn throughput(effort: Effort, net: &PolicyValueNet, simulations: u32) -> Vec
                 64
             })
         };
-        let batched = |batch: usize| {
+        // Batches of `batch` boards taken in turn, through `predict` (the dense or the
+        // convolution path).
+        let batched_through = |batch: usize, predict: &dyn Fn(&[zero2048_game::Board])| {
             let mut start = 0;
             measure(effort.budget(), || {
-                let slice = &boards[start..start + batch];
+                predict(&boards[start..start + batch]);
                 start = (start + batch) % (boards.len() - batch);
-                std::hint::black_box(net.predict_boards(slice));
                 batch as u64
+            })
+        };
+        let batched = |batch: usize| {
+            batched_through(batch, &|slice| {
+                std::hint::black_box(net.predict_boards(slice));
             })
         };
         let mut out = Vec::new();
@@ -56,12 +62,8 @@ pub fn throughput(effort: Effort, net: &PolicyValueNet, simulations: u32) -> Vec
                 reference: single(&boards),
             });
         }
-        let mut start = 0;
-        let convolved = measure(effort.budget(), || {
-            let slice = &boards[start..start + 64];
-            start = (start + 64) % (boards.len() - 64);
+        let convolved = batched_through(64, &|slice| {
             std::hint::black_box(net.predict_convolved(slice));
-            64
         });
         out.push(Comparison {
             name: "inference batch 64: dense vs convolutions",

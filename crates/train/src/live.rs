@@ -31,7 +31,9 @@ pub struct Progress {
     pub games_per_second: f64,
     /// Games stored but not learned yet.
     pub backlog: u64,
-    /// Mean score of the last 1000 games learned.
+    /// Mean score of the last 1000 games learned that were played from the start (a restart's
+    /// continuation scores from its branch point and keeps its parent's tiles: it says nothing of
+    /// how well a whole game is played).
     pub recent_mean_score: f64,
     /// Share of those that reached 2048.
     pub recent_2048_rate: f64,
@@ -72,13 +74,17 @@ impl Totals {
         totals
     }
 
-    /// Counts one learned game.
-    pub fn add_game(&self, moves: u32, score: u64, max_tile: u32) {
+    /// Counts one learned game; `continuation`: it started from another game's position, so it
+    /// counts as learned but stays out of the recent games' mean and 2048 rate.
+    pub fn add_game(&self, moves: u32, score: u64, max_tile: u32, continuation: bool) {
         self.games.fetch_add(1, Ordering::Relaxed);
         self.moves.fetch_add(moves as u64, Ordering::Relaxed);
         self.score_sum.fetch_add(score, Ordering::Relaxed);
         self.session_games.fetch_add(1, Ordering::Relaxed);
         self.session_moves.fetch_add(moves as u64, Ordering::Relaxed);
+        if continuation {
+            return;
+        }
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         if recent.len() == 1000 {
             recent.pop_front();
@@ -86,7 +92,7 @@ impl Totals {
         recent.push_back((score, max_tile));
     }
 
-    /// Mean score and 2048 rate of the last 1000 games learned.
+    /// Mean score and 2048 rate of the last 1000 games learned that started from the start.
     pub fn recent(&self) -> (f64, f64) {
         let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         let n = recent.len().max(1) as f64;
@@ -227,9 +233,10 @@ impl LiveState {
         *self.progress.lock().unwrap_or_else(|e| e.into_inner()) = progress.clone();
     }
 
-    /// Counts one learned game; wakes the run loop when it makes a revision due.
-    pub fn add_game(&self, moves: u32, score: u64, max_tile: u32) {
-        self.totals.add_game(moves, score, max_tile);
+    /// Counts one learned game (`continuation`: see [`Totals::add_game`]); wakes the run loop
+    /// when it makes a revision due.
+    pub fn add_game(&self, moves: u32, score: u64, max_tile: u32, continuation: bool) {
+        self.totals.add_game(moves, score, max_tile, continuation);
         if self.totals.games.load(Ordering::Relaxed) >= self.revision_due_at.load(Ordering::Relaxed) {
             let _guard = self.queued_lock.lock().unwrap_or_else(|e| e.into_inner());
             self.queued.notify_all();
@@ -260,5 +267,24 @@ impl LiveState {
             return;
         }
         let _ = self.queued.wait_timeout(guard, timeout);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continuations_are_learned_games_but_not_recent_whole_games() {
+        let totals = Totals::default();
+        totals.add_game(1_000, 20_000, 2048, false);
+        totals.add_game(3_000, 60_000, 4096, false);
+        // A continuation from a board that already held 8192: its tiles are its parent's.
+        totals.add_game(200, 5_000, 8192, true);
+        assert_eq!(totals.games.load(Ordering::Relaxed), 3);
+        assert_eq!(totals.moves.load(Ordering::Relaxed), 4_200);
+        assert_eq!(totals.recent(), (40_000.0, 1.0));
+        totals.add_game(500, 6_000, 512, false);
+        assert_eq!(totals.recent(), (86_000.0 / 3.0, 2.0 / 3.0));
     }
 }

@@ -92,7 +92,7 @@ impl GameSink for LearningSink {
             note(&self.error, e.into());
             return Err(SinkClosed);
         }
-        self.live.add_game(path.len() as u32, game.score, game.max_tile);
+        self.live.add_game(path.len() as u32, game.score, game.max_tile, game.origin.is_some());
         self.records.send(game).map_err(|_| SinkClosed)
     }
 

@@ -552,9 +552,11 @@ impl TrainingRun {
             }
         }
         let batch: Vec<(GameRecord, bool)> = decoded.iter().map(|(_, r, c)| (r.clone(), *c)).collect();
-        for ((id, _, _), learned) in decoded.iter().zip(self.learner.learn_stored(&batch)) {
+        for ((id, _, continuation), learned) in decoded.iter().zip(self.learner.learn_stored(&batch)) {
             match learned {
-                Ok(learned) => self.live.add_game(learned.moves, learned.score, learned.max_tile),
+                Ok(learned) => {
+                    self.live.add_game(learned.moves, learned.score, learned.max_tile, *continuation)
+                }
                 Err(e) => tracing::error!("stored game {id} could not be learned and was skipped: {e}"),
             }
         }

@@ -92,7 +92,7 @@ impl Totals {
         recent.push_back((score, max_tile));
     }
 
-    /// Mean score and 2048 rate of the last 1000 games learned that started from the start.
+    /// Mean score and 2048 rate of the last 1000 games learned that were played from the start.
     pub fn recent(&self) -> (f64, f64) {
         let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         let n = recent.len().max(1) as f64;

@@ -137,6 +137,10 @@ pub struct LearnArgs {
     /// stage the network's size in memory [train.network.stages; default: 1].
     #[arg(long, value_parser = clap::value_parser!(u8).range(1..=4), help_heading = "N-tuple learning")]
     pub stages: Option<u8>,
+    /// The tile, as an exponent, from which the second weight set plays: 14 is 16384, 13 is 8192
+    /// [train.network.stage_tile; default: 14].
+    #[arg(long, value_name = "EXPONENT", value_parser = clap::value_parser!(u8).range(1..=15), help_heading = "N-tuple learning")]
+    pub stage_tile: Option<u8>,
     /// TD step size, shared by the features [train.td.learning_rate; default: 0.1].
     #[arg(long, help_heading = "N-tuple learning")]
     pub learning_rate: Option<f32>,

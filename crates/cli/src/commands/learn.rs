@@ -17,11 +17,15 @@ pub fn options(storage_args: &StorageArgs, listen: &ListenArgs, learn: &LearnArg
     file.api.validate().map_err(bad_input)?;
     let mut train = file.train;
     if let Some(shape) = learn.network {
-        let stages = train.network.stages;
-        train.network = NTupleConfig { stages, ..shape.config() };
+        // The shape flag names the tuples only: the stages and their tile stay as the file set them.
+        let NTupleConfig { stages, stage_tile, .. } = train.network;
+        train.network = NTupleConfig { stages, stage_tile, ..shape.config() };
     }
     if let Some(stages) = learn.stages {
         train.network.stages = stages;
+    }
+    if let Some(tile) = learn.stage_tile {
+        train.network.stage_tile = tile;
     }
     if let Some(model) = learn.model {
         train.model = match model {

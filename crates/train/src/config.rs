@@ -75,7 +75,9 @@ impl Default for TrainConfig {
     fn default() -> TrainConfig {
         TrainConfig {
             model: ModelKind::Ntuple,
-            network: NTupleConfig::standard_4x6(),
+            // Measured best for the default hour on two cores (BENCHMARKS.md, issue 11): twice
+            // the memory of 4×6 and half its moves per second, and the stronger player.
+            network: NTupleConfig::matsuzaki_8x6(),
             policy_value: PolicyValueConfig::default(),
             // Measured best for a policy-value run on two CPU cores (BENCHMARKS.md, issue 14): a
             // Gumbel root with 8 simulations learns far more in the same time than PUCT with 100.

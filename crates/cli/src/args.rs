@@ -133,8 +133,9 @@ pub struct LearnArgs {
     /// The n-tuple network of a new run, train.network in the file [default: 8x6].
     #[arg(long, value_enum, help_heading = "N-tuple learning")]
     pub network: Option<NetworkShape>,
-    /// Weight sets by largest tile for a new n-tuple run: 2 adds a second set from 16384 on, each
-    /// stage the network's size in memory [train.network.stages; default: 1].
+    /// Weight sets by largest tile for a new n-tuple run: 2 adds a second set once the largest
+    /// tile reaches 2^stage-tile (16384 by default), each stage the network's size in memory
+    /// [train.network.stages; default: 1].
     #[arg(long, value_parser = clap::value_parser!(u8).range(1..=4), help_heading = "N-tuple learning")]
     pub stages: Option<u8>,
     /// The tile, as an exponent, from which the second weight set plays: 14 is 16384, 13 is 8192
@@ -190,7 +191,7 @@ pub struct LearnArgs {
     /// [train.mcts_parallel_games; default: 64].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096), help_heading = "Policy-value learning")]
     pub parallel_games: Option<u64>,
-    /// Publish a revision every this many games [train.revision_every_games; default: 20000].
+    /// Publish a revision every this many games [train.revision_every_games; default: 100000].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Publishing and evaluation")]
     pub revision_every_games: Option<u64>,
     /// ...or every this many seconds [train.revision_every_seconds; default: 300].

@@ -176,10 +176,13 @@ fn bad_train_input_is_one_line_and_exit_2() {
 
 #[test]
 fn stage_flags_and_the_files_stage_tile_reach_the_published_network() {
-    let model_of = |dir: &Path| {
+    let model_of = |dir: &Path| -> serde_json::Value {
         let latest: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.join("weights/latest.json")).unwrap()).unwrap();
-        (latest["model"]["stages"].as_u64().unwrap(), latest["model"]["stage_tile"].as_u64().unwrap())
+        latest["model"].clone()
+    };
+    let stages_of = |model: &serde_json::Value| {
+        (model["stages"].as_u64().unwrap(), model["stage_tile"].as_u64().unwrap())
     };
     // --network names the tuples only: the file's stages and stage tile stay.
     let from_file = tempfile::tempdir().unwrap();
@@ -194,12 +197,10 @@ fn stage_flags_and_the_files_stage_tile_reach_the_published_network() {
         &["--config", config.to_str().unwrap(), "--games", "20", "--revision-every-games", "20"],
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(model_of(from_file.path()), (2, 12));
-    let latest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(from_file.path().join("weights/latest.json")).unwrap())
-            .unwrap();
-    let tuples = latest["model"]["tuples"].as_array().unwrap();
-    assert!(tuples.len() == 4 && tuples.iter().all(|t| t.as_array().unwrap().len() == 4), "{latest}");
+    let model = model_of(from_file.path());
+    assert_eq!(stages_of(&model), (2, 12));
+    let tuples = model["tuples"].as_array().unwrap();
+    assert!(tuples.len() == 4 && tuples.iter().all(|t| t.as_array().unwrap().len() == 4), "{model}");
     // The flags set both.
     let from_flags = tempfile::tempdir().unwrap();
     let out = train(
@@ -207,7 +208,7 @@ fn stage_flags_and_the_files_stage_tile_reach_the_published_network() {
         &["--stages", "2", "--stage-tile", "11", "--games", "20", "--revision-every-games", "20"],
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(model_of(from_flags.path()), (2, 11));
+    assert_eq!(stages_of(&model_of(from_flags.path())), (2, 11));
     let out = zero2048(from_flags.path(), &["train", "--stage-tile", "16"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("16 is not in 1..=15"));

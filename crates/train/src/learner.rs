@@ -381,16 +381,23 @@ impl TdLearner {
     pub fn learn_path(&self, path: &[(Board, u32)], finished: bool) -> Result<f32, NetworkError> {
         let rates = self.next_game()?;
         let lambda = self.config.lambda;
-        let mut updates = path.iter().rev();
+        // Afterstates not learned yet are `path[..remaining]`, learned from the end.
+        let mut remaining = path.len();
         // The λ-return of the afterstate being updated.
         let mut target = 0.0f32;
         if !finished {
-            let Some(&(last, reward)) = updates.next() else { return Ok(0.0) };
+            let Some(&(last, reward)) = path.last() else { return Ok(0.0) };
+            remaining -= 1;
             target = reward as f32 + self.network.value(last);
         }
         let mut total_error = 0.0f32;
         let mut count = 0u32;
-        for &(afterstate, reward) in updates {
+        while remaining > 0 {
+            remaining -= 1;
+            let (afterstate, reward) = path[remaining];
+            if let Some(&(next, _)) = remaining.checked_sub(1).and_then(|i| path.get(i)) {
+                self.prefetch(rates, next);
+            }
             let error = target - self.network.value(afterstate);
             total_error += error.abs();
             count += 1;
@@ -398,6 +405,22 @@ impl TdLearner {
             target = reward as f32 + lambda * target + (1.0 - lambda) * updated;
         }
         Ok(if count > 0 { total_error / count as f32 } else { 0.0 })
+    }
+
+    /// Asks for the cache lines `afterstate`'s update will touch (its weights and, with TC, their
+    /// accumulators) while the afterstate before it in the backward pass is still being learned:
+    /// the two afterstates' cache misses then overlap. Without it, learning spent most of its
+    /// time waiting on each accumulator's miss in turn (BENCHMARKS.md, issue 11).
+    #[inline]
+    fn prefetch(&self, rates: Rates, afterstate: Board) {
+        let tables = self.network.tables();
+        let coherence = if rates.coherent { self.coherence.get() } else { None };
+        self.network.for_each_feature(afterstate, |feature| {
+            tables[feature.table as usize].prefetch(feature.index as usize);
+            if let Some(tc) = coherence {
+                tc.tables[feature.table as usize].prefetch(2 * feature.index as usize);
+            }
+        });
     }
 
     /// A TC update of every feature of `afterstate`; returns the afterstate's new value.

@@ -51,7 +51,7 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Publish a revision after this many games learned... Each revision costs the learning
     /// about 18 s of both cores (written, hashed, compressed, patched, evaluated): a late 8×6 run
-    /// plays 100,000 games in about seven minutes, so the clock below sets the pace.
+    /// plays 100,000 games in about five minutes, so the clock below mostly sets the pace.
     pub revision_every_games: u64,
     /// ...or this many seconds, whichever comes first.
     pub revision_every_seconds: f64,

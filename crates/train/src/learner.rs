@@ -408,8 +408,8 @@ impl TdLearner {
     }
 
     /// Asks for the cache lines `afterstate`'s update will touch (its weights and, with TC, their
-    /// accumulators) while the afterstate before it in the backward pass is still being learned:
-    /// the two afterstates' cache misses then overlap. Without it, learning spent most of its
+    /// accumulators) while the afterstate after it in the game, learned just before it in the
+    /// backward pass, is still being learned: the two afterstates' cache misses then overlap. Without it, learning spent most of its
     /// time waiting on each accumulator's miss in turn (BENCHMARKS.md, issue 11).
     #[inline]
     fn prefetch(&self, rates: Rates, afterstate: Board) {

@@ -381,22 +381,22 @@ impl TdLearner {
     pub fn learn_path(&self, path: &[(Board, u32)], finished: bool) -> Result<f32, NetworkError> {
         let rates = self.next_game()?;
         let lambda = self.config.lambda;
-        // Afterstates not learned yet are `path[..remaining]`, learned from the end.
-        let mut remaining = path.len();
+        // The afterstates updated: all of a finished game's; an unfinished game's last one only
+        // bootstraps the one before it.
+        let mut to_learn = path.len();
         // The λ-return of the afterstate being updated.
         let mut target = 0.0f32;
         if !finished {
             let Some(&(last, reward)) = path.last() else { return Ok(0.0) };
-            remaining -= 1;
+            to_learn -= 1;
             target = reward as f32 + self.network.value(last);
         }
         let mut total_error = 0.0f32;
         let mut count = 0u32;
-        while remaining > 0 {
-            remaining -= 1;
-            let (afterstate, reward) = path[remaining];
-            if let Some(&(next, _)) = remaining.checked_sub(1).and_then(|i| path.get(i)) {
-                self.prefetch(rates, next);
+        for i in (0..to_learn).rev() {
+            let (afterstate, reward) = path[i];
+            if i > 0 {
+                self.prefetch(rates, path[i - 1].0);
             }
             let error = target - self.network.value(afterstate);
             total_error += error.abs();
@@ -409,8 +409,9 @@ impl TdLearner {
 
     /// Asks for the cache lines `afterstate`'s update will touch (its weights and, with TC, their
     /// accumulators) while the afterstate after it in the game, learned just before it in the
-    /// backward pass, is still being learned: the two afterstates' cache misses then overlap. Without it, learning spent most of its
-    /// time waiting on each accumulator's miss in turn (BENCHMARKS.md, issue 11).
+    /// backward pass, is still being learned: the two afterstates' cache misses then overlap.
+    /// Without it, learning spent most of its time waiting on each accumulator's miss in turn
+    /// (BENCHMARKS.md, issue 11).
     #[inline]
     fn prefetch(&self, rates: Rates, afterstate: Board) {
         let tables = self.network.tables();

@@ -28,7 +28,7 @@ mod table;
 pub mod weights_file;
 
 pub use ntuple::{
-    DOWNGRADE_FROM, Downgrading, Feature, MAX_TUPLE_LEN, NTupleConfig, NTupleNetwork, NetworkError,
+    DOWNGRADE_FROM, Downgrading, Feature, Features, MAX_TUPLE_LEN, NTupleConfig, NTupleNetwork, NetworkError,
     downgraded,
 };
 pub use policy_value::{PolicyValueConfig, PolicyValueInfo, PolicyValueNet};

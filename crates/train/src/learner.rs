@@ -25,7 +25,7 @@ use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 use zero2048_game::{Board, GameRecord, ReplayError};
-use zero2048_model::{NTupleNetwork, NetworkError, Pages, Table};
+use zero2048_model::{Features, NTupleNetwork, NetworkError, Pages, Table};
 
 /// The TD learning rate from a game count on.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -231,6 +231,8 @@ pub struct Trace {
     rates: Option<Rates>,
     total_error: f32,
     updates: u32,
+    /// The features of the afterstate being learned (kept to reuse its allocation).
+    features: Features,
 }
 
 /// The step sizes of one game (fixed when it starts).
@@ -303,12 +305,13 @@ impl TdLearner {
         Ok(Rates { step, coherent })
     }
 
-    /// Moves `afterstate`'s value by `error` at the game's rates; returns its new value.
+    /// Moves the value of the afterstate whose features these are by `error` at the game's
+    /// rates; returns its new value.
     #[inline]
-    fn update(&self, rates: Rates, afterstate: Board, error: f32) -> f32 {
+    fn update(&self, rates: Rates, features: &Features, error: f32) -> f32 {
         match (rates.coherent, self.coherence.get()) {
-            (true, Some(tc)) => self.coherent_update(tc, afterstate, rates.step, error),
-            _ => self.network.add_and_value(afterstate, rates.step * error),
+            (true, Some(tc)) => self.coherent_update(tc, features, rates.step, error),
+            _ => self.network.add_and_value_of(features, rates.step * error),
         }
     }
 
@@ -343,7 +346,8 @@ impl TdLearner {
         let error = target - value;
         trace.total_error += error.abs();
         trace.updates += 1;
-        self.update(rates, oldest, error);
+        self.network.features_into(oldest, &mut trace.features);
+        self.update(rates, &trace.features, error);
         Ok(())
     }
 
@@ -359,10 +363,11 @@ impl TdLearner {
             let lambda = self.config.lambda;
             let mut target = 0.0f32;
             while let Some((afterstate, reward, _)) = trace.pending.pop_back() {
-                let error = target - self.network.value(afterstate);
+                self.network.features_into(afterstate, &mut trace.features);
+                let error = target - self.network.value_of(&trace.features);
                 trace.total_error += error.abs();
                 trace.updates += 1;
-                let updated = self.update(rates, afterstate, error);
+                let updated = self.update(rates, &trace.features, error);
                 target = reward as f32 + lambda * target + (1.0 - lambda) * updated;
             }
         }
@@ -393,51 +398,64 @@ impl TdLearner {
         }
         let mut total_error = 0.0f32;
         let mut count = 0u32;
+        // The features of the afterstate being learned, and of the one learned after it.
+        let (mut current, mut next) = (Features::default(), Features::default());
+        if to_learn > 0 {
+            self.network.features_into(path[to_learn - 1].0, &mut current);
+        }
         for i in (0..to_learn).rev() {
-            let (afterstate, reward) = path[i];
+            let reward = path[i].1;
             if i > 0 {
-                self.prefetch(rates, path[i - 1].0);
+                self.network.features_into(path[i - 1].0, &mut next);
+                self.prefetch(rates, &next);
             }
-            let error = target - self.network.value(afterstate);
+            let error = target - self.network.value_of(&current);
             total_error += error.abs();
             count += 1;
-            let updated = self.update(rates, afterstate, error);
+            let updated = self.update(rates, &current, error);
             target = reward as f32 + lambda * target + (1.0 - lambda) * updated;
+            std::mem::swap(&mut current, &mut next);
         }
         Ok(if count > 0 { total_error / count as f32 } else { 0.0 })
     }
 
-    /// Asks for the cache lines `afterstate`'s update will touch (its weights and, with TC, their
-    /// accumulators) while the afterstate after it in the game, learned just before it in the
-    /// backward pass, is still being learned: the two afterstates' cache misses then overlap.
+    /// Asks for the cache lines an afterstate's update will touch (the weights of `features`
+    /// and, with TC, their accumulators) while the afterstate after it in the game, learned just
+    /// before it in the backward pass, is still being learned: the two afterstates' cache misses
+    /// then overlap.
     /// Without it, learning spent most of its time waiting on each accumulator's miss in turn
     /// (BENCHMARKS.md, issue 11).
     #[inline]
-    fn prefetch(&self, rates: Rates, afterstate: Board) {
+    fn prefetch(&self, rates: Rates, features: &Features) {
         let tables = self.network.tables();
         let coherence = if rates.coherent { self.coherence.get() } else { None };
-        self.network.for_each_feature(afterstate, |feature| {
-            tables[feature.table as usize].prefetch(feature.index as usize);
-            if let Some(tc) = coherence {
-                tc.tables[feature.table as usize].prefetch(2 * feature.index as usize);
+        for (table, at) in features.by_table() {
+            for &index in at {
+                tables[table].prefetch(index);
             }
-        });
+            if let Some(tc) = coherence {
+                for &index in at {
+                    tc.tables[table].prefetch(2 * index);
+                }
+            }
+        }
     }
 
-    /// A TC update of every feature of `afterstate`; returns the afterstate's new value.
+    /// A TC update of every feature; returns the new value of the afterstate they are of.
     #[inline]
-    fn coherent_update(&self, tc: &Coherence, afterstate: Board, step: f32, error: f32) -> f32 {
+    fn coherent_update(&self, tc: &Coherence, features: &Features, step: f32, error: f32) -> f32 {
+        let tables = self.network.tables();
         let mut value = 0.0;
-        self.network.for_each_feature(afterstate, |feature| {
-            let accumulators = &tc.tables[feature.table as usize];
-            let at = 2 * feature.index as usize;
-            let (sum, magnitude) = (accumulators.get(at), accumulators.get(at + 1));
-            let rate = if magnitude == 0.0 { 1.0 } else { sum.abs() / magnitude };
-            self.network.add_weight(feature, step * rate * error);
-            value += self.network.weight(feature);
-            accumulators.set(at, sum + error);
-            accumulators.set(at + 1, magnitude + error.abs());
-        });
+        for (table, at) in features.by_table() {
+            let (weights, accumulators) = (&tables[table], &tc.tables[table]);
+            for &index in at {
+                let (sum, magnitude) = (accumulators.get(2 * index), accumulators.get(2 * index + 1));
+                let rate = if magnitude == 0.0 { 1.0 } else { sum.abs() / magnitude };
+                value += weights.add(index, step * rate * error);
+                accumulators.set(2 * index, sum + error);
+                accumulators.set(2 * index + 1, magnitude + error.abs());
+            }
+        }
         value
     }
 

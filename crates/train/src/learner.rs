@@ -587,6 +587,77 @@ mod tests {
         }
     }
 
+    /// TD(λ) with temporal coherence written plainly: each weight's step scaled by |Σ errors| /
+    /// Σ |errors| of the errors it saw before (1 before its first), its accumulators then given
+    /// the error.
+    #[allow(clippy::too_many_arguments)]
+    fn plain_coherent_td(
+        tuples: &[Vec<u8>],
+        tables: &mut [Vec<f32>],
+        errors: &mut [Vec<f32>],
+        magnitudes: &mut [Vec<f32>],
+        path: &[(Board, u32)],
+        beta: f32,
+        lambda: f32,
+        finished: bool,
+    ) {
+        let step = beta / (tuples.len() * 8) as f32;
+        let mut target = 0.0;
+        let mut steps = path.iter().rev();
+        if !finished && let Some(&(last, reward)) = steps.next() {
+            target = reward as f32 + plain_value(tuples, tables, last);
+        }
+        for &(afterstate, reward) in steps {
+            let error = target - plain_value(tuples, tables, afterstate);
+            let mut updated = 0.0;
+            for (t, i) in plain_features(tuples, afterstate) {
+                let rate = if magnitudes[t][i] == 0.0 { 1.0 } else { errors[t][i].abs() / magnitudes[t][i] };
+                tables[t][i] += step * rate * error;
+                updated += tables[t][i];
+                errors[t][i] += error;
+                magnitudes[t][i] += error.abs();
+            }
+            target = reward as f32 + lambda * target + (1.0 - lambda) * updated;
+        }
+    }
+
+    #[test]
+    fn backward_coherent_td_equals_the_plain_pass() {
+        let td = learner(TdConfig { lambda: 0.5, coherence: true, coherence_rate: 1.0, ..TdConfig::td0() });
+        let config = NTupleConfig::small_4x4();
+        let zeroed = || -> Vec<Vec<f32>> {
+            (0..config.tuples.len()).map(|t| vec![0.0; config.table_len(t)]).collect()
+        };
+        let (mut plain, mut errors, mut magnitudes) = (zeroed(), zeroed(), zeroed());
+        for seed in 0..20 {
+            let path = random_path(seed);
+            let finished = seed % 4 != 3;
+            let path = if finished { path } else { path[..path.len() / 2].to_vec() };
+            td.learn_path(&path, finished).unwrap();
+            plain_coherent_td(
+                &config.tuples,
+                &mut plain,
+                &mut errors,
+                &mut magnitudes,
+                &path,
+                1.0,
+                0.5,
+                finished,
+            );
+        }
+        let tc = td.coherence().expect("TC started with the first game");
+        for (t, table) in td.network().tables().iter().enumerate() {
+            for (i, w) in table.iter().enumerate() {
+                let (p, e, a) = (plain[t][i], errors[t][i], magnitudes[t][i]);
+                let close = |x: f32, y: f32| (x - y).abs() <= 1e-3 * y.abs().max(1.0);
+                assert!(close(w, p), "weight {t}/{i} is {w}, plainly {p}");
+                assert!(close(tc.tables()[t].get(2 * i), e), "error sum {t}/{i}, plainly {e}");
+                assert!(close(tc.tables()[t].get(2 * i + 1), a), "magnitude sum {t}/{i}, plainly {a}");
+            }
+        }
+        assert!(magnitudes.iter().flatten().any(|&a| a > 0.0), "the games taught something");
+    }
+
     /// A random game's path of (afterstate, reward).
     fn random_path(seed: u64) -> Vec<(Board, u32)> {
         let mut game = zero2048_game::Game::new(seed, zero2048_game::SpawnRule::STANDARD);

@@ -326,10 +326,10 @@ impl Indexer {
     }
 }
 
-/// Every feature of one board, computed once: a learner reads an afterstate's weights, then
-/// updates the same weights, and asks for the next afterstate's lines ahead of both; computing the
-/// indices once for the three saves two of them (they were an eighth of a training run's CPU).
-/// Filled by [`NTupleNetwork::features_into`]; reused from board to board without allocating.
+/// Every feature of one board, computed once: a learner asks for an afterstate's cache lines
+/// ahead, then reads its weights, then updates the same weights; one computation of the indices
+/// serves the three (1.02–1.13× less CPU for the same games, BENCHMARKS.md). Filled by
+/// [`NTupleNetwork::features_into`]; reused from board to board without allocating.
 #[derive(Clone, Debug, Default)]
 pub struct Features {
     /// The table of the first tuple (the board's stage × tuples).

@@ -422,9 +422,8 @@ impl TdLearner {
     /// Asks for the cache lines an afterstate's update will touch (the weights of `features`
     /// and, with TC, their accumulators) while the afterstate after it in the game, learned just
     /// before it in the backward pass, is still being learned: the two afterstates' cache misses
-    /// then overlap.
-    /// Without it, learning spent most of its time waiting on each accumulator's miss in turn
-    /// (BENCHMARKS.md, issue 11).
+    /// then overlap. Without it, learning spent most of its time waiting on each accumulator's
+    /// miss in turn (BENCHMARKS.md, issue 11).
     #[inline]
     fn prefetch(&self, rates: Rates, features: &Features) {
         let tables = self.network.tables();

@@ -564,7 +564,29 @@ mod tests {
         sum
     }
 
-    /// TD(λ) written plainly: weights in vectors, the same backward pass.
+    /// The backward TD(λ) pass written plainly: weights in vectors; `update` applies one
+    /// afterstate's error to `tables` and returns the afterstate's new value.
+    fn plain_backward(
+        tuples: &[Vec<u8>],
+        tables: &mut [Vec<f32>],
+        path: &[(Board, u32)],
+        lambda: f32,
+        finished: bool,
+        mut update: impl FnMut(&mut [Vec<f32>], Board, f32) -> f32,
+    ) {
+        let mut target = 0.0;
+        let mut steps = path.iter().rev();
+        if !finished && let Some(&(last, reward)) = steps.next() {
+            target = reward as f32 + plain_value(tuples, tables, last);
+        }
+        for &(afterstate, reward) in steps {
+            let error = target - plain_value(tuples, tables, afterstate);
+            let updated = update(tables, afterstate, error);
+            target = reward as f32 + lambda * target + (1.0 - lambda) * updated;
+        }
+    }
+
+    /// TD(λ) written plainly.
     fn plain_td(
         tuples: &[Vec<u8>],
         tables: &mut [Vec<f32>],
@@ -574,16 +596,9 @@ mod tests {
         finished: bool,
     ) {
         let step = alpha / (tuples.len() * 8) as f32;
-        let mut target = 0.0;
-        let mut steps = path.iter().rev();
-        if !finished && let Some(&(last, reward)) = steps.next() {
-            target = reward as f32 + plain_value(tuples, tables, last);
-        }
-        for &(afterstate, reward) in steps {
-            let error = target - plain_value(tuples, tables, afterstate);
-            let updated = plain_update(tuples, tables, afterstate, step * error);
-            target = reward as f32 + lambda * target + (1.0 - lambda) * updated;
-        }
+        plain_backward(tuples, tables, path, lambda, finished, |tables, afterstate, error| {
+            plain_update(tuples, tables, afterstate, step * error)
+        });
     }
 
     /// TD(λ) with temporal coherence written plainly: each weight's step scaled by |Σ errors| /
@@ -601,13 +616,7 @@ mod tests {
         finished: bool,
     ) {
         let step = beta / (tuples.len() * 8) as f32;
-        let mut target = 0.0;
-        let mut steps = path.iter().rev();
-        if !finished && let Some(&(last, reward)) = steps.next() {
-            target = reward as f32 + plain_value(tuples, tables, last);
-        }
-        for &(afterstate, reward) in steps {
-            let error = target - plain_value(tuples, tables, afterstate);
+        plain_backward(tuples, tables, path, lambda, finished, |tables, afterstate, error| {
             let mut updated = 0.0;
             for (t, i) in plain_features(tuples, afterstate) {
                 let rate = if magnitudes[t][i] == 0.0 { 1.0 } else { errors[t][i].abs() / magnitudes[t][i] };
@@ -616,8 +625,8 @@ mod tests {
                 errors[t][i] += error;
                 magnitudes[t][i] += error.abs();
             }
-            target = reward as f32 + lambda * target + (1.0 - lambda) * updated;
-        }
+            updated
+        });
     }
 
     #[test]

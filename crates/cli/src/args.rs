@@ -456,6 +456,20 @@ pub enum WeightsAction {
     },
     /// Re-hash every stored file and compare it with its recorded SHA-256 and size.
     Verify,
+    /// Write the weight-by-weight mean of several n-tuple revisions: the mean of a run's last
+    /// few revisions plays more strongly than its last one alone (BENCHMARKS.md, issue 11).
+    Average {
+        /// The weights files to average (all of one network shape).
+        #[arg(value_name = "FILE", required_unless_present = "last", conflicts_with = "last")]
+        files: Vec<PathBuf>,
+        /// Average the newest N stored revisions instead, each verified against its recorded
+        /// SHA-256 first.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        last: Option<u64>,
+        /// The file to write (replaced whole: written beside it, then renamed).
+        #[arg(long, value_name = "FILE")]
+        output: PathBuf,
+    },
 }
 
 /// `zero2048 train`.

@@ -145,3 +145,100 @@ fn a_bad_config_file_is_one_line_naming_line_and_key() {
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("bad.yaml:3:") && stderr.contains("storage.use_r2"), "{stderr}");
 }
+
+/// Publishes three small n-tuple networks (every weight of revision r is r) as revisions 1–3.
+fn publish_networks(dir: &std::path::Path) {
+    use zero2048_model::{NTupleConfig, NTupleNetwork, weights_file};
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut config = Config::default();
+        config.storage.weights_dir = dir.to_path_buf();
+        let adapter = StorageAdapter::from_config(&config).await.unwrap();
+        let files = tempfile::tempdir().unwrap();
+        for revision in 1..=3u64 {
+            let network = NTupleNetwork::zeroed(NTupleConfig::small_4x4()).unwrap();
+            for table in network.tables() {
+                table.fill(revision as f32);
+            }
+            let path = files.path().join(format!("{revision}.safetensors"));
+            weights_file::save(&network, &path, revision, &Default::default()).unwrap();
+            let deadline = OffsetDateTime::now_utc() + time::Duration::hours(1);
+            adapter.publish(WeightsData::File(path), revision, deadline, &LatestExtra::new()).await.unwrap();
+        }
+    });
+}
+
+#[test]
+fn average_writes_the_mean_of_the_newest_revisions_or_of_named_files() {
+    use zero2048_model::weights_file;
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("weights");
+    publish_networks(&weights);
+    let w = weights.to_str().unwrap();
+    let out = dir.path().join("average.safetensors");
+
+    let averaged = zero2048(&[
+        "weights",
+        "average",
+        "--last",
+        "2",
+        "--weights-dir",
+        w,
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(averaged.status.success(), "{}", String::from_utf8_lossy(&averaged.stderr));
+    assert!(String::from_utf8_lossy(&averaged.stdout).contains("revisions 2,3"));
+    let (mean, info) = weights_file::load(&out, None).unwrap();
+    assert_eq!((info.revision, info.extra[weights_file::AVERAGED_REVISIONS].as_str()), (3, "2,3"));
+    assert!(mean.tables().iter().all(|t| t.iter().all(|v| v == 2.5)));
+
+    // Named files need no storage.
+    let stored: Vec<String> = std::fs::read_dir(&weights)
+        .unwrap()
+        .map(|e| e.unwrap().path().to_string_lossy().into_owned())
+        .filter(|p| p.ends_with(".safetensors"))
+        .collect();
+    let mut args = vec!["weights", "average", "--output", out.to_str().unwrap()];
+    args.extend(stored.iter().map(String::as_str));
+    let named = zero2048(&args);
+    assert!(named.status.success(), "{}", String::from_utf8_lossy(&named.stderr));
+    let (mean, _) = weights_file::load(&out, None).unwrap();
+    assert!(mean.tables().iter().all(|t| t.iter().all(|v| v == 2.0)));
+
+    // More revisions than stored: a usage error naming the count.
+    let too_many =
+        zero2048(&["weights", "average", "--last", "5", "--weights-dir", w, "--output", "x.safetensors"]);
+    assert_eq!(too_many.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&too_many.stderr).contains("holds 3 revisions"));
+
+    // A stored revision that no longer matches its hash is refused by name, and the output
+    // keeps what it held.
+    let victim = stored.iter().find(|p| p.contains("r000003-")).unwrap();
+    let mut bytes = std::fs::read(victim).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    std::fs::write(victim, bytes).unwrap();
+    let refused = zero2048(&[
+        "weights",
+        "average",
+        "--last",
+        "2",
+        "--weights-dir",
+        w,
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(message.contains("r000003-"), "{message}");
+    let (kept, _) = weights_file::load(&out, None).unwrap();
+    assert!(kept.tables().iter().all(|t| t.iter().all(|v| v == 2.0)));
+    assert_eq!(
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".partial"))
+            .count(),
+        0
+    );
+}

@@ -240,6 +240,44 @@ pub fn load(
     Ok((network, info))
 }
 
+/// The metadata key naming the revisions a file of [`average`] was averaged from.
+pub const AVERAGED_REVISIONS: &str = "averaged_revisions";
+
+/// The weight-by-weight mean of several weights files of one network shape (tail averaging:
+/// the mean of a run's last revisions plays more strongly than its last revision alone, since
+/// the learning's step-to-step noise averages out while the revisions it spans learned alike).
+/// Each file is loaded and checked as [`load`] checks it, one at a time beside the running mean,
+/// so two networks are in memory at once whatever the count. The result carries the newest
+/// input's revision and metadata, and [`AVERAGED_REVISIONS`] lists every input's revision.
+pub fn average(paths: &[&Path]) -> Result<(NTupleNetwork, WeightsInfo), WeightsFileError> {
+    let (first, rest) = paths.split_first().ok_or_else(|| WeightsFileError::Invalid {
+        path: PathBuf::new(),
+        check: "inputs",
+        message: "no weights files to average".into(),
+    })?;
+    let (mean, first_info) = load(first, None)?;
+    let mut revisions = vec![first_info.revision];
+    let mut newest = first_info;
+    for (count, path) in rest.iter().enumerate() {
+        let (network, info) = load(path, Some(&newest.config))?;
+        // A running mean, not a sum: exact when the inputs agree, and no growth with the count.
+        let weight = 1.0 / (count + 2) as f32;
+        for (mean, next) in mean.tables().iter().zip(network.tables()) {
+            for (index, value) in next.iter().enumerate() {
+                let so_far = mean.get(index);
+                mean.set(index, so_far + (value - so_far) * weight);
+            }
+        }
+        revisions.push(info.revision);
+        if info.revision >= newest.revision {
+            newest = info;
+        }
+    }
+    let listed: Vec<String> = revisions.iter().map(u64::to_string).collect();
+    newest.extra.insert(AVERAGED_REVISIONS.into(), listed.join(","));
+    Ok((mean, newest))
+}
+
 /// Checks the model kind and format version a weights file's metadata names (`lookup` reads a
 /// metadata key), the first checks of every kind of weights file.
 pub(crate) fn check_identity(

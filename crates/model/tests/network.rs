@@ -172,3 +172,55 @@ fn bad_files_are_refused_naming_the_file_and_the_check() {
     let message = weights_file::load(&garbage, None).err().unwrap().to_string();
     assert!(message.contains("garbage.safetensors") && message.contains("header"), "{message}");
 }
+
+#[test]
+fn an_average_is_the_weight_by_weight_mean_of_its_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let networks = [trained_small(3), trained_small(4), trained_small(5)];
+    let paths: Vec<_> = (0..3).map(|i| dir.path().join(format!("r{i}.safetensors"))).collect();
+    for (i, (network, path)) in networks.iter().zip(&paths).enumerate() {
+        let mut extra = BTreeMap::new();
+        extra.insert("games".to_string(), format!("{}", 1000 * (i + 1)));
+        weights_file::save(network, path, 10 + i as u64, &extra).unwrap();
+    }
+    // Out of revision order: the newest input's metadata wins whatever the order.
+    let order = [paths[1].as_path(), paths[2].as_path(), paths[0].as_path()];
+    let (mean, info) = weights_file::average(&order).unwrap();
+    assert_eq!(info.revision, 12);
+    assert_eq!(info.extra["games"], "3000");
+    assert_eq!(info.extra[weights_file::AVERAGED_REVISIONS], "11,12,10");
+    for (t, table) in mean.tables().iter().enumerate() {
+        for i in 0..table.len() {
+            let plain: f32 = networks.iter().map(|n| n.tables()[t].get(i)).sum::<f32>() / 3.0;
+            assert!(
+                (table.get(i) - plain).abs() <= 1e-3,
+                "table {t} weight {i}: {} against {plain}",
+                table.get(i)
+            );
+        }
+    }
+    // One file is its own average, bit for bit.
+    let (alone, _) = weights_file::average(&[paths[0].as_path()]).unwrap();
+    for (a, b) in alone.tables().iter().zip(networks[0].tables()) {
+        assert_eq!(a.to_le_bytes(), b.to_le_bytes());
+    }
+}
+
+#[test]
+fn an_average_refuses_no_files_a_bad_file_and_another_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.safetensors");
+    weights_file::save(&trained_small(1), &good, 1, &BTreeMap::new()).unwrap();
+    let other = dir.path().join("other.safetensors");
+    let small = NTupleNetwork::zeroed(NTupleConfig { stages: 2, ..NTupleConfig::small_4x4() }).unwrap();
+    weights_file::save(&small, &other, 2, &BTreeMap::new()).unwrap();
+    let nan = trained_small(2);
+    nan.tables()[1].set(3, f32::INFINITY);
+    let nan_path = dir.path().join("nan.safetensors");
+    weights_file::save(&nan, &nan_path, 3, &BTreeMap::new()).unwrap();
+
+    let none = weights_file::average(&[]).err().unwrap().to_string();
+    assert!(none.contains("no weights files"), "{none}");
+    expect_invalid(weights_file::average(&[good.as_path(), other.as_path()]), "tuples");
+    expect_invalid(weights_file::average(&[good.as_path(), nan_path.as_path()]), "values");
+}

@@ -1,6 +1,9 @@
 //! `zero2048 weights list | pull | verify`.
 
+use std::path::{Path, PathBuf};
+
 use anyhow::{Context, Result, bail};
+use zero2048_model::weights_file;
 use zero2048_storage::{
     Expected, Fetcher, RetryPolicy, StorageAdapter, StorageBackend, StorageStatus, StoredWeights,
     verify_stored,
@@ -11,6 +14,9 @@ use crate::{bad_input, storage};
 
 /// Runs the command.
 pub fn run(args: WeightsArgs) -> Result<()> {
+    if let WeightsAction::Average { files, last: None, output } = &args.action {
+        return average(files, output);
+    }
     let config = storage::load_config(&args.storage)?;
     storage::runtime()?.block_on(async move {
         let adapter = StorageAdapter::from_config(&config).await.context("opening storage")?;
@@ -25,6 +31,10 @@ pub fn run(args: WeightsArgs) -> Result<()> {
             WeightsAction::Pull { revision, output } => pull(backend, revision, &output).await,
             WeightsAction::Verify => {
                 verify(&adapter, bucket.as_ref().map(|b| b as &dyn StorageBackend)).await
+            }
+            WeightsAction::Average { last, output, .. } => {
+                let files = newest_stored(&adapter, last.unwrap_or(1)).await?;
+                average(&files, &output)
             }
         }
     })
@@ -83,6 +93,54 @@ async fn list(
             w.sha256
         );
     }
+    Ok(())
+}
+
+/// The files of the newest `count` revisions in the local store, each verified against its
+/// recorded SHA-256 and size.
+async fn newest_stored(adapter: &StorageAdapter, count: u64) -> Result<Vec<PathBuf>> {
+    let local = adapter.local();
+    let revisions = local.list_revisions().await?;
+    let count = usize::try_from(count).unwrap_or(usize::MAX);
+    if revisions.len() < count {
+        return Err(bad_input(format!(
+            "--last {count}: the local store in {} holds {} revisions",
+            local.dir().display(),
+            revisions.len()
+        )));
+    }
+    let mut files = Vec::with_capacity(count);
+    for stored in &revisions[revisions.len() - count..] {
+        verify_stored(local, stored).await.with_context(|| format!("verifying {}", stored.name))?;
+        files.push(local.dir().join(stored.name.to_string()));
+    }
+    Ok(files)
+}
+
+/// Writes the mean of `files` to `output` through a temporary file beside it.
+fn average(files: &[PathBuf], output: &Path) -> Result<()> {
+    let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    let (mean, info) = weights_file::average(&paths)?;
+    let name = output
+        .file_name()
+        .ok_or_else(|| bad_input(format!("--output {}: not a file name", output.display())))?;
+    let staging = output.with_file_name(format!(".{}.partial", name.to_string_lossy()));
+    let written = weights_file::save(&mean, &staging, info.revision, &info.extra)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| std::fs::File::open(&staging)?.sync_all().context("flushing the average to disk"))
+        .and_then(|()| {
+            std::fs::rename(&staging, output).with_context(|| format!("writing {}", output.display()))
+        });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&staging);
+    }
+    written?;
+    println!(
+        "{} written: the mean of {} files (revisions {})",
+        output.display(),
+        files.len(),
+        info.extra.get(weights_file::AVERAGED_REVISIONS).map(String::as_str).unwrap_or("?")
+    );
     Ok(())
 }
 

@@ -1,4 +1,4 @@
-//! `zero2048 weights list | pull | verify`.
+//! `zero2048 weights list | pull | verify | average`.
 
 use std::path::{Path, PathBuf};
 

@@ -177,16 +177,9 @@ fn average_writes_the_mean_of_the_newest_revisions_or_of_named_files() {
     let w = weights.to_str().unwrap();
     let out = dir.path().join("average.safetensors");
 
-    let averaged = zero2048(&[
-        "weights",
-        "average",
-        "--last",
-        "2",
-        "--weights-dir",
-        w,
-        "--output",
-        out.to_str().unwrap(),
-    ]);
+    let last_two =
+        ["weights", "average", "--last", "2", "--weights-dir", w, "--output", out.to_str().unwrap()];
+    let averaged = zero2048(&last_two);
     assert!(averaged.status.success(), "{}", String::from_utf8_lossy(&averaged.stderr));
     assert!(String::from_utf8_lossy(&averaged.stdout).contains("revisions 2,3"));
     let (mean, info) = weights_file::load(&out, None).unwrap();
@@ -219,16 +212,7 @@ fn average_writes_the_mean_of_the_newest_revisions_or_of_named_files() {
     let last = bytes.len() - 1;
     bytes[last] ^= 0x40;
     std::fs::write(victim, bytes).unwrap();
-    let refused = zero2048(&[
-        "weights",
-        "average",
-        "--last",
-        "2",
-        "--weights-dir",
-        w,
-        "--output",
-        out.to_str().unwrap(),
-    ]);
+    let refused = zero2048(&last_two);
     assert!(!refused.status.success());
     let message = String::from_utf8_lossy(&refused.stderr);
     assert!(message.contains("r000003-"), "{message}");

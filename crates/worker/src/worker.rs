@@ -269,6 +269,9 @@ struct Shared {
     revisions: Mutex<Vec<u64>>,
     /// Bytes of weights (files and patches) downloaded this session.
     downloaded_bytes: AtomicU64,
+    /// Finished games handed to the spool writer and not yet written: they count towards the
+    /// spool limit, or a slow disk would let the writer's queue grow far past it.
+    handed_to_writer: AtomicU64,
 }
 
 impl Shared {
@@ -296,7 +299,8 @@ impl Shared {
 
     /// Pauses playing while the spool holds `max_spool_games` or more.
     fn pace(&self) {
-        let full = self.spool.waiting() >= self.config.max_spool_games;
+        let pending = self.spool.waiting() + self.handed_to_writer.load(Ordering::Relaxed);
+        let full = pending >= self.config.max_spool_games;
         self.signals.pause.store(full, Ordering::Relaxed);
     }
 }
@@ -322,7 +326,12 @@ impl GameSink for SpoolSink {
             origin: game.origin,
             record: game.record,
         };
-        self.finished.send(spooled).map_err(|_| SinkClosed)?;
+        self.shared.handed_to_writer.fetch_add(1, Ordering::Relaxed);
+        if self.finished.send(spooled).is_err() {
+            self.shared.handed_to_writer.fetch_sub(1, Ordering::Relaxed);
+            return Err(SinkClosed);
+        }
+        self.shared.pace();
         self.shared.moves.fetch_add(moves, Ordering::Relaxed);
         self.shared.games.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -416,6 +425,7 @@ impl Worker {
             last_error: Mutex::new(None),
             revisions: Mutex::new(Vec::new()),
             downloaded_bytes: AtomicU64::new(0),
+            handed_to_writer: AtomicU64::new(0),
         });
         shared.pace();
         let fetcher = Arc::new(fetcher);
@@ -430,7 +440,9 @@ impl Worker {
                 .name("worker-spool".into())
                 .spawn(move || -> Result<(), SpoolError> {
                     for game in to_write {
-                        shared.spool.put(&game)?;
+                        let written = shared.spool.put(&game);
+                        shared.handed_to_writer.fetch_sub(1, Ordering::Relaxed);
+                        written?;
                         // A game resumed from a checkpoint is whole now.
                         shared.spool.remove_partial(&game.uuid);
                         shared.pace();

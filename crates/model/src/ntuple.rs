@@ -599,6 +599,19 @@ impl NTupleNetwork {
         Ok(())
     }
 
+    /// Moves every weight the fraction `weight` of the way towards `other`'s (same shape): one
+    /// step of a running mean of networks (1 copies `other`, 1/n adds an n-th network to a mean
+    /// of n − 1).
+    pub fn blend_towards(&self, other: &NTupleNetwork, weight: f32) -> Result<(), NetworkError> {
+        if self.config != other.config {
+            return Err(NetworkError::Shape("blend_towards needs two networks of the same shape".into()));
+        }
+        for (mine, theirs) in self.tables.iter().zip(&other.tables) {
+            mine.blend_towards(theirs, weight);
+        }
+        Ok(())
+    }
+
     /// A deep copy (a frozen snapshot, e.g. to evaluate while learning goes on).
     pub fn try_clone(&self) -> Result<NTupleNetwork, NetworkError> {
         let tables = self

@@ -185,6 +185,22 @@ impl Table {
         }
     }
 
+    /// Moves every weight the fraction `weight` of the way towards `other`'s (same length):
+    /// `w += weight · (o − w)`, a step of a running mean. A weight that would not change is not
+    /// written, so pages neither table has touched stay unmapped.
+    pub fn blend_towards(&self, other: &Table, weight: f32) {
+        assert_eq!(self.len, other.len, "blend_towards needs two tables of one length");
+        for (mine, theirs) in self.cells().iter().zip(other.cells()) {
+            let (before, target) = (mine.load(Ordering::Relaxed), theirs.load(Ordering::Relaxed));
+            if before == target {
+                continue;
+            }
+            let before = f32::from_bits(before);
+            let after = before + (f32::from_bits(target) - before) * weight;
+            mine.store(after.to_bits(), Ordering::Relaxed);
+        }
+    }
+
     /// A copy, with the same page advice.
     pub fn try_clone(&self, pages: Pages) -> std::io::Result<Table> {
         let copy = Table::zeroed(self.len, pages)?;
@@ -236,6 +252,30 @@ mod tests {
         assert!(table.iter().eq(copy.iter()));
         let clone = copy.try_clone(Pages::Huge).unwrap();
         assert!(clone.iter().eq(table.iter()));
+    }
+
+    #[test]
+    fn blending_steps_a_running_mean_and_leaves_equal_weights_alone() {
+        let (mean, next) =
+            (Table::zeroed(8, Pages::Normal).unwrap(), Table::zeroed(8, Pages::Normal).unwrap());
+        mean.set(0, 4.0);
+        next.set(0, 8.0);
+        next.set(1, -2.0);
+        mean.set(2, 1.0);
+        mean.blend_towards(&next, 0.25);
+        assert_eq!(mean.iter().take(3).collect::<Vec<_>>(), [5.0, -0.5, 0.75]);
+        // A weight of 1 copies; the three means of 1/n are the mean of three tables.
+        mean.blend_towards(&next, 1.0);
+        assert!(mean.iter().eq(next.iter()));
+        let third = Table::zeroed(8, Pages::Normal).unwrap();
+        third.set(0, 2.0);
+        mean.blend_towards(&third, 0.5);
+        let fourth = Table::zeroed(8, Pages::Normal).unwrap();
+        fourth.set(1, 5.0);
+        mean.blend_towards(&fourth, 1.0 / 3.0);
+        assert_eq!(mean.get(0), (8.0 + 2.0 + 0.0) / 3.0);
+        assert_eq!(mean.get(1), (-2.0 + 0.0 + 5.0) / 3.0);
+        assert!(mean.iter().skip(2).all(|w| w == 0.0));
     }
 
     #[test]

@@ -261,13 +261,8 @@ pub fn average(paths: &[&Path]) -> Result<(NTupleNetwork, WeightsInfo), WeightsF
     for (count, path) in rest.iter().enumerate() {
         let (network, info) = load(path, Some(&newest.config))?;
         // A running mean, not a sum: exact when the inputs agree, and no growth with the count.
-        let weight = 1.0 / (count + 2) as f32;
-        for (mean, next) in mean.tables().iter().zip(network.tables()) {
-            for (index, value) in next.iter().enumerate() {
-                let so_far = mean.get(index);
-                mean.set(index, so_far + (value - so_far) * weight);
-            }
-        }
+        mean.blend_towards(&network, 1.0 / (count + 2) as f32)
+            .expect("load checked the shape against the first file's");
         revisions.push(info.revision);
         if info.revision >= newest.revision {
             newest = info;

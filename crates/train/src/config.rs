@@ -49,6 +49,12 @@ pub struct TrainConfig {
     pub four_probability: f64,
     /// Run seed.
     pub seed: u64,
+    /// N-tuple runs: each revision publishes a running mean of the weights learned so far, in
+    /// which the weights as they stood after g games count in proportion to g^power (`null`:
+    /// publish the learned weights themselves). Learning goes on from the learned weights, never
+    /// from the mean; the mean of a stretch of constant-step TD plays more strongly than its last
+    /// point, and power 1 leans it towards the recent so it keeps up as the run goes on.
+    pub published_mean_power: Option<u32>,
     /// Publish a revision after this many games learned... Each revision costs the learning
     /// about 18 s of both cores (written, hashed, compressed, patched, evaluated): a late 8×6 run
     /// plays 100,000 games in about five minutes, so the clock below mostly sets the pace.
@@ -94,6 +100,9 @@ impl Default for TrainConfig {
             restart: Some(RestartSpec::default()),
             four_probability: SpawnRule::STANDARD.four_probability(),
             seed: 2048,
+            // Measured best of powers 1 to 3 on one default hour's revisions (BENCHMARKS.md,
+            // issue 11): +8% at 1-ply over the last revision.
+            published_mean_power: Some(1),
             revision_every_games: 100_000,
             revision_every_seconds: 300.0,
             selfplay_sync_games: 1000,
@@ -153,6 +162,11 @@ impl TrainConfig {
                 .map_err(|e| ConfigError { key: format!("restart.{}", e.field), message: e.message })?;
         }
         check_four_probability(self.four_probability).map_err(from("four_probability"))?;
+        if let Some(power) = self.published_mean_power {
+            rule("published_mean_power", power <= 8, || {
+                format!("{power}; 0 (every moment alike) to 8, or null to publish the learned weights")
+            })?;
+        }
         rule("revision_every_games", self.revision_every_games >= 1, || {
             "must be at least 1 (a revision after every game would publish the whole network each time)"
                 .into()
@@ -273,6 +287,7 @@ mod tests {
                 },
             ),
             ("deadline_seconds", TrainConfig { deadline_seconds: 0, ..Default::default() }),
+            ("published_mean_power", TrainConfig { published_mean_power: Some(9), ..Default::default() }),
             (
                 "restart.at",
                 TrainConfig { restart: Some(RestartSpec { min_moves: 10, at: 0.0 }), ..Default::default() },

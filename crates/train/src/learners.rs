@@ -64,18 +64,72 @@ pub trait Learner: Send {
     fn evaluation(&mut self, config: &TrainConfig) -> Result<EvaluationJob, TrainError>;
 }
 
+/// The weights an n-tuple run publishes when `published_mean_power` is set: a running mean of
+/// the learned weights, folded in at every revision, in which the weights as they stood after g
+/// games count in proportion to g^power. The learner never learns on it.
+pub struct PublishedMean {
+    network: Arc<NTupleNetwork>,
+    power: u32,
+    /// Games learned when the mean last folded the learned weights in.
+    folded_at_games: u64,
+}
+
+impl PublishedMean {
+    /// A mean that holds `network`, folded at `folded_at_games` (0 for a new run: the first fold
+    /// then copies the learned weights whatever the mean held).
+    pub fn new(network: NTupleNetwork, power: u32, folded_at_games: u64) -> PublishedMean {
+        PublishedMean { network: Arc::new(network), power, folded_at_games }
+    }
+
+    /// The weight of the learned network after `games` in a mean last folded at `before`:
+    /// with weights g^power, the mean's derivative in g is (power + 1)/g of the gap, so a
+    /// stretch of games moves it (power + 1)·(games − before)/games of the way (at most all).
+    fn step(power: u32, before: u64, games: u64) -> f32 {
+        if games == 0 {
+            return 1.0;
+        }
+        let step = f64::from(power + 1) * games.saturating_sub(before) as f64 / games as f64;
+        step.min(1.0) as f32
+    }
+
+    /// Folds in `learned`, the learner's weights after `games`.
+    pub fn fold(&mut self, learned: &NTupleNetwork, games: u64) -> Result<(), TrainError> {
+        let step = PublishedMean::step(self.power, self.folded_at_games, games);
+        self.network.blend_towards(learned, step)?;
+        self.folded_at_games = games;
+        Ok(())
+    }
+
+    /// The mean as it stands.
+    pub fn network(&self) -> &Arc<NTupleNetwork> {
+        &self.network
+    }
+}
+
 /// An n-tuple network learned by TD, shared with the local threads that play it.
 pub struct NtupleLearner {
     td: Arc<TdLearner>,
     state_dir: PathBuf,
     threads: usize,
+    /// What revisions publish, when not the learned weights themselves.
+    mean: Option<PublishedMean>,
 }
 
 impl NtupleLearner {
-    /// Learns `network` with `td`, stored games on `threads` threads; the TC state lives in
-    /// `state_dir`.
-    pub fn new(td: TdLearner, state_dir: PathBuf, threads: usize) -> NtupleLearner {
-        NtupleLearner { td: Arc::new(td), state_dir, threads: threads.max(1) }
+    /// Learns `network` with `td`, stored games on `threads` threads; the TC state (and, with a
+    /// published `mean`, the learned weights) lives in `state_dir`.
+    pub fn new(
+        td: TdLearner,
+        state_dir: PathBuf,
+        threads: usize,
+        mean: Option<PublishedMean>,
+    ) -> NtupleLearner {
+        NtupleLearner { td: Arc::new(td), state_dir, threads: threads.max(1), mean }
+    }
+
+    /// What a revision publishes and the evaluation plays.
+    fn published(&self) -> &Arc<NTupleNetwork> {
+        self.mean.as_ref().map_or(self.td.network(), PublishedMean::network)
     }
 }
 
@@ -96,6 +150,9 @@ impl Learner for NtupleLearner {
         }
         if td.coherence {
             method.push_str(if td.coherence_after_games > 0 { " then TC" } else { " with TC" });
+        }
+        if let Some(mean) = &self.mean {
+            method.push_str(&format!("; publishes its mean weighted by games^{}", mean.power));
         }
         format!(
             "{} ({} MiB), {method}",
@@ -139,6 +196,9 @@ impl Learner for NtupleLearner {
         metadata.insert("learning_rate".into(), td.learning_rate_at(self.td.games()).to_string());
         metadata.insert("lambda".into(), td.lambda.to_string());
         metadata.insert("coherence".into(), td.coherent_at(self.td.games()).to_string());
+        if let Some(mean) = &self.mean {
+            metadata.insert("published_mean_power".into(), mean.power.to_string());
+        }
         metadata
     }
 
@@ -148,17 +208,24 @@ impl Learner for NtupleLearner {
         revision: u64,
         metadata: &BTreeMap<String, String>,
     ) -> Result<(), TrainError> {
-        weights_file::save(self.td.network(), path, revision, metadata)?;
+        if let Some(mean) = &mut self.mean {
+            mean.fold(self.td.network(), self.td.games())?;
+        }
+        weights_file::save(self.published(), path, revision, metadata)?;
         Ok(())
     }
 
     fn save_state(&self, revision: u64) -> Result<(), TrainError> {
-        state::save_coherence(&self.state_dir, revision, self.td.coherence())
+        state::save_coherence(&self.state_dir, revision, self.td.coherence())?;
+        match &self.mean {
+            Some(_) => state::save_learned(&self.state_dir, revision, self.td.network()),
+            None => state::remove_learned(&self.state_dir),
+        }
     }
 
     fn evaluation(&mut self, config: &TrainConfig) -> Result<EvaluationJob, TrainError> {
-        // The live network: learning may go on while the suite plays (a few seconds).
-        let network: Arc<NTupleNetwork> = Arc::clone(self.td.network());
+        // What the revision published; learning may go on while the suite plays (a few seconds).
+        let network: Arc<NTupleNetwork> = Arc::clone(self.published());
         let (suite, rule) = (config.evaluation, config.spawn_rule());
         Ok(Box::new(move || (evaluate(network, &suite, rule), suite.depth)))
     }
@@ -276,5 +343,65 @@ impl Learner for PolicyValueLearner {
             let (results, _) = play_series(&network, search, rule, games, seed, games.min(64));
             (Strength::of(&results).expect("at least one game"), search.simulations)
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zero2048_model::NTupleConfig;
+
+    /// The mean's coefficients of snapshots folded at `games`, by the fold rule on scalars.
+    fn coefficients(power: u32, games: &[u64]) -> Vec<f64> {
+        let mut coefficients: Vec<f64> = Vec::new();
+        let mut before = 0;
+        for &g in games {
+            let step = f64::from(PublishedMean::step(power, before, g));
+            coefficients.iter_mut().for_each(|c| *c *= 1.0 - step);
+            coefficients.push(step);
+            before = g;
+        }
+        coefficients
+    }
+
+    #[test]
+    fn the_fold_weighs_each_stretch_of_games_by_games_to_the_power() {
+        // Power 0 over equal stretches: the plain mean of the snapshots.
+        for c in coefficients(0, &[10, 20, 30, 40]) {
+            assert!((c - 0.25).abs() < 1e-6, "{c}");
+        }
+        // Power 1, a snapshot every game: the i-th of n counts 2(i − 1)/(n(n − 1)), a linear ramp.
+        let n = 12;
+        let games: Vec<u64> = (1..=n).collect();
+        for (i, c) in coefficients(1, &games).iter().enumerate() {
+            let expected = 2.0 * i as f64 / (n * (n - 1)) as f64;
+            assert!((c - expected).abs() < 1e-6, "snapshot {}: {c} against {expected}", i + 1);
+        }
+        // The first fold, and any fold from zero games, copies; no new games change nothing.
+        assert_eq!(PublishedMean::step(1, 0, 0), 1.0);
+        assert_eq!(PublishedMean::step(3, 0, 500), 1.0);
+        assert_eq!(PublishedMean::step(1, 500, 500), 0.0);
+        assert_eq!(PublishedMean::step(2, 300, 400), 0.75);
+    }
+
+    #[test]
+    fn a_published_mean_folds_networks_and_never_touches_the_learned_one() {
+        let network = |value: f32| {
+            let net = NTupleNetwork::zeroed(NTupleConfig::small_4x4()).unwrap();
+            net.tables()[0].set(5, value);
+            net
+        };
+        let mut mean = PublishedMean::new(network(100.0), 0, 0);
+        let learned = network(1.0);
+        mean.fold(&learned, 10).unwrap();
+        assert_eq!(mean.network().tables()[0].get(5), 1.0, "the first fold copies");
+        learned.tables()[0].set(5, 2.0);
+        mean.fold(&learned, 20).unwrap();
+        learned.tables()[0].set(5, 6.0);
+        mean.fold(&learned, 30).unwrap();
+        assert_eq!(mean.network().tables()[0].get(5), 3.0);
+        assert_eq!(learned.tables()[0].get(5), 6.0);
+        let other = NTupleNetwork::zeroed(NTupleConfig::standard_4x6()).unwrap();
+        assert!(mean.fold(&other, 40).is_err(), "another shape");
     }
 }

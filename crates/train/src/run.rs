@@ -22,7 +22,7 @@ use zero2048_storage::StorageAdapter;
 use crate::config::TrainConfig;
 use crate::db::{Counters, DatabaseUrl, EvaluationRow, GameShelf, RevisionRow, RunDb};
 use crate::learner::TdLearner;
-use crate::learners::{EvaluationJob, Learner, NtupleLearner, PolicyValueLearner};
+use crate::learners::{EvaluationJob, Learner, NtupleLearner, PolicyValueLearner, PublishedMean};
 use crate::live::{LiveState, Progress};
 use crate::local::{LocalPlay, LocalSetup, pace};
 use crate::lock::RunLock;
@@ -224,7 +224,7 @@ impl TrainingRun {
         let state_dir = state_dir(db_path);
         let learner: Box<dyn Learner> = match config.model {
             ModelKind::Ntuple => {
-                let network = match &start_file {
+                let published = match &start_file {
                     Some(path) => {
                         let (network, info) = weights_file::load(path, None)?;
                         tracing::info!(
@@ -237,6 +237,35 @@ impl TrainingRun {
                     None => NTupleNetwork::zeroed(config.network.clone())?,
                 };
                 let games = if start_file.is_some() { counters.games.max(1) } else { 0 };
+                // A run that published the mean of its weights kept the learned ones beside it.
+                let learned = match resume_from.is_none() && counters.revision > 0 {
+                    true => state::load_learned(&state_dir, counters.revision, published.config())?,
+                    false => None,
+                };
+                let (network, mean) = match (learned, config.published_mean_power) {
+                    (Some(learned), power) => {
+                        tracing::info!(
+                            "learning resumes from the learned weights of revision {}",
+                            counters.revision
+                        );
+                        let mean = power.map(|power| PublishedMean::new(published, power, games));
+                        (learned, mean)
+                    }
+                    (None, Some(power)) => {
+                        if resume_from.is_none() && counters.revision > 0 {
+                            tracing::warn!(
+                                "no learned weights of revision {} beside the run: learning goes on from the published ones",
+                                counters.revision
+                            );
+                        }
+                        let mean = match &start_file {
+                            Some(_) => published.try_clone()?,
+                            None => NTupleNetwork::zeroed(config.network.clone())?,
+                        };
+                        (published, Some(PublishedMean::new(mean, power, games)))
+                    }
+                    (None, None) => (published, None),
+                };
                 let td = TdLearner::new(Arc::new(network), config.td.clone(), games);
                 if resume_from.is_none() && counters.revision > 0 && config.td.coherence {
                     let mut saved = td.new_coherence()?;
@@ -250,7 +279,7 @@ impl TrainingRun {
                         );
                     }
                 }
-                Box::new(NtupleLearner::new(td, state_dir, config.learner_threads()))
+                Box::new(NtupleLearner::new(td, state_dir, config.learner_threads(), mean))
             }
             ModelKind::PolicyValue => {
                 let network = match &start_file {

@@ -6,6 +6,10 @@
 //! Format of `coherence.bin`: magic `Z2KTCST1`, the revision (u64 LE), the table count (u32 LE),
 //! then per table its length in floats (u64 LE) and the floats (f32 LE).
 //!
+//! When a run publishes the mean of its weights (`published_mean_power`), the weights it learns
+//! on are not the published ones: they go to `learned.safetensors` (the weights-file format, its
+//! `revision` naming the revision they belong to), written beside `coherence.bin`.
+//!
 //! The policy-value learner's optimiser (step count and AdamW moments) goes to `optimizer.bin`:
 //! magic `Z2KOPTS1`, the revision (u64 LE), the state's length (u64 LE), its SHA-256, the state.
 //! The digest is checked before the state is decoded, so a damaged file is an error, never a
@@ -15,11 +19,16 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeMap;
+
+use zero2048_model::{NTupleConfig, NTupleNetwork, WeightsFileError, weights_file};
+
 use crate::learner::Coherence;
 use crate::run::TrainError;
 
 const MAGIC: &[u8; 8] = b"Z2KTCST1";
 const FILE: &str = "coherence.bin";
+const LEARNED_FILE: &str = "learned.safetensors";
 const OPTIMIZER_MAGIC: &[u8; 8] = b"Z2KOPTS1";
 const OPTIMIZER_FILE: &str = "optimizer.bin";
 
@@ -79,6 +88,48 @@ pub fn load_coherence(dir: &Path, revision: u64, into: &mut Coherence) -> Result
         table.read_le(&mut input).map_err(|_| damaged(format!("table {i} is truncated")))?;
     }
     Ok(true)
+}
+
+/// Saves the weights the learner learns on, as they stand at `revision`.
+pub fn save_learned(dir: &Path, revision: u64, network: &NTupleNetwork) -> Result<(), TrainError> {
+    std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+    let path = dir.join(LEARNED_FILE);
+    let temp = dir.join(format!(".tmp-{LEARNED_FILE}"));
+    weights_file::save(network, &temp, revision, &BTreeMap::new())?;
+    File::open(&temp).and_then(|file| file.sync_all()).map_err(io("syncing", &temp))?;
+    std::fs::rename(&temp, &path).map_err(io("renaming", &temp))?;
+    if let Ok(dir) = File::open(dir) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+/// The learned weights of `revision` (of shape `config`), if they are saved: `Ok(None)` when
+/// there are none or they belong to another revision; a damaged or misshapen file is an error.
+pub fn load_learned(
+    dir: &Path,
+    revision: u64,
+    config: &NTupleConfig,
+) -> Result<Option<NTupleNetwork>, TrainError> {
+    let path = dir.join(LEARNED_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let damaged = |e: WeightsFileError| TrainError::Resume(format!("{}: {e}", path.display()));
+    if weights_file::read_info(&path).map_err(damaged)?.revision != revision {
+        return Ok(None);
+    }
+    let (network, _) = weights_file::load(&path, Some(config)).map_err(damaged)?;
+    Ok(Some(network))
+}
+
+/// Removes saved learned weights (a run that publishes what it learns needs none).
+pub fn remove_learned(dir: &Path) -> Result<(), TrainError> {
+    let path = dir.join(LEARNED_FILE);
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("removing", &path)(e)),
+        _ => Ok(()),
+    }
 }
 
 /// Writes `file` in `dir` whole: a temporary file, synced, then renamed over the old one.

@@ -96,11 +96,19 @@ fn run_config() -> TrainConfig {
 }
 
 fn open(dir: &std::path::Path, runtime: &tokio::runtime::Runtime) -> Result<TrainingRun, TrainError> {
+    open_with(dir, runtime, run_config())
+}
+
+fn open_with(
+    dir: &std::path::Path,
+    runtime: &tokio::runtime::Runtime,
+    config: TrainConfig,
+) -> Result<TrainingRun, TrainError> {
     let mut storage = Config::default();
     storage.storage.weights_dir = dir.join("weights");
     let adapter = Arc::new(runtime.block_on(StorageAdapter::from_config(&storage)).unwrap());
     TrainingRun::open(
-        run_config(),
+        config,
         adapter,
         runtime.handle().clone(),
         &dir.join("run.db"),
@@ -109,11 +117,68 @@ fn open(dir: &std::path::Path, runtime: &tokio::runtime::Runtime) -> Result<Trai
     )
 }
 
+/// The weights of the latest revision stored in `dir`'s run.
+fn latest_published(dir: &std::path::Path, runtime: &tokio::runtime::Runtime) -> (NTupleNetwork, u64) {
+    let local =
+        zero2048_storage::LocalStorageBackend::new(&dir.join("weights"), zero2048_storage::LocalUrls::File)
+            .unwrap();
+    let latest =
+        runtime.block_on(zero2048_storage::StorageBackend::read_latest_info(&local)).unwrap().unwrap();
+    let file = local.checked_latest_file(&latest).unwrap();
+    (zero2048_model::weights_file::load(&file, None).unwrap().0, latest.revision)
+}
+
+fn same_weights(a: &NTupleNetwork, b: &NTupleNetwork) -> bool {
+    a.tables().iter().zip(b.tables()).all(|(a, b)| a.iter().eq(b.iter()))
+}
+
+#[test]
+fn a_run_publishing_its_mean_learns_on_and_resumes_from_its_own_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let stop = AtomicBool::new(false);
+    assert_eq!(run_config().published_mean_power, Some(1), "the default publishes the mean");
+    let learned_at_stop = {
+        let mut run = open(dir.path(), &runtime).unwrap();
+        run.run(Budget { games: Some(400), time: None }, &stop, ONE_THREAD, &mut Quiet).unwrap();
+        run.network().expect("an n-tuple run").try_clone().unwrap()
+    };
+    let (published, revision) = latest_published(dir.path(), &runtime);
+    assert!(revision >= 3);
+    assert!(!same_weights(&published, &learned_at_stop), "a mean of several revisions is not the last");
+    let learned_file = dir.path().join("run.state/learned.safetensors");
+    let (saved, info) = zero2048_model::weights_file::load(&learned_file, None).unwrap();
+    assert_eq!(info.revision, revision, "the learned weights are the latest revision's");
+    assert!(same_weights(&saved, &learned_at_stop));
+    // Resumed, it learns on from the learned weights, not from the mean it published.
+    let run = open(dir.path(), &runtime).unwrap();
+    assert!(same_weights(&run.network().unwrap(), &learned_at_stop));
+    drop(run);
+    // A damaged learned file is refused by name; without one, the run goes on from the mean.
+    let bytes = std::fs::read(&learned_file).unwrap();
+    std::fs::write(&learned_file, &bytes[..bytes.len() / 2]).unwrap();
+    let message =
+        open(dir.path(), &runtime).err().expect("a truncated learned file was accepted").to_string();
+    assert!(message.contains("learned.safetensors"), "{message}");
+    std::fs::remove_file(&learned_file).unwrap();
+    let mut run = open(dir.path(), &runtime).unwrap();
+    assert!(same_weights(&run.network().unwrap(), &published));
+    run.run(Budget { games: Some(50), time: None }, &stop, ONE_THREAD, &mut Quiet).unwrap();
+    assert_eq!(
+        zero2048_model::weights_file::read_info(&learned_file).unwrap().revision,
+        run.counters().revision
+    );
+}
+
 #[test]
 fn a_resumed_run_continues_its_revisions_and_counters() {
     let dir = tempfile::tempdir().unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let stop = AtomicBool::new(false);
+    // Publishing the learned weights themselves: the resumed network is the published one.
+    let config = TrainConfig { published_mean_power: None, ..run_config() };
+    let open =
+        |dir: &std::path::Path, runtime: &tokio::runtime::Runtime| open_with(dir, runtime, config.clone());
     let first = {
         let mut run = open(dir.path(), &runtime).unwrap();
         let summary =
@@ -130,24 +195,16 @@ fn a_resumed_run_continues_its_revisions_and_counters() {
     assert_eq!(first.games, 400, "a budget of games is kept exactly");
     assert!(first.revision >= 3);
 
-    let local = zero2048_storage::LocalStorageBackend::new(
-        &dir.path().join("weights"),
-        zero2048_storage::LocalUrls::File,
-    )
-    .unwrap();
-    let published = {
-        let latest =
-            runtime.block_on(zero2048_storage::StorageBackend::read_latest_info(&local)).unwrap().unwrap();
-        assert_eq!(latest.revision, first.revision);
-        zero2048_model::weights_file::load(&local.checked_latest_file(&latest).unwrap(), None).unwrap().0
-    };
+    let (published, revision) = latest_published(dir.path(), &runtime);
+    assert_eq!(revision, first.revision);
+    assert!(!dir.path().join("run.state/learned.safetensors").exists(), "nothing beside the published");
     let mut run = open(dir.path(), &runtime).unwrap();
     assert_eq!(run.counters(), first, "the database restores every counter");
     // The weights trained so far survive the restart: the resumed network is the published one,
     // weight for weight, and it values positions as the trained network did.
     let board: zero2048_game::Board = "2 4 8 16 | 0 2 0 0 | 0 0 4 0 | 0 0 0 2".parse().unwrap();
     let resumed = run.network().expect("an n-tuple run");
-    assert!(resumed.tables().iter().zip(published.tables()).all(|(a, b)| a.iter().eq(b.iter())));
+    assert!(same_weights(&resumed, &published));
     assert_ne!(resumed.value(board), 0.0, "a trained network");
     let summary = run.run(Budget { games: Some(200), time: None }, &stop, ONE_THREAD, &mut Quiet).unwrap();
     assert_eq!(summary.revisions[0].revision, first.revision + 1, "revision numbers continue");

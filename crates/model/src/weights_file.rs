@@ -7,7 +7,7 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype, View};
@@ -195,37 +195,12 @@ pub fn load(
             format!("the file's network {:?} is not the expected {:?}", info.config, expected),
         ));
     }
-    let config = info.config.clone();
-    let tuples = config.tuples.len();
-    let table_count = tuples * config.stages as usize;
-    if tensors.len() != table_count {
-        return Err(invalid(
-            "tensor",
-            format!("{} tensors; the network has {table_count} tables", tensors.len()),
-        ));
-    }
-    let mut network = NTupleNetwork::zeroed(config.clone())?;
+    let starts = table_starts(path, &info, &tensors, data_start)?;
+    let mut network = NTupleNetwork::zeroed(info.config.clone())?;
     let mut file =
         File::open(path).map_err(|source| WeightsFileError::Io { path: path.to_path_buf(), source })?;
-    let data_len = file.metadata().map(|m| m.len()).unwrap_or(0) - data_start;
-    for (i, table) in network.tables_mut().iter_mut().enumerate() {
-        let name = tensor_name(i / tuples, i % tuples);
-        let header = tensors.get(&name).ok_or_else(|| invalid("tensor", format!("`{name}` is missing")))?;
-        let want = config.table_len(i % tuples);
-        if header.dtype != "F32" || header.shape != [want] {
-            return Err(invalid(
-                "tensor",
-                format!("`{name}` is {} {:?}; expected F32 [{want}]", header.dtype, header.shape),
-            ));
-        }
-        let [begin, end] = header.data_offsets;
-        if end < begin || end - begin != want * 4 || end as u64 > data_len {
-            return Err(invalid(
-                "size",
-                format!("`{name}` has offsets {begin}..{end} in {data_len} bytes of data"),
-            ));
-        }
-        file.seek(SeekFrom::Start(data_start + begin as u64))
+    for (table, start) in network.tables_mut().iter_mut().zip(starts) {
+        file.seek(SeekFrom::Start(start))
             .and_then(|_| table.read_le(&mut file))
             .map_err(|source| WeightsFileError::Io { path: path.to_path_buf(), source })?;
     }
@@ -238,6 +213,114 @@ pub fn load(
         }
     }
     Ok((network, info))
+}
+
+/// Where each table's floats start in the file, in the network's table order, after checking
+/// every tensor's name, dtype, shape and offsets against the file's network and its length.
+fn table_starts(
+    path: &Path,
+    info: &WeightsInfo,
+    tensors: &BTreeMap<String, TensorHeader>,
+    data_start: u64,
+) -> Result<Vec<u64>, WeightsFileError> {
+    let invalid =
+        |check, message: String| WeightsFileError::Invalid { path: path.to_path_buf(), check, message };
+    let config = &info.config;
+    let tuples = config.tuples.len();
+    let table_count = tuples * config.stages as usize;
+    if tensors.len() != table_count {
+        return Err(invalid(
+            "tensor",
+            format!("{} tensors; the network has {table_count} tables", tensors.len()),
+        ));
+    }
+    let file_len = std::fs::metadata(path)
+        .map_err(|source| WeightsFileError::Io { path: path.to_path_buf(), source })?
+        .len();
+    let data_len = file_len.saturating_sub(data_start);
+    (0..table_count)
+        .map(|i| {
+            let name = tensor_name(i / tuples, i % tuples);
+            let header =
+                tensors.get(&name).ok_or_else(|| invalid("tensor", format!("`{name}` is missing")))?;
+            let want = config.table_len(i % tuples);
+            if header.dtype != "F32" || header.shape != [want] {
+                return Err(invalid(
+                    "tensor",
+                    format!("`{name}` is {} {:?}; expected F32 [{want}]", header.dtype, header.shape),
+                ));
+            }
+            let [begin, end] = header.data_offsets;
+            if end < begin || end - begin != want * 4 || end as u64 > data_len {
+                return Err(invalid(
+                    "size",
+                    format!("`{name}` has offsets {begin}..{end} in {data_len} bytes of data"),
+                ));
+            }
+            Ok(data_start + begin as u64)
+        })
+        .collect()
+}
+
+/// Moves the weights of the file at `path` (as [`save`] wrote them) towards those of
+/// `previous`, a file of the same network: each weight `w` becomes `p + (w − p) · step`, `p`
+/// being `previous`'s, exactly as [`NTupleNetwork::blend_towards`] computes it on a network
+/// holding `previous`. One step of a running mean kept in files: the mean never needs a second
+/// network in memory, only a block of each file at a time. A weight that comes out non-finite
+/// is an error naming `previous`, and `path` is then only fit for deleting.
+pub fn blend_with_previous(path: &Path, previous: &Path, step: f32) -> Result<(), WeightsFileError> {
+    let (info, tensors, data_start) = read_header(path)?;
+    let (previous_info, previous_tensors, previous_start) = read_header(previous)?;
+    if previous_info.config != info.config {
+        return Err(WeightsFileError::Invalid {
+            path: previous.to_path_buf(),
+            check: "tuples",
+            message: format!("the file's network {:?} is not {:?}", previous_info.config, info.config),
+        });
+    }
+    let starts = table_starts(path, &info, &tensors, data_start)?;
+    let previous_starts = table_starts(previous, &previous_info, &previous_tensors, previous_start)?;
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| WeightsFileError::Io { path, source }
+    };
+    let mut out = std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(io(path))?;
+    let mut before = File::open(previous).map_err(io(previous))?;
+    const BLOCK_BYTES: usize = 4 << 20;
+    let (mut mine, mut theirs) = (vec![0u8; BLOCK_BYTES], vec![0u8; BLOCK_BYTES]);
+    for (i, (start, previous_start)) in starts.into_iter().zip(previous_starts).enumerate() {
+        let bytes = info.config.table_len(i % info.config.tuples.len()) * 4;
+        let mut done = 0;
+        while done < bytes {
+            let len = BLOCK_BYTES.min(bytes - done);
+            let (mine, theirs) = (&mut mine[..len], &mut theirs[..len]);
+            let at = start + done as u64;
+            out.seek(SeekFrom::Start(at)).and_then(|_| out.read_exact(mine)).map_err(io(path))?;
+            before
+                .seek(SeekFrom::Start(previous_start + done as u64))
+                .and_then(|_| before.read_exact(theirs))
+                .map_err(io(previous))?;
+            for (target, before) in mine.chunks_exact_mut(4).zip(theirs.chunks_exact(4)) {
+                if target[..] == before[..] {
+                    continue;
+                }
+                let p = f32::from_le_bytes(before.try_into().expect("4 bytes"));
+                let w = f32::from_le_bytes((&*target).try_into().expect("4 bytes"));
+                let blended = p + (w - p) * step;
+                if !blended.is_finite() {
+                    return Err(WeightsFileError::Invalid {
+                        path: previous.to_path_buf(),
+                        check: "values",
+                        message: format!("a weight blends to {blended}: the file is damaged"),
+                    });
+                }
+                target.copy_from_slice(&blended.to_le_bytes());
+            }
+            out.seek(SeekFrom::Start(at)).and_then(|_| out.write_all(mine)).map_err(io(path))?;
+            done += len;
+        }
+    }
+    out.flush().map_err(io(path))
 }
 
 /// The metadata key naming the revisions a file of [`average`] was averaged from.

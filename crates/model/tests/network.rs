@@ -207,6 +207,37 @@ fn an_average_is_the_weight_by_weight_mean_of_its_files() {
 }
 
 #[test]
+fn blending_a_file_with_the_previous_one_equals_blending_the_networks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (before, learned) = (trained_small(6), trained_small(7));
+    let (previous, next) = (dir.path().join("r1.safetensors"), dir.path().join("r2.safetensors"));
+    weights_file::save(&before, &previous, 1, &BTreeMap::new()).unwrap();
+    let mut extra = BTreeMap::new();
+    extra.insert("games_trained".to_string(), "2000".to_string());
+    weights_file::save(&learned, &next, 2, &extra).unwrap();
+    weights_file::blend_with_previous(&next, &previous, 0.375).unwrap();
+    // Bit for bit what the in-memory step gives, and the file keeps its own metadata.
+    before.blend_towards(&learned, 0.375).unwrap();
+    let (blended, info) = weights_file::load(&next, None).unwrap();
+    assert_eq!((info.revision, info.extra["games_trained"].as_str()), (2, "2000"));
+    for (a, b) in blended.tables().iter().zip(before.tables()) {
+        assert_eq!(a.to_le_bytes(), b.to_le_bytes());
+    }
+    // A previous file of another shape, or with a weight that is not finite, is refused by name.
+    let other = dir.path().join("other.safetensors");
+    let staged = NTupleNetwork::zeroed(NTupleConfig { stages: 2, ..NTupleConfig::small_4x4() }).unwrap();
+    weights_file::save(&staged, &other, 1, &BTreeMap::new()).unwrap();
+    let bad = dir.path().join("bad.safetensors");
+    let nan = trained_small(8);
+    nan.tables()[0].set(3, f32::NAN);
+    weights_file::save(&nan, &bad, 1, &BTreeMap::new()).unwrap();
+    for wrong in [&other, &bad] {
+        let error = weights_file::blend_with_previous(&next, wrong, 0.5).unwrap_err().to_string();
+        assert!(error.contains(&wrong.display().to_string()), "{error}");
+    }
+}
+
+#[test]
 fn an_average_refuses_no_files_a_bad_file_and_another_shape() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.safetensors");

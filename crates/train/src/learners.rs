@@ -56,9 +56,9 @@ pub trait Learner: Send {
         metadata: &BTreeMap<String, String>,
     ) -> Result<(), TrainError>;
 
-    /// Saves the learner's own state beside the revision (what the weights file does not hold;
-    /// the caller holds whoever else learns into it).
-    fn save_state(&self, revision: u64) -> Result<(), TrainError>;
+    /// Saves the learner's own state beside the revision, now stored at `published` (what the
+    /// weights file does not hold; the caller holds whoever else learns into it).
+    fn save_state(&mut self, revision: u64, published: &Path) -> Result<(), TrainError>;
 
     /// An evaluation of the network as it is now, to run on another thread.
     fn evaluation(&mut self, config: &TrainConfig) -> Result<EvaluationJob, TrainError>;
@@ -66,19 +66,22 @@ pub trait Learner: Send {
 
 /// The weights an n-tuple run publishes when `published_mean_power` is set: a running mean of
 /// the learned weights, folded in at every revision, in which the weights as they stood after g
-/// games count in proportion to g^power. The learner never learns on it.
+/// games count in proportion to g^power. The mean lives in the files it publishes: each revision
+/// is the learned weights blended with the one before, a block at a time, so it never holds a
+/// second network in memory, and the learner never learns on it.
 pub struct PublishedMean {
-    network: Arc<NTupleNetwork>,
     power: u32,
     /// Games learned when the mean last folded the learned weights in.
     folded_at_games: u64,
+    /// The stored file of the last revision, which holds the mean so far (`None`: the next fold
+    /// starts the mean from the learned weights).
+    last_file: Option<PathBuf>,
 }
 
 impl PublishedMean {
-    /// A mean that holds `network`, folded at `folded_at_games` (0 for a new run: the first fold
-    /// then copies the learned weights whatever the mean held).
-    pub fn new(network: NTupleNetwork, power: u32, folded_at_games: u64) -> PublishedMean {
-        PublishedMean { network: Arc::new(network), power, folded_at_games }
+    /// A mean held by `last_file`, folded at `folded_at_games`.
+    pub fn new(power: u32, folded_at_games: u64, last_file: Option<PathBuf>) -> PublishedMean {
+        PublishedMean { power, folded_at_games, last_file }
     }
 
     /// The weight of the learned network after `games` in a mean last folded at `before`:
@@ -92,17 +95,23 @@ impl PublishedMean {
         step.min(1.0) as f32
     }
 
-    /// Folds in `learned`, the learner's weights after `games`.
-    pub fn fold(&mut self, learned: &NTupleNetwork, games: u64) -> Result<(), TrainError> {
+    /// Writes the next revision's file at `path`: `learned`, the learner's weights after
+    /// `games`, folded into the mean so far.
+    fn save(
+        &mut self,
+        learned: &NTupleNetwork,
+        games: u64,
+        path: &Path,
+        revision: u64,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<(), TrainError> {
         let step = PublishedMean::step(self.power, self.folded_at_games, games);
-        self.network.blend_towards(learned, step)?;
+        weights_file::save(learned, path, revision, metadata)?;
+        if let Some(previous) = self.last_file.as_deref().filter(|_| step < 1.0) {
+            weights_file::blend_with_previous(path, previous, step)?;
+        }
         self.folded_at_games = games;
         Ok(())
-    }
-
-    /// The mean as it stands.
-    pub fn network(&self) -> &Arc<NTupleNetwork> {
-        &self.network
     }
 }
 
@@ -125,11 +134,6 @@ impl NtupleLearner {
         mean: Option<PublishedMean>,
     ) -> NtupleLearner {
         NtupleLearner { td: Arc::new(td), state_dir, threads: threads.max(1), mean }
-    }
-
-    /// What a revision publishes and the evaluation plays.
-    fn published(&self) -> &Arc<NTupleNetwork> {
-        self.mean.as_ref().map_or(self.td.network(), PublishedMean::network)
     }
 }
 
@@ -208,24 +212,30 @@ impl Learner for NtupleLearner {
         revision: u64,
         metadata: &BTreeMap<String, String>,
     ) -> Result<(), TrainError> {
-        if let Some(mean) = &mut self.mean {
-            mean.fold(self.td.network(), self.td.games())?;
+        match &mut self.mean {
+            Some(mean) => mean.save(self.td.network(), self.td.games(), path, revision, metadata),
+            None => Ok(weights_file::save(self.td.network(), path, revision, metadata)?),
         }
-        weights_file::save(self.published(), path, revision, metadata)?;
-        Ok(())
     }
 
-    fn save_state(&self, revision: u64) -> Result<(), TrainError> {
+    fn save_state(&mut self, revision: u64, published: &Path) -> Result<(), TrainError> {
         state::save_coherence(&self.state_dir, revision, self.td.coherence())?;
-        match &self.mean {
-            Some(_) => state::save_learned(&self.state_dir, revision, self.td.network()),
+        match &mut self.mean {
+            Some(mean) => {
+                mean.last_file = Some(published.to_path_buf());
+                state::save_learned(&self.state_dir, revision, self.td.network())
+            }
             None => state::remove_learned(&self.state_dir),
         }
     }
 
     fn evaluation(&mut self, config: &TrainConfig) -> Result<EvaluationJob, TrainError> {
-        // What the revision published; learning may go on while the suite plays (a few seconds).
-        let network: Arc<NTupleNetwork> = Arc::clone(self.published());
+        // What the revision published: the mean, loaded from its file for the evaluation only;
+        // or the live network, learning going on while the suite plays (a few seconds).
+        let network: Arc<NTupleNetwork> = match self.mean.as_ref().and_then(|m| m.last_file.as_deref()) {
+            Some(file) => Arc::new(weights_file::load(file, Some(self.td.network().config()))?.0),
+            None => Arc::clone(self.td.network()),
+        };
         let (suite, rule) = (config.evaluation, config.spawn_rule());
         Ok(Box::new(move || (evaluate(network, &suite, rule), suite.depth)))
     }
@@ -327,7 +337,7 @@ impl Learner for PolicyValueLearner {
         Ok(())
     }
 
-    fn save_state(&self, revision: u64) -> Result<(), TrainError> {
+    fn save_state(&mut self, revision: u64, _published: &Path) -> Result<(), TrainError> {
         state::save_optimizer(&self.state_dir, revision, &self.zero.optimizer_state()?)
     }
 
@@ -385,23 +395,34 @@ mod tests {
     }
 
     #[test]
-    fn a_published_mean_folds_networks_and_never_touches_the_learned_one() {
-        let network = |value: f32| {
-            let net = NTupleNetwork::zeroed(NTupleConfig::small_4x4()).unwrap();
-            net.tables()[0].set(5, value);
-            net
+    fn a_published_mean_folds_files_and_never_touches_the_learned_network() {
+        let dir = tempfile::tempdir().unwrap();
+        let learned = NTupleNetwork::zeroed(NTupleConfig::small_4x4()).unwrap();
+        let mut mean = PublishedMean::new(0, 0, None);
+        let weight = |file: &Path| weights_file::load(file, None).unwrap().0.tables()[0].get(5);
+        let mut publish = |revision: u64, value: f32, games: u64| {
+            learned.tables()[0].set(5, value);
+            let file = dir.path().join(format!("r{revision}.safetensors"));
+            mean.save(&learned, games, &file, revision, &BTreeMap::new()).unwrap();
+            mean.last_file = Some(file.clone());
+            file
         };
-        let mut mean = PublishedMean::new(network(100.0), 0, 0);
-        let learned = network(1.0);
-        mean.fold(&learned, 10).unwrap();
-        assert_eq!(mean.network().tables()[0].get(5), 1.0, "the first fold copies");
-        learned.tables()[0].set(5, 2.0);
-        mean.fold(&learned, 20).unwrap();
-        learned.tables()[0].set(5, 6.0);
-        mean.fold(&learned, 30).unwrap();
-        assert_eq!(mean.network().tables()[0].get(5), 3.0);
+        assert_eq!(weight(&publish(1, 1.0, 10)), 1.0, "the first fold copies");
+        publish(2, 2.0, 20);
+        assert_eq!(weight(&publish(3, 6.0, 30)), 3.0, "power 0: the plain mean of 1, 2 and 6");
         assert_eq!(learned.tables()[0].get(5), 6.0);
-        let other = NTupleNetwork::zeroed(NTupleConfig::standard_4x6()).unwrap();
-        assert!(mean.fold(&other, 40).is_err(), "another shape");
+        // A last file of another shape is refused, by name.
+        let other = dir.path().join("other.safetensors");
+        weights_file::save(
+            &NTupleNetwork::zeroed(NTupleConfig { stages: 2, ..NTupleConfig::small_4x4() }).unwrap(),
+            &other,
+            1,
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        let mut mean = PublishedMean::new(0, 30, Some(other.clone()));
+        let error =
+            mean.save(&learned, 40, &dir.path().join("r4.safetensors"), 4, &BTreeMap::new()).unwrap_err();
+        assert!(error.to_string().contains(&other.display().to_string()), "{error}");
     }
 }

@@ -242,29 +242,30 @@ impl TrainingRun {
                     true => state::load_learned(&state_dir, counters.revision, published.config())?,
                     false => None,
                 };
-                let (network, mean) = match (learned, config.published_mean_power) {
-                    (Some(learned), power) => {
+                if learned.is_none()
+                    && config.published_mean_power.is_some()
+                    && resume_from.is_none()
+                    && counters.revision > 0
+                {
+                    tracing::warn!(
+                        "no learned weights of revision {} beside the run: learning goes on from the published ones",
+                        counters.revision
+                    );
+                }
+                // The mean so far is the latest revision's file; a run from zero or from
+                // another run's weights starts its mean at its first revision.
+                let mean_file = start_file.clone().filter(|_| resume_from.is_none());
+                let mean =
+                    config.published_mean_power.map(|power| PublishedMean::new(power, games, mean_file));
+                let network = match learned {
+                    Some(learned) => {
                         tracing::info!(
                             "learning resumes from the learned weights of revision {}",
                             counters.revision
                         );
-                        let mean = power.map(|power| PublishedMean::new(published, power, games));
-                        (learned, mean)
+                        learned
                     }
-                    (None, Some(power)) => {
-                        if resume_from.is_none() && counters.revision > 0 {
-                            tracing::warn!(
-                                "no learned weights of revision {} beside the run: learning goes on from the published ones",
-                                counters.revision
-                            );
-                        }
-                        let mean = match &start_file {
-                            Some(_) => published.try_clone()?,
-                            None => NTupleNetwork::zeroed(config.network.clone())?,
-                        };
-                        (published, Some(PublishedMean::new(mean, power, games)))
-                    }
-                    (None, None) => (published, None),
+                    None => published,
                 };
                 let td = TdLearner::new(Arc::new(network), config.td.clone(), games);
                 if resume_from.is_none() && counters.revision > 0 && config.td.coherence {
@@ -473,7 +474,8 @@ impl TrainingRun {
             |path, metadata| learner.save(path, revision, metadata),
         )?;
         self.counters = counters;
-        self.learner.save_state(revision)?;
+        let stored = self.publisher.adapter.local().dir().join(&row.file);
+        self.learner.save_state(revision, &stored)?;
         // Storage trouble while pruning costs disk space, not the run: warn and go on.
         match self.db.prune_games(revision, learned_through) {
             Ok(pruned) if pruned.chunks > 0 => tracing::info!(

@@ -168,6 +168,14 @@ fn a_run_publishing_its_mean_learns_on_and_resumes_from_its_own_weights() {
         zero2048_model::weights_file::read_info(&learned_file).unwrap().revision,
         run.counters().revision
     );
+    // The new revision is the mean so far moved 2 · (its new games) / (all games) of the way
+    // towards the learned weights (power 1), bit for bit.
+    let (newest, newest_revision) = latest_published(dir.path(), &runtime);
+    assert_eq!(newest_revision, revision + 1);
+    let games = run.counters().games;
+    let step = (2.0 * 50.0 / games as f64).min(1.0) as f32;
+    published.blend_towards(&run.network().unwrap(), step).unwrap();
+    assert!(same_weights(&newest, &published), "the fold of {games} games, step {step}");
 }
 
 #[test]

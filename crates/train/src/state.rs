@@ -15,11 +15,10 @@
 //! The digest is checked before the state is decoded, so a damaged file is an error, never a
 //! crash or a silently wrong optimiser.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-
-use std::collections::BTreeMap;
 
 use zero2048_model::{NTupleConfig, NTupleNetwork, WeightsFileError, weights_file};
 
@@ -97,11 +96,7 @@ pub fn save_learned(dir: &Path, revision: u64, network: &NTupleNetwork) -> Resul
     let temp = dir.join(format!(".tmp-{LEARNED_FILE}"));
     weights_file::save(network, &temp, revision, &BTreeMap::new())?;
     File::open(&temp).and_then(|file| file.sync_all()).map_err(io("syncing", &temp))?;
-    std::fs::rename(&temp, &path).map_err(io("renaming", &temp))?;
-    if let Ok(dir) = File::open(dir) {
-        let _ = dir.sync_all();
-    }
-    Ok(())
+    replace(dir, &temp, &path)
 }
 
 /// The learned weights of `revision` (of shape `config`), if they are saved: `Ok(None)` when
@@ -148,7 +143,12 @@ fn write_whole(
         drop(out);
         handle.sync_all().map_err(io("syncing", &temp))?;
     }
-    std::fs::rename(&temp, &path).map_err(io("renaming", &temp))?;
+    replace(dir, &temp, &path)
+}
+
+/// Renames the synced `temp` over `path` in `dir`, and syncs the directory so the rename lasts.
+fn replace(dir: &Path, temp: &Path, path: &Path) -> Result<(), TrainError> {
+    std::fs::rename(temp, path).map_err(io("renaming", temp))?;
     if let Ok(dir) = File::open(dir) {
         let _ = dir.sync_all();
     }

@@ -1,6 +1,5 @@
 //! The `zero2048` binary as a user runs it.
 
-use std::path::PathBuf;
 use std::process::{Command, Output};
 
 fn zero2048(args: &[&str]) -> Output {
@@ -15,10 +14,9 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("zero2048-cli-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A directory of its own for one test, removed when the returned guard drops.
+fn temp_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(&format!("zero2048-cli-{name}-")).tempdir().unwrap()
 }
 
 #[test]
@@ -40,9 +38,10 @@ fn every_subcommand_has_help_and_there_is_a_version() {
 /// Each bad input: exit code 2, a single line on stderr naming the problem, no panic.
 #[test]
 fn bad_input_gets_one_clear_line_and_exit_code_2() {
-    let bad_record = temp_dir("bad").join("bad.game");
+    let dir = temp_dir("bad");
+    let bad_record = dir.path().join("bad.game");
     std::fs::write(&bad_record, b"\x01\x02\x03").unwrap();
-    let bad_json = temp_dir("bad").join("bad.json");
+    let bad_json = dir.path().join("bad.json");
     std::fs::write(
         &bad_json,
         br#"{"start":"1000000000001000","steps":[{"direction":"left","spawn_cell":0,"spawn_exponent":1}]}"#,
@@ -129,6 +128,7 @@ fn eval_prints_the_strength_table() {
 #[test]
 fn a_played_game_replays_to_the_same_result_in_both_record_forms() {
     let dir = temp_dir("records");
+    let dir = dir.path();
     for name in ["game.json", "game.bin"] {
         let path = dir.join(name);
         let played = zero2048(&[
@@ -284,7 +284,8 @@ fn the_zero_bench_measures_batching_and_compares_mcts_with_expectimax() {
 
 #[test]
 fn database_urls_are_checked_and_their_passwords_never_printed() {
-    let dir = temp_dir("database-url");
+    let dir_guard = temp_dir("database-url");
+    let dir = dir_guard.path();
     let dir_str = dir.to_str().unwrap();
     let bad = zero2048(&["token", "list", "--database", "mysql://root:hunter2@db/run"]);
     assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
@@ -311,5 +312,4 @@ fn database_urls_are_checked_and_their_passwords_never_printed() {
     assert!(!server.status.success());
     assert!(!stderr(&server).contains("hunter2"), "{}", stderr(&server));
     assert!(!dir.join("run.db").exists(), "a PostgreSQL run wrote a SQLite file");
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -127,8 +127,8 @@ fn eval_prints_the_strength_table() {
 
 #[test]
 fn a_played_game_replays_to_the_same_result_in_both_record_forms() {
-    let dir = temp_dir("records");
-    let dir = dir.path();
+    let dir_guard = temp_dir("records");
+    let dir = dir_guard.path();
     for name in ["game.json", "game.bin"] {
         let path = dir.join(name);
         let played = zero2048(&[

@@ -247,21 +247,29 @@ fn resume_from_a_file_url_or_over_http() {
     );
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 
-    // Real HTTP on loopback: Python's static file server.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // Real HTTP on loopback: Python's static file server. It picks its own port and names it
+    // once it listens, so no other process can take the port between a pick and the bind, and
+    // a slow start on a busy machine is waited for rather than guessed.
     let mut server = Command::new("python3")
-        .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory"])
+        .args(["-u", "-m", "http.server", "0", "--bind", "127.0.0.1", "--directory"])
         .arg(source.path().join("weights"))
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let started = std::time::Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
-        && started.elapsed() < Duration::from_secs(10)
-    {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut banner = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().expect("piped stdout")),
+        &mut banner,
+    )
+    .unwrap();
+    // "Serving HTTP on 127.0.0.1 port 40123 (http://127.0.0.1:40123/) ..."
+    let port: u16 = banner
+        .split_whitespace()
+        .skip_while(|word| *word != "port")
+        .nth(1)
+        .and_then(|port| port.parse().ok())
+        .unwrap_or_else(|| panic!("python3 -m http.server did not name its port: {banner:?}"));
     let from_http = tempfile::tempdir().unwrap();
     let url = format!("http://127.0.0.1:{port}/{}", weights.file_name().unwrap().to_string_lossy());
     let output =

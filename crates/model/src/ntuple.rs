@@ -529,9 +529,20 @@ impl NTupleNetwork {
     #[inline(always)]
     fn values_with<const T: usize>(&self, runs: &[[Run; 6]; T], boards: &[Board], values: &mut [f32]) {
         for (boards, values) in boards.chunks(4).zip(values.chunks_mut(4)) {
-            let mut indices = [[[0usize; 8]; T]; 4];
-            for (at, board) in indices.iter_mut().zip(boards) {
-                *at = const_indices(runs, &board.symmetries());
+            // Built slot by slot: a zeroed array filled afterwards cost a memset per move.
+            let indices: [[[usize; 8]; T]; 4] = std::array::from_fn(|k| match boards.get(k) {
+                Some(board) => const_indices(runs, &board.symmetries()),
+                None => [[0; 8]; T],
+            });
+            // Ask for every line first: a prefetch retires at once, while a load that misses
+            // holds the reorder buffer until its line arrives, so summing straight away keeps
+            // fewer of the candidates' misses in flight (BENCHMARKS.md, issue 11).
+            for (at, &board) in indices.iter().zip(boards) {
+                for (table, at) in self.stage_tables(board).iter().zip(at) {
+                    for &index in at {
+                        table.prefetch(index);
+                    }
+                }
             }
             for ((value, at), &board) in values.iter_mut().zip(&indices).zip(boards) {
                 *value = sum_at(self.stage_tables(board), at);

@@ -4,17 +4,14 @@
 //! stages and the `revision`. Loading checks every one of those against what the file holds and
 //! streams the tensors straight into the tables, so a 256 MiB network never sits in memory twice.
 
-use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use safetensors::tensor::{Dtype, View};
 use serde::Deserialize;
 
 use crate::ntuple::{NTupleConfig, NTupleNetwork, NetworkError};
-use crate::table::Table;
 
 /// The metadata version this build writes and reads.
 pub const FORMAT_VERSION: &str = "1";
@@ -58,56 +55,67 @@ pub enum WeightsFileError {
     Network(#[from] NetworkError),
 }
 
-/// A table as a safetensors tensor. Its bytes are copied out one table at a time as the file is
-/// written (the table is shared with threads that may be learning), so saving never holds more
-/// than one table's copy.
-struct TableView<'a>(&'a Table, [usize; 1]);
-
-impl View for TableView<'_> {
-    fn dtype(&self) -> Dtype {
-        Dtype::F32
-    }
-    fn shape(&self) -> &[usize] {
-        &self.1
-    }
-    fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Owned(self.0.to_le_bytes())
-    }
-    fn data_len(&self) -> usize {
-        self.0.len() * 4
-    }
-}
-
 fn tensor_name(stage: usize, tuple: usize) -> String {
     format!("stage{stage}.tuple{tuple}")
 }
 
-/// Writes the network to `path` (the caller makes the write atomic, e.g. a temp name then rename).
+/// Writes the network to `path` as a safetensors file, through a temporary file beside it that
+/// is renamed into place (the caller still chooses `path`, e.g. a staging name). Each table is
+/// streamed from the shared weights in small blocks, so saving holds no copy of a table: a 64 MiB
+/// table copied whole was the largest allocation of a run's revision (BENCHMARKS.md, issue 11).
 pub fn save(
     network: &NTupleNetwork,
     path: &Path,
     revision: u64,
     extra: &BTreeMap<String, String>,
 ) -> Result<(), WeightsFileError> {
+    let io = |source| WeightsFileError::Io { path: path.to_path_buf(), source };
+    let header = header_bytes(network, revision, extra);
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let temp = tempfile::NamedTempFile::new_in(parent).map_err(io)?;
+    let mut out = BufWriter::with_capacity(1 << 20, temp.as_file());
+    out.write_all(&(header.len() as u64).to_le_bytes()).map_err(io)?;
+    out.write_all(&header).map_err(io)?;
+    for table in network.tables() {
+        table.write_le(&mut out).map_err(io)?;
+    }
+    out.flush().map_err(io)?;
+    drop(out);
+    temp.persist(path).map_err(|e| io(e.error))?;
+    Ok(())
+}
+
+/// The safetensors header of `network`'s file: the metadata, then one F32 tensor per table with
+/// its byte range, the tables in the network's order; padded with spaces to a multiple of 8
+/// bytes, as the format asks.
+fn header_bytes(network: &NTupleNetwork, revision: u64, extra: &BTreeMap<String, String>) -> Vec<u8> {
     let config = network.config();
-    let mut metadata: HashMap<String, String> = extra.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut metadata: serde_json::Map<String, serde_json::Value> =
+        extra.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
     metadata.insert("format_version".into(), FORMAT_VERSION.into());
     metadata.insert("kind".into(), KIND.into());
-    metadata.insert("tuples".into(), serde_json::to_string(&config.tuples).unwrap_or_default());
-    metadata.insert("stages".into(), config.stages.to_string());
-    metadata.insert("stage_tile".into(), config.stage_tile.to_string());
-    metadata.insert("revision".into(), revision.to_string());
+    metadata.insert("tuples".into(), serde_json::to_string(&config.tuples).unwrap_or_default().into());
+    metadata.insert("stages".into(), config.stages.to_string().into());
+    metadata.insert("stage_tile".into(), config.stage_tile.to_string().into());
+    metadata.insert("revision".into(), revision.to_string().into());
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), metadata.into());
     let tuples = config.tuples.len();
-    let views: Vec<(String, TableView)> = network
-        .tables()
-        .iter()
-        .enumerate()
-        .map(|(i, table)| (tensor_name(i / tuples, i % tuples), TableView(table, [table.len()])))
-        .collect();
-    safetensors::serialize_to_file(views, Some(metadata), path).map_err(|e| WeightsFileError::Io {
-        path: path.to_path_buf(),
-        source: std::io::Error::other(e.to_string()),
-    })
+    let mut offset = 0usize;
+    for (i, table) in network.tables().iter().enumerate() {
+        let end = offset + table.len() * 4;
+        header.insert(
+            tensor_name(i / tuples, i % tuples),
+            serde_json::json!({ "dtype": "F32", "shape": [table.len()], "data_offsets": [offset, end] }),
+        );
+        offset = end;
+    }
+    let mut bytes = serde_json::to_vec(&header).expect("a map of strings and numbers serializes");
+    bytes.resize(bytes.len().next_multiple_of(8), b' ');
+    bytes
 }
 
 #[derive(Deserialize)]

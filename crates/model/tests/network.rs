@@ -118,6 +118,43 @@ fn save_and_load_are_bit_exact() {
     assert_eq!(meta["revision"], "42");
     let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     assert_eq!(tensors.tensor("stage0.tuple2").unwrap().shape(), &[65536]);
+    for (t, table) in network.tables().iter().enumerate() {
+        let tensor = tensors.tensor(&format!("stage0.tuple{t}")).unwrap();
+        assert_eq!(tensor.dtype(), safetensors::Dtype::F32);
+        assert_eq!(tensor.data(), &table.to_le_bytes()[..], "tuple {t}'s bytes as written");
+    }
+}
+
+#[test]
+fn a_staged_network_is_written_table_by_table_where_its_header_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("staged.safetensors");
+    let network = NTupleNetwork::zeroed(NTupleConfig { stages: 2, ..NTupleConfig::small_4x4() }).unwrap();
+    for (i, table) in network.tables().iter().enumerate() {
+        for index in (0..table.len()).step_by(97 + i) {
+            table.set(index, (i * 1000 + index) as f32 * 0.5 - 7.0);
+        }
+    }
+    weights_file::save(&network, &path, 3, &BTreeMap::new()).unwrap();
+    // Saving again over the file replaces it whole.
+    weights_file::save(&network, &path, 4, &BTreeMap::new()).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    assert_eq!(header_len % 8, 0, "the header is padded to 8 bytes");
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(tensors.len(), 8);
+    let tuples = network.config().tuples.len();
+    for (i, table) in network.tables().iter().enumerate() {
+        let tensor = tensors.tensor(&format!("stage{}.tuple{}", i / tuples, i % tuples)).unwrap();
+        assert_eq!(tensor.data(), &table.to_le_bytes()[..], "table {i}");
+    }
+    let (loaded, info) = weights_file::load(&path, None).unwrap();
+    assert_eq!(info.revision, 4);
+    for (a, b) in network.tables().iter().zip(loaded.tables()) {
+        assert_eq!(a.to_le_bytes(), b.to_le_bytes());
+    }
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("staged.safetensors")], "no temporary file is left");
 }
 
 fn expect_invalid(result: Result<(NTupleNetwork, weights_file::WeightsInfo), WeightsFileError>, check: &str) {

@@ -59,10 +59,10 @@ fn tensor_name(stage: usize, tuple: usize) -> String {
     format!("stage{stage}.tuple{tuple}")
 }
 
-/// Writes the network to `path` as a safetensors file, through a temporary file beside it that
-/// is renamed into place (the caller still chooses `path`, e.g. a staging name). Each table is
-/// streamed from the shared weights in small blocks, so saving holds no copy of a table: a 64 MiB
-/// table copied whole was the largest allocation of a run's revision (BENCHMARKS.md, issue 11).
+/// Writes the network to `path` as a safetensors file (the caller makes the write atomic, as
+/// every caller does: a staging name, then a rename). Each table is streamed from the shared
+/// weights in small blocks, so saving holds no copy of a table: a 64 MiB table copied whole was
+/// the largest allocation of a run's revision (BENCHMARKS.md, issue 11).
 pub fn save(
     network: &NTupleNetwork,
     path: &Path,
@@ -71,21 +71,13 @@ pub fn save(
 ) -> Result<(), WeightsFileError> {
     let io = |source| WeightsFileError::Io { path: path.to_path_buf(), source };
     let header = header_bytes(network, revision, extra);
-    let parent = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    let temp = tempfile::NamedTempFile::new_in(parent).map_err(io)?;
-    let mut out = BufWriter::with_capacity(1 << 20, temp.as_file());
+    let mut out = BufWriter::with_capacity(1 << 20, File::create(path).map_err(io)?);
     out.write_all(&(header.len() as u64).to_le_bytes()).map_err(io)?;
     out.write_all(&header).map_err(io)?;
     for table in network.tables() {
         table.write_le(&mut out).map_err(io)?;
     }
-    out.flush().map_err(io)?;
-    drop(out);
-    temp.persist(path).map_err(|e| io(e.error))?;
-    Ok(())
+    out.flush().map_err(io)
 }
 
 /// The safetensors header of `network`'s file: the metadata, then one F32 tensor per table with

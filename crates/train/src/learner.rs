@@ -346,8 +346,15 @@ impl TdLearner {
         let error = target - value;
         trace.total_error += error.abs();
         trace.updates += 1;
-        self.network.features_into(oldest, &mut trace.features);
-        self.update(rates, &trace.features, error);
+        match (rates.coherent, self.coherence.get()) {
+            (true, Some(tc)) => {
+                self.network.features_into(oldest, &mut trace.features);
+                self.coherent_update(tc, &trace.features, rates.step, error);
+            }
+            // One pass that computes each index and writes its weight, as the public TD(0)
+            // learners do: no feature list to fill and walk again.
+            _ => self.network.add(oldest, rates.step * error),
+        }
         Ok(())
     }
 

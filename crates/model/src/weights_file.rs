@@ -89,7 +89,10 @@ fn header_bytes(network: &NTupleNetwork, revision: u64, extra: &BTreeMap<String,
         extra.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
     metadata.insert("format_version".into(), FORMAT_VERSION.into());
     metadata.insert("kind".into(), KIND.into());
-    metadata.insert("tuples".into(), serde_json::to_string(&config.tuples).unwrap_or_default().into());
+    metadata.insert(
+        "tuples".into(),
+        serde_json::to_string(&config.tuples).expect("lists of cell numbers serialize").into(),
+    );
     metadata.insert("stages".into(), config.stages.to_string().into());
     metadata.insert("stage_tile".into(), config.stage_tile.to_string().into());
     metadata.insert("revision".into(), revision.to_string().into());

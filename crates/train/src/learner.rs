@@ -315,6 +315,20 @@ impl TdLearner {
         }
     }
 
+    /// [`update`](Self::update) for an afterstate known only by its board. Plain TD computes
+    /// each index and writes its weight in one pass, as the public TD(0) learners do; TC needs
+    /// the feature list twice (rates, then weights), so it fills `scratch` first.
+    #[inline]
+    fn update_board(&self, rates: Rates, board: Board, scratch: &mut Features, error: f32) -> f32 {
+        match (rates.coherent, self.coherence.get()) {
+            (true, Some(tc)) => {
+                self.network.features_into(board, scratch);
+                self.coherent_update(tc, scratch, rates.step, error)
+            }
+            _ => self.network.add_and_value(board, rates.step * error),
+        }
+    }
+
     /// Online mode: the move that made `afterstate` (scoring `reward`) was just played, and the
     /// search valued the afterstate at `value`. Learns the afterstate `window` moves back.
     pub fn online_move(
@@ -346,15 +360,7 @@ impl TdLearner {
         let error = target - value;
         trace.total_error += error.abs();
         trace.updates += 1;
-        match (rates.coherent, self.coherence.get()) {
-            (true, Some(tc)) => {
-                self.network.features_into(oldest, &mut trace.features);
-                self.coherent_update(tc, &trace.features, rates.step, error);
-            }
-            // One pass that computes each index and writes its weight, as the public TD(0)
-            // learners do: no feature list to fill and walk again.
-            _ => self.network.add(oldest, rates.step * error),
-        }
+        self.update_board(rates, oldest, &mut trace.features, error);
         Ok(())
     }
 

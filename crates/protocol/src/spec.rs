@@ -144,7 +144,7 @@ pub struct RestartSpec {
 
 impl Default for RestartSpec {
     fn default() -> RestartSpec {
-        RestartSpec { min_moves: 10, at: 0.5 }
+        RestartSpec { min_moves: 10, at: 0.75 }
     }
 }
 
@@ -315,11 +315,13 @@ mod tests {
     }
 
     #[test]
-    fn restarts_branch_halfway_through_long_games_only() {
+    fn restarts_branch_three_quarters_through_long_games_only() {
         let restart = RestartSpec::default();
         assert_eq!(restart.branch_step(10), None);
-        assert_eq!(restart.branch_step(11), Some(5));
-        assert_eq!(restart.branch_step(1000), Some(500));
+        assert_eq!(restart.branch_step(11), Some(8));
+        assert_eq!(restart.branch_step(1000), Some(750));
+        let halfway = RestartSpec { min_moves: 10, at: 0.5 };
+        assert_eq!(halfway.branch_step(11), Some(5));
         let late = RestartSpec { min_moves: 2, at: 0.99 };
         assert_eq!(late.branch_step(3), Some(2));
     }

@@ -7,10 +7,10 @@
 //!   game to an uplink thread that verifies and queues it for the learner.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use zero2048_game::Board;
 use zero2048_protocol::{BatchEntry, UploadRules};
@@ -247,18 +247,22 @@ fn spawn_store(name: &str, body: impl FnOnce() + Send + 'static) -> Result<JoinH
     })
 }
 
-/// Takes up to 256 games: the first waits, the rest are those already waiting (or arriving within
-/// 50 ms). `None` once every sender is gone and nothing is left.
+/// Games the recorder or the uplink takes at once.
+const BATCH: usize = 1024;
+
+/// How long the recorder or the uplink lets games gather after the first one arrives.
+const WINDOW: Duration = Duration::from_millis(50);
+
+/// Waits for a game, lets more gather for [`WINDOW`], then takes up to [`BATCH`] of those waiting.
+/// `None` once every sender is gone and nothing is left. The window is slept, not waited on the
+/// channel: a receiver blocked on the channel is woken by every send, which cost the playing
+/// threads a futex call per game and this thread a context switch per game (about 3% of a
+/// 4×6 run's CPU, BENCHMARKS.md); a sleeping one is woken once per batch.
 fn next_batch(received: &Receiver<FinishedGame>) -> Option<Vec<FinishedGame>> {
     let first = received.recv().ok()?;
+    std::thread::sleep(WINDOW);
     let mut batch = vec![first];
-    let until = Instant::now() + Duration::from_millis(50);
-    while batch.len() < 256 {
-        match received.recv_timeout(until.saturating_duration_since(Instant::now())) {
-            Ok(game) => batch.push(game),
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
-        }
-    }
+    batch.extend(received.try_iter().take(BATCH - 1));
     Some(batch)
 }
 

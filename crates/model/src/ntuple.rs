@@ -264,6 +264,18 @@ fn const_indices<const T: usize>(runs: &[[Run; 6]; T], boards: &[Board; 8]) -> [
     runs.map(|tuple| boards.map(|b| const_index(b.raw(), &tuple)))
 }
 
+/// The first `T` tuples' indices of a kept feature set (`T` ≤ [`MAX_KEPT_TUPLES`]: a compiled
+/// shape's tuple count).
+#[inline(always)]
+fn kept_indices<const T: usize>(kept: &KeptFeatures) -> &[[usize; 8]; T] {
+    kept.indices.first_chunk::<T>().expect("a compiled shape has at most MAX_KEPT_TUPLES tuples")
+}
+
+#[inline(always)]
+fn kept_indices_mut<const T: usize>(kept: &mut KeptFeatures) -> &mut [[usize; 8]; T] {
+    kept.indices.first_chunk_mut::<T>().expect("a compiled shape has at most MAX_KEPT_TUPLES tuples")
+}
+
 #[inline(always)]
 fn sum_at<const T: usize>(tables: &[Table], indices: &[[usize; 8]; T]) -> f32 {
     let mut sum = 0.0;
@@ -352,6 +364,35 @@ impl Features {
     /// Per tuple: its table number and its 8 indices.
     pub fn by_table(&self) -> impl Iterator<Item = (usize, &[usize; 8])> + '_ {
         self.indices.iter().enumerate().map(|(t, at)| (self.first_table + t, at))
+    }
+}
+
+/// Most tuples a [`KeptFeatures`] holds: the compiled shapes' (8×6 has 8).
+const MAX_KEPT_TUPLES: usize = 8;
+
+/// One afterstate's feature indices as the move choice computed them (a network's
+/// [`Evaluator::Memo`]): an online learner updates the chosen afterstate one move later and
+/// writes its weights through these instead of computing the indices again. Only the compiled
+/// shapes keep them (a general network's tuple count has no bound); an update through indices
+/// of another board or shape computes its own ([`NTupleNetwork::add_and_value_kept`]).
+#[derive(Clone, Copy, Debug)]
+pub struct KeptFeatures {
+    /// The board the indices are of; `None` when nothing is kept.
+    board: Option<Board>,
+    kernel: Kernel,
+    indices: [[usize; 8]; MAX_KEPT_TUPLES],
+}
+
+impl Default for KeptFeatures {
+    fn default() -> KeptFeatures {
+        KeptFeatures { board: None, kernel: Kernel::General, indices: [[0; 8]; MAX_KEPT_TUPLES] }
+    }
+}
+
+impl KeptFeatures {
+    /// The board whose indices these are, if any are kept.
+    pub fn board(&self) -> Option<Board> {
+        self.board
     }
 }
 
@@ -541,19 +582,80 @@ impl NTupleNetwork {
             // SAFETY: the loop above wrote the first `boards.len()` slots (at most 4: `chunks`).
             let indices: &[[[usize; 8]; T]] =
                 unsafe { std::slice::from_raw_parts(slots.as_ptr().cast(), boards.len()) };
-            // Ask for every line first: a prefetch retires at once, while a load that misses
-            // holds the reorder buffer until its line arrives, so summing straight away keeps
-            // fewer of the candidates' misses in flight (BENCHMARKS.md, issue 11).
-            for (at, &board) in indices.iter().zip(boards) {
-                for (table, at) in self.stage_tables(board).iter().zip(at) {
-                    for &index in at {
-                        table.prefetch(index);
-                    }
+            self.prefetch_and_sum(boards, indices.iter(), values);
+        }
+    }
+
+    /// Reads the weights at `indices` (each board's, in order) into `values`.
+    #[inline(always)]
+    fn prefetch_and_sum<'a, const T: usize>(
+        &self,
+        boards: &[Board],
+        indices: impl Iterator<Item = &'a [[usize; 8]; T]> + Clone,
+        values: &mut [f32],
+    ) {
+        // Ask for every line first: a prefetch retires at once, while a load that misses
+        // holds the reorder buffer until its line arrives, so summing straight away keeps
+        // fewer of the candidates' misses in flight (BENCHMARKS.md, issue 11).
+        for (at, &board) in indices.clone().zip(boards) {
+            for (table, at) in self.stage_tables(board).iter().zip(at) {
+                for &index in at {
+                    table.prefetch(index);
                 }
             }
-            for ((value, at), &board) in values.iter_mut().zip(indices).zip(boards) {
-                *value = sum_at(self.stage_tables(board), at);
+        }
+        for ((value, at), &board) in values.iter_mut().zip(indices).zip(boards) {
+            *value = sum_at(self.stage_tables(board), at);
+        }
+    }
+
+    /// [`Self::values`], also keeping each board's feature indices in `kept` (as long as
+    /// `boards`) for an update of one of them ([`Self::add_and_value_kept`]). A general-shape
+    /// network keeps nothing.
+    #[inline]
+    pub fn values_keeping(&self, boards: &[Board], values: &mut [f32], kept: &mut [KeptFeatures]) {
+        match self.kernel {
+            Kernel::Standard4x6 => self.values_kept_with(&RUNS_4X6, boards, values, kept),
+            Kernel::Jaskowski5x6 => self.values_kept_with(&RUNS_5X6, boards, values, kept),
+            Kernel::Matsuzaki8x6 => self.values_kept_with(&RUNS_8X6, boards, values, kept),
+            Kernel::General => {
+                self.values(boards, values);
+                for kept in kept {
+                    kept.board = None;
+                }
             }
+        }
+    }
+
+    #[inline(always)]
+    fn values_kept_with<const T: usize>(
+        &self,
+        runs: &[[Run; 6]; T],
+        boards: &[Board],
+        values: &mut [f32],
+        kept: &mut [KeptFeatures],
+    ) {
+        for (kept, &board) in kept.iter_mut().zip(boards) {
+            kept.board = Some(board);
+            kept.kernel = self.kernel;
+            *kept_indices_mut::<T>(kept) = const_indices(runs, &board.symmetries());
+        }
+        self.prefetch_and_sum(boards, kept.iter().map(kept_indices::<T>), values);
+    }
+
+    /// [`Self::add_and_value`] through indices the move choice kept: computes none when `kept`
+    /// holds `board`'s (the same weights move either way).
+    #[inline]
+    pub fn add_and_value_kept(&self, kept: &KeptFeatures, board: Board, step: f32) -> f32 {
+        if kept.board != Some(board) || kept.kernel != self.kernel {
+            return self.add_and_value(board, step);
+        }
+        let tables = self.stage_tables(board);
+        match self.kernel {
+            Kernel::Standard4x6 => add_at(tables, kept_indices::<4>(kept), step),
+            Kernel::Jaskowski5x6 => add_at(tables, kept_indices::<5>(kept), step),
+            Kernel::Matsuzaki8x6 => add_at(tables, kept_indices::<8>(kept), step),
+            Kernel::General => self.add_and_value(board, step),
         }
     }
 
@@ -676,6 +778,8 @@ pub fn downgraded(board: Board, from: u8) -> Option<Board> {
 }
 
 impl Evaluator for NTupleNetwork {
+    type Memo = KeptFeatures;
+
     #[inline]
     fn evaluate(&self, afterstate: Board) -> f32 {
         self.value(afterstate)
@@ -684,6 +788,11 @@ impl Evaluator for NTupleNetwork {
     #[inline]
     fn evaluate_all(&self, afterstates: &[Board], values: &mut [f32]) {
         self.values(afterstates, values)
+    }
+
+    #[inline]
+    fn evaluate_all_keeping(&self, afterstates: &[Board], values: &mut [f32], memos: &mut [KeptFeatures]) {
+        self.values_keeping(afterstates, values, memos)
     }
 
     fn name(&self) -> String {
@@ -708,6 +817,10 @@ fn has_exponent_15(board: Board) -> bool {
 }
 
 impl<N: std::ops::Deref<Target = NTupleNetwork> + Send + Sync> Evaluator for Downgrading<N> {
+    /// Nothing kept: the indices read are of the lowered board, not the afterstate a learner
+    /// would update.
+    type Memo = ();
+
     #[inline]
     fn evaluate(&self, afterstate: Board) -> f32 {
         let may_downgrade = if self.from == 15 {
@@ -791,6 +904,58 @@ mod tests {
                 let delta = (step % 7) as f32 - 3.0;
                 assert_eq!(once.add_and_value_of(&features, delta), plain.add_and_value(board, delta));
                 assert_eq!(once.value_of(&features), plain.value(board), "{board:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn kept_indices_read_and_write_what_the_board_does() {
+        let small = NTupleConfig::small_4x4();
+        for config in [
+            NTupleConfig::standard_4x6(),
+            NTupleConfig::jaskowski_5x6(),
+            NTupleConfig::matsuzaki_8x6(),
+            NTupleConfig { stages: 2, stage_tile: 14, ..small },
+        ] {
+            let (kept_net, plain) = (
+                NTupleNetwork::zeroed(config.clone()).unwrap(),
+                NTupleNetwork::zeroed(config.clone()).unwrap(),
+            );
+            let mut state = 0x4b1d_u64;
+            let mut next = || {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                Board::from_raw(state)
+            };
+            let mut kept = [KeptFeatures::default(); 4];
+            let mut updated = Vec::new();
+            for step in 0..300 {
+                let count = step % 5;
+                let boards: Vec<Board> = (0..count).map(|_| next()).collect();
+                let mut values = vec![f32::NAN; count];
+                kept_net.values_keeping(&boards, &mut values, &mut kept[..count]);
+                let one_by_one: Vec<f32> = boards.iter().map(|&b| plain.value(b)).collect();
+                assert_eq!(values, one_by_one, "{config:?}, {count} boards");
+                let compiled = kept_net.kernel != Kernel::General;
+                for (k, &board) in kept[..count].iter().zip(&boards) {
+                    assert_eq!(k.board(), compiled.then_some(board), "{config:?}");
+                }
+                // Through the kept indices of the right board, of another board (ignored), or of
+                // none: the same weights move as from the board alone.
+                let delta = (step % 7) as f32 - 3.0;
+                let (target, through) = match count {
+                    0 => (next(), KeptFeatures::default()),
+                    1 => (boards[0], kept[0]),
+                    _ => (boards[step % count], kept[(step + 1) % count]),
+                };
+                assert_eq!(
+                    kept_net.add_and_value_kept(&through, target, delta),
+                    plain.add_and_value(target, delta),
+                    "{config:?}"
+                );
+                updated.push(target);
+            }
+            for board in updated {
+                assert_eq!(kept_net.value(board), plain.value(board), "{config:?}, {board:?}");
             }
         }
     }

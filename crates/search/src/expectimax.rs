@@ -113,7 +113,7 @@ impl TranspositionTable {
 }
 
 /// An expectimax searcher. Holds its transposition table between moves, so keep one per thread.
-pub struct Expectimax<E> {
+pub struct Expectimax<E: Evaluator> {
     evaluator: E,
     config: ExpectimaxConfig,
     table: Option<TranspositionTable>,
@@ -123,6 +123,10 @@ pub struct Expectimax<E> {
     /// Set once the deadline passed: the iteration's values are then discarded.
     out_of_time: bool,
     four_probability: f32,
+    /// What the evaluator kept of each candidate of the last depth-1 search.
+    memos: [E::Memo; 4],
+    /// The slot in `memos` of the last decision's move, when it was chosen at depth 1.
+    chosen: Option<usize>,
 }
 
 /// Nodes between two looks at the clock: a few microseconds of search.
@@ -140,6 +144,8 @@ impl<E: Evaluator> Expectimax<E> {
             deadline: None,
             out_of_time: false,
             four_probability: config.rule.four_probability() as f32,
+            memos: std::array::from_fn(|_| E::Memo::default()),
+            chosen: None,
         }
     }
 
@@ -151,6 +157,12 @@ impl<E: Evaluator> Expectimax<E> {
     /// The leaf evaluator.
     pub fn evaluator(&self) -> &E {
         &self.evaluator
+    }
+
+    /// What the evaluator kept of the last decision's afterstate when that move was chosen by a
+    /// depth-1 search (an online learner updates that afterstate next); `None` after a deeper one.
+    pub fn memo_of_choice(&self) -> Option<&E::Memo> {
+        self.chosen.map(|slot| &self.memos[slot])
     }
 
     /// Searches `board` and returns the best move with every move's value: at `depth`, or with
@@ -185,6 +197,7 @@ impl<E: Evaluator> Expectimax<E> {
     fn decide_at(&mut self, board: Board, depth: u32) -> Decision {
         self.nodes = 0;
         self.out_of_time = false;
+        self.chosen = None;
         if let Some(table) = &mut self.table {
             table.new_search();
         }
@@ -203,9 +216,14 @@ impl<E: Evaluator> Expectimax<E> {
                     count += 1;
                 }
             }
-            self.evaluator.evaluate_all(&legal[..count], &mut direct[..count]);
+            self.evaluator.evaluate_all_keeping(
+                &legal[..count],
+                &mut direct[..count],
+                &mut self.memos[..count],
+            );
         }
         let mut next_direct = 0;
+        let mut chosen = None;
         for (i, slide) in slides.into_iter().enumerate() {
             self.nodes += 1;
             if slide.board == board || slide.overflow {
@@ -222,8 +240,10 @@ impl<E: Evaluator> Expectimax<E> {
             if best.is_none_or(|(_, _, v)| value > v) {
                 best =
                     Some((Direction::ALL[i], Afterstate { board: slide.board, reward: slide.reward }, value));
+                chosen = (depth == 1).then(|| next_direct - 1);
             }
         }
+        self.chosen = chosen;
         Decision {
             direction: best.map(|(d, _, _)| d),
             afterstate: best.map(|(_, a, _)| a),

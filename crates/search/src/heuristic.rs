@@ -120,6 +120,7 @@ impl Default for Heuristic {
 }
 
 impl Evaluator for Heuristic {
+    type Memo = ();
     #[inline]
     fn evaluate(&self, board: Board) -> f32 {
         let rows = board.raw();

@@ -78,7 +78,7 @@ impl Player for GreedyPlayer {
 }
 
 /// Plays the move an expectimax search values highest.
-pub struct ExpectimaxPlayer<E> {
+pub struct ExpectimaxPlayer<E: Evaluator> {
     search: Expectimax<E>,
     nodes: u64,
 }

@@ -85,6 +85,7 @@ fn transposition_table_changes_no_value_when_nothing_is_pruned() {
 /// A toy learned value: 100 points per empty cell, in score units.
 struct EmptyCells;
 impl Evaluator for EmptyCells {
+    type Memo = ();
     fn evaluate(&self, afterstate: Board) -> f32 {
         100.0 * afterstate.empty_count() as f32
     }

@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use zero2048_game::{Board, Game, GameRecord, derive_seed};
-use zero2048_model::{NTupleNetwork, PolicyValueNet};
+use zero2048_model::{KeptFeatures, NTupleNetwork, PolicyValueNet};
 use zero2048_protocol::{Origin, PlaySpec, SearchSpec, Uuid};
 use zero2048_search::{Expectimax, ExpectimaxConfig};
 
@@ -177,10 +177,11 @@ pub trait GameSink: Send {
         true
     }
 
-    /// After each move of an expectimax game: the move's afterstate, its reward, and the
-    /// search's value of the afterstate, for a learner that learns as the game goes.
+    /// After each move of an expectimax game: the move's afterstate, its reward, the search's
+    /// value of the afterstate, and the afterstate's feature indices when the move choice kept
+    /// them (a depth-1 search), for a learner that learns as the game goes.
     #[inline]
-    fn moved(&mut self, _afterstate: Board, _reward: u32, _value: f32) {}
+    fn moved(&mut self, _afterstate: Board, _reward: u32, _value: f32, _kept: Option<&KeptFeatures>) {}
 
     /// A finished game, with the afterstate and reward of each of its moves when the engine
     /// tracked them (expectimax; empty for MCTS), for a learner in the same thread.
@@ -423,7 +424,7 @@ impl ThreadState<'_> {
             game.apply(direction, moved);
             path.push((moved.board, moved.reward));
             let value = decision.values[direction.index() as usize].unwrap_or(0.0) - moved.reward as f32;
-            sink.moved(moved.board, moved.reward, value);
+            sink.moved(moved.board, moved.reward, value, search.memo_of_choice());
         }
     }
 

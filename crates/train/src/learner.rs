@@ -25,7 +25,7 @@ use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 use zero2048_game::{Board, GameRecord, ReplayError};
-use zero2048_model::{Features, NTupleNetwork, NetworkError, Pages, Table};
+use zero2048_model::{Features, KeptFeatures, NTupleNetwork, NetworkError, Pages, Table};
 
 /// The TD learning rate from a game count on.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -233,6 +233,21 @@ pub struct Trace {
     updates: u32,
     /// The features of the afterstate being learned (kept to reuse its allocation).
     features: Features,
+    /// With a window of one: the feature indices the move choice kept of the newest pending
+    /// afterstate, which the next move's update writes through.
+    kept: KeptFeatures,
+}
+
+impl Trace {
+    /// Holds the indices kept of the newest pending afterstate (a copy: the search writes its
+    /// candidates' again at the next move). Without any, the last ones stay: an update uses
+    /// indices only when they are of the board it updates, and a board's are always the same.
+    #[inline]
+    fn keep(&mut self, kept: Option<&KeptFeatures>) {
+        if let Some(kept) = kept {
+            self.kept = *kept;
+        }
+    }
 }
 
 /// The step sizes of one game (fixed when it starts).
@@ -315,35 +330,49 @@ impl TdLearner {
         }
     }
 
-    /// [`update`](Self::update) for an afterstate known only by its board. Plain TD computes
-    /// each index and writes its weight in one pass, as the public TD(0) learners do; TC needs
-    /// the feature list twice (rates, then weights), so it fills `scratch` first.
+    /// [`update`](Self::update) for an afterstate known only by its board, and perhaps by the
+    /// indices the move choice kept of it. Plain TD writes each weight in one pass (through the
+    /// kept indices when they are the board's, else computing each), as the public TD(0)
+    /// learners do; TC needs the feature list twice (rates, then weights), so it fills `scratch`.
     #[inline]
-    fn update_board(&self, rates: Rates, board: Board, scratch: &mut Features, error: f32) -> f32 {
+    fn update_board(
+        &self,
+        rates: Rates,
+        board: Board,
+        kept: &KeptFeatures,
+        scratch: &mut Features,
+        error: f32,
+    ) -> f32 {
         match (rates.coherent, self.coherence.get()) {
             (true, Some(tc)) => {
                 self.network.features_into(board, scratch);
                 self.coherent_update(tc, scratch, rates.step, error)
             }
-            _ => self.network.add_and_value(board, rates.step * error),
+            _ => self.network.add_and_value_kept(kept, board, rates.step * error),
         }
     }
 
     /// Online mode: the move that made `afterstate` (scoring `reward`) was just played, and the
-    /// search valued the afterstate at `value`. Learns the afterstate `window` moves back.
+    /// search valued the afterstate at `value`, keeping its feature indices in `kept` if it did
+    /// (a depth-1 search). Learns the afterstate `window` moves back.
     pub fn online_move(
         &self,
         trace: &mut Trace,
         afterstate: Board,
         reward: u32,
         value: f32,
+        kept: Option<&KeptFeatures>,
     ) -> Result<(), NetworkError> {
         let rates = match trace.rates {
             Some(rates) => rates,
             None => *trace.rates.insert(self.next_game()?),
         };
         trace.pending.push_back((afterstate, reward, value));
-        if trace.pending.len() <= self.config.window() {
+        let window = self.config.window();
+        if trace.pending.len() <= window {
+            if window == 1 {
+                trace.keep(kept);
+            }
             return Ok(());
         }
         // The λ-return of the oldest pending afterstate, truncated at the newest (bootstrapped
@@ -360,7 +389,10 @@ impl TdLearner {
         let error = target - value;
         trace.total_error += error.abs();
         trace.updates += 1;
-        self.update_board(rates, oldest, &mut trace.features, error);
+        self.update_board(rates, oldest, &trace.kept, &mut trace.features, error);
+        if window == 1 {
+            trace.keep(kept);
+        }
         Ok(())
     }
 
@@ -768,7 +800,7 @@ mod tests {
                 let path = random_path(seed);
                 for &(afterstate, reward) in &path {
                     let seen = td.network().value(afterstate);
-                    td.online_move(&mut trace, afterstate, reward, seen).unwrap();
+                    td.online_move(&mut trace, afterstate, reward, seen, None).unwrap();
                 }
                 td.online_end(&mut trace, true).unwrap();
                 plain_online(&shape.tuples, &mut plain, &path, 0.1, lambda, window);
@@ -786,6 +818,43 @@ mod tests {
         }
         assert_eq!(TdConfig { lambda: 0.0, ..TdConfig::default() }.window(), 1);
         assert_eq!(TdConfig { lambda: 0.5, ..TdConfig::default() }.window(), 4);
+    }
+
+    #[test]
+    fn online_td0_through_the_move_choices_kept_indices_learns_the_same() {
+        // A compiled shape (the small one keeps no indices); zeroed networks touch only the
+        // pages the games write.
+        let config = TdConfig { mode: TdMode::Online, lambda: 0.0, ..TdConfig::td0() };
+        let through_kept = TdLearner::new(
+            Arc::new(NTupleNetwork::zeroed(NTupleConfig::standard_4x6()).unwrap()),
+            config.clone(),
+            0,
+        );
+        let computing =
+            TdLearner::new(Arc::new(NTupleNetwork::zeroed(NTupleConfig::standard_4x6()).unwrap()), config, 0);
+        let (mut kept_trace, mut plain_trace) = (Trace::default(), Trace::default());
+        let mut kept = [KeptFeatures::default()];
+        let mut seen = Vec::new();
+        for seed in 0..6 {
+            let path = random_path(seed);
+            for &(afterstate, reward) in &path {
+                let mut value = [0.0];
+                through_kept.network().values_keeping(&[afterstate], &mut value, &mut kept);
+                assert_eq!(kept[0].board(), Some(afterstate));
+                assert_eq!(value[0], computing.network().value(afterstate));
+                // Every other move without indices, as after a deeper search.
+                let offered = (seen.len() % 2 == 0).then_some(&kept[0]);
+                through_kept.online_move(&mut kept_trace, afterstate, reward, value[0], offered).unwrap();
+                computing.online_move(&mut plain_trace, afterstate, reward, value[0], None).unwrap();
+                seen.push(afterstate);
+            }
+            through_kept.online_end(&mut kept_trace, true).unwrap();
+            computing.online_end(&mut plain_trace, true).unwrap();
+        }
+        assert!(seen.iter().any(|&b| computing.network().value(b) != 0.0), "the games taught something");
+        for board in seen {
+            assert_eq!(through_kept.network().value(board), computing.network().value(board), "{board:?}");
+        }
     }
 
     #[test]

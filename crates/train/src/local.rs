@@ -13,6 +13,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use zero2048_game::Board;
+use zero2048_model::KeptFeatures;
 use zero2048_protocol::{BatchEntry, UploadRules};
 use zero2048_selfplay::{Budget, Control, CurrentModel, FinishedGame, GameSink, Runner, SinkClosed};
 
@@ -74,9 +75,9 @@ impl GameSink for LearningSink {
     }
 
     #[inline]
-    fn moved(&mut self, afterstate: Board, reward: u32, value: f32) {
+    fn moved(&mut self, afterstate: Board, reward: u32, value: f32, kept: Option<&KeptFeatures>) {
         if self.online
-            && let Err(e) = self.learner.online_move(&mut self.trace, afterstate, reward, value)
+            && let Err(e) = self.learner.online_move(&mut self.trace, afterstate, reward, value, kept)
         {
             note(&self.error, e.into());
         }

@@ -394,6 +394,21 @@ impl KeptFeatures {
     pub fn board(&self) -> Option<Board> {
         self.board
     }
+
+    /// Becomes a copy of `other`, copying only the tuples its shape has (a learner holds the
+    /// chosen move's indices each move: a whole copy moved 512 bytes where the 4×6 shape uses 256).
+    #[inline]
+    pub fn copy_from(&mut self, other: &KeptFeatures) {
+        self.board = other.board;
+        self.kernel = other.kernel;
+        match other.kernel {
+            Kernel::Standard4x6 => *kept_indices_mut::<4>(self) = *kept_indices::<4>(other),
+            Kernel::Jaskowski5x6 => *kept_indices_mut::<5>(self) = *kept_indices::<5>(other),
+            Kernel::Matsuzaki8x6 => *kept_indices_mut::<8>(self) = *kept_indices::<8>(other),
+            // Keeps no indices: `board` is `None`.
+            Kernel::General => {}
+        }
+    }
 }
 
 /// See the module documentation.

@@ -245,7 +245,7 @@ impl Trace {
     #[inline]
     fn keep(&mut self, kept: Option<&KeptFeatures>) {
         if let Some(kept) = kept {
-            self.kept = *kept;
+            self.kept.copy_from(kept);
         }
     }
 }

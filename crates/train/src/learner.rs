@@ -369,14 +369,20 @@ impl TdLearner {
         };
         trace.pending.push_back((afterstate, reward, value));
         let window = self.config.window();
-        if trace.pending.len() <= window {
-            if window == 1 {
-                trace.keep(kept);
-            }
-            return Ok(());
+        if trace.pending.len() > window {
+            self.learn_oldest(trace, rates);
         }
-        // The λ-return of the oldest pending afterstate, truncated at the newest (bootstrapped
-        // from its value), from the values the search saw: no weight is read again.
+        // With a window of one, the afterstate just played is the next one learned.
+        if window == 1 {
+            trace.keep(kept);
+        }
+        Ok(())
+    }
+
+    /// Online mode: learns the oldest pending afterstate from its λ-return, truncated at the
+    /// newest (bootstrapped from its value), from the values the search saw: no weight is read
+    /// again.
+    fn learn_oldest(&self, trace: &mut Trace, rates: Rates) {
         let lambda = self.config.lambda;
         let newest = trace.pending.len() - 1;
         let mut target = trace.pending[newest].2;
@@ -390,10 +396,6 @@ impl TdLearner {
         trace.total_error += error.abs();
         trace.updates += 1;
         self.update_board(rates, oldest, &trace.kept, &mut trace.features, error);
-        if window == 1 {
-            trace.keep(kept);
-        }
-        Ok(())
     }
 
     /// Online mode: the game ended (`finished`) or was abandoned. A finished game's pending

@@ -243,4 +243,23 @@ mod tests {
             assert!(message.starts_with("train.revision_every_games:"), "{message}");
         }
     }
+
+    #[test]
+    fn a_restart_key_given_alone_keeps_the_other_at_its_default() {
+        let default = zero2048_protocol::RestartSpec::default();
+        let from_env = read(None, &vars(&[("ZERO2048_TRAIN__RESTART__AT", "0.85")])).unwrap();
+        assert_eq!(from_env.train.restart.map(|r| (r.min_moves, r.at)), Some((default.min_moves, 0.85)));
+        let (_dir, path) = write("train:\n  restart:\n    min_moves: 20\n");
+        let from_file = read(Some(&path), &[]).unwrap();
+        assert_eq!(from_file.train.restart.map(|r| (r.min_moves, r.at)), Some((20, default.at)));
+        let (_dir, path) = write("train:\n  restart: null\n");
+        assert_eq!(read(Some(&path), &[]).unwrap().train.restart, None, "null still turns it off");
+        let over_null = read(Some(&path), &vars(&[("ZERO2048_TRAIN__RESTART__AT", "0.6")])).unwrap();
+        assert_eq!(over_null.train.restart.map(|r| r.at), Some(0.6), "a variable over a null file");
+        let message = error(read(None, &vars(&[("ZERO2048_TRAIN__RESTART__AFTER", "0.6")])));
+        assert!(message.contains("ZERO2048_TRAIN__RESTART__AFTER") && message.contains("after"), "{message}");
+        let out_of_range = read(None, &vars(&[("ZERO2048_TRAIN__RESTART__AT", "1.5")])).unwrap();
+        let message = out_of_range.train.validate().unwrap_err().to_string();
+        assert!(message.starts_with("train.restart.at:"), "{message}");
+    }
 }

@@ -14,6 +14,25 @@ use crate::evaluation::EvalConfig;
 use crate::learner::TdConfig;
 use crate::zero::ZeroConfig;
 
+/// The `restart:` keys as a configuration source gives them. The wire's [`RestartSpec`] needs
+/// both fields (a published spec is complete); a configuration names only what it changes.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestartKeys {
+    min_moves: Option<u32>,
+    at: Option<f32>,
+}
+
+/// `restart:` with each key that is not given at its default (`null`: no restart).
+fn restart_keys<'de, D: serde::Deserializer<'de>>(from: D) -> Result<Option<RestartSpec>, D::Error> {
+    let keys: Option<RestartKeys> = Option::deserialize(from)?;
+    let default = RestartSpec::default();
+    Ok(keys.map(|keys| RestartSpec {
+        min_moves: keys.min_moves.unwrap_or(default.min_moves),
+        at: keys.at.unwrap_or(default.at),
+    }))
+}
+
 /// Everything a run is configured with. Every key is optional; the defaults are the recipe that
 /// measured best for an hour of local training (BENCHMARKS.md).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -43,7 +62,10 @@ pub struct TrainConfig {
     /// by every worker: 1 = greedy on the learned value, the TD standard.
     pub selfplay_depth: u32,
     /// The restart strategy for n-tuple self-play (`null`: none). Policy-value runs always play
-    /// whole games: their published play spec carries no restart whatever this says.
+    /// whole games: their published play spec carries no restart whatever this says. Either key
+    /// may be given alone (`restart: {at: 0.85}`, or `ZERO2048_TRAIN__RESTART__AT=0.85`): the
+    /// other keeps its default.
+    #[serde(deserialize_with = "restart_keys")]
     pub restart: Option<RestartSpec>,
     /// The probability that a spawned tile is a 4: the game every player of the run plays.
     pub four_probability: f64,

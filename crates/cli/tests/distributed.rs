@@ -145,7 +145,7 @@ fn api_servers_apart_from_the_learner_lose_nothing_when_one_is_killed_nor_when_t
     // The learner takes no uploads: workers know only the API servers.
     let refused = http().post(format!("http://127.0.0.1:{learner_port}/api/v1/games")).send().unwrap();
     assert_eq!(refused.status().as_u16(), 404);
-    let (first_port, second_port) = (free_port(), free_port());
+    let [first_port, second_port] = free_ports();
     let mut first = server(dir.path(), first_port, &["--role", "api"]);
     let _second = server(dir.path(), second_port, &["--role", "api"]);
     let second = format!("http://127.0.0.1:{second_port}");

@@ -14,7 +14,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    let [port] = free_ports();
+    port
+}
+
+/// `N` distinct free ports. Each listener is held until all are bound: ports taken one call at a
+/// time can come back equal, since the kernel may hand out a port again once its listener closes.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: [TcpListener; N] = std::array::from_fn(|_| TcpListener::bind("127.0.0.1:0").unwrap());
+    listeners.map(|listener| listener.local_addr().unwrap().port())
 }
 
 /// Whether the server tests run against PostgreSQL (`ZERO2048_TEST_BACKEND=postgres`, the second

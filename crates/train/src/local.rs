@@ -7,10 +7,10 @@
 //!   game to an uplink thread that verifies and queues it for the learner.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use zero2048_game::Board;
 use zero2048_model::KeptFeatures;
@@ -248,23 +248,46 @@ fn spawn_store(name: &str, body: impl FnOnce() + Send + 'static) -> Result<JoinH
     })
 }
 
-/// Games the recorder or the uplink takes at once.
+/// Games the recorder or the uplink takes at once: one chunk of the game store, one transaction.
 const BATCH: usize = 1024;
 
-/// How long the recorder or the uplink lets games gather after the first one arrives.
-const WINDOW: Duration = Duration::from_millis(50);
+/// How long the recorder or the uplink lets games gather after the first one arrives, at most.
+/// Each batch is a chunk file written and synced twice, and a bucket's PUT: at 50 ms a default
+/// hour wrote about 70,000 of them and the syncs cost 2-3% of a TD(0) run's CPU (BENCHMARKS.md,
+/// issue 11). A second is what a killed process can lose of games it already learned.
+const WINDOW: Duration = Duration::from_secs(1);
 
-/// Waits for a game, lets more gather for [`WINDOW`], then takes up to [`BATCH`] of those waiting.
-/// `None` once every sender is gone and nothing is left. The window is slept, not waited on the
-/// channel: a receiver blocked on the channel is woken by every send, which cost the playing
-/// threads a futex call per game and this thread a context switch per game (about 3% of a
-/// 4×6 run's CPU, BENCHMARKS.md); a sleeping one is woken once per batch.
+/// How often a gathering recorder or uplink looks at the queue.
+const TICK: Duration = Duration::from_millis(50);
+
+/// Waits for a game, then gathers those that follow for up to [`WINDOW`] or until [`BATCH`] are
+/// in hand. `None` once every sender is gone and nothing is left.
 fn next_batch(received: &Receiver<FinishedGame>) -> Option<Vec<FinishedGame>> {
+    gather(received, BATCH, WINDOW, TICK)
+}
+
+/// [`next_batch`] with its limits as arguments. Between looks the thread sleeps rather than
+/// waiting on the channel: a receiver blocked on the channel is woken by every send, which cost
+/// the playing threads a futex call per game and this thread a context switch per game (about
+/// 3% of a 4×6 run's CPU, BENCHMARKS.md); a sleeping one looks once per `tick`.
+fn gather<T>(received: &Receiver<T>, most: usize, window: Duration, tick: Duration) -> Option<Vec<T>> {
     let first = received.recv().ok()?;
-    std::thread::sleep(WINDOW);
+    let started = Instant::now();
     let mut batch = vec![first];
-    batch.extend(received.try_iter().take(BATCH - 1));
-    Some(batch)
+    loop {
+        while batch.len() < most {
+            match received.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => return Some(batch),
+            }
+        }
+        let waited = started.elapsed();
+        if batch.len() >= most || waited >= window {
+            return Some(batch);
+        }
+        std::thread::sleep(tick.min(window - waited));
+    }
 }
 
 /// Stores games the threads already learned: for the dashboard and exports, never learned again.
@@ -340,4 +363,64 @@ pub fn pace(control: &Control, live: &LiveState, max: u64) {
         .load(Ordering::Relaxed)
         .saturating_sub(live.learned_through.load(Ordering::Relaxed));
     control.pause.store(waiting > max, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_takes_what_waits_up_to_its_limit_and_leaves_the_rest_in_order() {
+        let (send, received) = sync_channel(100);
+        for i in 0..10 {
+            send.send(i).unwrap();
+        }
+        let batch = gather(&received, 4, Duration::from_secs(60), Duration::from_millis(1)).unwrap();
+        assert_eq!(batch, [0, 1, 2, 3], "a full batch returns without waiting out its window");
+        let batch = gather(&received, 4, Duration::from_secs(60), Duration::from_millis(1)).unwrap();
+        assert_eq!(batch, [4, 5, 6, 7]);
+    }
+
+    #[test]
+    fn a_batch_ends_when_the_senders_are_gone_and_then_there_is_none() {
+        let (send, received) = sync_channel(100);
+        send.send(1).unwrap();
+        send.send(2).unwrap();
+        drop(send);
+        // The window is an hour: only the closed channel can end this batch.
+        let batch = gather(&received, 1024, Duration::from_secs(3600), Duration::from_millis(1)).unwrap();
+        assert_eq!(batch, [1, 2]);
+        assert!(gather(&received, 1024, Duration::from_secs(3600), Duration::from_millis(1)).is_none());
+    }
+
+    #[test]
+    fn an_open_channel_ends_a_batch_at_its_window_and_later_games_wait_for_the_next() {
+        let (send, received) = sync_channel(100);
+        for i in 0..3 {
+            send.send(i).unwrap();
+        }
+        let batch = gather(&received, 1024, Duration::from_millis(20), Duration::from_millis(1)).unwrap();
+        assert_eq!(batch, [0, 1, 2], "the sender is still there: the window ended the batch");
+        send.send(3).unwrap();
+        assert_eq!(
+            gather(&received, 1024, Duration::from_millis(20), Duration::from_millis(1)).unwrap(),
+            [3]
+        );
+    }
+
+    #[test]
+    fn a_batch_gathers_games_that_arrive_while_it_waits() {
+        let (send, received) = sync_channel(100);
+        send.send(0).unwrap();
+        let sender = std::thread::spawn(move || {
+            for i in 1..4 {
+                std::thread::sleep(Duration::from_millis(5));
+                send.send(i).unwrap();
+            }
+        });
+        // The sender closes the channel long before the window: the batch holds all four.
+        let batch = gather(&received, 1024, Duration::from_secs(60), Duration::from_millis(1)).unwrap();
+        assert_eq!(batch, [0, 1, 2, 3]);
+        sender.join().unwrap();
+    }
 }

@@ -32,5 +32,5 @@ pub use ntuple::{
     NetworkError, downgraded,
 };
 pub use policy_value::{PolicyValueConfig, PolicyValueInfo, PolicyValueNet};
-pub use table::{Pages, Table};
+pub use table::{Pages, SIX_TUPLE_WEIGHTS, Table};
 pub use weights_file::{WeightsFileError, WeightsInfo};

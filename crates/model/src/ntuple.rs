@@ -276,20 +276,24 @@ fn kept_indices_mut<const T: usize>(kept: &mut KeptFeatures) -> &mut [[usize; 8]
     kept.indices.first_chunk_mut::<T>().expect("a compiled shape has at most MAX_KEPT_TUPLES tuples")
 }
 
+/// The value of one afterstate of a compiled shape (all of whose tuples have 6 cells) from its
+/// indices.
 #[inline(always)]
 fn sum_at<const T: usize>(tables: &[Table], indices: &[[usize; 8]; T]) -> f32 {
     let mut sum = 0.0;
     for (table, at) in tables.iter().zip(indices) {
-        sum += table.sum_at(at);
+        sum += table.sum_at_six(at);
     }
     sum
 }
 
+/// Adds `step` to each weight of one afterstate of a compiled shape (all of whose tuples have 6
+/// cells); returns its new value.
 #[inline(always)]
 fn add_at<const T: usize>(tables: &[Table], indices: &[[usize; 8]; T], step: f32) -> f32 {
     let mut sum = 0.0;
     for (table, at) in tables.iter().zip(indices) {
-        sum += table.add_at(at, step);
+        sum += table.add_at_six(at, step);
     }
     sum
 }

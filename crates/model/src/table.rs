@@ -24,6 +24,9 @@ pub enum Pages {
     Normal,
 }
 
+/// Weights in the table of a 6-tuple (16^6): every table of the compiled network shapes.
+pub const SIX_TUPLE_WEIGHTS: usize = 1 << 24;
+
 /// One table of weights.
 pub struct Table {
     map: MmapRaw,
@@ -56,17 +59,21 @@ impl Table {
     /// Starts loading the cache line that holds weight `index` into the nearest cache, without
     /// waiting for it: a learner that knows which weights it touches next asks for them while it
     /// still works on the current ones, so their cache misses overlap instead of coming one after
-    /// the other. A hint only: an index out of range is ignored, and targets without a prefetch
-    /// instruction do nothing.
+    /// the other. A hint only: an index out of range asks for a line outside the table, which
+    /// does nothing, so no index is checked (a check per prefetch cost the compiled shapes'
+    /// move choice a compare and a branch per weight); targets without a prefetch instruction do
+    /// nothing.
     #[inline(always)]
     #[allow(unsafe_code)]
     pub fn prefetch(&self, index: usize) {
         #[cfg(target_arch = "x86_64")]
-        if index < self.len {
+        {
             use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-            // SAFETY: the address lies inside the mapping (`index < len`); a prefetch reads
-            // nothing the program sees and never faults.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(self.map.as_ptr().add(index * 4) as *const i8) }
+            // SAFETY: a prefetch reads nothing the program sees and never faults, whatever the
+            // address; the address is computed with wrapping arithmetic, never dereferenced.
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>(self.map.as_ptr().wrapping_add(index.wrapping_mul(4)) as *const i8)
+            }
         }
         #[cfg(not(target_arch = "x86_64"))]
         let _ = index;
@@ -113,6 +120,42 @@ impl Table {
         let mut sum = 0.0;
         for &index in indices {
             let cell = &cells[index];
+            let value = f32::from_bits(cell.load(Ordering::Relaxed)) + delta;
+            cell.store(value.to_bits(), Ordering::Relaxed);
+            sum += value;
+        }
+        sum
+    }
+
+    /// The weights of a 6-tuple's table as an array of known length, checked once: an index
+    /// masked to 24 bits then needs no check of its own.
+    #[inline(always)]
+    fn six_tuple_cells(&self) -> &[AtomicU32; SIX_TUPLE_WEIGHTS] {
+        self.cells().try_into().expect("a 6-tuple's table holds 16^6 weights")
+    }
+
+    /// [`Self::sum_at`] for a 6-tuple's table (the compiled network shapes'), checking the
+    /// table's length once instead of each index: each index's bits above the 24th are ignored.
+    /// The move choice reads 32–64 weights per candidate; a compare and a branch before each
+    /// cost a tenth of a TD(0) run (BENCHMARKS.md, issue 11). Panics if the table does not hold
+    /// [`SIX_TUPLE_WEIGHTS`] weights.
+    #[inline(always)]
+    pub fn sum_at_six(&self, indices: &[usize; 8]) -> f32 {
+        let cells = self.six_tuple_cells();
+        let mut sum = 0.0;
+        for &index in indices {
+            sum += f32::from_bits(cells[index & (SIX_TUPLE_WEIGHTS - 1)].load(Ordering::Relaxed));
+        }
+        sum
+    }
+
+    /// [`Self::add_at`] for a 6-tuple's table, as [`Self::sum_at_six`] is [`Self::sum_at`].
+    #[inline(always)]
+    pub fn add_at_six(&self, indices: &[usize; 8], delta: f32) -> f32 {
+        let cells = self.six_tuple_cells();
+        let mut sum = 0.0;
+        for &index in indices {
+            let cell = &cells[index & (SIX_TUPLE_WEIGHTS - 1)];
             let value = f32::from_bits(cell.load(Ordering::Relaxed)) + delta;
             cell.store(value.to_bits(), Ordering::Relaxed);
             sum += value;
@@ -236,6 +279,44 @@ mod tests {
         }
         assert_eq!(table.get(3), 2.5);
         assert_eq!(table.iter().filter(|&w| w != 0.0).count(), 1);
+    }
+
+    #[test]
+    fn a_six_tuple_tables_unchecked_reads_and_adds_match_the_checked_ones() {
+        let (checked, six) = (
+            Table::zeroed(SIX_TUPLE_WEIGHTS, Pages::Normal).unwrap(),
+            Table::zeroed(SIX_TUPLE_WEIGHTS, Pages::Normal).unwrap(),
+        );
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as usize % SIX_TUPLE_WEIGHTS
+        };
+        for round in 0..200 {
+            // A weight listed twice moves twice, as in the checked add.
+            let mut indices: [usize; 8] = std::array::from_fn(|_| next());
+            indices[7] = indices[round % 7];
+            let delta = round as f32 * 0.25 - 7.0;
+            assert_eq!(checked.add_at(&indices, delta), six.add_at_six(&indices, delta));
+            assert_eq!(checked.sum_at(&indices), six.sum_at_six(&indices));
+        }
+        assert!(checked.iter().eq(six.iter()));
+    }
+
+    #[test]
+    fn a_six_tuple_index_keeps_its_low_24_bits() {
+        let table = Table::zeroed(SIX_TUPLE_WEIGHTS, Pages::Normal).unwrap();
+        table.add_at_six(&[5 | (3 << 24); 8], 1.0);
+        assert_eq!(table.get(5), 8.0);
+        assert_eq!(table.sum_at_six(&[5 + SIX_TUPLE_WEIGHTS; 8]), 64.0);
+    }
+
+    #[test]
+    #[should_panic(expected = "a 6-tuple's table holds 16^6 weights")]
+    fn a_six_tuple_read_of_another_tables_weights_panics() {
+        Table::zeroed(1 << 16, Pages::Normal).unwrap().sum_at_six(&[0; 8]);
     }
 
     #[test]

@@ -27,6 +27,15 @@ pub enum Pages {
 /// Weights in the table of a 6-tuple (16^6): every table of the compiled network shapes.
 pub const SIX_TUPLE_WEIGHTS: usize = 1 << 24;
 
+/// Adds `delta` to one weight and returns the new weight (a load and a store: a concurrent
+/// update between them may be lost, see the module documentation).
+#[inline(always)]
+fn add_to(cell: &AtomicU32, delta: f32) -> f32 {
+    let value = f32::from_bits(cell.load(Ordering::Relaxed)) + delta;
+    cell.store(value.to_bits(), Ordering::Relaxed);
+    value
+}
+
 /// One table of weights.
 pub struct Table {
     map: MmapRaw,
@@ -95,10 +104,7 @@ impl Table {
     /// concurrent update of the same weight between the read and the write may be lost.
     #[inline]
     pub fn add(&self, index: usize, delta: f32) -> f32 {
-        let cell = &self.cells()[index];
-        let value = f32::from_bits(cell.load(Ordering::Relaxed)) + delta;
-        cell.store(value.to_bits(), Ordering::Relaxed);
-        value
+        add_to(&self.cells()[index], delta)
     }
 
     /// The sum of the weights at `indices` (one tuple under the 8 symmetries).
@@ -119,10 +125,7 @@ impl Table {
         let cells = self.cells();
         let mut sum = 0.0;
         for &index in indices {
-            let cell = &cells[index];
-            let value = f32::from_bits(cell.load(Ordering::Relaxed)) + delta;
-            cell.store(value.to_bits(), Ordering::Relaxed);
-            sum += value;
+            sum += add_to(&cells[index], delta);
         }
         sum
     }
@@ -136,8 +139,9 @@ impl Table {
 
     /// [`Self::sum_at`] for a 6-tuple's table (the compiled network shapes'), checking the
     /// table's length once instead of each index: each index's bits above the 24th are ignored.
-    /// The move choice reads 32–64 weights per candidate; a compare and a branch before each
-    /// cost a tenth of a TD(0) run (BENCHMARKS.md, issue 11). Panics if the table does not hold
+    /// The move choice reads 32–64 weights per candidate, each behind a compare and a branch
+    /// before (3.5–6.6% of a TD(0) run, within the machine's drift: BENCHMARKS.md, issue 11).
+    /// Panics if the table does not hold
     /// [`SIX_TUPLE_WEIGHTS`] weights.
     #[inline(always)]
     pub fn sum_at_six(&self, indices: &[usize; 8]) -> f32 {
@@ -155,10 +159,7 @@ impl Table {
         let cells = self.six_tuple_cells();
         let mut sum = 0.0;
         for &index in indices {
-            let cell = &cells[index & (SIX_TUPLE_WEIGHTS - 1)];
-            let value = f32::from_bits(cell.load(Ordering::Relaxed)) + delta;
-            cell.store(value.to_bits(), Ordering::Relaxed);
-            sum += value;
+            sum += add_to(&cells[index & (SIX_TUPLE_WEIGHTS - 1)], delta);
         }
         sum
     }

@@ -141,8 +141,7 @@ impl Table {
     /// table's length once instead of each index: each index's bits above the 24th are ignored.
     /// The move choice reads 32–64 weights per candidate, each behind a compare and a branch
     /// before (3.5–6.6% of a TD(0) run, within the machine's drift: BENCHMARKS.md, issue 11).
-    /// Panics if the table does not hold
-    /// [`SIX_TUPLE_WEIGHTS`] weights.
+    /// Panics if the table does not hold [`SIX_TUPLE_WEIGHTS`] weights.
     #[inline(always)]
     pub fn sum_at_six(&self, indices: &[usize; 8]) -> f32 {
         let cells = self.six_tuple_cells();

@@ -24,8 +24,10 @@ const MAGIC: &[u8; 4] = b"Z2GC";
 const VERSION: u8 = 1;
 /// The largest chunk a reader decompresses (a batch is at most a few MiB).
 const MAX_CHUNK_BYTES: u64 = 512 << 20;
-/// zstd level: records are already bit-packed; level 3 is fast and gains what there is.
-const LEVEL: i32 = 3;
+/// zstd level: records are already bit-packed (one byte a move), so level 1 keeps what there is
+/// to gain (a chunk of TD(0) games: 1.319× against level 3's 1.324×) at 2.8× level 3's speed
+/// (509 against 182 MB/s; about 0.8 CPU-s per 100,000 games: BENCHMARKS.md, issue 11).
+const LEVEL: i32 = 1;
 /// How old an unnamed chunk must be before it counts as an orphan: longer than any upload's
 /// write-then-commit could take.
 pub const ORPHAN_AGE: Duration = Duration::from_secs(3600);

@@ -9,7 +9,7 @@
 //! pages by default; [`Pages::Normal`] keeps 4 KiB pages (for measuring the difference).
 
 use std::io::{Read, Write};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use memmap2::{Advice, MmapMut, MmapRaw};
 
@@ -27,6 +27,29 @@ pub enum Pages {
 /// Weights in the table of a 6-tuple (16^6): every table of the compiled network shapes.
 pub const SIX_TUPLE_WEIGHTS: usize = 1 << 24;
 
+/// How far apart, in 64-byte cache lines, the starts of consecutive tables are staggered.
+/// Tables are maps of their own, page-aligned (2 MiB-aligned on huge pages), so weight `i` of
+/// every table would share a cache set, and the compiled 4×6 shape's tuples share their first
+/// cells (0, 1, 2 and 4, 5, 6), so their indices share low bits: the same afterstate's weights
+/// then crowd the same sets of the first- and second-level caches and evict each other. Odd, so
+/// the first 64 tables start in 64 different first-level sets; wrapped at [`STAGGER_SPAN`]
+/// lines. Over 20,000 online TD(0) games it cut the update's read-modify-writes by a quarter
+/// and the move choice's reads by 4–14%, the same weights learned (BENCHMARKS.md, issue 11).
+const STAGGER_LINES: usize = 17;
+
+/// The stagger wraps at this many cache lines (64 KiB: the period of a second-level cache's
+/// sets; the slack each map carries).
+const STAGGER_SPAN: usize = 1024;
+
+/// Tables made so far in this process: the next one's place in the stagger.
+static TABLES_MADE: AtomicUsize = AtomicUsize::new(0);
+
+/// The byte offset at which the next table's weights start in their map.
+fn next_stagger() -> usize {
+    let table = TABLES_MADE.fetch_add(1, Ordering::Relaxed);
+    (table * STAGGER_LINES) % STAGGER_SPAN * 64
+}
+
 /// Adds `delta` to one weight and returns the new weight (a load and a store: a concurrent
 /// update between them may be lost, see the module documentation).
 #[inline(always)]
@@ -40,29 +63,35 @@ fn add_to(cell: &AtomicU32, delta: f32) -> f32 {
 pub struct Table {
     map: MmapRaw,
     len: usize,
+    /// Where the weights start in the map, in bytes (a multiple of 64; see [`STAGGER_LINES`]).
+    start: usize,
 }
 
 impl Table {
     /// A table of `len` zero weights (the kernel's zero pages: nothing is touched until written).
     pub fn zeroed(len: usize, pages: Pages) -> std::io::Result<Table> {
-        let map = MmapMut::map_anon(len.max(1) * 4)?;
+        let start = next_stagger();
+        let map = MmapMut::map_anon(start + len.max(1) * 4)?;
         if pages == Pages::Huge {
             // Advisory only; see `Pages::Huge`.
             let _ = map.advise(Advice::HugePage);
         }
-        Ok(Table { map: MmapRaw::from(map), len })
+        Ok(Table { map: MmapRaw::from(map), len, start })
     }
 
     /// The weights as atomics.
     #[inline]
     #[allow(unsafe_code)]
     fn cells(&self) -> &[AtomicU32] {
-        // SAFETY: the map is `len * 4` bytes (at least), page-aligned, readable and writable, and
-        // lives as long as `self`; `AtomicU32` has the size and alignment of `u32` and every bit
-        // pattern is a valid value. `MmapRaw::as_mut_ptr` carries write provenance, and every
-        // access to these bytes goes through atomics (or through `&mut self`), so there is no
-        // data race.
-        unsafe { std::slice::from_raw_parts(self.map.as_mut_ptr() as *const AtomicU32, self.len) }
+        // SAFETY: the map is `start + len * 4` bytes (at least), page-aligned, readable and
+        // writable, and lives as long as `self`; `start` is a multiple of 64, so the weights are
+        // aligned for `AtomicU32`, which has the size and alignment of `u32` and for which every
+        // bit pattern is a valid value. `MmapRaw::as_mut_ptr` carries write provenance, and
+        // every access to these bytes goes through atomics (or through `&mut self`), so there is
+        // no data race.
+        unsafe {
+            std::slice::from_raw_parts(self.map.as_mut_ptr().add(self.start) as *const AtomicU32, self.len)
+        }
     }
 
     /// Starts loading the cache line that holds weight `index` into the nearest cache, without
@@ -81,7 +110,10 @@ impl Table {
             // SAFETY: a prefetch reads nothing the program sees and never faults, whatever the
             // address; the address is computed with wrapping arithmetic, never dereferenced.
             unsafe {
-                _mm_prefetch::<_MM_HINT_T0>(self.map.as_ptr().wrapping_add(index.wrapping_mul(4)) as *const i8)
+                _mm_prefetch::<_MM_HINT_T0>(
+                    self.map.as_ptr().wrapping_add(self.start).wrapping_add(index.wrapping_mul(4))
+                        as *const i8,
+                )
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -268,6 +300,30 @@ mod tests {
         assert_eq!(table.get(7), 1.25);
         table.set(999, -3.0);
         assert_eq!(table.iter().filter(|&w| w != 0.0).count(), 2);
+    }
+
+    #[test]
+    fn tables_made_one_after_another_start_in_different_cache_sets() {
+        let tables: Vec<Table> = (0..8).map(|_| Table::zeroed(1 << 12, Pages::Normal).unwrap()).collect();
+        // Other tests make tables at the same time, so consecutive here need not be consecutive
+        // in the stagger; every start is still a whole line, inside its slack, and the eight
+        // weights `i` are at least not all in one first-level set (64 sets of 64 bytes).
+        let sets: std::collections::BTreeSet<usize> = tables
+            .iter()
+            .map(|t| {
+                assert_eq!(t.start % 64, 0);
+                assert!(t.start < STAGGER_SPAN * 64);
+                (t.cells().as_ptr() as usize / 64) % 64
+            })
+            .collect();
+        assert!(sets.len() > 1, "all eight tables start in first-level set {sets:?}");
+        for (n, table) in tables.iter().enumerate() {
+            table.set((1 << 12) - 1, n as f32);
+            table.set(0, -(n as f32));
+        }
+        for (n, table) in tables.iter().enumerate() {
+            assert_eq!((table.get(0), table.get((1 << 12) - 1)), (-(n as f32), n as f32));
+        }
     }
 
     #[test]

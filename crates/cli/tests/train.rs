@@ -72,6 +72,37 @@ fn train_publishes_revisions_and_resumes_where_it_stopped() {
 }
 
 #[test]
+fn a_revision_published_but_not_recorded_is_recorded_when_the_run_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = train(dir.path(), &["--games", "200", "--revision-every-games", "100", "--json"]);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let published = latest_revision(dir.path());
+    assert!(published >= 2);
+    // As a kill between storage's publish and the database's record leaves the run: storage
+    // holds the revision, the database neither its row nor its counter.
+    let db = rusqlite::Connection::open(dir.path().join("zero2048.db")).unwrap();
+    db.execute("DELETE FROM revisions WHERE revision = ?1", [published as i64]).unwrap();
+    db.execute("UPDATE meta SET value = ?1 WHERE key = 'revision'", [(published - 1).to_string()]).unwrap();
+    drop(db);
+
+    let second = train(dir.path(), &["--games", "100", "--revision-every-games", "100", "--json"]);
+    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
+    let log = String::from_utf8_lossy(&second.stderr);
+    assert!(log.contains(&format!("revision {published} was published but not recorded")), "{log}");
+    let resumed: serde_json::Value = serde_json::from_slice(&second.stdout).unwrap();
+    assert_eq!(resumed["revisions"][0]["revision"].as_u64().unwrap(), published + 1, "{resumed}");
+    let db = rusqlite::Connection::open(dir.path().join("zero2048.db")).unwrap();
+    let revisions: Vec<i64> = db
+        .prepare("SELECT revision FROM revisions ORDER BY revision")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(revisions, (1..=published as i64 + 1).collect::<Vec<_>>(), "no gap, no repeat");
+}
+
+#[test]
 fn kill_9_at_any_point_leaves_only_whole_files_and_a_run_that_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let mut last_revision = 0;

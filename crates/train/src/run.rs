@@ -183,7 +183,7 @@ impl TrainingRun {
         config.validate()?;
         let lock = RunLock::acquire(db_path, adapter.local().dir())?;
         let games = GameShelf::from_storage(&adapter, runtime.clone())?;
-        let db = RunDb::open(database)?.with_games(games.clone());
+        let mut db = RunDb::open(database)?.with_games(games.clone());
         if !db.lock_run()? {
             // The holder's pid is on another machine, perhaps.
             return Err(TrainError::Locked { path: PathBuf::from(database.to_string()), pid: None });
@@ -218,8 +218,30 @@ impl TrainingRun {
             _ => None,
         };
         let start_file = resume_from.map(Path::to_path_buf).or(latest_file);
-        if let Some(latest) = &latest {
-            counters.revision = counters.revision.max(latest.revision);
+        if let Some(latest) = &latest
+            && latest.revision > counters.revision
+        {
+            // Storage publishes a revision before the database records it: a process killed
+            // between the two left the row behind. Record it now (with the counters the
+            // database last had), so the revisions go on without a gap.
+            counters.revision = latest.revision;
+            let row = RevisionRow {
+                revision: latest.revision,
+                file: latest.weights_file.clone(),
+                sha256: latest.weights_sha256.clone(),
+                size: latest.weights_size,
+                games: counters.games,
+                moves: counters.moves,
+                published_at: latest
+                    .published_at
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default(),
+            };
+            db.record_revision(&row, &counters)?;
+            tracing::warn!(
+                "revision {} was published but not recorded in the run database (a stop between the two): recorded now",
+                latest.revision
+            );
         }
         let state_dir = state_dir(db_path);
         let learner: Box<dyn Learner> = match config.model {

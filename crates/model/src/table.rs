@@ -37,8 +37,9 @@ pub const SIX_TUPLE_WEIGHTS: usize = 1 << 24;
 /// and the move choice's reads by 4–14%, the same weights learned (BENCHMARKS.md, issue 11).
 const STAGGER_LINES: usize = 17;
 
-/// The stagger wraps at this many cache lines (64 KiB: the period of a second-level cache's
-/// sets; the slack each map carries).
+/// The stagger wraps at this many cache lines (64 KiB, the slack each map carries: the
+/// first-level sets repeat every 4 KiB, and 64 KiB spreads the starts over many second-level
+/// sets too).
 const STAGGER_SPAN: usize = 1024;
 
 /// Tables made so far in this process: the next one's place in the stagger.

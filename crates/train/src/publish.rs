@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 
 use time::OffsetDateTime;
 use zero2048_protocol::RunSpec;
-use zero2048_storage::{StorageAdapter, WeightsData};
+use zero2048_storage::{LatestInfo, StorageAdapter, WeightsData};
 
 use crate::config::TrainConfig;
 use crate::db::{Counters, RevisionRow, RunDb};
@@ -84,6 +84,22 @@ pub struct Publisher {
     pub deadline: time::Duration,
 }
 
+/// The database's row for the revision `latest` names, with the totals `counters` hold.
+pub(crate) fn revision_row(latest: &LatestInfo, counters: &Counters) -> RevisionRow {
+    RevisionRow {
+        revision: latest.revision,
+        file: latest.weights_file.clone(),
+        sha256: latest.weights_sha256.clone(),
+        size: latest.weights_size,
+        games: counters.games,
+        moves: counters.moves,
+        published_at: latest
+            .published_at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+    }
+}
+
 impl Publisher {
     /// Publishes `revision`: `save` writes the weights (with `metadata`) to a staging path in the
     /// weights directory, storage stores and uploads them and points the latest record at them
@@ -112,18 +128,7 @@ impl Publisher {
             &spec.to_json_map(),
         ))?;
         drop(staging);
-        let row = RevisionRow {
-            revision,
-            file: latest.weights_file.clone(),
-            sha256: latest.weights_sha256.clone(),
-            size: latest.weights_size,
-            games: counters.games,
-            moves: counters.moves,
-            published_at: latest
-                .published_at
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default(),
-        };
+        let row = revision_row(&latest, counters);
         db.record_revision(&row, &Counters { revision, ..*counters })?;
         crate::live::share_accepted(db, live, accepted)?;
         live.revision.store(revision, Ordering::Relaxed);

@@ -225,19 +225,7 @@ impl TrainingRun {
             // between the two left the row behind. Record it now (with the counters the
             // database last had), so the revisions go on without a gap.
             counters.revision = latest.revision;
-            let row = RevisionRow {
-                revision: latest.revision,
-                file: latest.weights_file.clone(),
-                sha256: latest.weights_sha256.clone(),
-                size: latest.weights_size,
-                games: counters.games,
-                moves: counters.moves,
-                published_at: latest
-                    .published_at
-                    .format(&time::format_description::well_known::Rfc3339)
-                    .unwrap_or_default(),
-            };
-            db.record_revision(&row, &counters)?;
+            db.record_revision(&crate::publish::revision_row(latest, &counters), &counters)?;
             tracing::warn!(
                 "revision {} was published but not recorded in the run database (a stop between the two): recorded now",
                 latest.revision

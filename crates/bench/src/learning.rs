@@ -7,6 +7,8 @@
 //!   on one shared network), against the shape it replaced: play on a snapshot, store the record,
 //!   replay it into the learner's own copy of the weights.
 //! - The same loop on 2 threads against 1 (games per wall second).
+//! - Feature indices read by bit extraction (BMI2 `PEXT`) against shifts and masks, in the move
+//!   choice and in the loop (on a CPU with BMI2).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -14,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use zero2048_game::{Board, Direction, GameRecord, SpawnRule, Symmetry, derive_seed};
-use zero2048_model::{NTupleConfig, NTupleNetwork, Pages};
+use zero2048_model::{IndexMethod, NTupleConfig, NTupleNetwork, Pages};
 use zero2048_protocol::{PlaySpec, SearchSpec};
 use zero2048_search::{ExpectimaxConfig, ExpectimaxPlayer, Player, play_game};
 use zero2048_selfplay::{Control, CurrentModel, Engine, FinishedGame, GameSink, Model, Runner, SinkClosed};
@@ -91,7 +93,18 @@ fn records(count: u64) -> Vec<GameRecord> {
 /// A network whose weights are what learning from `games` made of them (values matter for
 /// play: greedy play on a zero network ends after a hundred moves).
 fn trained(config: &NTupleConfig, pages: Pages, games: &[GameRecord]) -> Arc<NTupleNetwork> {
-    let network = Arc::new(NTupleNetwork::zeroed_on(config.clone(), pages).expect("network"));
+    trained_by(config, pages, games, IndexMethod::fastest())
+}
+
+fn trained_by(
+    config: &NTupleConfig,
+    pages: Pages,
+    games: &[GameRecord],
+    method: IndexMethod,
+) -> Arc<NTupleNetwork> {
+    let mut network = NTupleNetwork::zeroed_on(config.clone(), pages).expect("network");
+    network.set_index_method(method).expect("a method this CPU runs");
+    let network = Arc::new(network);
     let learner = TdLearner::new(Arc::clone(&network), TdConfig::td0(), 0);
     for record in games {
         learner.learn(record, false).expect("heuristic games replay");
@@ -239,13 +252,37 @@ pub fn run(effort: Effort, config: &NTupleConfig) -> Vec<Comparison> {
     let (loop_recipe, _) = one_loop(&huge, recipe, 1, window);
     let (loop_one, games_one) = one_loop(&huge, TdConfig::td0(), 1, window);
     let (loop_two, games_two) = one_loop(&huge, TdConfig::td0(), 2, window);
+    // Measured back to back on two networks that differ only in how they read indices.
+    let by_index_method = IndexMethod::Extract.is_supported().then(|| {
+        let extract = trained_by(config, Pages::Huge, &games, IndexMethod::Extract);
+        let choice_extract = choice(effort, &extract, &boards);
+        let (loop_extract, _) = one_loop(&extract, TdConfig::td0(), 1, window);
+        drop(extract);
+        let shifts = trained_by(config, Pages::Huge, &games, IndexMethod::Shifts);
+        let choice_shifts = choice(effort, &shifts, &boards);
+        let (loop_shifts, _) = one_loop(&shifts, TdConfig::td0(), 1, window);
+        [
+            Comparison {
+                name: "1-ply choice: bit extraction vs shifts",
+                unit: "moves",
+                fast: choice_extract,
+                reference: choice_shifts,
+            },
+            Comparison {
+                name: "play+learn loop: extraction vs shifts",
+                unit: "moves",
+                fast: loop_extract,
+                reference: loop_shifts,
+            },
+        ]
+    });
     let per_wall = |m: &Measurement, games: u64| Measurement {
         items: games,
         wall_seconds: m.wall_seconds,
         // Per wall second is the figure that scales; the ratio is of games per wall second.
         cpu_seconds: m.wall_seconds,
     };
-    vec![
+    let mut comparisons = vec![
         Comparison {
             name: "TD learning from game records",
             unit: "moves",
@@ -288,5 +325,7 @@ pub fn run(effort: Effort, config: &NTupleConfig) -> Vec<Comparison> {
             fast: per_wall(&loop_two, games_two),
             reference: per_wall(&loop_one, games_one),
         },
-    ]
+    ];
+    comparisons.extend(by_index_method.into_iter().flatten());
+    comparisons
 }

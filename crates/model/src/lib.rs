@@ -28,8 +28,8 @@ mod table;
 pub mod weights_file;
 
 pub use ntuple::{
-    DOWNGRADE_FROM, Downgrading, Feature, Features, KeptFeatures, MAX_TUPLE_LEN, NTupleConfig, NTupleNetwork,
-    NetworkError, downgraded,
+    DOWNGRADE_FROM, Downgrading, Feature, Features, IndexMethod, KeptFeatures, MAX_TUPLE_LEN, NTupleConfig,
+    NTupleNetwork, NetworkError, downgraded,
 };
 pub use policy_value::{PolicyValueConfig, PolicyValueInfo, PolicyValueNet};
 pub use table::{Pages, SIX_TUPLE_WEIGHTS, Table};

@@ -150,6 +150,9 @@ pub enum NetworkError {
     /// The shape is invalid.
     #[error("invalid n-tuple network: {0}")]
     Shape(String),
+    /// This CPU cannot run what was asked.
+    #[error("not supported on this CPU: {0}")]
+    Unsupported(String),
     /// The tables could not be allocated.
     #[error("allocating {bytes} bytes of weights: {source}")]
     Allocation {
@@ -192,9 +195,21 @@ const fn runs_of<const N: usize>(cells: [u8; N]) -> [Run; N] {
     runs
 }
 
-/// A tuple's index from constant runs: straight-line shifts and masks.
+/// A tuple's index from constant runs: straight-line shifts and masks, or with `EXTRACT` one
+/// parallel bit extraction of every run's cells at once (the same index: a compiled tuple lists
+/// its cells in board order, and the extraction keeps the board's order).
 #[inline(always)]
-fn const_index<const N: usize>(raw: u64, runs: &[Run; N]) -> usize {
+fn const_index<const N: usize, const EXTRACT: bool>(raw: u64, runs: &[Run; N]) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if EXTRACT {
+        let mut cells = 0u64;
+        let mut r = 0;
+        while r < N {
+            cells |= runs[r].mask << runs[r].board_shift;
+            r += 1;
+        }
+        return extract_bits(raw, cells) as usize;
+    }
     let mut index = 0u64;
     let mut r = 0;
     while r < N {
@@ -202,6 +217,99 @@ fn const_index<const N: usize>(raw: u64, runs: &[Run; N]) -> usize {
         r += 1;
     }
     index as usize
+}
+
+/// `raw`'s bits under `mask`, packed towards bit 0 in their order (x86's PEXT).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(unsafe_code)]
+fn extract_bits(raw: u64, mask: u64) -> u64 {
+    let packed: u64;
+    // SAFETY: PEXT reads two registers and writes a third; it touches no memory. It runs only
+    // for a network whose `IndexMethod` is `Extract`, which `NTupleNetwork::set_index_method`
+    // grants only on a CPU that reports BMI2.
+    unsafe {
+        core::arch::asm!(
+            "pext {packed}, {raw}, {mask}",
+            raw = in(reg) raw,
+            mask = in(reg) mask,
+            packed = lateout(reg) packed,
+            options(pure, nomem, nostack, preserves_flags),
+        );
+    }
+    packed
+}
+
+/// Whether each compiled tuple lists its cells in board order, as bit extraction needs to
+/// compute the same index as the runs (checked at compile time below).
+const fn cells_ascend<const T: usize>(tuples: &[[u8; 6]; T]) -> bool {
+    let mut t = 0;
+    while t < T {
+        let mut k = 1;
+        while k < 6 {
+            if tuples[t][k] <= tuples[t][k - 1] {
+                return false;
+            }
+            k += 1;
+        }
+        t += 1;
+    }
+    true
+}
+
+const _: () = assert!(cells_ascend(&CELLS_4X6) && cells_ascend(&CELLS_5X6) && cells_ascend(&CELLS_8X6));
+
+/// How a compiled shape's feature indices are read off a board. Both give the same indices, so
+/// the choice changes speed only; tables and weight files are the same either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IndexMethod {
+    /// Per run of consecutive cells, a shift and a mask (any CPU).
+    Shifts,
+    /// One bit extraction per tuple (x86's BMI2 `PEXT`), about a third of the instructions.
+    Extract,
+}
+
+impl IndexMethod {
+    /// `Extract` where the CPU has BMI2 and runs `PEXT` in hardware; `Shifts` elsewhere, and on
+    /// AMD processors before Zen 3, whose microcoded `PEXT` takes up to hundreds of cycles.
+    pub fn fastest() -> IndexMethod {
+        if IndexMethod::Extract.is_supported() && !slow_extract() {
+            IndexMethod::Extract
+        } else {
+            IndexMethod::Shifts
+        }
+    }
+
+    /// Whether this CPU can run the method at all.
+    pub fn is_supported(self) -> bool {
+        match self {
+            IndexMethod::Shifts => true,
+            #[cfg(target_arch = "x86_64")]
+            IndexMethod::Extract => std::arch::is_x86_feature_detected!("bmi2"),
+            #[cfg(not(target_arch = "x86_64"))]
+            IndexMethod::Extract => false,
+        }
+    }
+}
+
+/// Whether the CPU is an AMD (or Hygon) processor of a family before Zen 3 (0x19).
+#[cfg(target_arch = "x86_64")]
+fn slow_extract() -> bool {
+    use std::arch::x86_64::__cpuid;
+    let vendor = __cpuid(0);
+    let name: Vec<u8> = [vendor.ebx, vendor.edx, vendor.ecx].iter().flat_map(|r| r.to_le_bytes()).collect();
+    if name != b"AuthenticAMD" && name != b"HygonGenuine" {
+        return false;
+    }
+    let signature = __cpuid(1).eax;
+    let base = (signature >> 8) & 0xf;
+    let family = if base == 0xf { base + ((signature >> 20) & 0xff) } else { base };
+    family < 0x19
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn slow_extract() -> bool {
+    true
 }
 
 const fn runs_of_all<const T: usize>(tuples: [[u8; 6]; T]) -> [[Run; 6]; T] {
@@ -260,8 +368,19 @@ impl Kernel {
 
 /// Each tuple's index on each of the 8 boards, from constant runs: straight-line code.
 #[inline(always)]
-fn const_indices<const T: usize>(runs: &[[Run; 6]; T], boards: &[Board; 8]) -> [[usize; 8]; T] {
-    runs.map(|tuple| boards.map(|b| const_index(b.raw(), &tuple)))
+fn const_indices<const T: usize, const EXTRACT: bool>(
+    runs: &[[Run; 6]; T],
+    boards: &[Board; 8],
+) -> [[usize; 8]; T] {
+    // Loops over constant bounds rather than `array::map`, which the compiler left out of line
+    // (a call and copies of the result per board) once the extraction's `asm!` was inside.
+    let mut indices = [[0usize; 8]; T];
+    for t in 0..T {
+        for s in 0..8 {
+            indices[t][s] = const_index::<6, EXTRACT>(boards[s].raw(), &runs[t]);
+        }
+    }
+    indices
 }
 
 /// The first `T` tuples' indices of a kept feature set (`T` ≤ [`MAX_KEPT_TUPLES`]: a compiled
@@ -419,6 +538,8 @@ impl KeptFeatures {
 pub struct NTupleNetwork {
     config: NTupleConfig,
     kernel: Kernel,
+    /// Whether compiled shapes read their indices by bit extraction ([`IndexMethod::Extract`]).
+    extract: bool,
     indexers: Vec<Indexer>,
     /// `tables[stage * tuples + tuple]`.
     tables: Vec<Table>,
@@ -458,7 +579,23 @@ impl NTupleNetwork {
         let features = config.tuples.len() * 8;
         let indexers = config.tuples.iter().map(|t| Indexer::of(t)).collect();
         let kernel = Kernel::of(&config.tuples);
-        Ok(NTupleNetwork { config, kernel, indexers, tables, features, pages })
+        let extract = IndexMethod::fastest() == IndexMethod::Extract;
+        Ok(NTupleNetwork { config, kernel, extract, indexers, tables, features, pages })
+    }
+
+    /// How compiled shapes read their feature indices; [`IndexMethod::fastest`] unless set.
+    pub fn index_method(&self) -> IndexMethod {
+        if self.extract { IndexMethod::Extract } else { IndexMethod::Shifts }
+    }
+
+    /// Chooses how compiled shapes read their feature indices (to measure one against the
+    /// other: the indices, and so the values, are the same). Refuses a method this CPU lacks.
+    pub fn set_index_method(&mut self, method: IndexMethod) -> Result<(), NetworkError> {
+        if !method.is_supported() {
+            return Err(NetworkError::Unsupported(format!("{method:?} indexing needs a CPU with BMI2")));
+        }
+        self.extract = method == IndexMethod::Extract;
+        Ok(())
     }
 
     /// Optimistic initialisation: every weight set so that every afterstate is valued `value`
@@ -510,13 +647,13 @@ impl NTupleNetwork {
         };
         match self.kernel {
             Kernel::Standard4x6 => {
-                const_indices(&RUNS_4X6, &boards).iter().enumerate().for_each(|(t, at)| emit(t, at))
+                self.indices_of(&RUNS_4X6, &boards).iter().enumerate().for_each(|(t, at)| emit(t, at))
             }
             Kernel::Jaskowski5x6 => {
-                const_indices(&RUNS_5X6, &boards).iter().enumerate().for_each(|(t, at)| emit(t, at))
+                self.indices_of(&RUNS_5X6, &boards).iter().enumerate().for_each(|(t, at)| emit(t, at))
             }
             Kernel::Matsuzaki8x6 => {
-                const_indices(&RUNS_8X6, &boards).iter().enumerate().for_each(|(t, at)| emit(t, at))
+                self.indices_of(&RUNS_8X6, &boards).iter().enumerate().for_each(|(t, at)| emit(t, at))
             }
             Kernel::General => {
                 for (t, indexer) in self.indexers.iter().enumerate() {
@@ -533,9 +670,9 @@ impl NTupleNetwork {
         features.first_table = self.stage(board) * self.config.tuples.len();
         features.indices.clear();
         match self.kernel {
-            Kernel::Standard4x6 => features.indices.extend_from_slice(&const_indices(&RUNS_4X6, &boards)),
-            Kernel::Jaskowski5x6 => features.indices.extend_from_slice(&const_indices(&RUNS_5X6, &boards)),
-            Kernel::Matsuzaki8x6 => features.indices.extend_from_slice(&const_indices(&RUNS_8X6, &boards)),
+            Kernel::Standard4x6 => features.indices.extend_from_slice(&self.indices_of(&RUNS_4X6, &boards)),
+            Kernel::Jaskowski5x6 => features.indices.extend_from_slice(&self.indices_of(&RUNS_5X6, &boards)),
+            Kernel::Matsuzaki8x6 => features.indices.extend_from_slice(&self.indices_of(&RUNS_8X6, &boards)),
             Kernel::General => features.indices.extend(self.indexers.iter().map(|i| i.indices(&boards))),
         }
     }
@@ -558,9 +695,9 @@ impl NTupleNetwork {
         let boards = board.symmetries();
         let tables = self.stage_tables(board);
         match self.kernel {
-            Kernel::Standard4x6 => sum_at(tables, &const_indices(&RUNS_4X6, &boards)),
-            Kernel::Jaskowski5x6 => sum_at(tables, &const_indices(&RUNS_5X6, &boards)),
-            Kernel::Matsuzaki8x6 => sum_at(tables, &const_indices(&RUNS_8X6, &boards)),
+            Kernel::Standard4x6 => sum_at(tables, &self.indices_of(&RUNS_4X6, &boards)),
+            Kernel::Jaskowski5x6 => sum_at(tables, &self.indices_of(&RUNS_5X6, &boards)),
+            Kernel::Matsuzaki8x6 => sum_at(tables, &self.indices_of(&RUNS_8X6, &boards)),
             Kernel::General => self
                 .indexers
                 .iter()
@@ -588,15 +725,40 @@ impl NTupleNetwork {
         }
     }
 
+    /// Each tuple's index on each of the 8 boards, by this network's [`IndexMethod`].
+    #[inline(always)]
+    fn indices_of<const T: usize>(&self, runs: &[[Run; 6]; T], boards: &[Board; 8]) -> [[usize; 8]; T] {
+        if self.extract {
+            const_indices::<T, true>(runs, boards)
+        } else {
+            const_indices::<T, false>(runs, boards)
+        }
+    }
+
+    /// [`Self::values`] of a compiled shape, choosing the index method once for every board.
+    #[inline(always)]
+    fn values_with<const T: usize>(&self, runs: &[[Run; 6]; T], boards: &[Board], values: &mut [f32]) {
+        if self.extract {
+            self.values_by::<T, true>(runs, boards, values)
+        } else {
+            self.values_by::<T, false>(runs, boards, values)
+        }
+    }
+
     #[inline(always)]
     #[allow(unsafe_code)]
-    fn values_with<const T: usize>(&self, runs: &[[Run; 6]; T], boards: &[Board], values: &mut [f32]) {
+    fn values_by<const T: usize, const EXTRACT: bool>(
+        &self,
+        runs: &[[Run; 6]; T],
+        boards: &[Board],
+        values: &mut [f32],
+    ) {
         for (boards, values) in boards.chunks(4).zip(values.chunks_mut(4)) {
             // Written slot by slot where they stay: a zeroed array filled afterwards cost a
             // memset per move, and an array built by `from_fn` a 1 KiB copy (1.1-1.8% of a run).
             let mut slots = [const { MaybeUninit::<[[usize; 8]; T]>::uninit() }; 4];
             for (slot, board) in slots.iter_mut().zip(boards) {
-                slot.write(const_indices(runs, &board.symmetries()));
+                slot.write(const_indices::<T, EXTRACT>(runs, &board.symmetries()));
             }
             // SAFETY: the loop above wrote the first `boards.len()` slots (at most 4: `chunks`).
             let indices: &[[[usize; 8]; T]] =
@@ -646,8 +808,24 @@ impl NTupleNetwork {
         }
     }
 
+    /// [`Self::values_keeping`] of a compiled shape, choosing the index method once.
     #[inline(always)]
     fn values_kept_with<const T: usize>(
+        &self,
+        runs: &[[Run; 6]; T],
+        boards: &[Board],
+        values: &mut [f32],
+        kept: &mut [KeptFeatures],
+    ) {
+        if self.extract {
+            self.values_kept_by::<T, true>(runs, boards, values, kept)
+        } else {
+            self.values_kept_by::<T, false>(runs, boards, values, kept)
+        }
+    }
+
+    #[inline(always)]
+    fn values_kept_by<const T: usize, const EXTRACT: bool>(
         &self,
         runs: &[[Run; 6]; T],
         boards: &[Board],
@@ -657,7 +835,7 @@ impl NTupleNetwork {
         for (kept, &board) in kept.iter_mut().zip(boards) {
             kept.board = Some(board);
             kept.kernel = self.kernel;
-            *kept_indices_mut::<T>(kept) = const_indices(runs, &board.symmetries());
+            *kept_indices_mut::<T>(kept) = const_indices::<T, EXTRACT>(runs, &board.symmetries());
         }
         self.prefetch_and_sum(boards, kept.iter().map(kept_indices::<T>), values);
     }
@@ -693,9 +871,9 @@ impl NTupleNetwork {
         let boards = board.symmetries();
         let tables = self.stage_tables(board);
         match self.kernel {
-            Kernel::Standard4x6 => add_at(tables, &const_indices(&RUNS_4X6, &boards), step),
-            Kernel::Jaskowski5x6 => add_at(tables, &const_indices(&RUNS_5X6, &boards), step),
-            Kernel::Matsuzaki8x6 => add_at(tables, &const_indices(&RUNS_8X6, &boards), step),
+            Kernel::Standard4x6 => add_at(tables, &self.indices_of(&RUNS_4X6, &boards), step),
+            Kernel::Jaskowski5x6 => add_at(tables, &self.indices_of(&RUNS_5X6, &boards), step),
+            Kernel::Matsuzaki8x6 => add_at(tables, &self.indices_of(&RUNS_8X6, &boards), step),
             Kernel::General => self
                 .indexers
                 .iter()
@@ -764,6 +942,7 @@ impl NTupleNetwork {
         Ok(NTupleNetwork {
             config: self.config.clone(),
             kernel: self.kernel,
+            extract: self.extract,
             indexers: self.indexers.clone(),
             tables,
             features: self.features,
@@ -887,22 +1066,78 @@ mod tests {
         for config in
             [NTupleConfig::standard_4x6(), NTupleConfig::jaskowski_5x6(), NTupleConfig::matsuzaki_8x6()]
         {
-            let network = NTupleNetwork::zeroed(config.clone()).unwrap();
-            assert_ne!(network.kernel, Kernel::General, "{config:?}");
             // Features do not depend on the weights: a second zeroed network costs no memory touched.
             let general =
                 NTupleNetwork { kernel: Kernel::General, ..NTupleNetwork::zeroed(config.clone()).unwrap() };
-            let mut state = 0x2048_u64;
-            for _ in 0..2000 {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                let board = Board::from_raw(state);
-                let (mut fast, mut plain) = (Vec::new(), Vec::new());
-                network.for_each_feature(board, |f| fast.push(f));
-                general.for_each_feature(board, |f| plain.push(f));
-                assert_eq!(fast, plain, "{board:?}");
+            for method in supported_index_methods() {
+                let mut network = NTupleNetwork::zeroed(config.clone()).unwrap();
+                network.set_index_method(method).unwrap();
+                assert_ne!(network.kernel, Kernel::General, "{config:?}");
+                let mut state = 0x2048_u64;
+                for _ in 0..2000 {
+                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    let board = Board::from_raw(state);
+                    let (mut fast, mut plain) = (Vec::new(), Vec::new());
+                    network.for_each_feature(board, |f| fast.push(f));
+                    general.for_each_feature(board, |f| plain.push(f));
+                    assert_eq!(fast, plain, "{method:?} {board:?}");
+                }
             }
         }
         assert_eq!(Kernel::of(&NTupleConfig::small_4x4().tuples), Kernel::General);
+    }
+
+    /// Every index method this CPU runs (bit extraction only where it has BMI2).
+    fn supported_index_methods() -> Vec<IndexMethod> {
+        [IndexMethod::Shifts, IndexMethod::Extract].into_iter().filter(|m| m.is_supported()).collect()
+    }
+
+    #[test]
+    fn index_methods_value_and_keep_alike() {
+        if !IndexMethod::Extract.is_supported() {
+            let mut network = NTupleNetwork::zeroed(NTupleConfig::standard_4x6()).unwrap();
+            let refused = network.set_index_method(IndexMethod::Extract).unwrap_err();
+            assert!(refused.to_string().contains("BMI2"), "{refused}");
+            return;
+        }
+        for config in
+            [NTupleConfig::standard_4x6(), NTupleConfig::jaskowski_5x6(), NTupleConfig::matsuzaki_8x6()]
+        {
+            let mut shifts = NTupleNetwork::zeroed(config.clone()).unwrap();
+            shifts.set_index_method(IndexMethod::Shifts).unwrap();
+            let mut state = 0x5eed_u64;
+            let mut next = || {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                state
+            };
+            // Distinct weights under many features, so a wrong index reads a different value.
+            for _ in 0..20_000 {
+                let board = Board::from_raw(next());
+                shifts.add(board, (next() % 1000) as f32 / 1000.0 - 0.5);
+            }
+            let mut extract = shifts.try_clone().unwrap();
+            extract.set_index_method(IndexMethod::Extract).unwrap();
+            assert_eq!(extract.index_method(), IndexMethod::Extract);
+            for _ in 0..500 {
+                let boards = [next(), next(), next(), next()].map(Board::from_raw);
+                let (mut by_shifts, mut by_extract) = ([0.0f32; 4], [0.0f32; 4]);
+                let mut kept = [KeptFeatures::default(); 4];
+                shifts.values(&boards, &mut by_shifts);
+                extract.values_keeping(&boards, &mut by_extract, &mut kept);
+                assert_eq!(by_shifts, by_extract, "{boards:?}");
+                for (board, value) in boards.iter().zip(by_shifts) {
+                    assert_eq!(extract.value(*board), value);
+                }
+                // An update through the indices extraction kept moves the weights that shifts
+                // find for the same board: the two copies stay equal.
+                let (learned, moved) = (next() as usize % 4, (next() % 100) as f32 / 100.0);
+                let by_kept = extract.add_and_value_kept(&kept[learned], boards[learned], moved);
+                assert_eq!(by_kept, shifts.add_and_value(boards[learned], moved));
+                shifts.values(&boards, &mut by_shifts);
+                extract.values(&boards, &mut by_extract);
+                assert_eq!(by_shifts, by_extract, "after learning {:?}", boards[learned]);
+            }
+        }
     }
 
     #[test]

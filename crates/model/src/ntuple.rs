@@ -265,7 +265,7 @@ const _: () = assert!(cells_ascend(&CELLS_4X6) && cells_ascend(&CELLS_5X6) && ce
 pub enum IndexMethod {
     /// Per run of consecutive cells, a shift and a mask (any CPU).
     Shifts,
-    /// One bit extraction per tuple (x86's BMI2 `PEXT`), about a third of the instructions.
+    /// One bit extraction per tuple (x86's BMI2 `PEXT`) instead of a shift and mask per run.
     Extract,
 }
 
@@ -372,12 +372,15 @@ fn const_indices<const T: usize, const EXTRACT: bool>(
     runs: &[[Run; 6]; T],
     boards: &[Board; 8],
 ) -> [[usize; 8]; T] {
+    if !EXTRACT {
+        return runs.map(|tuple| boards.map(|b| const_index::<6, false>(b.raw(), &tuple)));
+    }
     // Loops over constant bounds rather than `array::map`, which the compiler left out of line
     // (a call and copies of the result per board) once the extraction's `asm!` was inside.
     let mut indices = [[0usize; 8]; T];
     for t in 0..T {
         for s in 0..8 {
-            indices[t][s] = const_index::<6, EXTRACT>(boards[s].raw(), &runs[t]);
+            indices[t][s] = const_index::<6, true>(boards[s].raw(), &runs[t]);
         }
     }
     indices
@@ -579,11 +582,14 @@ impl NTupleNetwork {
         let features = config.tuples.len() * 8;
         let indexers = config.tuples.iter().map(|t| Indexer::of(t)).collect();
         let kernel = Kernel::of(&config.tuples);
-        let extract = IndexMethod::fastest() == IndexMethod::Extract;
+        // Only the 4×6 kernel extracts by default: there it measured 446 fewer instructions a
+        // move choice, while 8×6's measured 8.6% more (BENCHMARKS.md, issue 11).
+        let extract = kernel == Kernel::Standard4x6 && IndexMethod::fastest() == IndexMethod::Extract;
         Ok(NTupleNetwork { config, kernel, extract, indexers, tables, features, pages })
     }
 
-    /// How compiled shapes read their feature indices; [`IndexMethod::fastest`] unless set.
+    /// How compiled shapes read their feature indices: unless set, [`IndexMethod::fastest`] for
+    /// the 4×6 shape and shifts for the others.
     pub fn index_method(&self) -> IndexMethod {
         if self.extract { IndexMethod::Extract } else { IndexMethod::Shifts }
     }

@@ -195,21 +195,9 @@ const fn runs_of<const N: usize>(cells: [u8; N]) -> [Run; N] {
     runs
 }
 
-/// A tuple's index from constant runs: straight-line shifts and masks, or with `EXTRACT` one
-/// parallel bit extraction of every run's cells at once (the same index: a compiled tuple lists
-/// its cells in board order, and the extraction keeps the board's order).
+/// A tuple's index from constant runs: straight-line shifts and masks.
 #[inline(always)]
-fn const_index<const N: usize, const EXTRACT: bool>(raw: u64, runs: &[Run; N]) -> usize {
-    #[cfg(target_arch = "x86_64")]
-    if EXTRACT {
-        let mut cells = 0u64;
-        let mut r = 0;
-        while r < N {
-            cells |= runs[r].mask << runs[r].board_shift;
-            r += 1;
-        }
-        return extract_bits(raw, cells) as usize;
-    }
+fn const_index<const N: usize>(raw: u64, runs: &[Run; N]) -> usize {
     let mut index = 0u64;
     let mut r = 0;
     while r < N {
@@ -259,8 +247,11 @@ const fn cells_ascend<const T: usize>(tuples: &[[u8; 6]; T]) -> bool {
 
 const _: () = assert!(cells_ascend(&CELLS_4X6) && cells_ascend(&CELLS_5X6) && cells_ascend(&CELLS_8X6));
 
-/// How a compiled shape's feature indices are read off a board. Both give the same indices, so
-/// the choice changes speed only; tables and weight files are the same either way.
+/// How the self-play move choice ([`NTupleNetwork::values_keeping`]) reads a compiled shape's
+/// feature indices off a board; every other path uses shifts. Both give the same indices, so
+/// the choice changes speed only; tables and weight files are the same either way. Extraction
+/// pays only where the indices are written straight to where they are kept: through a returned
+/// array, 8×6's move choice measured 8.6% more instructions (BENCHMARKS.md, issue 11).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IndexMethod {
     /// Per run of consecutive cells, a shift and a mask (any CPU).
@@ -368,22 +359,49 @@ impl Kernel {
 
 /// Each tuple's index on each of the 8 boards, from constant runs: straight-line code.
 #[inline(always)]
-fn const_indices<const T: usize, const EXTRACT: bool>(
+fn const_indices<const T: usize>(runs: &[[Run; 6]; T], boards: &[Board; 8]) -> [[usize; 8]; T] {
+    runs.map(|tuple| boards.map(|b| const_index(b.raw(), &tuple)))
+}
+
+/// [`const_indices`] by bit extraction, one per index (the same indices: a compiled tuple lists
+/// its cells in board order, and the extraction keeps the board's order), written where they
+/// are kept: 8×6's 512 bytes returned by value cost a zeroing and a copy per board.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn extract_indices_into<const T: usize>(
     runs: &[[Run; 6]; T],
     boards: &[Board; 8],
-) -> [[usize; 8]; T] {
-    if !EXTRACT {
-        return runs.map(|tuple| boards.map(|b| const_index::<6, false>(b.raw(), &tuple)));
-    }
-    // Loops over constant bounds rather than `array::map`, which the compiler left out of line
-    // (a call and copies of the result per board) once the extraction's `asm!` was inside.
-    let mut indices = [[0usize; 8]; T];
-    for t in 0..T {
-        for s in 0..8 {
-            indices[t][s] = const_index::<6, true>(boards[s].raw(), &runs[t]);
+    out: &mut [[usize; 8]; T],
+) {
+    for (at, tuple) in out.iter_mut().zip(runs) {
+        let cells = tuple_cells(tuple);
+        for (index, board) in at.iter_mut().zip(boards) {
+            *index = extract_bits(board.raw(), cells) as usize;
         }
     }
-    indices
+}
+
+/// Without BMI2 there is nothing to extract with: [`IndexMethod::Extract`] is never granted.
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn extract_indices_into<const T: usize>(
+    runs: &[[Run; 6]; T],
+    boards: &[Board; 8],
+    out: &mut [[usize; 8]; T],
+) {
+    *out = const_indices(runs, boards);
+}
+
+/// A tuple's cells as a mask of the board's bits (what [`extract_bits`] keeps).
+#[inline(always)]
+const fn tuple_cells<const N: usize>(runs: &[Run; N]) -> u64 {
+    let mut cells = 0u64;
+    let mut r = 0;
+    while r < N {
+        cells |= runs[r].mask << runs[r].board_shift;
+        r += 1;
+    }
+    cells
 }
 
 /// The first `T` tuples' indices of a kept feature set (`T` ≤ [`MAX_KEPT_TUPLES`]: a compiled
@@ -541,7 +559,8 @@ impl KeptFeatures {
 pub struct NTupleNetwork {
     config: NTupleConfig,
     kernel: Kernel,
-    /// Whether compiled shapes read their indices by bit extraction ([`IndexMethod::Extract`]).
+    /// Whether the move choice reads a compiled shape's indices by bit extraction
+    /// ([`IndexMethod::Extract`]).
     extract: bool,
     indexers: Vec<Indexer>,
     /// `tables[stage * tuples + tuple]`.
@@ -582,20 +601,19 @@ impl NTupleNetwork {
         let features = config.tuples.len() * 8;
         let indexers = config.tuples.iter().map(|t| Indexer::of(t)).collect();
         let kernel = Kernel::of(&config.tuples);
-        // Only the 4×6 kernel extracts by default: there it measured 446 fewer instructions a
-        // move choice, while 8×6's measured 8.6% more (BENCHMARKS.md, issue 11).
-        let extract = kernel == Kernel::Standard4x6 && IndexMethod::fastest() == IndexMethod::Extract;
+        let extract = IndexMethod::fastest() == IndexMethod::Extract;
         Ok(NTupleNetwork { config, kernel, extract, indexers, tables, features, pages })
     }
 
-    /// How compiled shapes read their feature indices: unless set, [`IndexMethod::fastest`] for
-    /// the 4×6 shape and shifts for the others.
+    /// How the move choice of a compiled shape reads its feature indices
+    /// ([`Self::values_keeping`]); [`IndexMethod::fastest`] unless set.
     pub fn index_method(&self) -> IndexMethod {
         if self.extract { IndexMethod::Extract } else { IndexMethod::Shifts }
     }
 
-    /// Chooses how compiled shapes read their feature indices (to measure one against the
-    /// other: the indices, and so the values, are the same). Refuses a method this CPU lacks.
+    /// Chooses how the move choice of a compiled shape reads its feature indices (to measure one
+    /// against the other: the indices, and so the values, are the same). Refuses a method this
+    /// CPU lacks.
     pub fn set_index_method(&mut self, method: IndexMethod) -> Result<(), NetworkError> {
         if !method.is_supported() {
             return Err(NetworkError::Unsupported(format!("{method:?} indexing needs a CPU with BMI2")));
@@ -653,13 +671,13 @@ impl NTupleNetwork {
         };
         match self.kernel {
             Kernel::Standard4x6 => {
-                self.indices_of(&RUNS_4X6, &boards).iter().enumerate().for_each(|(t, at)| emit(t, at))
+                const_indices(&RUNS_4X6, &boards).iter().enumerate().for_each(|(t, at)| emit(t, at))
             }
             Kernel::Jaskowski5x6 => {
-                self.indices_of(&RUNS_5X6, &boards).iter().enumerate().for_each(|(t, at)| emit(t, at))
+                const_indices(&RUNS_5X6, &boards).iter().enumerate().for_each(|(t, at)| emit(t, at))
             }
             Kernel::Matsuzaki8x6 => {
-                self.indices_of(&RUNS_8X6, &boards).iter().enumerate().for_each(|(t, at)| emit(t, at))
+                const_indices(&RUNS_8X6, &boards).iter().enumerate().for_each(|(t, at)| emit(t, at))
             }
             Kernel::General => {
                 for (t, indexer) in self.indexers.iter().enumerate() {
@@ -676,9 +694,9 @@ impl NTupleNetwork {
         features.first_table = self.stage(board) * self.config.tuples.len();
         features.indices.clear();
         match self.kernel {
-            Kernel::Standard4x6 => features.indices.extend_from_slice(&self.indices_of(&RUNS_4X6, &boards)),
-            Kernel::Jaskowski5x6 => features.indices.extend_from_slice(&self.indices_of(&RUNS_5X6, &boards)),
-            Kernel::Matsuzaki8x6 => features.indices.extend_from_slice(&self.indices_of(&RUNS_8X6, &boards)),
+            Kernel::Standard4x6 => features.indices.extend_from_slice(&const_indices(&RUNS_4X6, &boards)),
+            Kernel::Jaskowski5x6 => features.indices.extend_from_slice(&const_indices(&RUNS_5X6, &boards)),
+            Kernel::Matsuzaki8x6 => features.indices.extend_from_slice(&const_indices(&RUNS_8X6, &boards)),
             Kernel::General => features.indices.extend(self.indexers.iter().map(|i| i.indices(&boards))),
         }
     }
@@ -701,9 +719,9 @@ impl NTupleNetwork {
         let boards = board.symmetries();
         let tables = self.stage_tables(board);
         match self.kernel {
-            Kernel::Standard4x6 => sum_at(tables, &self.indices_of(&RUNS_4X6, &boards)),
-            Kernel::Jaskowski5x6 => sum_at(tables, &self.indices_of(&RUNS_5X6, &boards)),
-            Kernel::Matsuzaki8x6 => sum_at(tables, &self.indices_of(&RUNS_8X6, &boards)),
+            Kernel::Standard4x6 => sum_at(tables, &const_indices(&RUNS_4X6, &boards)),
+            Kernel::Jaskowski5x6 => sum_at(tables, &const_indices(&RUNS_5X6, &boards)),
+            Kernel::Matsuzaki8x6 => sum_at(tables, &const_indices(&RUNS_8X6, &boards)),
             Kernel::General => self
                 .indexers
                 .iter()
@@ -731,40 +749,15 @@ impl NTupleNetwork {
         }
     }
 
-    /// Each tuple's index on each of the 8 boards, by this network's [`IndexMethod`].
-    #[inline(always)]
-    fn indices_of<const T: usize>(&self, runs: &[[Run; 6]; T], boards: &[Board; 8]) -> [[usize; 8]; T] {
-        if self.extract {
-            const_indices::<T, true>(runs, boards)
-        } else {
-            const_indices::<T, false>(runs, boards)
-        }
-    }
-
-    /// [`Self::values`] of a compiled shape, choosing the index method once for every board.
-    #[inline(always)]
-    fn values_with<const T: usize>(&self, runs: &[[Run; 6]; T], boards: &[Board], values: &mut [f32]) {
-        if self.extract {
-            self.values_by::<T, true>(runs, boards, values)
-        } else {
-            self.values_by::<T, false>(runs, boards, values)
-        }
-    }
-
     #[inline(always)]
     #[allow(unsafe_code)]
-    fn values_by<const T: usize, const EXTRACT: bool>(
-        &self,
-        runs: &[[Run; 6]; T],
-        boards: &[Board],
-        values: &mut [f32],
-    ) {
+    fn values_with<const T: usize>(&self, runs: &[[Run; 6]; T], boards: &[Board], values: &mut [f32]) {
         for (boards, values) in boards.chunks(4).zip(values.chunks_mut(4)) {
             // Written slot by slot where they stay: a zeroed array filled afterwards cost a
             // memset per move, and an array built by `from_fn` a 1 KiB copy (1.1-1.8% of a run).
             let mut slots = [const { MaybeUninit::<[[usize; 8]; T]>::uninit() }; 4];
             for (slot, board) in slots.iter_mut().zip(boards) {
-                slot.write(const_indices::<T, EXTRACT>(runs, &board.symmetries()));
+                slot.write(const_indices(runs, &board.symmetries()));
             }
             // SAFETY: the loop above wrote the first `boards.len()` slots (at most 4: `chunks`).
             let indices: &[[[usize; 8]; T]] =
@@ -841,7 +834,11 @@ impl NTupleNetwork {
         for (kept, &board) in kept.iter_mut().zip(boards) {
             kept.board = Some(board);
             kept.kernel = self.kernel;
-            *kept_indices_mut::<T>(kept) = const_indices::<T, EXTRACT>(runs, &board.symmetries());
+            if EXTRACT {
+                extract_indices_into(runs, &board.symmetries(), kept_indices_mut::<T>(kept));
+            } else {
+                *kept_indices_mut::<T>(kept) = const_indices(runs, &board.symmetries());
+            }
         }
         self.prefetch_and_sum(boards, kept.iter().map(kept_indices::<T>), values);
     }
@@ -877,9 +874,9 @@ impl NTupleNetwork {
         let boards = board.symmetries();
         let tables = self.stage_tables(board);
         match self.kernel {
-            Kernel::Standard4x6 => add_at(tables, &self.indices_of(&RUNS_4X6, &boards), step),
-            Kernel::Jaskowski5x6 => add_at(tables, &self.indices_of(&RUNS_5X6, &boards), step),
-            Kernel::Matsuzaki8x6 => add_at(tables, &self.indices_of(&RUNS_8X6, &boards), step),
+            Kernel::Standard4x6 => add_at(tables, &const_indices(&RUNS_4X6, &boards), step),
+            Kernel::Jaskowski5x6 => add_at(tables, &const_indices(&RUNS_5X6, &boards), step),
+            Kernel::Matsuzaki8x6 => add_at(tables, &const_indices(&RUNS_8X6, &boards), step),
             Kernel::General => self
                 .indexers
                 .iter()
@@ -1072,30 +1069,43 @@ mod tests {
         for config in
             [NTupleConfig::standard_4x6(), NTupleConfig::jaskowski_5x6(), NTupleConfig::matsuzaki_8x6()]
         {
+            let network = NTupleNetwork::zeroed(config.clone()).unwrap();
+            assert_ne!(network.kernel, Kernel::General, "{config:?}");
             // Features do not depend on the weights: a second zeroed network costs no memory touched.
             let general =
                 NTupleNetwork { kernel: Kernel::General, ..NTupleNetwork::zeroed(config.clone()).unwrap() };
-            for method in supported_index_methods() {
-                let mut network = NTupleNetwork::zeroed(config.clone()).unwrap();
-                network.set_index_method(method).unwrap();
-                assert_ne!(network.kernel, Kernel::General, "{config:?}");
-                let mut state = 0x2048_u64;
-                for _ in 0..2000 {
-                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                    let board = Board::from_raw(state);
-                    let (mut fast, mut plain) = (Vec::new(), Vec::new());
-                    network.for_each_feature(board, |f| fast.push(f));
-                    general.for_each_feature(board, |f| plain.push(f));
-                    assert_eq!(fast, plain, "{method:?} {board:?}");
-                }
+            let mut state = 0x2048_u64;
+            for _ in 0..2000 {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let board = Board::from_raw(state);
+                let (mut fast, mut plain) = (Vec::new(), Vec::new());
+                network.for_each_feature(board, |f| fast.push(f));
+                general.for_each_feature(board, |f| plain.push(f));
+                assert_eq!(fast, plain, "{board:?}");
             }
         }
         assert_eq!(Kernel::of(&NTupleConfig::small_4x4().tuples), Kernel::General);
     }
 
-    /// Every index method this CPU runs (bit extraction only where it has BMI2).
-    fn supported_index_methods() -> Vec<IndexMethod> {
-        [IndexMethod::Shifts, IndexMethod::Extract].into_iter().filter(|m| m.is_supported()).collect()
+    #[test]
+    fn extraction_computes_the_shifts_indices() {
+        if !IndexMethod::Extract.is_supported() {
+            return;
+        }
+        fn check<const T: usize>(runs: &[[Run; 6]; T], board: Board) {
+            let boards = board.symmetries();
+            let mut extracted = [[usize::MAX; 8]; T];
+            extract_indices_into(runs, &boards, &mut extracted);
+            assert_eq!(extracted, const_indices(runs, &boards), "{board:?}");
+        }
+        let mut state = 0x2048_u64;
+        for _ in 0..5000 {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let board = Board::from_raw(state);
+            check(&RUNS_4X6, board);
+            check(&RUNS_5X6, board);
+            check(&RUNS_8X6, board);
+        }
     }
 
     #[test]

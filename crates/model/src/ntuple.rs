@@ -288,8 +288,11 @@ impl IndexMethod {
 fn slow_extract() -> bool {
     use std::arch::x86_64::__cpuid;
     let vendor = __cpuid(0);
-    let name: Vec<u8> = [vendor.ebx, vendor.edx, vendor.ecx].iter().flat_map(|r| r.to_le_bytes()).collect();
-    if name != b"AuthenticAMD" && name != b"HygonGenuine" {
+    let mut name = [0u8; 12];
+    for (chunk, register) in name.chunks_exact_mut(4).zip([vendor.ebx, vendor.edx, vendor.ecx]) {
+        chunk.copy_from_slice(&register.to_le_bytes());
+    }
+    if &name != b"AuthenticAMD" && &name != b"HygonGenuine" {
         return false;
     }
     let signature = __cpuid(1).eax;
@@ -559,9 +562,8 @@ impl KeptFeatures {
 pub struct NTupleNetwork {
     config: NTupleConfig,
     kernel: Kernel,
-    /// Whether the move choice reads a compiled shape's indices by bit extraction
-    /// ([`IndexMethod::Extract`]).
-    extract: bool,
+    /// How the move choice reads a compiled shape's indices.
+    index_method: IndexMethod,
     indexers: Vec<Indexer>,
     /// `tables[stage * tuples + tuple]`.
     tables: Vec<Table>,
@@ -601,14 +603,14 @@ impl NTupleNetwork {
         let features = config.tuples.len() * 8;
         let indexers = config.tuples.iter().map(|t| Indexer::of(t)).collect();
         let kernel = Kernel::of(&config.tuples);
-        let extract = IndexMethod::fastest() == IndexMethod::Extract;
-        Ok(NTupleNetwork { config, kernel, extract, indexers, tables, features, pages })
+        let index_method = IndexMethod::fastest();
+        Ok(NTupleNetwork { config, kernel, index_method, indexers, tables, features, pages })
     }
 
     /// How the move choice of a compiled shape reads its feature indices
     /// ([`Self::values_keeping`]); [`IndexMethod::fastest`] unless set.
     pub fn index_method(&self) -> IndexMethod {
-        if self.extract { IndexMethod::Extract } else { IndexMethod::Shifts }
+        self.index_method
     }
 
     /// Chooses how the move choice of a compiled shape reads its feature indices (to measure one
@@ -618,7 +620,7 @@ impl NTupleNetwork {
         if !method.is_supported() {
             return Err(NetworkError::Unsupported(format!("{method:?} indexing needs a CPU with BMI2")));
         }
-        self.extract = method == IndexMethod::Extract;
+        self.index_method = method;
         Ok(())
     }
 
@@ -816,10 +818,9 @@ impl NTupleNetwork {
         values: &mut [f32],
         kept: &mut [KeptFeatures],
     ) {
-        if self.extract {
-            self.values_kept_by::<T, true>(runs, boards, values, kept)
-        } else {
-            self.values_kept_by::<T, false>(runs, boards, values, kept)
+        match self.index_method {
+            IndexMethod::Extract => self.values_kept_by::<T, true>(runs, boards, values, kept),
+            IndexMethod::Shifts => self.values_kept_by::<T, false>(runs, boards, values, kept),
         }
     }
 
@@ -945,7 +946,7 @@ impl NTupleNetwork {
         Ok(NTupleNetwork {
             config: self.config.clone(),
             kernel: self.kernel,
-            extract: self.extract,
+            index_method: self.index_method,
             indexers: self.indexers.clone(),
             tables,
             features: self.features,

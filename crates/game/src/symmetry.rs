@@ -118,15 +118,24 @@ fn mirror_columns(x: u64) -> u64 {
         | ((x & 0xF000_F000_F000_F000) >> 12)
 }
 
+/// Reverses the order of all sixteen cells (a half turn: rows flipped and columns mirrored):
+/// the bytes reversed, then the two cells inside each byte swapped. Six instructions where a
+/// row flip and a mirror take about twelve.
+#[inline]
+fn half_turn(x: u64) -> u64 {
+    let x = x.swap_bytes();
+    ((x & 0x0F0F_0F0F_0F0F_0F0F) << 4) | ((x >> 4) & 0x0F0F_0F0F_0F0F_0F0F)
+}
+
 impl Board {
     /// The eight images of this board under the symmetries of the square, in [`Symmetry::ALL`] order.
-    /// One transpose, two row flips and four mirrors, without branches: the n-tuple hot path.
+    /// One transpose, two row flips, two mirrors and two half turns, without branches: the
+    /// n-tuple hot path.
     #[inline]
     pub fn symmetries(self) -> [Board; 8] {
         let b = self.raw();
         let t = self.transpose().raw();
-        let (fb, ft) = (flip_rows(b), flip_rows(t));
-        [b, mirror_columns(b), fb, mirror_columns(fb), t, mirror_columns(t), ft, mirror_columns(ft)]
+        [b, mirror_columns(b), flip_rows(b), half_turn(b), t, mirror_columns(t), flip_rows(t), half_turn(t)]
             .map(Board::from_raw)
     }
 }

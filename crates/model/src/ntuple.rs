@@ -333,6 +333,20 @@ const CELLS_8X6: [[u8; 6]; 8] = [
 static RUNS_4X6: [[Run; 6]; 4] = runs_of_all(CELLS_4X6);
 static RUNS_5X6: [[Run; 6]; 5] = runs_of_all(CELLS_5X6);
 static RUNS_8X6: [[Run; 6]; 8] = runs_of_all(CELLS_8X6);
+static MASKS_4X6: [u64; 4] = masks_of_all(&RUNS_4X6);
+static MASKS_5X6: [u64; 5] = masks_of_all(&RUNS_5X6);
+static MASKS_8X6: [u64; 8] = masks_of_all(&RUNS_8X6);
+
+/// Each tuple's cells as a mask of the board's bits (what bit extraction keeps).
+const fn masks_of_all<const T: usize>(runs: &[[Run; 6]; T]) -> [u64; T] {
+    let mut masks = [0; T];
+    let mut t = 0;
+    while t < T {
+        masks[t] = tuple_cells(&runs[t]);
+        t += 1;
+    }
+    masks
+}
 
 /// How a network computes its features: compiled for a named shape (like TDL2048's static
 /// indexers: about twice as fast as reading the runs at run time), or general.
@@ -368,18 +382,23 @@ fn const_indices<const T: usize>(runs: &[[Run; 6]; T], boards: &[Board; 8]) -> [
 
 /// [`const_indices`] by bit extraction, one per index (the same indices: a compiled tuple lists
 /// its cells in board order, and the extraction keeps the board's order), written where they
-/// are kept: 8×6's 512 bytes returned by value cost a zeroing and a copy per board.
+/// are kept (8×6's 512 bytes returned by value cost a zeroing and a copy per board), each
+/// weight's line asked for as soon as its index is known: a second loop reading the indices
+/// back to prefetch cost 114 loads a move and its loop.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn extract_indices_into<const T: usize>(
-    runs: &[[Run; 6]; T],
+fn extract_and_prefetch<const T: usize>(
+    masks: &[u64; T],
     boards: &[Board; 8],
+    tables: &[Table; T],
     out: &mut [[usize; 8]; T],
 ) {
-    for (at, tuple) in out.iter_mut().zip(runs) {
-        let cells = tuple_cells(tuple);
+    for ((at, &mask), table) in out.iter_mut().zip(masks).zip(tables) {
+        let lines = table.lines();
         for (index, board) in at.iter_mut().zip(boards) {
-            *index = extract_bits(board.raw(), cells) as usize;
+            let extracted = extract_bits(board.raw(), mask) as usize;
+            lines.prefetch(extracted);
+            *index = extracted;
         }
     }
 }
@@ -387,12 +406,23 @@ fn extract_indices_into<const T: usize>(
 /// Without BMI2 there is nothing to extract with: [`IndexMethod::Extract`] is never granted.
 #[cfg(not(target_arch = "x86_64"))]
 #[inline(always)]
-fn extract_indices_into<const T: usize>(
-    runs: &[[Run; 6]; T],
-    boards: &[Board; 8],
-    out: &mut [[usize; 8]; T],
+fn extract_and_prefetch<const T: usize>(
+    _masks: &[u64; T],
+    _boards: &[Board; 8],
+    _tables: &[Table; T],
+    _out: &mut [[usize; 8]; T],
 ) {
-    *out = const_indices(runs, boards);
+    unreachable!("bit extraction is granted on x86-64 only")
+}
+
+/// Asks for the lines of one afterstate's weights (see [`NTupleNetwork::prefetch_and_sum`]).
+#[inline(always)]
+fn prefetch_at<const T: usize>(tables: &[Table; T], indices: &[[usize; 8]; T]) {
+    for (table, at) in tables.iter().zip(indices) {
+        for &index in at {
+            table.prefetch(index);
+        }
+    }
 }
 
 /// A tuple's cells as a mask of the board's bits (what [`extract_bits`] keeps).
@@ -797,9 +827,9 @@ impl NTupleNetwork {
     #[inline]
     pub fn values_keeping(&self, boards: &[Board], values: &mut [f32], kept: &mut [KeptFeatures]) {
         match self.kernel {
-            Kernel::Standard4x6 => self.values_kept_with(&RUNS_4X6, boards, values, kept),
-            Kernel::Jaskowski5x6 => self.values_kept_with(&RUNS_5X6, boards, values, kept),
-            Kernel::Matsuzaki8x6 => self.values_kept_with(&RUNS_8X6, boards, values, kept),
+            Kernel::Standard4x6 => self.values_kept_with(&RUNS_4X6, &MASKS_4X6, boards, values, kept),
+            Kernel::Jaskowski5x6 => self.values_kept_with(&RUNS_5X6, &MASKS_5X6, boards, values, kept),
+            Kernel::Matsuzaki8x6 => self.values_kept_with(&RUNS_8X6, &MASKS_8X6, boards, values, kept),
             Kernel::General => {
                 self.values(boards, values);
                 for kept in kept {
@@ -814,13 +844,14 @@ impl NTupleNetwork {
     fn values_kept_with<const T: usize>(
         &self,
         runs: &[[Run; 6]; T],
+        masks: &[u64; T],
         boards: &[Board],
         values: &mut [f32],
         kept: &mut [KeptFeatures],
     ) {
         match self.index_method {
-            IndexMethod::Extract => self.values_kept_by::<T, true>(runs, boards, values, kept),
-            IndexMethod::Shifts => self.values_kept_by::<T, false>(runs, boards, values, kept),
+            IndexMethod::Extract => self.values_kept_by::<T, true>(runs, masks, boards, values, kept),
+            IndexMethod::Shifts => self.values_kept_by::<T, false>(runs, masks, boards, values, kept),
         }
     }
 
@@ -828,20 +859,33 @@ impl NTupleNetwork {
     fn values_kept_by<const T: usize, const EXTRACT: bool>(
         &self,
         runs: &[[Run; 6]; T],
+        masks: &[u64; T],
         boards: &[Board],
         values: &mut [f32],
         kept: &mut [KeptFeatures],
     ) {
+        // All lines asked for first, then summed, as in `prefetch_and_sum`.
         for (kept, &board) in kept.iter_mut().zip(boards) {
             kept.board = Some(board);
             kept.kernel = self.kernel;
+            let tables = self.compiled_tables::<T>(board);
             if EXTRACT {
-                extract_indices_into(runs, &board.symmetries(), kept_indices_mut::<T>(kept));
+                extract_and_prefetch(masks, &board.symmetries(), tables, kept_indices_mut::<T>(kept));
             } else {
-                *kept_indices_mut::<T>(kept) = const_indices(runs, &board.symmetries());
+                let indices = kept_indices_mut::<T>(kept);
+                *indices = const_indices(runs, &board.symmetries());
+                prefetch_at(tables, indices);
             }
         }
-        self.prefetch_and_sum(boards, kept.iter().map(kept_indices::<T>), values);
+        for ((value, kept), &board) in values.iter_mut().zip(kept.iter()).zip(boards) {
+            *value = sum_at(self.stage_tables(board), kept_indices::<T>(kept));
+        }
+    }
+
+    /// A compiled shape's `T` tables for `board`'s stage.
+    #[inline(always)]
+    fn compiled_tables<const T: usize>(&self, board: Board) -> &[Table; T] {
+        self.stage_tables(board).first_chunk::<T>().expect("a compiled shape has T tables a stage")
     }
 
     /// [`Self::add_and_value`] through indices the move choice kept: computes none when `kept`
@@ -1093,19 +1137,26 @@ mod tests {
         if !IndexMethod::Extract.is_supported() {
             return;
         }
-        fn check<const T: usize>(runs: &[[Run; 6]; T], board: Board) {
+        // Eight tables, as many as any compiled shape has: the prefetches need somewhere to point.
+        let network = NTupleNetwork::zeroed(NTupleConfig::matsuzaki_8x6()).unwrap();
+        fn check<const T: usize>(
+            network: &NTupleNetwork,
+            runs: &[[Run; 6]; T],
+            masks: &[u64; T],
+            board: Board,
+        ) {
             let boards = board.symmetries();
             let mut extracted = [[usize::MAX; 8]; T];
-            extract_indices_into(runs, &boards, &mut extracted);
+            extract_and_prefetch(masks, &boards, network.compiled_tables::<T>(board), &mut extracted);
             assert_eq!(extracted, const_indices(runs, &boards), "{board:?}");
         }
         let mut state = 0x2048_u64;
         for _ in 0..5000 {
             state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             let board = Board::from_raw(state);
-            check(&RUNS_4X6, board);
-            check(&RUNS_5X6, board);
-            check(&RUNS_8X6, board);
+            check(&network, &RUNS_4X6, &MASKS_4X6, board);
+            check(&network, &RUNS_5X6, &MASKS_5X6, board);
+            check(&network, &RUNS_8X6, &MASKS_8X6, board);
         }
     }
 

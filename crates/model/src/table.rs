@@ -60,6 +60,33 @@ fn add_to(cell: &AtomicU32, delta: f32) -> f32 {
     value
 }
 
+/// A table's first weight's address, taken once: prefetches interleaved with other work (bit
+/// extractions, in the move choice) otherwise reload the table's map pointer before each one, as
+/// the compiler may not move a load across a prefetch.
+#[derive(Clone, Copy, Debug)]
+pub struct WeightLines {
+    first: *const u8,
+}
+
+impl WeightLines {
+    /// [`Table::prefetch`].
+    #[inline(always)]
+    #[allow(unsafe_code)]
+    pub fn prefetch(self, index: usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+            // SAFETY: a prefetch reads nothing the program sees and never faults, whatever the
+            // address; the address is computed with wrapping arithmetic, never dereferenced.
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>(self.first.wrapping_add(index.wrapping_mul(4)) as *const i8)
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = index;
+    }
+}
+
 /// One table of weights.
 pub struct Table {
     map: MmapRaw,
@@ -103,24 +130,17 @@ impl Table {
     /// move choice a compare and a branch per weight); targets without a prefetch instruction do
     /// nothing.
     #[inline(always)]
-    #[allow(unsafe_code)]
     pub fn prefetch(&self, index: usize) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-            // SAFETY: a prefetch reads nothing the program sees and never faults, whatever the
-            // address; the address is computed with wrapping arithmetic, never dereferenced.
-            unsafe {
-                _mm_prefetch::<_MM_HINT_T0>(
-                    self.map.as_ptr().wrapping_add(self.start).wrapping_add(index.wrapping_mul(4))
-                        as *const i8,
-                )
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = index;
+        self.lines().prefetch(index);
     }
 
+    /// Where the weights start, for many prefetches in a row (see [`WeightLines`]).
+    #[inline(always)]
+    pub fn lines(&self) -> WeightLines {
+        WeightLines { first: self.map.as_ptr().wrapping_add(self.start) }
+    }
+
+    /// Weight `index`.
     /// Weight `index`.
     #[inline]
     pub fn get(&self, index: usize) -> f32 {

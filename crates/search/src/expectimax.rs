@@ -349,6 +349,51 @@ mod tests {
         assert_eq!(table.get(board, 1), Some(1.0));
     }
 
+    /// Values an afterstate by its empty cells (in points) and keeps the board it valued.
+    struct KeepsItsBoard;
+    impl Evaluator for KeepsItsBoard {
+        type Memo = Option<Board>;
+        fn evaluate(&self, afterstate: Board) -> f32 {
+            100.0 * afterstate.empty_count() as f32
+        }
+        fn evaluate_all_keeping(&self, afterstates: &[Board], values: &mut [f32], memos: &mut [Self::Memo]) {
+            for ((value, memo), &afterstate) in values.iter_mut().zip(memos).zip(afterstates) {
+                *value = self.evaluate(afterstate);
+                *memo = Some(afterstate);
+            }
+        }
+        fn name(&self) -> String {
+            "keeps-its-board".into()
+        }
+    }
+
+    #[test]
+    fn the_memo_handed_out_is_the_chosen_afterstates() {
+        // Every legal move, and the chosen one in each position of the legal list.
+        let boards = [
+            "2 2 4 8 | 0 0 0 0 | 0 0 0 0 | 0 0 0 4",
+            "2 4 8 16 | 0 0 2 0 | 0 4 0 0 | 2 0 0 0",
+            "0 0 0 2 | 0 0 0 2 | 0 0 0 4 | 0 0 0 8",
+            "2 4 2 4 | 4 2 4 2 | 2 4 2 4 | 4 2 4 0",
+        ];
+        let mut search = Expectimax::new(KeepsItsBoard, ExpectimaxConfig { depth: 1, ..Default::default() });
+        for text in boards {
+            let board: Board = text.parse().unwrap();
+            let decision = search.decide(board);
+            let chosen = decision.afterstate.expect("each board has a legal move").board;
+            assert_eq!(search.memo_of_choice(), Some(&Some(chosen)), "{text}");
+            let direction = decision.direction.unwrap();
+            assert_eq!(board.legal_move(direction).map(|m| m.board), Some(chosen), "{text}");
+        }
+        let over: Board = "2 4 2 4 | 4 2 4 2 | 2 4 2 4 | 4 2 4 2".parse().unwrap();
+        let decision = search.decide(over);
+        assert_eq!((decision.direction, decision.afterstate), (None, None));
+        assert_eq!(search.memo_of_choice(), None, "a finished game chooses nothing");
+        let mut deeper = Expectimax::new(KeepsItsBoard, ExpectimaxConfig { depth: 2, ..Default::default() });
+        deeper.decide(boards[0].parse().unwrap());
+        assert_eq!(deeper.memo_of_choice(), None, "a deeper search keeps no memo");
+    }
+
     #[test]
     fn with_a_time_per_move_the_search_deepens_until_time_runs_out() {
         let board: Board = "2 4 8 16 | 0 0 2 0 | 0 4 0 0 | 2 0 0 0".parse().unwrap();

@@ -219,14 +219,17 @@ impl Learner for NtupleLearner {
     }
 
     fn save_state(&mut self, revision: u64, published: &Path) -> Result<(), TrainError> {
-        state::save_coherence(&self.state_dir, revision, self.td.coherence())?;
+        // The weights first: a stop between the two leaves the accumulators one revision
+        // behind them, which a resumed run takes (stale by one revision) rather than starting
+        // every rate afresh.
         match &mut self.mean {
             Some(mean) => {
                 mean.last_file = Some(published.to_path_buf());
-                state::save_learned(&self.state_dir, revision, self.td.network())
+                state::save_learned(&self.state_dir, revision, self.td.network())?;
             }
-            None => state::remove_learned(&self.state_dir),
+            None => state::remove_learned(&self.state_dir)?,
         }
+        state::save_coherence(&self.state_dir, revision, self.td.coherence())
     }
 
     fn evaluation(&mut self, config: &TrainConfig) -> Result<EvaluationJob, TrainError> {

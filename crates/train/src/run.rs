@@ -247,7 +247,11 @@ impl TrainingRun {
                     None => NTupleNetwork::zeroed(config.network.clone())?,
                 };
                 let games = if start_file.is_some() { counters.games.max(1) } else { 0 };
-                // A run that published the mean of its weights kept the learned ones beside it.
+                // A run that published the mean of its weights kept the learned ones beside it:
+                // the latest revision's, or the one before when the run stopped while saving
+                // them (a full disk). The older learned weights with their own accumulators lose
+                // one revision's learning; the mean with accumulators started afresh would
+                // unlearn far more (seen on a default run: its recent games' mean fell from 212k to 46k).
                 let learned = match resume_from.is_none() && counters.revision > 0 {
                     true => state::load_learned(&state_dir, counters.revision, published.config())?,
                     false => None,
@@ -267,12 +271,24 @@ impl TrainingRun {
                 let mean_file = start_file.clone().filter(|_| resume_from.is_none());
                 let mean =
                     config.published_mean_power.map(|power| PublishedMean::new(power, games, mean_file));
+                // The revision whose accumulators go with the weights learning resumes on.
+                let mut state_revision = counters.revision;
                 let network = match learned {
-                    Some(learned) => {
-                        tracing::info!(
-                            "learning resumes from the learned weights of revision {}",
-                            counters.revision
-                        );
+                    Some((revision, learned)) => {
+                        if revision < counters.revision {
+                            tracing::warn!(
+                                "the learner's state of revision {} was not saved (the run stopped while \
+                                 saving it): learning resumes from the learned weights of revision \
+                                 {revision}; what was learned after them is lost, the published \
+                                 revisions are kept",
+                                counters.revision
+                            );
+                        } else {
+                            tracing::info!(
+                                "learning resumes from the learned weights of revision {revision}"
+                            );
+                        }
+                        state_revision = revision;
                         learned
                     }
                     None => published,
@@ -280,14 +296,21 @@ impl TrainingRun {
                 let td = TdLearner::new(Arc::new(network), config.td.clone(), games);
                 if resume_from.is_none() && counters.revision > 0 && config.td.coherence {
                     let mut saved = td.new_coherence()?;
-                    if state::load_coherence(&state_dir, counters.revision, &mut saved)? {
-                        let _ = td.restore_coherence(saved);
-                        tracing::info!("temporal coherence resumes from revision {}", counters.revision);
-                    } else {
-                        tracing::warn!(
-                            "no temporal-coherence state for revision {}: every weight's rate starts afresh",
-                            counters.revision
-                        );
+                    match state::load_coherence(&state_dir, state_revision, &mut saved)? {
+                        Some(revision) => {
+                            let _ = td.restore_coherence(saved);
+                            if revision < state_revision {
+                                tracing::warn!(
+                                    "temporal coherence resumes from the accumulators of revision {revision} \
+                                     (revision {state_revision}'s were not saved)"
+                                );
+                            } else {
+                                tracing::info!("temporal coherence resumes from revision {revision}");
+                            }
+                        }
+                        None => tracing::warn!(
+                            "no temporal-coherence state for revision {state_revision}: every weight's rate starts afresh"
+                        ),
                     }
                 }
                 Box::new(NtupleLearner::new(td, state_dir, config.learner_threads(), mean))

@@ -1,7 +1,8 @@
 //! The learner's own state beside the published revisions: what a resumed run needs that a
 //! weights file does not hold (the temporal-coherence accumulators, two floats per weight). It
 //! stays in the run's state directory, never published; only the latest revision's is kept,
-//! written whole (temp file, sync, rename) after the revision is recorded.
+//! written whole (temp file, sync, rename) after the revision is recorded. A run stopped while
+//! saving it keeps the previous revision's, which a resumed run takes (`at_most`).
 //!
 //! Format of `coherence.bin`: magic `Z2KTCST1`, the revision (u64 LE), the table count (u32 LE),
 //! then per table its length in floats (u64 LE) and the floats (f32 LE).
@@ -50,13 +51,15 @@ pub fn save_coherence(dir: &Path, revision: u64, coherence: Option<&Coherence>) 
     })
 }
 
-/// Fills `into` with the saved accumulators if they belong to `revision`; `Ok(false)` when there
-/// are none, or they belong to another revision (the run then starts TC afresh).
-pub fn load_coherence(dir: &Path, revision: u64, into: &mut Coherence) -> Result<bool, TrainError> {
+/// Fills `into` with the saved accumulators if they belong to revision `at_most` or an earlier
+/// one (a run stopped while saving a revision's state keeps the one before), returning the
+/// revision they belong to; `Ok(None)` when there are none, or they belong to a later revision
+/// (the run then starts TC afresh).
+pub fn load_coherence(dir: &Path, at_most: u64, into: &mut Coherence) -> Result<Option<u64>, TrainError> {
     let path = dir.join(FILE);
     let file = match File::open(&path) {
         Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io("opening", &path)(e)),
     };
     let damaged = |message: String| TrainError::Resume(format!("{}: {message}", path.display()));
@@ -67,8 +70,8 @@ pub fn load_coherence(dir: &Path, revision: u64, into: &mut Coherence) -> Result
         return Err(damaged("not a coherence state file".into()));
     }
     let saved = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
-    if saved != revision {
-        return Ok(false);
+    if saved > at_most {
+        return Ok(None);
     }
     let count = u32::from_le_bytes(header[16..20].try_into().expect("4 bytes")) as usize;
     if count != into.tables().len() {
@@ -86,7 +89,7 @@ pub fn load_coherence(dir: &Path, revision: u64, into: &mut Coherence) -> Result
         }
         table.read_le(&mut input).map_err(|_| damaged(format!("table {i} is truncated")))?;
     }
-    Ok(true)
+    Ok(Some(saved))
 }
 
 /// Saves the weights the learner learns on, as they stand at `revision`.
@@ -94,28 +97,45 @@ pub fn save_learned(dir: &Path, revision: u64, network: &NTupleNetwork) -> Resul
     std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
     let path = dir.join(LEARNED_FILE);
     let temp = dir.join(format!(".tmp-{LEARNED_FILE}"));
-    weights_file::save(network, &temp, revision, &BTreeMap::new())?;
-    File::open(&temp).and_then(|file| file.sync_all()).map_err(io("syncing", &temp))?;
+    let written = weights_file::save(network, &temp, revision, &BTreeMap::new())
+        .map_err(TrainError::from)
+        .and_then(|()| File::open(&temp).and_then(|file| file.sync_all()).map_err(io("syncing", &temp)));
+    if let Err(e) = written {
+        remove_partial(&temp);
+        return Err(e);
+    }
     replace(dir, &temp, &path)
 }
 
-/// The learned weights of `revision` (of shape `config`), if they are saved: `Ok(None)` when
-/// there are none or they belong to another revision; a damaged or misshapen file is an error.
+/// The learned weights (of shape `config`) of revision `at_most` or an earlier one, with the
+/// revision they belong to, if they are saved: `Ok(None)` when there are none or they belong to
+/// a later revision; a damaged or misshapen file is an error.
 pub fn load_learned(
     dir: &Path,
-    revision: u64,
+    at_most: u64,
     config: &NTupleConfig,
-) -> Result<Option<NTupleNetwork>, TrainError> {
+) -> Result<Option<(u64, NTupleNetwork)>, TrainError> {
     let path = dir.join(LEARNED_FILE);
     if !path.exists() {
         return Ok(None);
     }
     let damaged = |e: WeightsFileError| TrainError::Resume(format!("{}: {e}", path.display()));
-    if weights_file::read_info(&path).map_err(damaged)?.revision != revision {
+    let saved = weights_file::read_info(&path).map_err(damaged)?.revision;
+    if saved > at_most {
         return Ok(None);
     }
     let (network, _) = weights_file::load(&path, Some(config)).map_err(damaged)?;
-    Ok(Some(network))
+    Ok(Some((saved, network)))
+}
+
+/// Removes what a failed write left of a temporary file: on a full disk, a partial state file
+/// (a gigabyte for the default network's accumulators) would keep the disk full.
+fn remove_partial(temp: &Path) {
+    if let Err(e) = std::fs::remove_file(temp)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!("could not remove the partial {}: {e}", temp.display());
+    }
 }
 
 /// Removes saved learned weights (a run that publishes what it learns needs none).
@@ -136,12 +156,15 @@ fn write_whole(
     std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
     let path = dir.join(file);
     let temp: PathBuf = dir.join(format!(".tmp-{file}"));
-    {
-        let handle = File::create(&temp).map_err(io("creating", &temp))?;
+    let written = File::create(&temp).map_err(io("creating", &temp)).and_then(|handle| {
         let mut out = BufWriter::with_capacity(1 << 20, &handle);
         write(&mut out).and_then(|()| out.flush()).map_err(io("writing", &temp))?;
         drop(out);
-        handle.sync_all().map_err(io("syncing", &temp))?;
+        handle.sync_all().map_err(io("syncing", &temp))
+    });
+    if let Err(e) = written {
+        remove_partial(&temp);
+        return Err(e);
     }
     replace(dir, &temp, &path)
 }
@@ -209,6 +232,26 @@ pub fn load_optimizer(dir: &Path, revision: u64) -> Result<Option<Vec<u8>>, Trai
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_write_that_fails_midway_leaves_the_old_file_and_no_partial_one() {
+        let dir = tempfile::tempdir().unwrap();
+        save_optimizer(dir.path(), 3, b"the state of revision 3").unwrap();
+        // A full disk, as the writer meets it: some bytes went out, then the device refused.
+        let error = write_whole(dir.path(), OPTIMIZER_FILE, |out| {
+            out.write_all(&[7u8; 3 << 20])?;
+            Err(std::io::Error::new(std::io::ErrorKind::StorageFull, "No space left on device"))
+        })
+        .unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains(".tmp-optimizer.bin") && message.contains("No space left"), "{message}");
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, [OPTIMIZER_FILE], "the partial file is removed");
+        assert_eq!(load_optimizer(dir.path(), 3).unwrap().as_deref(), Some(&b"the state of revision 3"[..]));
+    }
 
     #[test]
     fn an_optimizer_state_comes_back_only_for_its_revision_and_only_intact() {

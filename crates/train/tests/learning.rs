@@ -178,6 +178,46 @@ fn a_run_publishing_its_mean_learns_on_and_resumes_from_its_own_weights() {
     assert!(same_weights(&newest, &published), "the fold of {games} games, step {step}");
 }
 
+/// Copies every file of `from` into `to` (made if missing), replacing what is there.
+fn copy_files(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn a_run_stopped_while_saving_its_state_resumes_from_the_state_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let stop = AtomicBool::new(false);
+    let (state, set_aside) = (dir.path().join("run.state"), dir.path().join("set-aside"));
+    let learned_then = {
+        let mut run = open(dir.path(), &runtime).unwrap();
+        run.run(Budget { games: Some(300), time: None }, &stop, ONE_THREAD, &mut Quiet).unwrap();
+        run.network().expect("an n-tuple run").try_clone().unwrap()
+    };
+    let (_, first_revision) = latest_published(dir.path(), &runtime);
+    assert!(state.join("coherence.bin").exists() && state.join("learned.safetensors").exists());
+    copy_files(&state, &set_aside);
+    let learned_later = {
+        let mut run = open(dir.path(), &runtime).unwrap();
+        run.run(Budget { games: Some(300), time: None }, &stop, ONE_THREAD, &mut Quiet).unwrap();
+        run.network().unwrap().try_clone().unwrap()
+    };
+    let (published, latest) = latest_published(dir.path(), &runtime);
+    assert!(latest > first_revision);
+    // The second leg's state lost, as when the disk filled while it was being saved after its
+    // last revision had been published: the first leg's files are what the directory holds.
+    copy_files(&set_aside, &state);
+    let run = open(dir.path(), &runtime).unwrap();
+    assert_eq!(run.counters().revision, latest, "the published revisions are kept");
+    let resumed = run.network().unwrap();
+    assert!(same_weights(&resumed, &learned_then), "learning resumes from the older learned weights");
+    assert!(!same_weights(&resumed, &learned_later) && !same_weights(&resumed, &published));
+}
+
 #[test]
 fn a_resumed_run_continues_its_revisions_and_counters() {
     let dir = tempfile::tempdir().unwrap();

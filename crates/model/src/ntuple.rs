@@ -426,7 +426,6 @@ fn prefetch_at<const T: usize>(tables: &[Table; T], indices: &[[usize; 8]; T]) {
 }
 
 /// A tuple's cells as a mask of the board's bits (what [`extract_bits`] keeps).
-#[inline(always)]
 const fn tuple_cells<const N: usize>(runs: &[Run; N]) -> u64 {
     let mut cells = 0u64;
     let mut r = 0;
@@ -810,12 +809,20 @@ impl NTupleNetwork {
         // holds the reorder buffer until its line arrives, so summing straight away keeps
         // fewer of the candidates' misses in flight (BENCHMARKS.md, issue 11).
         for (at, &board) in indices.clone().zip(boards) {
-            for (table, at) in self.stage_tables(board).iter().zip(at) {
-                for &index in at {
-                    table.prefetch(index);
-                }
-            }
+            prefetch_at(self.compiled_tables::<T>(board), at);
         }
+        self.sum_each(boards, indices, values);
+    }
+
+    /// Reads the weights at `indices` (each board's, in order) into `values`, their lines asked
+    /// for already.
+    #[inline(always)]
+    fn sum_each<'a, const T: usize>(
+        &self,
+        boards: &[Board],
+        indices: impl Iterator<Item = &'a [[usize; 8]; T]>,
+        values: &mut [f32],
+    ) {
         for ((value, at), &board) in values.iter_mut().zip(indices).zip(boards) {
             *value = sum_at(self.stage_tables(board), at);
         }
@@ -877,9 +884,7 @@ impl NTupleNetwork {
                 prefetch_at(tables, indices);
             }
         }
-        for ((value, kept), &board) in values.iter_mut().zip(kept.iter()).zip(boards) {
-            *value = sum_at(self.stage_tables(board), kept_indices::<T>(kept));
-        }
+        self.sum_each(boards, kept.iter().map(kept_indices::<T>), values);
     }
 
     /// A compiled shape's `T` tables for `board`'s stage.

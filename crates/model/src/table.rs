@@ -141,7 +141,6 @@ impl Table {
     }
 
     /// Weight `index`.
-    /// Weight `index`.
     #[inline]
     pub fn get(&self, index: usize) -> f32 {
         f32::from_bits(self.cells()[index].load(Ordering::Relaxed))

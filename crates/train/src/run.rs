@@ -272,7 +272,7 @@ impl TrainingRun {
                 let mean =
                     config.published_mean_power.map(|power| PublishedMean::new(power, games, mean_file));
                 // The revision whose accumulators go with the weights learning resumes on.
-                let mut state_revision = counters.revision;
+                let state_revision = learned.as_ref().map_or(counters.revision, |(revision, _)| *revision);
                 let network = match learned {
                     Some((revision, learned)) => {
                         if revision < counters.revision {
@@ -288,7 +288,6 @@ impl TrainingRun {
                                 "learning resumes from the learned weights of revision {revision}"
                             );
                         }
-                        state_revision = revision;
                         learned
                     }
                     None => published,

@@ -134,7 +134,8 @@ pub struct LearnArgs {
     #[arg(long, value_enum, help_heading = "N-tuple learning")]
     pub network: Option<NetworkShape>,
     /// Weight sets by largest tile for a new n-tuple run: 2 adds a second set once the largest
-    /// tile reaches 2^stage-tile (16384 by default), each stage the network's size in memory
+    /// tile reaches 2^stage-tile (16384 by default), opened when a game first gets there as a
+    /// copy of the stage below; each stage the network's size in memory
     /// [train.network.stages; default: 1].
     #[arg(long, value_parser = clap::value_parser!(u8).range(1..=4), help_heading = "N-tuple learning")]
     pub stages: Option<u8>,

@@ -2,7 +2,10 @@
 //! and the 8 symmetries of the square, one weight per tuple looked up by the tiles under its cells.
 //! Weights are shared across symmetries, so each game position teaches 8 positions at once.
 //! Optionally several stages: separate weights once the board holds a tile of at least
-//! `stage_tile`, since the endgame needs different values than the opening.
+//! `stage_tile`, since the endgame needs different values than the opening. A network learning
+//! from zero opens its later stages one at a time ([`NTupleNetwork::open_next_stage`]): until a
+//! game reaches a stage, its boards are valued by the last open one, and the stage opens as a
+//! copy of it, so play never meets weights that have learned nothing.
 //!
 //! One network is shared by every thread of a run: [`NTupleNetwork::value`] and
 //! [`NTupleNetwork::add`] take `&self` and work on atomic weights without locks (see
@@ -10,6 +13,7 @@
 //! one network.
 
 use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use serde::{Deserialize, Serialize};
 use zero2048_game::Board;
@@ -26,7 +30,8 @@ pub const MAX_TUPLE_LEN: usize = 8;
 pub struct NTupleConfig {
     /// Cell lists, cells numbered row-major 0..16.
     pub tuples: Vec<Vec<u8>>,
-    /// Number of stages (1 = a single weight set).
+    /// Number of stages (1 = a single weight set). A network learning from zero opens each
+    /// later stage when a game first reaches it, as a copy of the stage below.
     pub stages: u8,
     /// With several stages, the board moves to stage `k` once its largest exponent reaches
     /// `stage_tile + k - 1` (e.g. 14 = 16384 for two stages).
@@ -596,6 +601,9 @@ pub struct NTupleNetwork {
     indexers: Vec<Indexer>,
     /// `tables[stage * tuples + tuple]`.
     tables: Vec<Table>,
+    /// Stages valued by their own tables so far (1 to `config.stages`): a board of a later
+    /// stage is valued by the last open one, whose copy its own tables become when it opens.
+    open_stages: AtomicU8,
     /// Weights read per evaluation (tuples × 8).
     features: usize,
     pages: Pages,
@@ -633,7 +641,8 @@ impl NTupleNetwork {
         let indexers = config.tuples.iter().map(|t| Indexer::of(t)).collect();
         let kernel = Kernel::of(&config.tuples);
         let index_method = IndexMethod::fastest();
-        Ok(NTupleNetwork { config, kernel, index_method, indexers, tables, features, pages })
+        let open_stages = AtomicU8::new(config.stages);
+        Ok(NTupleNetwork { config, kernel, index_method, indexers, tables, open_stages, features, pages })
     }
 
     /// How the move choice of a compiled shape reads its feature indices
@@ -673,15 +682,77 @@ impl NTupleNetwork {
         self.features
     }
 
-    /// The stage a board belongs to.
+    /// The stage whose tables value `board`: the stage it has reached, or the last open one.
     #[inline]
     pub fn stage(&self, board: Board) -> usize {
         if self.config.stages == 1 {
             return 0;
         }
+        self.reached_stage(board).min(self.open_stages() as usize - 1)
+    }
+
+    /// The stage `board` belongs to by its largest tile, open or not.
+    #[inline]
+    pub fn reached_stage(&self, board: Board) -> usize {
         let top = board.max_exponent();
         (top.saturating_sub(self.config.stage_tile) as usize + usize::from(top >= self.config.stage_tile))
             .min(self.config.stages as usize - 1)
+    }
+
+    /// Stages valued by their own tables so far.
+    #[inline]
+    pub fn open_stages(&self) -> u8 {
+        // Acquire: a thread that sees a stage open sees the copy that opened it.
+        self.open_stages.load(Ordering::Acquire)
+    }
+
+    /// Closes every stage after the first, for a network about to learn from zero: each opens
+    /// when a game first reaches it ([`Self::open_next_stage`]). A later stage learned from its
+    /// first board on, with weights that know nothing, made play worse before it made it better:
+    /// two stages from 8192 ended a 30-minute run 25% behind one (BENCHMARKS.md, issue 11).
+    pub fn close_later_stages(&self) {
+        self.open_stages.store(1, Ordering::Release);
+    }
+
+    /// Opens the first closed stage as a copy of the last open one's tables; `false` when every
+    /// stage is open. Threads may go on learning while it copies (the copy takes each weight as
+    /// it stands); the caller makes sure one thread opens a stage at a time.
+    pub fn open_next_stage(&self) -> bool {
+        let open = self.open_stages() as usize;
+        if open >= self.config.stages as usize {
+            return false;
+        }
+        let tuples = self.config.tuples.len();
+        for t in 0..tuples {
+            self.tables[open * tuples + t].copy_from(&self.tables[(open - 1) * tuples + t]);
+        }
+        self.open_stages.store(open as u8 + 1, Ordering::Release);
+        true
+    }
+
+    /// Sets the stages open, as a file records them (`1..=stages`; its closed stages hold copies
+    /// of the last open one, so the values are the same either way).
+    pub fn set_open_stages(&self, open: u8) -> Result<(), NetworkError> {
+        if !(1..=self.config.stages).contains(&open) {
+            return Err(NetworkError::Shape(format!(
+                "{open} open stages in a network of {} stage(s)",
+                self.config.stages
+            )));
+        }
+        self.open_stages.store(open, Ordering::Release);
+        Ok(())
+    }
+
+    /// The tables as a file stores them, in the network's order: a closed stage's place holds
+    /// the last open stage's tables, which value its boards until it opens, so a reader values
+    /// every board as this network does whichever stages it takes as open.
+    pub fn stored_tables(&self) -> impl Iterator<Item = &Table> + '_ {
+        let tuples = self.config.tuples.len();
+        let open = self.open_stages() as usize;
+        (0..self.tables.len()).map(move |i| {
+            let stage = (i / tuples).min(open - 1);
+            &self.tables[stage * tuples + i % tuples]
+        })
     }
 
     /// The tables of `board`'s stage.
@@ -966,6 +1037,7 @@ impl NTupleNetwork {
         for (mine, theirs) in self.tables.iter().zip(&other.tables) {
             mine.copy_from(theirs);
         }
+        self.open_stages.store(other.open_stages(), Ordering::Release);
         Ok(())
     }
 
@@ -976,7 +1048,10 @@ impl NTupleNetwork {
         if self.config != other.config {
             return Err(NetworkError::Shape("blend_towards needs two networks of the same shape".into()));
         }
-        for (mine, theirs) in self.tables.iter().zip(&other.tables) {
+        // Each side as it values boards: a closed stage is its last open stage's copy. The blend
+        // then has every stage open, whichever of the two had opened more.
+        while self.open_next_stage() {}
+        for (mine, theirs) in self.tables.iter().zip(other.stored_tables()) {
             mine.blend_towards(theirs, weight);
         }
         Ok(())
@@ -998,6 +1073,7 @@ impl NTupleNetwork {
             index_method: self.index_method,
             indexers: self.indexers.clone(),
             tables,
+            open_stages: AtomicU8::new(self.open_stages()),
             features: self.features,
             pages: self.pages,
         })

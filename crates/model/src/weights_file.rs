@@ -18,6 +18,10 @@ pub const FORMAT_VERSION: &str = "1";
 /// The model kind of n-tuple networks.
 pub const KIND: &str = "ntuple";
 
+/// The metadata key of a network learning stage by stage: how many stages are open (absent:
+/// all). The file holds the last open stage's tables in each closed stage's place.
+pub const OPEN_STAGES: &str = "open_stages";
+
 /// What a weights file says about itself, beyond the tables.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WeightsInfo {
@@ -74,7 +78,7 @@ pub fn save(
     let mut out = BufWriter::with_capacity(1 << 20, File::create(path).map_err(io)?);
     out.write_all(&(header.len() as u64).to_le_bytes()).map_err(io)?;
     out.write_all(&header).map_err(io)?;
-    for table in network.tables() {
+    for table in network.stored_tables() {
         table.write_le(&mut out).map_err(io)?;
     }
     out.flush().map_err(io)
@@ -96,11 +100,16 @@ fn header_bytes(network: &NTupleNetwork, revision: u64, extra: &BTreeMap<String,
     metadata.insert("stages".into(), config.stages.to_string().into());
     metadata.insert("stage_tile".into(), config.stage_tile.to_string().into());
     metadata.insert("revision".into(), revision.to_string().into());
+    // The network's own count, never one carried over in `extra` from another file.
+    metadata.remove(OPEN_STAGES);
+    if network.open_stages() < config.stages {
+        metadata.insert(OPEN_STAGES.into(), network.open_stages().to_string().into());
+    }
     let mut header = serde_json::Map::new();
     header.insert("__metadata__".into(), metadata.into());
     let tuples = config.tuples.len();
     let mut offset = 0usize;
-    for (i, table) in network.tables().iter().enumerate() {
+    for (i, table) in network.stored_tables().enumerate() {
         let end = offset + table.len() * 4;
         header.insert(
             tensor_name(i / tuples, i % tuples),
@@ -206,6 +215,11 @@ pub fn load(
         file.seek(SeekFrom::Start(start))
             .and_then(|_| table.read_le(&mut file))
             .map_err(|source| WeightsFileError::Io { path: path.to_path_buf(), source })?;
+    }
+    if let Some(open) = info.extra.get(OPEN_STAGES) {
+        let refused = |why: String| invalid("open_stages", format!("`{open}`: {why}"));
+        let open: u8 = open.parse().map_err(|_| refused("not a number".into()))?;
+        network.set_open_stages(open).map_err(|e| refused(e.to_string()))?;
     }
     for table in network.tables() {
         if let Some(bad) = table.iter().find(|w| !w.is_finite()) {

@@ -10,14 +10,7 @@ use zero2048_search::Evaluator;
 
 /// A small network with pseudo-random weights on every table.
 fn trained_small(seed: u64) -> NTupleNetwork {
-    let network = NTupleNetwork::zeroed(NTupleConfig::small_4x4()).unwrap();
-    let mut rng = rng_from_seed(seed);
-    for table in network.tables() {
-        for i in 0..table.len() {
-            table.set(i, (rand_core::Rng::next_u32(&mut rng) % 2001) as f32 - 1000.0);
-        }
-    }
-    network
+    trained_small_staged(&NTupleConfig::small_4x4(), seed)
 }
 
 /// The value computed the plain way: every symmetry of the board, every tuple, cell by cell.
@@ -93,6 +86,101 @@ fn stages_split_the_weights_by_largest_tile() {
     network.add(late, 1.0);
     assert_eq!(network.value(early), 0.0, "stage 0 weights untouched");
     assert!(network.value(late) > 0.0);
+}
+
+#[test]
+fn a_closed_stage_is_valued_by_the_one_below_and_opens_as_its_copy() {
+    let config = NTupleConfig { stages: 3, stage_tile: 11, ..NTupleConfig::small_4x4() };
+    let network = NTupleNetwork::zeroed(config.clone()).unwrap();
+    network.close_later_stages();
+    let early: Board = "1024 2 0 0 0 0 0 0 0 0 0 0 0 0 0 2".parse().unwrap();
+    let late: Board = "2048 2 0 0 0 0 0 0 0 0 0 0 0 0 0 2".parse().unwrap();
+    let later: Board = "4096 2 0 0 0 0 0 0 0 0 0 0 0 0 0 2".parse().unwrap();
+    assert_eq!((network.reached_stage(late), network.reached_stage(later)), (1, 2));
+    assert_eq!((network.stage(late), network.stage(later)), (0, 0), "stage 0 values every board");
+    network.add(late, 1.0);
+    network.add(early, 0.25);
+    // One stage before it opens: the same values as a network of one stage learning the same.
+    let single = NTupleNetwork::zeroed(NTupleConfig { stages: 1, ..config }).unwrap();
+    single.add(late, 1.0);
+    single.add(early, 0.25);
+    for board in [early, late, later] {
+        assert_eq!(network.value(board), single.value(board));
+    }
+    let before = (network.value(late), network.value(later));
+    assert!(network.open_next_stage());
+    assert_eq!(network.open_stages(), 2);
+    assert_eq!((network.stage(late), network.stage(later)), (1, 1));
+    assert_eq!((network.value(late), network.value(later)), before, "the stage opens as a copy");
+    network.add(late, 1.0);
+    assert_eq!(network.value(early), single.value(early), "stage 0 no longer learns stage 1's boards");
+    assert!(network.value(late) > before.0);
+    let later_before = network.value(later);
+    assert!(network.open_next_stage());
+    assert!(!network.open_next_stage(), "every stage is open");
+    assert_eq!(network.stage(later), 2);
+    assert_eq!(network.value(later), later_before, "stage 2 opens as a copy of stage 1");
+}
+
+#[test]
+fn a_file_of_a_network_with_closed_stages_values_every_board_as_the_network_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("opening.safetensors");
+    let config = NTupleConfig { stages: 2, stage_tile: 11, ..NTupleConfig::small_4x4() };
+    let network = NTupleNetwork::zeroed(config.clone()).unwrap();
+    network.close_later_stages();
+    for (t, table) in network.tables().iter().take(config.tuples.len()).enumerate() {
+        for index in (0..table.len()).step_by(89 + t) {
+            table.set(index, (t * 1000 + index) as f32 * 0.25 - 3.0);
+        }
+    }
+    weights_file::save(&network, &path, 5, &BTreeMap::new()).unwrap();
+    let (loaded, info) = weights_file::load(&path, Some(&config)).unwrap();
+    assert_eq!(info.extra.get(weights_file::OPEN_STAGES).map(String::as_str), Some("1"));
+    assert_eq!(loaded.open_stages(), 1, "a resumed learner keeps its closed stages");
+    // A reader that takes every stage as open values every board alike: the closed stage's
+    // place holds the open one's tables.
+    let all_open = loaded.try_clone().unwrap();
+    all_open.set_open_stages(2).unwrap();
+    let mut rng = rng_from_seed(11);
+    for _ in 0..2_000 {
+        let board = Board::from_raw(rand_core::Rng::next_u64(&mut rng));
+        assert_eq!(loaded.value(board), network.value(board));
+        assert_eq!(all_open.value(board), network.value(board), "{board:?}");
+    }
+    // The mean of this file and one of a network with both stages open and learned apart is
+    // the mean of their values, board by board.
+    let opened = dir.path().join("opened.safetensors");
+    let learned_apart = trained_small_staged(&config, 21);
+    weights_file::save(&learned_apart, &opened, 6, &BTreeMap::new()).unwrap();
+    let (mean, _) = weights_file::average(&[&path, &opened]).unwrap();
+    for _ in 0..2_000 {
+        let board = Board::from_raw(rand_core::Rng::next_u64(&mut rng));
+        let plain = (network.value(board) + learned_apart.value(board)) / 2.0;
+        assert!((mean.value(board) - plain).abs() <= 1e-3 * plain.abs().max(1.0), "{board:?}");
+    }
+    // A count of open stages the network cannot have is refused, naming the key.
+    let bytes = std::fs::read(&path).unwrap();
+    let written = b"\"open_stages\":\"1\"";
+    let at = bytes.windows(written.len()).position(|w| w == written).expect("the count in the header");
+    for bad in [b'0', b'3', b'x'] {
+        let mut damaged = bytes.clone();
+        damaged[at + written.len() - 2] = bad;
+        std::fs::write(&path, &damaged).unwrap();
+        expect_invalid(weights_file::load(&path, None), "open_stages");
+    }
+}
+
+/// A network of `config` with pseudo-random weights in every stage, all open.
+fn trained_small_staged(config: &NTupleConfig, seed: u64) -> NTupleNetwork {
+    let network = NTupleNetwork::zeroed(config.clone()).unwrap();
+    let mut rng = rng_from_seed(seed);
+    for table in network.tables() {
+        for i in 0..table.len() {
+            table.set(i, (rand_core::Rng::next_u32(&mut rng) % 2001) as f32 - 1000.0);
+        }
+    }
+    network
 }
 
 #[test]

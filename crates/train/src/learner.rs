@@ -21,7 +21,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::{Deserialize, Serialize};
 use zero2048_game::{Board, GameRecord, ReplayError};
@@ -221,6 +221,8 @@ pub struct TdLearner {
     coherence: OnceLock<Coherence>,
     /// Games learned in the whole run (the schedules' clock).
     games: AtomicU64,
+    /// Held while a stage opens, so one thread copies it.
+    opening: Mutex<()>,
 }
 
 /// One thread's game in progress, for online learning: the afterstates not learned yet, each with
@@ -264,7 +266,43 @@ impl TdLearner {
         if games_learned == 0 && config.initial_value != 0.0 {
             network.set_initial_value(config.initial_value);
         }
-        TdLearner { network, config, coherence: OnceLock::new(), games: AtomicU64::new(games_learned) }
+        TdLearner {
+            network,
+            config,
+            coherence: OnceLock::new(),
+            games: AtomicU64::new(games_learned),
+            opening: Mutex::new(()),
+        }
+    }
+
+    /// Opens every closed stage up to `board`'s, each as a copy of the stage below (its TC
+    /// accumulators start empty: a weight the new stage has not updated is one whose magnitude
+    /// sum is zero, which [`Self::follow_lower_stages`] keeps level with the stage below).
+    #[inline]
+    fn open_stages_reaching(&self, board: Board) {
+        if self.network.config().stages == 1
+            || self.network.reached_stage(board) < self.network.open_stages() as usize
+        {
+            return;
+        }
+        self.open_stages_slowly(board);
+    }
+
+    #[cold]
+    fn open_stages_slowly(&self, board: Board) {
+        let _one_at_a_time = self.opening.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        while self.network.reached_stage(board) >= self.network.open_stages() as usize {
+            let open = self.network.open_stages();
+            if !self.network.open_next_stage() {
+                return;
+            }
+            tracing::info!(
+                "stage {} opens (a board holding {}) as a copy of stage {open}, after {} games",
+                open + 1,
+                board.max_tile(),
+                self.games()
+            );
+        }
     }
 
     /// The network being trained.
@@ -301,6 +339,37 @@ impl TdLearner {
     /// Empty TC accumulators of this network's shape (to fill from a saved learner state).
     pub fn new_coherence(&self) -> Result<Coherence, NetworkError> {
         Coherence::for_network(&self.network)
+    }
+
+    /// Sets each weight of an open later stage that its own boards have not updated yet to the
+    /// stage below's, as it stands now; returns how many were set. A stage opens when the
+    /// first game reaches its tile, early in a run and on a weak network; its boards are rare
+    /// then, and a weight they never update would otherwise keep that early value for good,
+    /// while the stage below goes on learning the same patterns from the rest of the game. Run
+    /// by the learner at each revision, with nobody learning (it reads the TC accumulators: a
+    /// weight whose magnitude sum is zero was never updated). Without TC nothing is set.
+    pub fn follow_lower_stages(&self) -> u64 {
+        let Some(tc) = self.coherence.get() else { return 0 };
+        let network = &self.network;
+        let tuples = network.config().tuples.len();
+        let mut set = 0u64;
+        for stage in 1..network.open_stages() as usize {
+            for t in 0..tuples {
+                let (below, own) =
+                    (&network.tables()[(stage - 1) * tuples + t], &network.tables()[stage * tuples + t]);
+                let accumulators = &tc.tables[stage * tuples + t];
+                for i in 0..own.len() {
+                    if accumulators.get(2 * i + 1) == 0.0 {
+                        let lower = below.get(i);
+                        if own.get(i) != lower {
+                            own.set(i, lower);
+                            set += 1;
+                        }
+                    }
+                }
+            }
+        }
+        set
     }
 
     /// The step sizes of the next game, counting it.
@@ -367,6 +436,7 @@ impl TdLearner {
             Some(rates) => rates,
             None => *trace.rates.insert(self.next_game()?),
         };
+        self.open_stages_reaching(afterstate);
         trace.pending.push_back((afterstate, reward, value));
         let window = self.config.window();
         if trace.pending.len() > window {
@@ -433,6 +503,10 @@ impl TdLearner {
     pub fn learn_path(&self, path: &[(Board, u32)], finished: bool) -> Result<f32, NetworkError> {
         let rates = self.next_game()?;
         let lambda = self.config.lambda;
+        // The largest tile is the last afterstate's: its stage opens before any is learned.
+        if let Some(&(last, _)) = path.last() {
+            self.open_stages_reaching(last);
+        }
         // The afterstates updated: all of a finished game's; an unfinished game's last one only
         // bootstraps the one before it.
         let mut to_learn = path.len();
@@ -551,6 +625,84 @@ mod tests {
 
     fn learner(config: TdConfig) -> TdLearner {
         TdLearner::new(Arc::new(NTupleNetwork::zeroed(NTupleConfig::small_4x4()).unwrap()), config, 0)
+    }
+
+    #[test]
+    fn a_stage_opens_as_a_copy_and_its_weights_follow_the_stage_below_until_its_boards_update_them() {
+        let config = NTupleConfig { stages: 2, stage_tile: 6, ..NTupleConfig::small_4x4() };
+        let network = NTupleNetwork::zeroed(config.clone()).unwrap();
+        network.close_later_stages();
+        let td = TdLearner::new(Arc::new(network), TdConfig::default(), 0);
+        let early: Board = "32 16 2 0 0 0 0 0 0 0 0 0 0 0 0 0".parse().unwrap();
+        let early_after: Board = "32 16 2 2 0 0 0 0 0 0 0 0 0 0 0 0".parse().unwrap();
+        let late: Board = "64 16 2 0 0 0 0 0 0 0 0 0 0 0 0 0".parse().unwrap();
+        let late_after: Board = "64 16 4 0 0 0 0 0 0 0 0 0 0 0 0 0".parse().unwrap();
+        // Games below the stage tile leave it closed, and teach stage 0 with TC.
+        for _ in 0..3 {
+            td.learn_path(&[(early, 0), (early_after, 4)], true).unwrap();
+        }
+        let net = td.network();
+        assert_eq!(net.open_stages(), 1);
+        let tuples = config.tuples.len();
+        let touched = |tables: &[Table], t: usize| tables[t].iter().filter(|w| *w != 0.0).count();
+        assert!(touched(net.tables(), 0) > 0 && touched(td.coherence().unwrap().tables(), 0) > 0);
+        assert_eq!(touched(net.tables(), tuples), 0, "stage 1 untouched while closed");
+        let before = net.value(late);
+        assert_ne!(before, 0.0, "stage 0 values the late board");
+        // The first board of stage 1 opens it as a copy of stage 0's weights.
+        td.open_stages_reaching(late);
+        assert_eq!(net.open_stages(), 2);
+        assert_eq!(net.value(late), before);
+        let stage_0 = |board: Board| {
+            let copy = net.try_clone().unwrap();
+            copy.set_open_stages(1).unwrap();
+            copy.value(board)
+        };
+        for t in 0..tuples {
+            assert_eq!(net.tables()[t].to_le_bytes(), net.tables()[tuples + t].to_le_bytes(), "tuple {t}");
+            assert_eq!(touched(td.coherence().unwrap().tables(), tuples + t), 0, "no stage 1 update yet");
+        }
+        // From now on each stage learns its own boards...
+        td.learn_path(&[(late, 0), (late_after, 4)], true).unwrap();
+        let late_learned = net.value(late);
+        assert_ne!(late_learned, before);
+        assert_eq!(stage_0(late), before, "stage 0 did not learn the late board");
+        // ...and a weight of stage 1 no late board has updated follows stage 0 as it learns.
+        td.learn_path(&[(early, 0), (early_after, 4)], true).unwrap();
+        let set = td.follow_lower_stages();
+        assert!(set > 0, "stage 0 learned weights stage 1 never updated");
+        assert_eq!(net.value(late), late_learned, "the late board's own weights are kept");
+        let tc = td.coherence().unwrap();
+        for t in 0..tuples {
+            let (below, own, marks) = (&net.tables()[t], &net.tables()[tuples + t], &tc.tables()[tuples + t]);
+            for i in 0..own.len() {
+                if marks.get(2 * i + 1) == 0.0 {
+                    assert_eq!(own.get(i), below.get(i), "tuple {t} weight {i}");
+                }
+            }
+        }
+        assert_eq!(td.follow_lower_stages(), 0, "nothing left to set");
+    }
+
+    #[test]
+    fn a_game_reaching_a_closed_stage_opens_it_before_it_is_learned() {
+        let config = NTupleConfig { stages: 2, stage_tile: 6, ..NTupleConfig::small_4x4() };
+        let network = NTupleNetwork::zeroed(config.clone()).unwrap();
+        network.close_later_stages();
+        let td = TdLearner::new(Arc::new(network), TdConfig::td0(), 0);
+        let early: Board = "32 32 2 0 0 0 0 0 0 0 0 0 0 0 0 0".parse().unwrap();
+        let late: Board = "64 2 0 0 0 0 0 0 0 0 0 0 0 0 0 0".parse().unwrap();
+        let last: Board = "64 4 0 0 0 0 0 0 0 0 0 0 0 0 0 0".parse().unwrap();
+        td.learn_path(&[(early, 0), (late, 64), (last, 4)], true).unwrap();
+        let net = td.network();
+        assert_eq!(net.open_stages(), 2, "opened by the game's last afterstate");
+        // The late afterstate was learned into stage 1, the early one into stage 0.
+        let tuples = config.tuples.len();
+        let touched = |range: std::ops::Range<usize>| {
+            net.tables()[range].iter().map(|t| t.iter().filter(|w| *w != 0.0).count()).sum::<usize>()
+        };
+        assert!(touched(0..tuples) > 0 && touched(tuples..2 * tuples) > 0);
+        assert_eq!(net.stage(late), 1);
     }
 
     #[test]

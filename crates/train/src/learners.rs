@@ -212,6 +212,12 @@ impl Learner for NtupleLearner {
         revision: u64,
         metadata: &BTreeMap<String, String>,
     ) -> Result<(), TrainError> {
+        let followed = self.td.follow_lower_stages();
+        if followed > 0 {
+            tracing::debug!(
+                "{followed} weights of later stages set to the stage below's (not updated by their own boards yet)"
+            );
+        }
         match &mut self.mean {
             Some(mean) => mean.save(self.td.network(), self.td.games(), path, revision, metadata),
             None => Ok(weights_file::save(self.td.network(), path, revision, metadata)?),

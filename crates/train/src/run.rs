@@ -244,7 +244,12 @@ impl TrainingRun {
                         );
                         network
                     }
-                    None => NTupleNetwork::zeroed(config.network.clone())?,
+                    None => {
+                        let network = NTupleNetwork::zeroed(config.network.clone())?;
+                        // A stage opens when a game first reaches it, as a copy of the one below.
+                        network.close_later_stages();
+                        network
+                    }
                 };
                 let games = if start_file.is_some() { counters.games.max(1) } else { 0 };
                 // A run that published the mean of its weights kept the learned ones beside it:

@@ -289,3 +289,40 @@ fn a_corrupted_latest_weights_file_is_refused_by_name() {
     assert!(message.contains("newest intact revision is r000001-"), "{message}");
     assert!(message.contains("--resume-from"), "{message}");
 }
+
+#[test]
+fn a_later_stage_opens_when_a_game_reaches_it_and_a_resumed_run_keeps_it_closed_until_then() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let stop = AtomicBool::new(false);
+    let staged = |stage_tile| TrainConfig {
+        network: NTupleConfig { stages: 2, stage_tile, ..NTupleConfig::small_4x4() },
+        ..run_config()
+    };
+    let stage_tables_equal = |network: &NTupleNetwork| {
+        let tuples = network.config().tuples.len();
+        (0..tuples).all(|t| network.tables()[t].iter().eq(network.tables()[tuples + t].iter()))
+    };
+    // 256 is reached within the first games: the second stage opens and learns apart.
+    let reached = tempfile::tempdir().unwrap();
+    {
+        let mut run = open_with(reached.path(), &runtime, staged(8)).unwrap();
+        assert_eq!(run.network().unwrap().open_stages(), 1, "a run from zero starts with one stage open");
+        run.run(Budget { games: Some(300), time: None }, &stop, ONE_THREAD, &mut Quiet).unwrap();
+        assert_eq!(run.network().unwrap().open_stages(), 2);
+    }
+    let (published, _) = latest_published(reached.path(), &runtime);
+    assert_eq!(published.open_stages(), 2);
+    assert!(!stage_tables_equal(&published), "the second stage learned its own boards");
+    // 32768 is not: the published files hold the first stage in the second's place and say so,
+    // and a resumed run keeps the second stage closed.
+    let unreached = tempfile::tempdir().unwrap();
+    {
+        let mut run = open_with(unreached.path(), &runtime, staged(15)).unwrap();
+        run.run(Budget { games: Some(200), time: None }, &stop, ONE_THREAD, &mut Quiet).unwrap();
+    }
+    let (published, _) = latest_published(unreached.path(), &runtime);
+    assert_eq!(published.open_stages(), 1);
+    assert!(stage_tables_equal(&published));
+    let run = open_with(unreached.path(), &runtime, staged(15)).unwrap();
+    assert_eq!(run.network().unwrap().open_stages(), 1, "the resumed learner keeps its closed stage");
+}

@@ -20,7 +20,7 @@
 //! playing threads at their game boundaries (`zero2048_selfplay::Control::hold_games`).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::{Deserialize, Serialize};
@@ -223,6 +223,9 @@ pub struct TdLearner {
     games: AtomicU64,
     /// Held while a stage opens, so one thread copies it.
     opening: Mutex<()>,
+    /// Whether the TC accumulators have seen every update of the run, so that a zero magnitude
+    /// sum means a weight never updated ([`Self::follow_lower_stages`]).
+    accumulators_cover_the_run: AtomicBool,
 }
 
 /// One thread's game in progress, for online learning: the afterstates not learned yet, each with
@@ -266,12 +269,14 @@ impl TdLearner {
         if games_learned == 0 && config.initial_value != 0.0 {
             network.set_initial_value(config.initial_value);
         }
+        let accumulators_cover_the_run = AtomicBool::new(games_learned == 0 && config.coherent_at(0));
         TdLearner {
             network,
             config,
             coherence: OnceLock::new(),
             games: AtomicU64::new(games_learned),
             opening: Mutex::new(()),
+            accumulators_cover_the_run,
         }
     }
 
@@ -333,7 +338,11 @@ impl TdLearner {
         {
             return Err(saved);
         }
-        self.coherence.set(saved)
+        self.coherence.set(saved)?;
+        // Taken to cover the run when this configuration runs TC from the first game; a run
+        // that once resumed without its accumulators, or changed the setting, is not seen here.
+        self.accumulators_cover_the_run.store(self.config.coherent_at(0), Ordering::Relaxed);
+        Ok(())
     }
 
     /// Empty TC accumulators of this network's shape (to fill from a saved learner state).
@@ -347,8 +356,12 @@ impl TdLearner {
     /// then, and a weight they never update would otherwise keep that early value for good,
     /// while the stage below goes on learning the same patterns from the rest of the game. Run
     /// by the learner at each revision, with nobody learning (it reads the TC accumulators: a
-    /// weight whose magnitude sum is zero was never updated). Without TC nothing is set.
+    /// weight whose magnitude sum is zero was never updated). Nothing is set unless TC has run
+    /// from the run's first game (without it, or from later on, a zero sum says nothing).
     pub fn follow_lower_stages(&self) -> u64 {
+        if !self.accumulators_cover_the_run.load(Ordering::Relaxed) {
+            return 0;
+        }
         let Some(tc) = self.coherence.get() else { return 0 };
         let network = &self.network;
         let tuples = network.config().tuples.len();
@@ -682,6 +695,19 @@ mod tests {
             }
         }
         assert_eq!(td.follow_lower_stages(), 0, "nothing left to set");
+
+        // TC from a later game on: a zero sum no longer means "never updated", nothing is set.
+        let network = NTupleNetwork::zeroed(config).unwrap();
+        network.close_later_stages();
+        let late_tc = TdLearner::new(
+            Arc::new(network),
+            TdConfig { coherence_after_games: 1, ..TdConfig::default() },
+            0,
+        );
+        late_tc.learn_path(&[(late, 0), (late_after, 4)], true).unwrap();
+        late_tc.learn_path(&[(early, 0), (early_after, 4)], true).unwrap();
+        assert_eq!(late_tc.network().open_stages(), 2);
+        assert_eq!(late_tc.follow_lower_stages(), 0);
     }
 
     #[test]

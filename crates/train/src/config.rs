@@ -33,6 +33,27 @@ fn restart_keys<'de, D: serde::Deserializer<'de>>(from: D) -> Result<Option<Rest
     }))
 }
 
+/// The `network:` keys as a configuration source gives them: a key not given keeps the default
+/// network's (`network: {stages: 2}` is the default shape with two stages).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NetworkKeys {
+    tuples: Option<Vec<Vec<u8>>>,
+    stages: Option<u8>,
+    stage_tile: Option<u8>,
+}
+
+/// `network:` with each key that is not given at the default network's.
+fn network_keys<'de, D: serde::Deserializer<'de>>(from: D) -> Result<NTupleConfig, D::Error> {
+    let keys = NetworkKeys::deserialize(from)?;
+    let default = TrainConfig::default().network;
+    Ok(NTupleConfig {
+        tuples: keys.tuples.unwrap_or(default.tuples),
+        stages: keys.stages.unwrap_or(default.stages),
+        stage_tile: keys.stage_tile.unwrap_or(default.stage_tile),
+    })
+}
+
 /// Everything a run is configured with. Every key is optional; the defaults are the recipe that
 /// measured best for an hour of local training (BENCHMARKS.md).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -40,7 +61,9 @@ fn restart_keys<'de, D: serde::Deserializer<'de>>(from: D) -> Result<Option<Rest
 pub struct TrainConfig {
     /// The model this run trains (a resumed run must keep its kind).
     pub model: ModelKind,
-    /// The n-tuple network's shape (for a new run; a resumed run keeps its own).
+    /// The n-tuple network's shape (for a new run; a resumed run keeps its own). Any key may be
+    /// given alone (`ZERO2048_TRAIN__NETWORK__STAGES=2`): the others keep the default shape's.
+    #[serde(deserialize_with = "network_keys")]
     pub network: NTupleConfig,
     /// The policy-value network's shape (for a new policy-value run).
     pub policy_value: PolicyValueConfig,

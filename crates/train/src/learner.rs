@@ -640,12 +640,22 @@ mod tests {
         TdLearner::new(Arc::new(NTupleNetwork::zeroed(NTupleConfig::small_4x4()).unwrap()), config, 0)
     }
 
+    /// The small network's shape with a second stage from 64.
+    fn staged_config() -> NTupleConfig {
+        NTupleConfig { stages: 2, stage_tile: 6, ..NTupleConfig::small_4x4() }
+    }
+
+    /// A learner from zero on [`staged_config`]'s network, its second stage closed.
+    fn staged_learner(config: TdConfig) -> TdLearner {
+        let network = NTupleNetwork::zeroed(staged_config()).unwrap();
+        network.close_later_stages();
+        TdLearner::new(Arc::new(network), config, 0)
+    }
+
     #[test]
     fn a_stage_opens_as_a_copy_and_its_weights_follow_the_stage_below_until_its_boards_update_them() {
-        let config = NTupleConfig { stages: 2, stage_tile: 6, ..NTupleConfig::small_4x4() };
-        let network = NTupleNetwork::zeroed(config.clone()).unwrap();
-        network.close_later_stages();
-        let td = TdLearner::new(Arc::new(network), TdConfig::default(), 0);
+        let config = staged_config();
+        let td = staged_learner(TdConfig::default());
         let early: Board = "32 16 2 0 0 0 0 0 0 0 0 0 0 0 0 0".parse().unwrap();
         let early_after: Board = "32 16 2 2 0 0 0 0 0 0 0 0 0 0 0 0".parse().unwrap();
         let late: Board = "64 16 2 0 0 0 0 0 0 0 0 0 0 0 0 0".parse().unwrap();
@@ -697,13 +707,7 @@ mod tests {
         assert_eq!(td.follow_lower_stages(), 0, "nothing left to set");
 
         // TC from a later game on: a zero sum no longer means "never updated", nothing is set.
-        let network = NTupleNetwork::zeroed(config).unwrap();
-        network.close_later_stages();
-        let late_tc = TdLearner::new(
-            Arc::new(network),
-            TdConfig { coherence_after_games: 1, ..TdConfig::default() },
-            0,
-        );
+        let late_tc = staged_learner(TdConfig { coherence_after_games: 1, ..TdConfig::default() });
         late_tc.learn_path(&[(late, 0), (late_after, 4)], true).unwrap();
         late_tc.learn_path(&[(early, 0), (early_after, 4)], true).unwrap();
         assert_eq!(late_tc.network().open_stages(), 2);
@@ -712,10 +716,8 @@ mod tests {
 
     #[test]
     fn a_game_reaching_a_closed_stage_opens_it_before_it_is_learned() {
-        let config = NTupleConfig { stages: 2, stage_tile: 6, ..NTupleConfig::small_4x4() };
-        let network = NTupleNetwork::zeroed(config.clone()).unwrap();
-        network.close_later_stages();
-        let td = TdLearner::new(Arc::new(network), TdConfig::td0(), 0);
+        let config = staged_config();
+        let td = staged_learner(TdConfig::td0());
         let early: Board = "32 32 2 0 0 0 0 0 0 0 0 0 0 0 0 0".parse().unwrap();
         let late: Board = "64 2 0 0 0 0 0 0 0 0 0 0 0 0 0 0".parse().unwrap();
         let last: Board = "64 4 0 0 0 0 0 0 0 0 0 0 0 0 0 0".parse().unwrap();

@@ -276,5 +276,15 @@ mod tests {
         let out_of_range = read(None, &vars(&[("ZERO2048_TRAIN__RESTART__AT", "1.5")])).unwrap();
         let message = out_of_range.train.validate().unwrap_err().to_string();
         assert!(message.starts_with("train.restart.at:"), "{message}");
+        let range = read(
+            None,
+            &vars(&[("ZERO2048_TRAIN__RESTART__AT", "0.5"), ("ZERO2048_TRAIN__RESTART__AT_MAX", "0.85")]),
+        )
+        .unwrap();
+        assert_eq!(range.train.restart.map(|r| (r.at, r.at_max)), Some((0.5, Some(0.85))));
+        assert_eq!(from_env.train.restart.and_then(|r| r.at_max), None, "no range unless asked");
+        let reversed = read(None, &vars(&[("ZERO2048_TRAIN__RESTART__AT_MAX", "0.6")])).unwrap();
+        let message = reversed.train.validate().unwrap_err().to_string();
+        assert!(message.starts_with("train.restart.at_max:"), "{message}");
     }
 }

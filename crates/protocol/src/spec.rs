@@ -133,18 +133,27 @@ pub fn check_parallel_games(games: u32) -> Result<(), String> {
 /// The restart strategy: after a game (or a continuation) of more than `min_moves` moves, the
 /// next game of the thread continues from the afterstate at fraction `at` of it, with a fresh
 /// spawn. Late-game positions, where most is still to learn, are then played more often.
+/// With `at_max`, each continuation's fraction is drawn uniformly from `at..=at_max` instead:
+/// early branch points replay the build-up to the largest merges, late ones the end of the game
+/// (BENCHMARKS.md measured each alone: halfway made the stronger 3-ply player, three quarters
+/// the stronger 1-ply one).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RestartSpec {
     /// A game continues only if it lasted more than this many moves.
     pub min_moves: u32,
-    /// Where in the game the continuation branches off (0 < at < 1).
+    /// Where in the game the continuation branches off (0 < at < 1), or the earliest such
+    /// fraction with `at_max`.
     pub at: f32,
+    /// The latest fraction a continuation may branch at (at ≤ at_max < 1); absent: always `at`.
+    /// Absent from the wire when absent, so a spec without it reads as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_max: Option<f32>,
 }
 
 impl Default for RestartSpec {
     fn default() -> RestartSpec {
-        RestartSpec { min_moves: 10, at: 0.75 }
+        RestartSpec { min_moves: 10, at: 0.75, at_max: None }
     }
 }
 
@@ -157,13 +166,27 @@ impl RestartSpec {
         if !(self.at > 0.0 && self.at < 1.0) {
             return Err(SpecError::new("at", format!("{} is not strictly between 0 and 1", self.at)));
         }
+        if let Some(at_max) = self.at_max
+            && !(at_max >= self.at && at_max < 1.0)
+        {
+            return Err(SpecError::new(
+                "at_max",
+                format!("{at_max} is not within at ({}) and 1 (at most at, less than 1)", self.at),
+            ));
+        }
         Ok(())
     }
 
     /// Where a game of `moves` moves branches off, if it is long enough: the index of the step
-    /// whose afterstate the continuation starts from.
-    pub fn branch_step(&self, moves: usize) -> Option<usize> {
-        (moves > self.min_moves as usize).then(|| ((moves as f64 * self.at as f64) as usize).min(moves - 1))
+    /// whose afterstate the continuation starts from. `draw`, uniform in 0..1, places the branch
+    /// within `at..=at_max`; without `at_max` it is not used.
+    pub fn branch_step(&self, moves: usize, draw: f64) -> Option<usize> {
+        let at = self.at as f64;
+        let fraction = match self.at_max {
+            Some(at_max) => at + (at_max as f64 - at) * draw.clamp(0.0, 1.0),
+            None => at,
+        };
+        (moves > self.min_moves as usize).then(|| ((moves as f64 * fraction) as usize).min(moves - 1))
     }
 }
 
@@ -317,13 +340,39 @@ mod tests {
     #[test]
     fn restarts_branch_three_quarters_through_long_games_only() {
         let restart = RestartSpec::default();
-        assert_eq!(restart.branch_step(10), None);
-        assert_eq!(restart.branch_step(11), Some(8));
-        assert_eq!(restart.branch_step(1000), Some(750));
-        let halfway = RestartSpec { min_moves: 10, at: 0.5 };
-        assert_eq!(halfway.branch_step(11), Some(5));
-        let late = RestartSpec { min_moves: 2, at: 0.99 };
-        assert_eq!(late.branch_step(3), Some(2));
+        assert_eq!(restart.branch_step(10, 0.0), None);
+        assert_eq!(restart.branch_step(11, 0.0), Some(8));
+        assert_eq!(restart.branch_step(1000, 0.0), Some(750));
+        assert_eq!(restart.branch_step(1000, 0.9), Some(750), "without at_max the draw is not used");
+        let halfway = RestartSpec { min_moves: 10, at: 0.5, at_max: None };
+        assert_eq!(halfway.branch_step(11, 0.0), Some(5));
+        let late = RestartSpec { min_moves: 2, at: 0.99, at_max: None };
+        assert_eq!(late.branch_step(3, 0.0), Some(2));
+    }
+
+    #[test]
+    fn a_range_of_branch_points_spans_at_to_at_max_by_the_draw() {
+        let range = RestartSpec { min_moves: 10, at: 0.5, at_max: Some(0.85) };
+        assert!(range.validate().is_ok());
+        assert_eq!(range.branch_step(1000, 0.0), Some(500));
+        assert_eq!(range.branch_step(1000, 0.5), Some(675));
+        assert_eq!(range.branch_step(1000, 0.999_999), Some(849));
+        assert_eq!(range.branch_step(10, 0.5), None, "short games still do not branch");
+        let steps: std::collections::BTreeSet<usize> =
+            (0..100).map(|i| range.branch_step(1000, i as f64 / 100.0).unwrap()).collect();
+        assert!(steps.len() > 90 && steps.iter().all(|s| (500..=850).contains(s)), "{steps:?}");
+        let field = |spec: RestartSpec| spec.validate().unwrap_err().field;
+        assert_eq!(field(RestartSpec { at_max: Some(0.4), ..range }), "at_max", "before at");
+        assert_eq!(field(RestartSpec { at_max: Some(1.0), ..range }), "at_max", "at the end");
+        assert_eq!(field(RestartSpec { at_max: Some(f32::NAN), ..range }), "at_max");
+        assert!(RestartSpec { at_max: Some(0.5), ..range }.validate().is_ok(), "a range of one point");
+        // On the wire the key is absent when unset, so a spec of an older server reads the same.
+        let fixed = RestartSpec::default();
+        let text = serde_json::to_string(&fixed).unwrap();
+        assert!(!text.contains("at_max"), "{text}");
+        assert_eq!(serde_json::from_str::<RestartSpec>(r#"{"min_moves":10,"at":0.75}"#).unwrap(), fixed);
+        let read: RestartSpec = serde_json::from_str(&serde_json::to_string(&range).unwrap()).unwrap();
+        assert_eq!(read, range);
     }
 
     #[test]

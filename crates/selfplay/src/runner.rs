@@ -286,6 +286,15 @@ impl ThreadState<'_> {
         self.finished
     }
 
+    /// Where within `restart.at..=at_max` the next continuation branches: uniform in 0..1, a
+    /// function of the run's seed, the thread and its count of finished games, so a run
+    /// replays its branch points.
+    fn branch_draw(&self) -> f64 {
+        const BRANCH_DRAWS: u64 = 0x6272_616e_6368; // "branch": apart from the games' seeds
+        let bits = derive_seed(self.runner.seed ^ BRANCH_DRAWS, (self.thread << 40) | self.finished);
+        (bits >> 11) as f64 / (1u64 << 53) as f64
+    }
+
     fn pop_resume(&self) -> Option<PartialGame> {
         self.runner.resume.lock().unwrap_or_else(|e| e.into_inner()).pop_front()
     }
@@ -383,7 +392,7 @@ impl ThreadState<'_> {
                 Played::Finished => {
                     let (score, max_tile) = (game.score(), game.board().max_tile());
                     if let Some(restart) = model.play.restart
-                        && let Some(step) = restart.branch_step(path.len())
+                        && let Some(step) = restart.branch_step(path.len(), self.branch_draw())
                     {
                         self.branch =
                             Some(Branch { parent: uuid, step: step as u32, afterstate: path[step].0 });
@@ -636,7 +645,7 @@ mod tests {
 
     #[test]
     fn restarts_continue_long_games_from_their_middle() {
-        let restart = RestartSpec { min_moves: 10, at: 0.5 };
+        let restart = RestartSpec { min_moves: 10, at: 0.5, at_max: None };
         let (runner, keep) = runner(1, Some(restart), 1);
         run(&runner, &keep);
         let games = keep.games.lock().unwrap();
@@ -647,12 +656,39 @@ mod tests {
         for child in continuations {
             let origin = child.origin.unwrap();
             let parent = by_uuid[&origin.parent];
-            assert_eq!(origin.step as usize, restart.branch_step(parent.record.steps.len()).unwrap());
+            assert_eq!(origin.step as usize, restart.branch_step(parent.record.steps.len(), 0.0).unwrap());
             let afterstate =
                 parent.record.afterstate_at(origin.step as usize, parent.origin.is_some()).unwrap();
             assert!(zero2048_game::is_branch_of(child.record.start, afterstate));
             assert!(child.record.replay_continuation().unwrap().game_over);
         }
+    }
+
+    #[test]
+    fn with_at_max_continuations_branch_anywhere_within_the_range() {
+        let restart = RestartSpec { min_moves: 10, at: 0.3, at_max: Some(0.9) };
+        let (runner, keep) = runner(1, Some(restart), 1);
+        run(&runner, &keep);
+        let games = keep.games.lock().unwrap();
+        let by_uuid: HashMap<Uuid, &FinishedGame> = games.iter().map(|(g, _)| (g.uuid, g)).collect();
+        let mut twentieths = std::collections::BTreeSet::new();
+        for child in games.iter().map(|(g, _)| g).filter(|g| g.origin.is_some()) {
+            let origin = child.origin.unwrap();
+            let parent = by_uuid[&origin.parent];
+            let moves = parent.record.steps.len();
+            let (earliest, latest) =
+                (restart.branch_step(moves, 0.0).unwrap(), restart.branch_step(moves, 1.0).unwrap());
+            let step = origin.step as usize;
+            assert!(
+                (earliest..=latest).contains(&step),
+                "{step} of {moves}: not within {earliest}..={latest}"
+            );
+            let afterstate = parent.record.afterstate_at(step, parent.origin.is_some()).unwrap();
+            assert!(zero2048_game::is_branch_of(child.record.start, afterstate));
+            twentieths.insert(step * 20 / moves);
+        }
+        // A fixed fraction would put every branch in one or two twentieths of its parent.
+        assert!(twentieths.len() >= 4, "branch points spread over {twentieths:?} twentieths only");
     }
 
     /// Plays depth-4 games (milliseconds a move) and aborts 100 ms in: the games then in progress.
@@ -703,7 +739,7 @@ mod tests {
                 Ok(())
             }
         }
-        let (runner, _) = runner(1, Some(RestartSpec { min_moves: 10, at: 0.5 }), 1);
+        let (runner, _) = runner(1, Some(RestartSpec { min_moves: 10, at: 0.5, at_max: None }), 1);
         let finished = Arc::new(AtomicU64::new(0));
         let threads = runner
             .spawn(|_| PauseAfterFirst {
@@ -725,7 +761,7 @@ mod tests {
     fn a_resumed_game_branches_at_a_step_of_its_whole_record() {
         let interrupted = games_in_progress_at_an_abort();
         assert_eq!(interrupted.len(), 1);
-        let restart = RestartSpec { min_moves: 10, at: 0.5 };
+        let restart = RestartSpec { min_moves: 10, at: 0.5, at_max: None };
         let (again, keep) = runner(1, Some(restart), 1);
         again.resume.lock().unwrap().extend(interrupted.iter().cloned());
         run(&again, &keep);
@@ -736,7 +772,7 @@ mod tests {
             finished.iter().map(|(g, _)| g).find(|g| g.origin.is_some_and(|o| o.parent == resumed.uuid));
         let child = child.expect("the resumed game was long enough to branch");
         let step = child.origin.unwrap().step as usize;
-        assert_eq!(step, restart.branch_step(resumed.record.steps.len()).unwrap());
+        assert_eq!(step, restart.branch_step(resumed.record.steps.len(), 0.0).unwrap());
         let afterstate = resumed.record.afterstate_at(step, false).unwrap();
         assert!(zero2048_game::is_branch_of(child.record.start, afterstate));
     }

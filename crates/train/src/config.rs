@@ -21,6 +21,7 @@ use crate::zero::ZeroConfig;
 struct RestartKeys {
     min_moves: Option<u32>,
     at: Option<f32>,
+    at_max: Option<f32>,
 }
 
 /// `restart:` with each key that is not given at its default (`null`: no restart).
@@ -30,6 +31,7 @@ fn restart_keys<'de, D: serde::Deserializer<'de>>(from: D) -> Result<Option<Rest
     Ok(keys.map(|keys| RestartSpec {
         min_moves: keys.min_moves.unwrap_or(default.min_moves),
         at: keys.at.unwrap_or(default.at),
+        at_max: keys.at_max.or(default.at_max),
     }))
 }
 
@@ -87,7 +89,8 @@ pub struct TrainConfig {
     /// The restart strategy for n-tuple self-play (`null`: none). Policy-value runs always play
     /// whole games: their published play spec carries no restart whatever this says. Either key
     /// may be given alone (`restart: {at: 0.85}`, or `ZERO2048_TRAIN__RESTART__AT=0.85`): the
-    /// other keeps its default.
+    /// other keeps its default. `at_max` (absent by default) draws each branch point from
+    /// `at..=at_max`.
     #[serde(deserialize_with = "restart_keys")]
     pub restart: Option<RestartSpec>,
     /// The probability that a spawned tile is a 4: the game every player of the run plays.
@@ -335,7 +338,17 @@ mod tests {
             ("published_mean_power", TrainConfig { published_mean_power: Some(9), ..Default::default() }),
             (
                 "restart.at",
-                TrainConfig { restart: Some(RestartSpec { min_moves: 10, at: 0.0 }), ..Default::default() },
+                TrainConfig {
+                    restart: Some(RestartSpec { min_moves: 10, at: 0.0, at_max: None }),
+                    ..Default::default()
+                },
+            ),
+            (
+                "restart.at_max",
+                TrainConfig {
+                    restart: Some(RestartSpec { min_moves: 10, at: 0.75, at_max: Some(0.5) }),
+                    ..Default::default()
+                },
             ),
         ];
         for (key, config) in cases {

@@ -286,5 +286,8 @@ mod tests {
         let reversed = read(None, &vars(&[("ZERO2048_TRAIN__RESTART__AT_MAX", "0.6")])).unwrap();
         let message = reversed.train.validate().unwrap_err().to_string();
         assert!(message.starts_with("train.restart.at_max:"), "{message}");
+        let at_tile = read(None, &vars(&[("ZERO2048_TRAIN__RESTART__AT_TILE", "14")])).unwrap();
+        assert_eq!(at_tile.train.restart.map(|r| (r.at, r.at_tile)), Some((default.at, Some(14))));
+        assert_eq!(from_env.train.restart.and_then(|r| r.at_tile), None, "no tile unless asked");
     }
 }

@@ -136,7 +136,9 @@ pub fn check_parallel_games(games: u32) -> Result<(), String> {
 /// With `at_max`, each continuation's fraction is drawn uniformly from `at..=at_max` instead:
 /// early branch points replay the build-up to the largest merges, late ones the end of the game
 /// (BENCHMARKS.md measured each alone: halfway made the stronger 3-ply player, three quarters
-/// the stronger 1-ply one).
+/// the stronger 1-ply one). With `at_tile`, a game that made a new largest tile of at least
+/// `2^at_tile` branches where it made it instead, so the game after each new 16384 (`at_tile`
+/// 14) is played again from its first move: the positions that lead to the 32768 merge.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RestartSpec {
@@ -149,16 +151,21 @@ pub struct RestartSpec {
     /// Absent from the wire when absent, so a spec without it reads as before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at_max: Option<f32>,
+    /// A game whose largest tile grew, during that game, to `2^at_tile` or more branches at the
+    /// step that first made it (3..=17); other games branch at their fraction. Absent from the
+    /// wire when absent, as `at_max`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_tile: Option<u8>,
 }
 
 impl Default for RestartSpec {
     fn default() -> RestartSpec {
-        RestartSpec { min_moves: 10, at: 0.75, at_max: None }
+        RestartSpec { min_moves: 10, at: 0.75, at_max: None, at_tile: None }
     }
 }
 
 impl RestartSpec {
-    /// The rule of both fields.
+    /// The rule of each field.
     pub fn validate(&self) -> Result<(), SpecError> {
         if !(2..=1_000_000).contains(&self.min_moves) {
             return Err(SpecError::new("min_moves", format!("{} is not within 2..=1000000", self.min_moves)));
@@ -174,6 +181,14 @@ impl RestartSpec {
                 format!("{at_max} is not within at ({}) and 1 (at most at, less than 1)", self.at),
             ));
         }
+        if let Some(at_tile) = self.at_tile
+            && !(3..=17).contains(&at_tile)
+        {
+            return Err(SpecError::new(
+                "at_tile",
+                format!("{at_tile} is not a tile exponent within 3..=17 (8 to 131072)"),
+            ));
+        }
         Ok(())
     }
 
@@ -187,6 +202,32 @@ impl RestartSpec {
             None => at,
         };
         (moves > self.min_moves as usize).then(|| ((moves as f64 * fraction) as usize).min(moves - 1))
+    }
+
+    /// Where a game branches off, given the largest tile's exponent of each step's afterstate:
+    /// with `at_tile`, at the first step holding the game's largest tile when that tile is
+    /// `2^at_tile` or more and the game made it (not held from its first step); otherwise
+    /// [`RestartSpec::branch_step`]'s fraction.
+    pub fn branch_step_of(&self, largest: impl ExactSizeIterator<Item = u8>, draw: f64) -> Option<usize> {
+        let moves = largest.len();
+        if moves <= self.min_moves as usize {
+            return None;
+        }
+        if let Some(at_tile) = self.at_tile {
+            let mut first: Option<(usize, u8)> = None;
+            for (step, exponent) in largest.enumerate() {
+                if first.is_none_or(|(_, held)| exponent > held) {
+                    first = Some((step, exponent));
+                }
+            }
+            if let Some((step, exponent)) = first
+                && step > 0
+                && exponent >= at_tile
+            {
+                return Some(step);
+            }
+        }
+        self.branch_step(moves, draw)
     }
 }
 
@@ -344,15 +385,15 @@ mod tests {
         assert_eq!(restart.branch_step(11, 0.0), Some(8));
         assert_eq!(restart.branch_step(1000, 0.0), Some(750));
         assert_eq!(restart.branch_step(1000, 0.9), Some(750), "without at_max the draw is not used");
-        let halfway = RestartSpec { min_moves: 10, at: 0.5, at_max: None };
+        let halfway = RestartSpec { min_moves: 10, at: 0.5, at_max: None, at_tile: None };
         assert_eq!(halfway.branch_step(11, 0.0), Some(5));
-        let late = RestartSpec { min_moves: 2, at: 0.99, at_max: None };
+        let late = RestartSpec { min_moves: 2, at: 0.99, at_max: None, at_tile: None };
         assert_eq!(late.branch_step(3, 0.0), Some(2));
     }
 
     #[test]
     fn a_range_of_branch_points_spans_at_to_at_max_by_the_draw() {
-        let range = RestartSpec { min_moves: 10, at: 0.5, at_max: Some(0.85) };
+        let range = RestartSpec { min_moves: 10, at: 0.5, at_max: Some(0.85), at_tile: None };
         assert!(range.validate().is_ok());
         assert_eq!(range.branch_step(1000, 0.0), Some(500));
         assert_eq!(range.branch_step(1000, 0.5), Some(675));
@@ -373,6 +414,36 @@ mod tests {
         assert_eq!(serde_json::from_str::<RestartSpec>(r#"{"min_moves":10,"at":0.75}"#).unwrap(), fixed);
         let read: RestartSpec = serde_json::from_str(&serde_json::to_string(&range).unwrap()).unwrap();
         assert_eq!(read, range);
+    }
+
+    #[test]
+    fn with_at_tile_a_game_that_made_the_tile_branches_where_it_made_it() {
+        let spec = RestartSpec { min_moves: 10, at: 0.5, at_max: None, at_tile: Some(14) };
+        assert!(spec.validate().is_ok());
+        // A game of 100 moves that made 8192 at step 40, 16384 at step 70, and died holding it.
+        // Each step's largest tile of a 100-move game that made each (step, exponent) given.
+        let game = |made: &[(usize, u8)]| -> Vec<u8> {
+            (0..100)
+                .map(|i| made.iter().filter(|(from, _)| i >= *from).map(|(_, e)| *e).max().unwrap())
+                .collect()
+        };
+        let steps = |spec: RestartSpec, largest: &[u8]| spec.branch_step_of(largest.iter().copied(), 0.0);
+        // 8192 made at step 40, 16384 at step 70, and the game died holding it.
+        let made = game(&[(0, 2), (40, 13), (70, 14)]);
+        assert_eq!(steps(spec, &made), Some(70));
+        assert_eq!(steps(RestartSpec { at_tile: Some(13), ..spec }, &made), Some(70), "the largest tile");
+        assert_eq!(steps(RestartSpec { at_tile: None, ..spec }, &made), Some(50), "no at_tile: the fraction");
+        assert_eq!(steps(spec, &game(&[(0, 2), (40, 13)])), Some(50), "no 16384: the fraction");
+        assert_eq!(steps(spec, &game(&[(0, 14)])), Some(50), "held from the start: the fraction");
+        assert_eq!(steps(spec, &game(&[(0, 14), (90, 15)])), Some(90), "a 32768 made on a held 16384");
+        assert_eq!(steps(spec, &[14; 10]), None, "short games do not branch");
+        let field = |spec: RestartSpec| spec.validate().unwrap_err().field;
+        assert_eq!(field(RestartSpec { at_tile: Some(2), ..spec }), "at_tile");
+        assert_eq!(field(RestartSpec { at_tile: Some(18), ..spec }), "at_tile");
+        let text = serde_json::to_string(&RestartSpec::default()).unwrap();
+        assert!(!text.contains("at_tile"), "{text}");
+        let read: RestartSpec = serde_json::from_str(&serde_json::to_string(&spec).unwrap()).unwrap();
+        assert_eq!(read, spec);
     }
 
     #[test]

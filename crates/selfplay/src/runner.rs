@@ -392,7 +392,10 @@ impl ThreadState<'_> {
                 Played::Finished => {
                     let (score, max_tile) = (game.score(), game.board().max_tile());
                     if let Some(restart) = model.play.restart
-                        && let Some(step) = restart.branch_step(path.len(), self.branch_draw())
+                        && let Some(step) = restart.branch_step_of(
+                            path.iter().map(|(afterstate, _)| afterstate.max_exponent()),
+                            self.branch_draw(),
+                        )
                     {
                         self.branch =
                             Some(Branch { parent: uuid, step: step as u32, afterstate: path[step].0 });
@@ -645,7 +648,7 @@ mod tests {
 
     #[test]
     fn restarts_continue_long_games_from_their_middle() {
-        let restart = RestartSpec { min_moves: 10, at: 0.5, at_max: None };
+        let restart = RestartSpec { min_moves: 10, at: 0.5, at_max: None, at_tile: None };
         let (runner, keep) = runner(1, Some(restart), 1);
         run(&runner, &keep);
         let games = keep.games.lock().unwrap();
@@ -666,7 +669,7 @@ mod tests {
 
     #[test]
     fn with_at_max_continuations_branch_anywhere_within_the_range() {
-        let restart = RestartSpec { min_moves: 10, at: 0.3, at_max: Some(0.9) };
+        let restart = RestartSpec { min_moves: 10, at: 0.3, at_max: Some(0.9), at_tile: None };
         let (runner, keep) = runner(1, Some(restart), 1);
         run(&runner, &keep);
         let games = keep.games.lock().unwrap();
@@ -689,6 +692,43 @@ mod tests {
         }
         // A fixed fraction would put every branch in one or two twentieths of its parent.
         assert!(twentieths.len() >= 4, "branch points spread over {twentieths:?} twentieths only");
+    }
+
+    #[test]
+    fn with_at_tile_a_game_that_made_the_tile_is_continued_from_where_it_made_it() {
+        // 128 (exponent 7): greedy games of the zero network make it in most games, not all.
+        let restart = RestartSpec { min_moves: 10, at: 0.5, at_max: None, at_tile: Some(7) };
+        let (runner, keep) = runner(1, Some(restart), 1);
+        run(&runner, &keep);
+        let games = keep.games.lock().unwrap();
+        let by_uuid: HashMap<Uuid, &FinishedGame> = games.iter().map(|(g, _)| (g.uuid, g)).collect();
+        let (mut at_the_tile, mut at_the_fraction) = (0, 0);
+        for child in games.iter().map(|(g, _)| g).filter(|g| g.origin.is_some()) {
+            let origin = child.origin.unwrap();
+            let parent = by_uuid[&origin.parent];
+            let largest: Vec<u8> = match parent.origin {
+                None => parent.record.replay_steps().map(|s| s.unwrap().afterstate.max_exponent()).collect(),
+                Some(_) => {
+                    parent.record.continuation_steps().map(|s| s.unwrap().afterstate.max_exponent()).collect()
+                }
+            };
+            let top = *largest.iter().max().unwrap();
+            let first = largest.iter().position(|&e| e == top).unwrap();
+            let step = origin.step as usize;
+            if top >= 7 && first > 0 {
+                assert_eq!(step, first, "made {top} at step {first} of {}", largest.len());
+                at_the_tile += 1;
+            } else {
+                assert_eq!(step, restart.branch_step(largest.len(), 0.0).unwrap());
+                at_the_fraction += 1;
+            }
+            let afterstate = parent.record.afterstate_at(step, parent.origin.is_some()).unwrap();
+            assert!(zero2048_game::is_branch_of(child.record.start, afterstate));
+        }
+        assert!(
+            at_the_tile > 0 && at_the_fraction > 0,
+            "{at_the_tile} at the tile, {at_the_fraction} at the fraction"
+        );
     }
 
     /// Plays depth-4 games (milliseconds a move) and aborts 100 ms in: the games then in progress.
@@ -739,7 +779,8 @@ mod tests {
                 Ok(())
             }
         }
-        let (runner, _) = runner(1, Some(RestartSpec { min_moves: 10, at: 0.5, at_max: None }), 1);
+        let (runner, _) =
+            runner(1, Some(RestartSpec { min_moves: 10, at: 0.5, at_max: None, at_tile: None }), 1);
         let finished = Arc::new(AtomicU64::new(0));
         let threads = runner
             .spawn(|_| PauseAfterFirst {
@@ -761,7 +802,7 @@ mod tests {
     fn a_resumed_game_branches_at_a_step_of_its_whole_record() {
         let interrupted = games_in_progress_at_an_abort();
         assert_eq!(interrupted.len(), 1);
-        let restart = RestartSpec { min_moves: 10, at: 0.5, at_max: None };
+        let restart = RestartSpec { min_moves: 10, at: 0.5, at_max: None, at_tile: None };
         let (again, keep) = runner(1, Some(restart), 1);
         again.resume.lock().unwrap().extend(interrupted.iter().cloned());
         run(&again, &keep);

@@ -22,6 +22,7 @@ struct RestartKeys {
     min_moves: Option<u32>,
     at: Option<f32>,
     at_max: Option<f32>,
+    at_tile: Option<u8>,
 }
 
 /// `restart:` with each key that is not given at its default (`null`: no restart).
@@ -32,6 +33,7 @@ fn restart_keys<'de, D: serde::Deserializer<'de>>(from: D) -> Result<Option<Rest
         min_moves: keys.min_moves.unwrap_or(default.min_moves),
         at: keys.at.unwrap_or(default.at),
         at_max: keys.at_max.or(default.at_max),
+        at_tile: keys.at_tile.or(default.at_tile),
     }))
 }
 
@@ -90,7 +92,8 @@ pub struct TrainConfig {
     /// whole games: their published play spec carries no restart whatever this says. Either key
     /// may be given alone (`restart: {at: 0.85}`, or `ZERO2048_TRAIN__RESTART__AT=0.85`): the
     /// other keeps its default. `at_max` (absent by default) draws each branch point from
-    /// `at..=at_max`.
+    /// `at..=at_max`; `at_tile` (absent by default) branches a game that made a new largest tile
+    /// of `2^at_tile` or more where it made it.
     #[serde(deserialize_with = "restart_keys")]
     pub restart: Option<RestartSpec>,
     /// The probability that a spawned tile is a 4: the game every player of the run plays.
@@ -339,14 +342,21 @@ mod tests {
             (
                 "restart.at",
                 TrainConfig {
-                    restart: Some(RestartSpec { min_moves: 10, at: 0.0, at_max: None }),
+                    restart: Some(RestartSpec { min_moves: 10, at: 0.0, at_max: None, at_tile: None }),
                     ..Default::default()
                 },
             ),
             (
                 "restart.at_max",
                 TrainConfig {
-                    restart: Some(RestartSpec { min_moves: 10, at: 0.75, at_max: Some(0.5) }),
+                    restart: Some(RestartSpec { min_moves: 10, at: 0.75, at_max: Some(0.5), at_tile: None }),
+                    ..Default::default()
+                },
+            ),
+            (
+                "restart.at_tile",
+                TrainConfig {
+                    restart: Some(RestartSpec { at_tile: Some(20), ..RestartSpec::default() }),
                     ..Default::default()
                 },
             ),

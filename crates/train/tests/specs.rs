@@ -24,7 +24,7 @@ proptest! {
             network: NTupleConfig::small_4x4(),
             selfplay_depth: depth,
             four_probability: four,
-            restart: restart.map(|(min_moves, at)| RestartSpec { min_moves, at, at_max: None }),
+            restart: restart.map(|(min_moves, at)| RestartSpec { min_moves, at, at_max: None, at_tile: None }),
             ..TrainConfig::default()
         };
         let mut storage = Config::default();

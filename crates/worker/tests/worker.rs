@@ -23,7 +23,7 @@ fn server(dir: &std::path::Path, runtime: &tokio::runtime::Runtime) -> Server {
         api: ApiConfig::default(),
         train: TrainConfig {
             network: NTupleConfig::small_4x4(),
-            restart: Some(RestartSpec { min_moves: 10, at: 0.5, at_max: None }),
+            restart: Some(RestartSpec { min_moves: 10, at: 0.5, at_max: None, at_tile: None }),
             revision_every_games: 1_000_000,
             evaluate_every_revisions: 0,
             ..TrainConfig::default()

@@ -282,8 +282,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(range.train.restart.map(|r| (r.at, r.at_max)), Some((0.5, Some(0.85))));
-        assert_eq!(from_env.train.restart.and_then(|r| r.at_max), None, "no range unless asked");
-        let reversed = read(None, &vars(&[("ZERO2048_TRAIN__RESTART__AT_MAX", "0.6")])).unwrap();
+        assert_eq!(from_env.train.restart.and_then(|r| r.at_max), None, "`at` alone: a fixed branch point");
+        let default_range = read(None, &[]).unwrap().train.restart.unwrap();
+        assert_eq!((default_range.at, default_range.at_max), (default.at, default.at_max));
+        let later_end = read(None, &vars(&[("ZERO2048_TRAIN__RESTART__AT_MAX", "0.9")])).unwrap();
+        assert_eq!(later_end.train.restart.map(|r| (r.at, r.at_max)), Some((default.at, Some(0.9))));
+        let reversed = read(None, &vars(&[("ZERO2048_TRAIN__RESTART__AT_MAX", "0.4")])).unwrap();
         let message = reversed.train.validate().unwrap_err().to_string();
         assert!(message.starts_with("train.restart.at_max:"), "{message}");
         let at_tile = read(None, &vars(&[("ZERO2048_TRAIN__RESTART__AT_TILE", "14")])).unwrap();

@@ -136,7 +136,8 @@ pub fn check_parallel_games(games: u32) -> Result<(), String> {
 /// With `at_max`, each continuation's fraction is drawn uniformly from `at..=at_max` instead:
 /// early branch points replay the build-up to the largest merges, late ones the end of the game
 /// (BENCHMARKS.md measured each alone: halfway made the stronger 3-ply player, three quarters
-/// the stronger 1-ply one). With `at_tile`, a game that made a new largest tile of at least
+/// the stronger 1-ply one; the default, 0.5 to 0.85, made a 3-ply player stronger than either
+/// and a 1-ply one between them). With `at_tile`, a game that made a new largest tile of at least
 /// `2^at_tile` branches where it made it instead, so the game after each new 16384 (`at_tile`
 /// 14) is played again from its first move: the positions that lead to the 32768 merge.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -160,7 +161,7 @@ pub struct RestartSpec {
 
 impl Default for RestartSpec {
     fn default() -> RestartSpec {
-        RestartSpec { min_moves: 10, at: 0.75, at_max: None, at_tile: None }
+        RestartSpec { min_moves: 10, at: 0.5, at_max: Some(0.85), at_tile: None }
     }
 }
 
@@ -379,8 +380,8 @@ mod tests {
     }
 
     #[test]
-    fn restarts_branch_three_quarters_through_long_games_only() {
-        let restart = RestartSpec::default();
+    fn restarts_branch_at_their_fraction_of_long_games_only() {
+        let restart = RestartSpec { min_moves: 10, at: 0.75, at_max: None, at_tile: None };
         assert_eq!(restart.branch_step(10, 0.0), None);
         assert_eq!(restart.branch_step(11, 0.0), Some(8));
         assert_eq!(restart.branch_step(1000, 0.0), Some(750));
@@ -408,7 +409,7 @@ mod tests {
         assert_eq!(field(RestartSpec { at_max: Some(f32::NAN), ..range }), "at_max");
         assert!(RestartSpec { at_max: Some(0.5), ..range }.validate().is_ok(), "a range of one point");
         // On the wire the key is absent when unset, so a spec of an older server reads the same.
-        let fixed = RestartSpec::default();
+        let fixed = RestartSpec { min_moves: 10, at: 0.75, at_max: None, at_tile: None };
         let text = serde_json::to_string(&fixed).unwrap();
         assert!(!text.contains("at_max"), "{text}");
         assert_eq!(serde_json::from_str::<RestartSpec>(r#"{"min_moves":10,"at":0.75}"#).unwrap(), fixed);
@@ -442,6 +443,7 @@ mod tests {
         assert_eq!(field(RestartSpec { at_tile: Some(18), ..spec }), "at_tile");
         let text = serde_json::to_string(&RestartSpec::default()).unwrap();
         assert!(!text.contains("at_tile"), "{text}");
+        assert!(RestartSpec::default().validate().is_ok());
         let read: RestartSpec = serde_json::from_str(&serde_json::to_string(&spec).unwrap()).unwrap();
         assert_eq!(read, spec);
     }

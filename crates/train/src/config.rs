@@ -32,7 +32,12 @@ fn restart_keys<'de, D: serde::Deserializer<'de>>(from: D) -> Result<Option<Rest
     Ok(keys.map(|keys| RestartSpec {
         min_moves: keys.min_moves.unwrap_or(default.min_moves),
         at: keys.at.unwrap_or(default.at),
-        at_max: keys.at_max.or(default.at_max),
+        // `at` alone names a fixed branch point: the default's range does not outlive it.
+        at_max: match (keys.at, keys.at_max) {
+            (_, Some(at_max)) => Some(at_max),
+            (Some(_), None) => None,
+            (None, None) => default.at_max,
+        },
         at_tile: keys.at_tile.or(default.at_tile),
     }))
 }
@@ -91,9 +96,10 @@ pub struct TrainConfig {
     /// The restart strategy for n-tuple self-play (`null`: none). Policy-value runs always play
     /// whole games: their published play spec carries no restart whatever this says. Either key
     /// may be given alone (`restart: {at: 0.85}`, or `ZERO2048_TRAIN__RESTART__AT=0.85`): the
-    /// other keeps its default. `at_max` (absent by default) draws each branch point from
-    /// `at..=at_max`; `at_tile` (absent by default) branches a game that made a new largest tile
-    /// of `2^at_tile` or more where it made it.
+    /// other keeps its default. `at_max` draws each branch point from `at..=at_max` (by default
+    /// 0.5..=0.85; `at` given without `at_max` is a fixed branch point); `at_tile` (absent by
+    /// default) branches a game that made a new largest tile of `2^at_tile` or more where it
+    /// made it.
     #[serde(deserialize_with = "restart_keys")]
     pub restart: Option<RestartSpec>,
     /// The probability that a spawned tile is a 4: the game every player of the run plays.

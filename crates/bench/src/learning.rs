@@ -181,6 +181,11 @@ fn one_loop(
         })
         .expect("threads start");
     std::thread::sleep(window);
+    // A machine busy with other work may finish no game within the window: wait for the first,
+    // so that a figure is never made of nothing (the wall and CPU time then cover the wait).
+    while games.load(Ordering::Relaxed) == 0 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     // Count what was learned within the window; the games in progress are dropped.
     let (items, played) = (moves.load(Ordering::Relaxed), games.load(Ordering::Relaxed));
     let measured = Measurement {

@@ -421,7 +421,6 @@ mod tests {
     fn with_at_tile_a_game_that_made_the_tile_branches_where_it_made_it() {
         let spec = RestartSpec { min_moves: 10, at: 0.5, at_max: None, at_tile: Some(14) };
         assert!(spec.validate().is_ok());
-        // A game of 100 moves that made 8192 at step 40, 16384 at step 70, and died holding it.
         // Each step's largest tile of a 100-move game that made each (step, exponent) given.
         let game = |made: &[(usize, u8)]| -> Vec<u8> {
             (0..100)

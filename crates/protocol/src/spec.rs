@@ -147,11 +147,11 @@ pub struct RestartSpec {
     pub min_moves: u32,
     /// Where in the game the continuation branches off (0 < at < 1), or the earliest such
     /// fraction with `at_max`.
-    pub at: f32,
+    pub at: f64,
     /// The latest fraction a continuation may branch at (at ≤ at_max < 1); absent: always `at`.
     /// Absent from the wire when absent, so a spec without it reads as before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub at_max: Option<f32>,
+    pub at_max: Option<f64>,
     /// A game whose largest tile grew, during that game, to `2^at_tile` or more branches at the
     /// step that first made it (3..=17); other games branch at their fraction. Absent from the
     /// wire when absent, as `at_max`.
@@ -197,9 +197,9 @@ impl RestartSpec {
     /// whose afterstate the continuation starts from. `draw`, uniform in 0..1, places the branch
     /// within `at..=at_max`; without `at_max` it is not used.
     pub fn branch_step(&self, moves: usize, draw: f64) -> Option<usize> {
-        let at = self.at as f64;
+        let at = self.at;
         let fraction = match self.at_max {
-            Some(at_max) => at + (at_max as f64 - at) * draw.clamp(0.0, 1.0),
+            Some(at_max) => at + (at_max - at) * draw.clamp(0.0, 1.0),
             None => at,
         };
         (moves > self.min_moves as usize).then(|| ((moves as f64 * fraction) as usize).min(moves - 1))
@@ -406,7 +406,7 @@ mod tests {
         let field = |spec: RestartSpec| spec.validate().unwrap_err().field;
         assert_eq!(field(RestartSpec { at_max: Some(0.4), ..range }), "at_max", "before at");
         assert_eq!(field(RestartSpec { at_max: Some(1.0), ..range }), "at_max", "at the end");
-        assert_eq!(field(RestartSpec { at_max: Some(f32::NAN), ..range }), "at_max");
+        assert_eq!(field(RestartSpec { at_max: Some(f64::NAN), ..range }), "at_max");
         assert!(RestartSpec { at_max: Some(0.5), ..range }.validate().is_ok(), "a range of one point");
         // On the wire the key is absent when unset, so a spec of an older server reads the same.
         let fixed = RestartSpec { min_moves: 10, at: 0.75, at_max: None, at_tile: None };
@@ -415,6 +415,9 @@ mod tests {
         assert_eq!(serde_json::from_str::<RestartSpec>(r#"{"min_moves":10,"at":0.75}"#).unwrap(), fixed);
         let read: RestartSpec = serde_json::from_str(&serde_json::to_string(&range).unwrap()).unwrap();
         assert_eq!(read, range);
+        // The latest record carries the spec as a JSON value: the fraction reads as written there.
+        let value = serde_json::to_value(range).unwrap().to_string();
+        assert!(value.contains(r#""at_max":0.85"#), "{value}");
     }
 
     #[test]

@@ -20,8 +20,8 @@ use crate::zero::ZeroConfig;
 #[serde(deny_unknown_fields)]
 struct RestartKeys {
     min_moves: Option<u32>,
-    at: Option<f32>,
-    at_max: Option<f32>,
+    at: Option<f64>,
+    at_max: Option<f64>,
     at_tile: Option<u8>,
 }
 

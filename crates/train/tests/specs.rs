@@ -16,7 +16,7 @@ proptest! {
     fn the_published_play_spec_is_the_local_one(
         depth in 1u32..=4,
         four in 0.0f64..=1.0,
-        restart in proptest::option::of((2u32..100, 0.01f32..0.99)),
+        restart in proptest::option::of((2u32..100, 0.01f64..0.99)),
     ) {
         let dir = tempfile::tempdir().unwrap();
         let runtime = tokio::runtime::Runtime::new().unwrap();

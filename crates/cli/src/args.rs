@@ -154,7 +154,8 @@ pub struct LearnArgs {
     #[arg(long, value_enum, help_heading = "N-tuple learning")]
     pub coherence: Option<Switch>,
     /// The restart strategy: after a game of more than 10 moves, the next game continues from an
-    /// afterstate between halfway and 0.85 into it [train.restart; default: on].
+    /// afterstate between halfway and 0.85 into it, or from the move that made a new 16384 or more
+    /// [train.restart; default: on].
     #[arg(long, value_enum, help_heading = "N-tuple learning")]
     pub restart: Option<Switch>,
     /// Optimistic initialisation of a new network: every afterstate starts valued at this

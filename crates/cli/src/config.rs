@@ -292,6 +292,18 @@ mod tests {
         assert!(message.starts_with("train.restart.at_max:"), "{message}");
         let at_tile = read(None, &vars(&[("ZERO2048_TRAIN__RESTART__AT_TILE", "14")])).unwrap();
         assert_eq!(at_tile.train.restart.map(|r| (r.at, r.at_tile)), Some((default.at, Some(14))));
-        assert_eq!(from_env.train.restart.and_then(|r| r.at_tile), None, "no tile unless asked");
+        assert_eq!(from_env.train.restart.and_then(|r| r.at_tile), default.at_tile, "the default's tile");
+        let no_tile = read(None, &vars(&[("ZERO2048_TRAIN__RESTART__AT_TILE", "null")])).unwrap();
+        assert_eq!(
+            no_tile.train.restart.map(|r| (r.at_max, r.at_tile)),
+            Some((default.at_max, None)),
+            "null: none"
+        );
+        let (_dir, path) = write("train:\n  restart:\n    at_tile: null\n");
+        assert_eq!(
+            read(Some(&path), &[]).unwrap().train.restart.and_then(|r| r.at_tile),
+            None,
+            "null in a file"
+        );
     }
 }

@@ -136,10 +136,11 @@ pub fn check_parallel_games(games: u32) -> Result<(), String> {
 /// With `at_max`, each continuation's fraction is drawn uniformly from `at..=at_max` instead:
 /// early branch points replay the build-up to the largest merges, late ones the end of the game
 /// (BENCHMARKS.md measured each alone: halfway made the stronger 3-ply player, three quarters
-/// the stronger 1-ply one; the default, 0.5 to 0.85, made a 3-ply player stronger than either
-/// and a 1-ply one between them). With `at_tile`, a game that made a new largest tile of at least
-/// `2^at_tile` branches where it made it instead, so the game after each new 16384 (`at_tile`
-/// 14) is played again from its first move: the positions that lead to the 32768 merge.
+/// the stronger 1-ply one; 0.5 to 0.85 made either, one hour in two). With `at_tile`, a game
+/// that made a new largest tile of at least `2^at_tile` branches where it made it instead, so
+/// the game after each new 16384 (`at_tile` 14, the default) is played again from its first
+/// move: the positions that lead to the 32768 merge. The default made the 3-ply player, with
+/// 32768 in about 30% of its games, in each hour measured (BENCHMARKS.md).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RestartSpec {
@@ -161,7 +162,7 @@ pub struct RestartSpec {
 
 impl Default for RestartSpec {
     fn default() -> RestartSpec {
-        RestartSpec { min_moves: 10, at: 0.5, at_max: Some(0.85), at_tile: None }
+        RestartSpec { min_moves: 10, at: 0.5, at_max: Some(0.85), at_tile: Some(14) }
     }
 }
 
@@ -443,8 +444,10 @@ mod tests {
         let field = |spec: RestartSpec| spec.validate().unwrap_err().field;
         assert_eq!(field(RestartSpec { at_tile: Some(2), ..spec }), "at_tile");
         assert_eq!(field(RestartSpec { at_tile: Some(18), ..spec }), "at_tile");
-        let text = serde_json::to_string(&RestartSpec::default()).unwrap();
-        assert!(!text.contains("at_tile"), "{text}");
+        let fractions_only = RestartSpec { at_tile: None, ..RestartSpec::default() };
+        let text = serde_json::to_string(&fractions_only).unwrap();
+        assert!(!text.contains("at_tile"), "absent from the wire when unset: {text}");
+        assert_eq!(RestartSpec::default().at_tile, Some(14), "the default replays each new 16384");
         assert!(RestartSpec::default().validate().is_ok());
         let read: RestartSpec = serde_json::from_str(&serde_json::to_string(&spec).unwrap()).unwrap();
         assert_eq!(read, spec);

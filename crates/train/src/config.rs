@@ -22,7 +22,14 @@ struct RestartKeys {
     min_moves: Option<u32>,
     at: Option<f64>,
     at_max: Option<f64>,
-    at_tile: Option<u8>,
+    /// Absent: the default's; `null`: none (fractions only); a number: that tile.
+    #[serde(default, deserialize_with = "given_or_null")]
+    at_tile: Option<Option<u8>>,
+}
+
+/// A key that may be given as `null` on purpose: `Some(None)`, where an absent key is `None`.
+fn given_or_null<'de, D: serde::Deserializer<'de>>(from: D) -> Result<Option<Option<u8>>, D::Error> {
+    Option::<u8>::deserialize(from).map(Some)
 }
 
 /// `restart:` with each key that is not given at its default (`null`: no restart).
@@ -38,7 +45,7 @@ fn restart_keys<'de, D: serde::Deserializer<'de>>(from: D) -> Result<Option<Rest
             (Some(_), None) => None,
             (None, None) => default.at_max,
         },
-        at_tile: keys.at_tile.or(default.at_tile),
+        at_tile: keys.at_tile.unwrap_or(default.at_tile),
     }))
 }
 
@@ -97,9 +104,9 @@ pub struct TrainConfig {
     /// whole games: their published play spec carries no restart whatever this says. Either key
     /// may be given alone (`restart: {at: 0.85}`, or `ZERO2048_TRAIN__RESTART__AT=0.85`): the
     /// other keeps its default. `at_max` draws each branch point from `at..=at_max` (by default
-    /// 0.5..=0.85; `at` given without `at_max` is a fixed branch point); `at_tile` (absent by
-    /// default) branches a game that made a new largest tile of `2^at_tile` or more where it
-    /// made it.
+    /// 0.5..=0.85; `at` given without `at_max` is a fixed branch point); `at_tile` (14 by
+    /// default, `null` for none) branches a game that made a new largest tile of `2^at_tile` or
+    /// more where it made it.
     #[serde(deserialize_with = "restart_keys")]
     pub restart: Option<RestartSpec>,
     /// The probability that a spawned tile is a 4: the game every player of the run plays.

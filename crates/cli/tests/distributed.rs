@@ -24,13 +24,21 @@ fn three_workers_train_a_server_and_follow_its_revisions() {
             worker(dir.path(), port, &token, name, &["--upload-interval", "100ms"])
         })
         .collect();
-    // Play until the server has published a few revisions and games of a later revision arrive
-    // (a count of games would race the learner: early games are short and fast).
+    // Play until the server has published a few revisions, games of a later revision arrive and a
+    // worker has fetched one as a delta (a count of games would race the learner: early games are
+    // short and fast; a worker is sent a delta only from the revision just before, and one that is
+    // slow on a busy machine may skip a revision or two before it catches one).
     let db = dir.path().join("zero2048.db");
-    wait_for(Duration::from_secs(240), "revision 4 and games played with revision 2 or later", || {
-        status(port)["revision"].as_u64().unwrap_or(0) >= 4
-            && numbers(&db, "SELECT count(*) FROM games WHERE revision >= 2")[0] > 0
-    });
+    let delta_fetched = |w: &Proc| w.log().contains("fetched as a delta from a cached revision");
+    wait_for(
+        Duration::from_secs(240),
+        "revision 4, games played with revision 2 or later and a revision fetched as a delta",
+        || {
+            status(port)["revision"].as_u64().unwrap_or(0) >= 4
+                && numbers(&db, "SELECT count(*) FROM games WHERE revision >= 2")[0] > 0
+                && workers.iter().any(delta_fetched)
+        },
+    );
     for worker in &workers {
         worker.interrupt();
     }

@@ -223,15 +223,18 @@ fn a_resumed_run_continues_its_revisions_and_counters() {
     let dir = tempfile::tempdir().unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let stop = AtomicBool::new(false);
-    // Publishing the learned weights themselves: the resumed network is the published one.
-    let config = TrainConfig { published_mean_power: None, ..run_config() };
+    // Publishing the learned weights themselves: the resumed network is the published one. The
+    // learner takes up to 256 queued games at a time and a revision falls due only between two
+    // takes, so on a busy machine 400 games may be learned in two takes: a revision every 60 games
+    // still publishes one after each take.
+    let config = TrainConfig { published_mean_power: None, revision_every_games: 60, ..run_config() };
     let open =
         |dir: &std::path::Path, runtime: &tokio::runtime::Runtime| open_with(dir, runtime, config.clone());
     let first = {
         let mut run = open(dir.path(), &runtime).unwrap();
         let summary =
             run.run(Budget { games: Some(400), time: None }, &stop, ONE_THREAD, &mut Quiet).unwrap();
-        assert!(summary.revisions.len() >= 3, "{} revisions", summary.revisions.len());
+        assert!(summary.revisions.len() >= 2, "{} revisions", summary.revisions.len());
         // A revision published while the previous one is still being evaluated is not evaluated
         // (on a busy machine that happens here); the last one always is.
         let published: Vec<u64> = summary.revisions.iter().map(|r| r.revision).collect();
@@ -241,7 +244,7 @@ fn a_resumed_run_continues_its_revisions_and_counters() {
         run.counters()
     };
     assert_eq!(first.games, 400, "a budget of games is kept exactly");
-    assert!(first.revision >= 3);
+    assert!(first.revision >= 2);
 
     let (published, revision) = latest_published(dir.path(), &runtime);
     assert_eq!(revision, first.revision);

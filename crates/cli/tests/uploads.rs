@@ -185,7 +185,7 @@ fn every_bad_upload_gets_its_own_4xx_and_the_server_keeps_serving() {
     // Still serving, with the counts to show for it.
     let latest = http().get(format!("http://127.0.0.1:{port}/api/v1/latest")).send().unwrap();
     assert_eq!(latest.status(), 200);
-    assert_eq!(latest.headers()["zero2048-protocol"], "2");
+    assert_eq!(latest.headers()["zero2048-protocol"], "3");
     let status = status(port);
     assert_eq!(status["uploads"]["accepted"], 4, "{status}");
     assert_eq!(status["uploads"]["rejected"], 6, "{status}");

@@ -59,8 +59,9 @@ pub use verify::{ParentPosition, RejectReason, SearchRequirement, UploadRules, V
 
 /// The protocol version this build speaks. Bumped on any incompatible change of an endpoint, a
 /// JSON body or the batch format (2: the typed latest record, claims dropped from the batch,
-/// continuations).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// continuations; 3: the restart spec's `at_max` and `at_tile`, which a version 2 worker refuses to
+/// read, so it is told to upgrade rather than failing on the record).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Request and response header carrying [`PROTOCOL_VERSION`].
 pub const PROTOCOL_HEADER: &str = "zero2048-protocol";

@@ -136,7 +136,7 @@ pub struct LearnArgs {
     /// Weight sets by largest tile for a new n-tuple run: 2 adds a second set once the largest
     /// tile reaches 2^stage-tile (16384 by default), opened when a game first gets there as a
     /// copy of the stage below; each stage the network's size in memory
-    /// [train.network.stages; default: 1].
+    /// [train.network.stages; default: 2].
     #[arg(long, value_parser = clap::value_parser!(u8).range(1..=4), help_heading = "N-tuple learning")]
     pub stages: Option<u8>,
     /// The tile, as an exponent, from which the second weight set plays: 14 is 16384, 13 is 8192

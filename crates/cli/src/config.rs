@@ -247,11 +247,11 @@ mod tests {
     #[test]
     fn a_network_key_given_alone_keeps_the_others_at_the_default_shapes() {
         let default = TrainConfig::default().network;
-        let from_env = read(None, &vars(&[("ZERO2048_TRAIN__NETWORK__STAGES", "2")])).unwrap();
-        assert_eq!(from_env.train.network, zero2048_model::NTupleConfig { stages: 2, ..default.clone() });
-        let (_dir, path) = write("train:\n  network:\n    stages: 3\n    stage_tile: 13\n");
+        let from_env = read(None, &vars(&[("ZERO2048_TRAIN__NETWORK__STAGES", "3")])).unwrap();
+        assert_eq!(from_env.train.network, zero2048_model::NTupleConfig { stages: 3, ..default.clone() });
+        let (_dir, path) = write("train:\n  network:\n    stages: 1\n    stage_tile: 13\n");
         let from_file = read(Some(&path), &[]).unwrap().train.network;
-        assert_eq!((from_file.tuples, from_file.stages, from_file.stage_tile), (default.tuples, 3, 13));
+        assert_eq!((from_file.tuples, from_file.stages, from_file.stage_tile), (default.tuples, 1, 13));
         let message = error(read(None, &vars(&[("ZERO2048_TRAIN__NETWORK__STAGEZ", "2")])));
         assert!(
             message.contains("ZERO2048_TRAIN__NETWORK__STAGEZ") && message.contains("stagez"),

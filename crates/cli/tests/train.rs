@@ -220,7 +220,7 @@ fn stage_flags_and_the_files_stage_tile_reach_the_published_network() {
     let config = from_file.path().join("stages.yaml");
     std::fs::write(
         &config,
-        "train:\n  network:\n    tuples: [[0, 1, 2, 3, 4, 5]]\n    stages: 2\n    stage_tile: 12\n",
+        "train:\n  network:\n    tuples: [[0, 1, 2, 3, 4, 5]]\n    stages: 3\n    stage_tile: 12\n",
     )
     .unwrap();
     let out = train(
@@ -229,17 +229,17 @@ fn stage_flags_and_the_files_stage_tile_reach_the_published_network() {
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let model = model_of(from_file.path());
-    assert_eq!(stages_of(&model), (2, 12));
+    assert_eq!(stages_of(&model), (3, 12));
     let tuples = model["tuples"].as_array().unwrap();
     assert!(tuples.len() == 4 && tuples.iter().all(|t| t.as_array().unwrap().len() == 4), "{model}");
     // The flags set both.
     let from_flags = tempfile::tempdir().unwrap();
     let out = train(
         from_flags.path(),
-        &["--stages", "2", "--stage-tile", "11", "--games", "20", "--revision-every-games", "20"],
+        &["--stages", "1", "--stage-tile", "11", "--games", "20", "--revision-every-games", "20"],
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(stages_of(&model_of(from_flags.path())), (2, 11));
+    assert_eq!(stages_of(&model_of(from_flags.path())), (1, 11));
     let out = zero2048(from_flags.path(), &["train", "--stage-tile", "16"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("16 is not in 1..=15"));

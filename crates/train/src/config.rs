@@ -50,7 +50,7 @@ fn restart_keys<'de, D: serde::Deserializer<'de>>(from: D) -> Result<Option<Rest
 }
 
 /// The `network:` keys as a configuration source gives them: a key not given keeps the default
-/// network's (`network: {stages: 2}` is the default shape with two stages).
+/// network's (`network: {stages: 3}` is the default shape with three stages).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NetworkKeys {
@@ -147,9 +147,10 @@ impl Default for TrainConfig {
     fn default() -> TrainConfig {
         TrainConfig {
             model: ModelKind::Ntuple,
-            // Measured best for the default hour on two cores (BENCHMARKS.md, issue 11): twice
-            // the memory of 4×6 and half its moves per second, and the stronger player.
-            network: NTupleConfig::matsuzaki_8x6(),
+            // Measured best for the default hour on two cores (BENCHMARKS.md, issue 11): 8×6, twice
+            // the memory of 4×6 and half its moves per second, and the stronger player; a second
+            // stage from 16384, where the default restart spends most of the hour's moves.
+            network: NTupleConfig { stages: 2, ..NTupleConfig::matsuzaki_8x6() },
             policy_value: PolicyValueConfig::default(),
             // Measured best for a policy-value run on two CPU cores (BENCHMARKS.md, issue 14): a
             // Gumbel root with 8 simulations learns far more in the same time than PUCT with 100.

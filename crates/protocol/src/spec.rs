@@ -140,7 +140,7 @@ pub fn check_parallel_games(games: u32) -> Result<(), String> {
 /// that made a new largest tile of at least `2^at_tile` branches where it made it instead, so
 /// the game after each new 16384 (`at_tile` 14, the default) is played again from its first
 /// move: the positions that lead to the 32768 merge. The default made the 3-ply player, with
-/// 32768 in about 30% of its games, in each hour measured (BENCHMARKS.md).
+/// 32768 in 19-41% of its games, in each hour measured (BENCHMARKS.md).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RestartSpec {

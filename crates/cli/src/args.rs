@@ -189,6 +189,10 @@ pub struct LearnArgs {
     /// (mean squared error) [train.policy_value.value_bins; default: 601].
     #[arg(long, value_parser = clap::value_parser!(u64).range(0..=4096), help_heading = "Policy-value learning")]
     pub value_bins: Option<u64>,
+    /// How often the learner draws each new position on average: optimiser steps are new
+    /// positions × this ÷ the batch [train.zero.sample_reuse; default: 2].
+    #[arg(long, value_name = "DRAWS", help_heading = "Policy-value learning")]
+    pub sample_reuse: Option<f64>,
     /// Games each MCTS self-play thread plays at once, the network's batch size
     /// [train.mcts_parallel_games; default: 64].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096), help_heading = "Policy-value learning")]

@@ -214,6 +214,10 @@ fn a_run_keeps_its_model_kind_and_cuda_needs_a_cuda_build() {
         stderr.contains("games in progress") && stderr.contains("no game finished in this session"),
         "{stderr}"
     );
+    let negative = train(&["--model", "policy-value", "--sample-reuse=-1", "--games", "1"]);
+    assert_eq!(negative.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&negative.stderr);
+    assert!(stderr.contains("zero.sample_reuse") && stderr.contains("-1 is not a number ≥ 0"), "{stderr}");
     let switched = train(&["--model", "ntuple", "--network", "4x4", "--games", "3"]);
     assert!(!switched.status.success());
     let stderr = String::from_utf8_lossy(&switched.stderr);
@@ -232,12 +236,11 @@ fn a_run_keeps_its_model_kind_and_cuda_needs_a_cuda_build() {
 #[test]
 fn a_time_limit_does_not_wait_for_a_learner_that_is_behind() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("slow.yaml"), "train:\n  zero:\n    sample_reuse: 100.0\n").unwrap();
     let run = |time: &str| {
         let started = std::time::Instant::now();
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_zero2048"))
             .current_dir(dir.path())
-            .args(["train", "--config", "slow.yaml", "--port", "0", "--threads", "1", "--eval-games", "0"])
+            .args(["train", "--sample-reuse", "100", "--port", "0", "--threads", "1", "--eval-games", "0"])
             .args(["--model", "policy-value", "--filters", "8", "--blocks", "1", "--root", "gumbel"])
             .args(["--simulations", "2", "--parallel-games", "32", "--time", time])
             .output()

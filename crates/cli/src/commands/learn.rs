@@ -72,6 +72,9 @@ pub fn options(storage_args: &StorageArgs, listen: &ListenArgs, learn: &LearnArg
     if let Some(bins) = learn.value_bins {
         train.policy_value.value_bins = bins as usize;
     }
+    if let Some(reuse) = learn.sample_reuse {
+        train.zero.sample_reuse = reuse;
+    }
     if let Some(parallel) = learn.parallel_games {
         train.mcts_parallel_games = parallel as u32;
     }

@@ -1,9 +1,9 @@
-//! The Zero model's throughput: policy-value inference at batch 64 and 512 against batch 1 (and
-//! the dense matrices against burn's convolutions at batch 64), MCTS
-//! with leaves batched across games against one game at a time (the prototype's one network call
-//! per simulation), and the learner's optimiser steps (batch 256 against 64 and 1024 against 256, and the categorical
-//! value head against the scalar one), all on one CPU core. Plus the strength comparison of MCTS
-//! with the network against expectimax with the n-tuple network at equal CPU time per move.
+//! The Zero model's throughput: policy-value inference at batch 64 and 512 against batch 1 (and the
+//! dense matrices against burn's convolutions at batch 64), MCTS with leaves batched across games
+//! against one game at a time (the prototype's one network call per simulation), and the learner's
+//! optimiser steps (batch 256 against 64 and 1024 against 256, and the categorical value head
+//! against the scalar one), all on one CPU core. Plus the strength comparison of MCTS with the
+//! network against expectimax with the n-tuple network at equal CPU time per move.
 
 use std::sync::Arc;
 

@@ -260,6 +260,7 @@ fn the_zero_bench_measures_batching_and_compares_mcts_with_expectimax() {
             "inference batch 64: dense vs convolutions",
             "MCTS 64 games batched vs 1",
             "learner steps batch 256 vs 64",
+            "learner steps batch 1024 vs 256",
             "learner steps batch 256: categorical vs scalar value head"
         ]
     );

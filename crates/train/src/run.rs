@@ -939,19 +939,25 @@ impl Session {
             let row = run.publish(self.cursor, None)?;
             self.games_at_revision = row.games;
             self.revisions.push(row);
-            if run.config.evaluate_every_revisions > 0 {
-                let revision = run.counters.revision;
-                let games = match run.learner.kind() {
-                    ModelKind::Ntuple => run.config.evaluation.games,
-                    ModelKind::PolicyValue => run.config.mcts_evaluation_games,
-                };
-                let activity = format!("evaluating revision {revision} on {games} games (evaluation.games)");
-                tracing::info!("{activity}");
-                self.report(run, observer, Some(activity), true);
-                let job = run.learner.evaluation(&run.config)?;
-                self.evaluating = Some(Evaluating::start(revision, run.counters.games, job)?);
-                self.collect_evaluation(run, true)?;
-            }
+        }
+        // The session's last revision is always evaluated: one published while the one before was
+        // still being evaluated was skipped then, and may have been the last of the session.
+        let last_published = self.revisions.last().map(|row| (row.revision, row.games));
+        let last_evaluated = self.evaluations.last().map(|row| row.revision);
+        if let Some((revision, games_then)) = last_published
+            && run.config.evaluate_every_revisions > 0
+            && last_evaluated != Some(revision)
+        {
+            let games = match run.learner.kind() {
+                ModelKind::Ntuple => run.config.evaluation.games,
+                ModelKind::PolicyValue => run.config.mcts_evaluation_games,
+            };
+            let activity = format!("evaluating revision {revision} on {games} games (evaluation.games)");
+            tracing::info!("{activity}");
+            self.report(run, observer, Some(activity), true);
+            let job = run.learner.evaluation(&run.config)?;
+            self.evaluating = Some(Evaluating::start(revision, games_then, job)?);
+            self.collect_evaluation(run, true)?;
         }
         self.report(run, observer, None, true);
         Ok(Summary {

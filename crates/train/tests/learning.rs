@@ -5,11 +5,12 @@ use std::sync::atomic::AtomicBool;
 
 use zero2048_game::{GameRecord, SpawnRule, Step, derive_seed};
 use zero2048_model::{NTupleConfig, NTupleNetwork};
+use zero2048_protocol::{BatchEntry, SearchRequirement, UploadRules, Uuid};
 use zero2048_search::{ExpectimaxConfig, ExpectimaxPlayer, play_game};
 use zero2048_storage::{Config, StorageAdapter};
 use zero2048_train::{
-    Budget, EvalConfig, RunObserver, SelfPlay, TdConfig, TdLearner, TrainConfig, TrainError, TrainingRun,
-    evaluate,
+    Budget, EvalConfig, RunDb, RunObserver, SelfPlay, TdConfig, TdLearner, TrainConfig, TrainError,
+    TrainingRun, evaluate, ingest,
 };
 
 struct Quiet;
@@ -216,6 +217,54 @@ fn a_run_stopped_while_saving_its_state_resumes_from_the_state_before() {
     let resumed = run.network().unwrap();
     assert!(same_weights(&resumed, &learned_then), "learning resumes from the older learned weights");
     assert!(!same_weights(&resumed, &learned_later) && !same_weights(&resumed, &published));
+}
+
+#[test]
+fn the_last_revision_is_evaluated_even_when_published_during_an_evaluation() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let stop = AtomicBool::new(false);
+    // A revision after every take of queued games (256 at most) and an evaluation that outlasts
+    // the second take: the second take's revision, the session's last, is published while the
+    // first one is still being evaluated, and nothing is left to publish when the session ends.
+    let config = TrainConfig {
+        revision_every_games: 1,
+        evaluation: EvalConfig { games: 2000, seed: 1, depth: 1, threads: 1 },
+        ..run_config()
+    };
+    let mut run = open_with(dir.path(), &runtime, config).unwrap();
+    let initial = run.publish_initial().unwrap().expect("a new run publishes its first revision");
+    let entries: Vec<BatchEntry> = (0..300)
+        .map(|i| BatchEntry {
+            uuid: Uuid::from_u128(i as u128 + 1),
+            revision: initial.revision,
+            origin: None,
+            record: Ok(play_game(
+                &mut ExpectimaxPlayer::heuristic(greedy()),
+                derive_seed(7, i),
+                SpawnRule::STANDARD,
+            )
+            .0),
+        })
+        .collect();
+    let mut uploads = RunDb::open(dir.path().join("run.db")).unwrap().with_games(run.game_shelf());
+    let rules = UploadRules { accepted_revisions: &[initial.revision], search: SearchRequirement::Absent };
+    let reply = ingest(&mut uploads, "a-worker", &entries, &rules).unwrap();
+    assert!(reply.rejected.is_empty(), "{:?}", reply.rejected);
+    run.follow_other_ingest();
+    let summary =
+        run.run(Budget { games: Some(300), time: None }, &stop, SelfPlay::RemoteOnly, &mut Quiet).unwrap();
+    let published: Vec<u64> = summary.revisions.iter().map(|r| r.revision).collect();
+    let evaluated: Vec<u64> = summary.evaluations.iter().map(|e| e.revision).collect();
+    assert_eq!(published.len(), 2, "one revision after each take: {published:?}");
+    assert_eq!(evaluated, published, "both revisions are evaluated, the last one at the end");
+    let (last_evaluation, last_revision) =
+        (summary.evaluations.last().unwrap(), summary.revisions.last().unwrap());
+    assert_eq!(
+        last_evaluation.games_trained, last_revision.games,
+        "evaluated at the games it was published at"
+    );
+    assert_eq!(last_revision.games, 300);
 }
 
 #[test]

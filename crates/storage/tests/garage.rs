@@ -2,6 +2,8 @@
 //! One test owns the server, so it is always stopped; each case uses its own key prefix.
 
 mod common;
+#[path = "common/ports.rs"]
+mod ports;
 
 use std::time::Duration;
 

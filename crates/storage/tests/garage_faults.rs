@@ -2,6 +2,8 @@
 //! back the background catch-up uploads every revision it missed. Nothing published is lost.
 
 mod common;
+#[path = "common/ports.rs"]
+mod ports;
 
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,8 @@
 //! The local backend and the HTTP handler that serves it.
 
 mod common;
+#[path = "common/ports.rs"]
+mod ports;
 
 use bytes::Bytes;
 use time::OffsetDateTime;

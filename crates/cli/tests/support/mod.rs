@@ -4,6 +4,9 @@
 
 #[path = "../../../train/tests/support/postgres.rs"]
 pub mod postgres_server;
+// Not every test binary takes each of them (garage_e2e takes `ports` for the bucket too).
+#[allow(unused_imports)]
+pub use postgres_server::ports::{self, free_port, free_ports};
 
 use std::collections::HashMap;
 use std::io::{BufRead, Read, Write};
@@ -12,18 +15,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-pub fn free_port() -> u16 {
-    let [port] = free_ports();
-    port
-}
-
-/// `N` distinct free ports. Each listener is held until all are bound: ports taken one call at a
-/// time can come back equal, since the kernel may hand out a port again once its listener closes.
-pub fn free_ports<const N: usize>() -> [u16; N] {
-    let listeners: [TcpListener; N] = std::array::from_fn(|_| TcpListener::bind("127.0.0.1:0").unwrap());
-    listeners.map(|listener| listener.local_addr().unwrap().port())
-}
 
 /// Whether the server tests run against PostgreSQL (`ZERO2048_TEST_BACKEND=postgres`, the second
 /// pass of `scripts/test`) instead of SQLite files.

@@ -1,12 +1,15 @@
 //! A real S3-compatible server for the tests: Garage, on loopback, one per test binary.
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use zero2048_storage::{Config, Secret};
+
+// The includer provides `ports` (common/ports.rs) at its root: a binary that also includes the
+// distributed tests' support must hold one copy of it, the one list of ports handed out.
+use crate::ports::free_ports;
 
 /// A running (or stopped) Garage with its own ports and data directory.
 pub struct Garage {
@@ -17,10 +20,6 @@ pub struct Garage {
     pub access_key: String,
     pub secret_key: String,
     pub bucket: String,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl Garage {
@@ -35,7 +34,7 @@ impl Garage {
         );
         let dir = tempfile::tempdir().unwrap();
         let secret: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
-        let (s3_port, rpc_port) = (free_port(), free_port());
+        let [s3_port, rpc_port] = free_ports();
         std::fs::write(
             dir.path().join("garage.toml"),
             format!(

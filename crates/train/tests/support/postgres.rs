@@ -8,7 +8,9 @@
 //! (`scripts/test` installs the `postgresql` package when they are missing).
 #![allow(dead_code)]
 
-use std::net::TcpListener;
+#[path = "../../../storage/tests/common/ports.rs"]
+pub mod ports;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -83,7 +85,7 @@ fn start() -> Postgres {
         .output()
         .unwrap();
     assert!(out.status.success(), "initdb failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = ports::free_port();
     // The watchdog: starts the server, waits for this process to end, then stops it (the
     // postmaster itself: `runuser` passes no signal on) and removes its files.
     let run_as = if root { "runuser -u nobody -- " } else { "" };

@@ -834,9 +834,20 @@ impl Session {
         self.revisions.push(row);
         let every = run.config.evaluate_every_revisions;
         if every > 0 && run.counters.revision.is_multiple_of(every) && self.evaluating.is_none() {
-            let job = run.learner.evaluation(&run.config)?;
-            self.evaluating = Some(Evaluating::start(run.counters.revision, run.counters.games, job)?);
+            self.start_evaluation(run, run.counters.revision, run.counters.games)?;
         }
+        Ok(())
+    }
+
+    /// Starts evaluating the learner's network, published as `revision` after `games_trained`.
+    fn start_evaluation(
+        &mut self,
+        run: &mut TrainingRun,
+        revision: u64,
+        games_trained: u64,
+    ) -> Result<(), TrainError> {
+        let job = run.learner.evaluation(&run.config)?;
+        self.evaluating = Some(Evaluating::start(revision, games_trained, job)?);
         Ok(())
     }
 
@@ -955,8 +966,7 @@ impl Session {
             let activity = format!("evaluating revision {revision} on {games} games (evaluation.games)");
             tracing::info!("{activity}");
             self.report(run, observer, Some(activity), true);
-            let job = run.learner.evaluation(&run.config)?;
-            self.evaluating = Some(Evaluating::start(revision, games_then, job)?);
+            self.start_evaluation(run, revision, games_then)?;
             self.collect_evaluation(run, true)?;
         }
         self.report(run, observer, None, true);
